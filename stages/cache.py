@@ -1,0 +1,292 @@
+"""The window-embedding cache: the HDF5 file stage one writes and stage two reads.
+
+The format is documented in docs/cache-format.md; this module is its only writer
+and the reference reader. In short, per split one HDF5 file with
+
+    embeddings    float32 [n_windows, hidden]   one [CLS] vector per window
+    doc_offsets   int64   [n_docs + 1]          windows of doc i: offsets[i]:offsets[i+1]
+    window_starts int64   [n_windows]           token offset of each window's text in its doc
+    labels        int64   [n_docs]              index into attrs["label_names"]
+    doc_ids       utf-8   [n_docs]              source id or path of each document
+    doc_tokens    int64   [n_docs]              document length in tokens (no specials)
+
+and root attributes naming the model, its fingerprint, the window settings and the
+data they came from (`CACHE_IDENTITY` plus provenance).
+
+Crash safety: the file at `--out` only ever appears complete, by an atomic rename.
+Work in progress lives in `<out>.partial/`: `settings.json` and one `block-START-END.npy`
+per finished run of documents, each written to a temporary name and renamed. A run
+killed at any moment loses at most the block it was computing; run again with the
+same settings, it picks up after the last finished block. `<out>.partial/lock` is
+held (flock) by the one process writing; a second writer is refused.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from stages.errors import UserError
+
+FORMAT_NAME = "longdoc-window-cache"
+FORMAT_VERSION = 1
+# The attributes that say what a cache *is*: two caches (or a cache and a head)
+# agree when these agree. Everything else in the attributes is provenance.
+ENCODER_IDENTITY = ("model_fingerprint", "chunk_tokens", "stride")
+CACHE_IDENTITY = (*ENCODER_IDENTITY, "model", "precision", "data_source", "data_fingerprint")
+
+
+def differences(expected: dict, actual: dict, keys) -> list[str]:
+    """'key: A here vs B there' for each key on which the two differ."""
+    return [f"{k}: {actual.get(k)!r} vs {expected.get(k)!r}" for k in keys
+            if str(actual.get(k)) != str(expected.get(k))]
+
+
+# --- reading -----------------------------------------------------------------------
+
+
+@dataclass
+class WindowCache:
+    """An open, complete cache. Arrays other than `embeddings` are loaded eagerly
+    (they are small); embeddings are read by slices, so a cache larger than RAM works."""
+
+    path: Path
+    file: h5py.File
+    attrs: dict
+    doc_offsets: np.ndarray
+    labels: np.ndarray
+    label_names: list[str]
+
+    @property
+    def embeddings(self) -> h5py.Dataset:
+        return self.file["embeddings"]
+
+    @property
+    def n_docs(self) -> int:
+        return len(self.labels)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.embeddings.shape[1])
+
+    @property
+    def window_counts(self) -> np.ndarray:
+        return np.diff(self.doc_offsets)
+
+    def doc_ids(self) -> list[str]:
+        return [x.decode() if isinstance(x, bytes) else str(x) for x in self.file["doc_ids"][:]]
+
+    def doc_windows(self, i: int) -> np.ndarray:
+        return self.embeddings[self.doc_offsets[i]:self.doc_offsets[i + 1]]
+
+    def close(self):
+        self.file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def open_cache(path: str | Path) -> WindowCache:
+    """Open and validate a cache; anything that is not a complete cache is a UserError."""
+    path = Path(path)
+    if not path.is_file():
+        partial = Path(f"{path}.partial")
+        hint = f" ({partial} holds an unfinished run: rerun embed to finish it)" if partial.exists() else ""
+        raise UserError(f"{path}: no such cache file{hint}")
+    try:
+        file = h5py.File(path, "r")
+    except OSError as error:
+        raise UserError(f"{path}: not a readable HDF5 file ({str(error).splitlines()[0]})") from None
+    try:
+        attrs = {k: _plain(v) for k, v in file.attrs.items()}
+        if attrs.get("format") != FORMAT_NAME:
+            raise UserError(f"{path}: not a window cache (no format={FORMAT_NAME!r} attribute)")
+        if int(attrs.get("format_version", -1)) != FORMAT_VERSION:
+            raise UserError(f"{path}: cache format version {attrs.get('format_version')}, "
+                            f"this code reads {FORMAT_VERSION}")
+        if not attrs.get("complete"):
+            raise UserError(f"{path}: cache is incomplete")
+        missing = [n for n in ("embeddings", "doc_offsets", "labels", "doc_ids") if n not in file]
+        if missing:
+            raise UserError(f"{path}: cache lacks {', '.join(missing)}")
+        offsets = file["doc_offsets"][:].astype(np.int64)
+        labels = file["labels"][:].astype(np.int64)
+        n_windows = file["embeddings"].shape[0]
+        if (len(offsets) != len(labels) + 1 or offsets[0] != 0 or offsets[-1] != n_windows
+                or np.any(np.diff(offsets) < 0)):
+            raise UserError(f"{path}: doc_offsets do not match embeddings and labels (truncated file?)")
+        if len(labels) == 0:
+            raise UserError(f"{path}: cache holds no documents")
+        label_names = list(json.loads(attrs["label_names"]))
+        if labels.min() < 0 or labels.max() >= len(label_names):
+            raise UserError(f"{path}: labels outside label_names")
+    except UserError:
+        file.close()
+        raise
+    except (OSError, KeyError, ValueError) as error:
+        file.close()
+        raise UserError(f"{path}: damaged cache ({type(error).__name__}: {error})") from None
+    return WindowCache(path, file, attrs, offsets, labels, label_names)
+
+
+def _plain(value):
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+# --- writing -----------------------------------------------------------------------
+
+
+@dataclass
+class Block:
+    """Embeddings of documents [doc_start, doc_end), in document order."""
+
+    doc_start: int
+    doc_end: int
+    embeddings: np.ndarray  # float32 [windows of these docs, hidden]
+
+
+class PartialCache:
+    """The resumable work area `<out>.partial/` of one writer; see the module docstring."""
+
+    def __init__(self, out: Path, settings: dict, fresh: bool = False):
+        self.out = Path(out)
+        self.dir = Path(f"{out}.partial")
+        self.settings = settings
+        self.fresh = fresh  # drop an earlier run's blocks (--overwrite) once the lock is ours
+        self._lock_file = None
+
+    def __enter__(self):
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._lock_file = open(self.dir / "lock", "a+")
+        except OSError as error:
+            raise UserError(f"cannot write next to {self.out}: {error.strerror}") from None
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.seek(0)
+            holder = self._lock_file.read().strip() or "another process"
+            self._lock_file.close()
+            raise UserError(f"{self.out} is being written by {holder}; wait for it or stop it") from None
+        self._lock_file.seek(0)
+        self._lock_file.truncate()
+        self._lock_file.write(f"pid {os.getpid()}")
+        self._lock_file.flush()
+        if self.fresh:
+            for path in [*self.dir.glob("block-*"), self.dir / "settings.json"]:
+                path.unlink(missing_ok=True)
+        self._check_settings()
+        return self
+
+    def __exit__(self, *exc):
+        if self._lock_file is not None:
+            self._lock_file.close()  # releases the flock
+
+    def _check_settings(self):
+        path = self.dir / "settings.json"
+        if path.exists():
+            try:
+                saved = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                saved = None
+            if saved is not None and saved != self.settings:
+                diff = differences(saved, self.settings, sorted(set(saved) | set(self.settings)))
+                raise UserError(
+                    f"{self.dir} holds an interrupted run with other settings ({'; '.join(diff)}); "
+                    f"rerun with those settings, or pass --overwrite to start again")
+            if saved is not None:
+                return
+        _atomic_write_bytes(path, json.dumps(self.settings, indent=1, sort_keys=True).encode())
+
+    def finished_blocks(self) -> list[tuple[int, int, Path]]:
+        """(doc_start, doc_end, path) of each finished block, checked to be contiguous."""
+        blocks = []
+        for path in sorted(self.dir.glob("block-*.npy")):
+            start, end = (int(x) for x in path.stem.split("-")[1:3])
+            blocks.append((start, end, path))
+        expected = 0
+        for start, end, path in blocks:
+            if start != expected:
+                raise UserError(f"{self.dir}: block files are not contiguous at {path.name}; "
+                                f"pass --overwrite to start again")
+            expected = end
+        return blocks
+
+    def save(self, block: Block):
+        path = self.dir / f"block-{block.doc_start:09d}-{block.doc_end:09d}.npy"
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, block.embeddings.astype(np.float32, copy=False))
+        os.replace(tmp, path)
+
+    def discard(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def load_block(path: Path) -> np.ndarray:
+    with open(path, "rb") as f:
+        return np.load(f)
+
+
+def write_cache(out: Path, attrs: dict, blocks: list[tuple[int, int, Path]], *, labels, doc_ids,
+                doc_tokens, window_counts, window_starts, hidden: int):
+    """Assemble finished blocks into the final file: write `<out>.tmp`, then rename.
+
+    Streams one block at a time, so memory stays at one block however big the cache.
+    """
+    out = Path(out)
+    tmp = Path(f"{out}.tmp")
+    offsets = np.concatenate([[0], np.cumsum(window_counts)]).astype(np.int64)
+    n_windows = int(offsets[-1])
+    with h5py.File(tmp, "w") as f:
+        embeddings = f.create_dataset(
+            "embeddings", shape=(n_windows, hidden), dtype="float32",
+            chunks=(max(1, min(n_windows, 4096)), hidden))
+        for start, end, path in blocks:
+            block = load_block(path)
+            lo, hi = offsets[start], offsets[end]
+            if block.shape != (hi - lo, hidden):
+                raise UserError(f"{path}: holds {block.shape}, expected {(hi - lo, hidden)}; "
+                                f"pass --overwrite to start again")
+            embeddings[lo:hi] = block
+        f.create_dataset("doc_offsets", data=offsets)
+        f.create_dataset("window_starts", data=np.asarray(window_starts, dtype=np.int64))
+        f.create_dataset("labels", data=np.asarray(labels, dtype=np.int64))
+        f.create_dataset("doc_ids", data=list(doc_ids), dtype=h5py.string_dtype("utf-8"))
+        f.create_dataset("doc_tokens", data=np.asarray(doc_tokens, dtype=np.int64))
+        for key, value in attrs.items():
+            f.attrs[key] = value
+        f.attrs["format"] = FORMAT_NAME
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["complete"] = True
+    os.replace(tmp, out)
+
+
+def read_attrs(path: Path) -> dict | None:
+    """Root attributes of an existing complete cache, or None if there is none."""
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = {k: _plain(v) for k, v in f.attrs.items()}
+    except OSError:
+        return None
+    return attrs if attrs.get("complete") and attrs.get("format") == FORMAT_NAME else None
+
+
+def _atomic_write_bytes(path: Path, data: bytes):
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

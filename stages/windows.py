@@ -1,0 +1,110 @@
+"""Cut tokenized documents into overlapping windows that cover every token.
+
+A window of `chunk_tokens` holds the tokenizer's own special tokens (for BERT,
+`[CLS] body [SEP]`) around a body of `chunk_tokens - n_special` document tokens.
+Consecutive bodies overlap by `stride` tokens, so they start `body - stride`
+tokens apart; the last body ends at the document's last token and may be shorter.
+An empty document gets one window with an empty body, so every document has at
+least one vector and nothing downstream needs a special case.
+
+    tokens:  t0 ............................................. tn
+    bodies:  [---- body ----]
+                        [---- body ----]          stride = overlap
+                                    [---- body ----]
+                                                [-- last --]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from stages.errors import UserError
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    """Token ids the tokenizer puts before and after a single sequence."""
+
+    prefix: tuple[int, ...]
+    suffix: tuple[int, ...]
+    pad_id: int
+
+    @property
+    def count(self) -> int:
+        return len(self.prefix) + len(self.suffix)
+
+    @classmethod
+    def of(cls, tokenizer) -> "SpecialTokens":
+        """Read them off the tokenizer: encode one word with and without specials."""
+        plain = tokenizer.encode("hello", add_special_tokens=False)
+        full = tokenizer.encode("hello", add_special_tokens=True)
+        for start in range(len(full) - len(plain) + 1):
+            if full[start:start + len(plain)] == plain:
+                prefix, suffix = full[:start], full[start + len(plain):]
+                break
+        else:
+            raise UserError(f"cannot locate the special tokens of {type(tokenizer).__name__}")
+        pad_id = tokenizer.pad_token_id
+        if pad_id is None:  # e.g. GPT-style vocabularies; padded positions are masked anyway
+            pad_id = suffix[-1] if suffix else 0
+        return cls(tuple(prefix), tuple(suffix), int(pad_id))
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """Window geometry: `chunk_tokens` in all, bodies overlapping by `stride`."""
+
+    chunk_tokens: int
+    stride: int
+    special: SpecialTokens
+
+    def __post_init__(self):
+        if self.body < 1:
+            raise UserError(
+                f"--chunk-tokens {self.chunk_tokens} leaves no room for text beside "
+                f"{self.special.count} special tokens")
+        if not 0 <= self.stride < self.body:
+            raise UserError(
+                f"--stride must be at least 0 and below the window's {self.body} text tokens "
+                f"(--chunk-tokens {self.chunk_tokens} minus {self.special.count} special tokens); "
+                f"got {self.stride}")
+
+    @property
+    def body(self) -> int:
+        return self.chunk_tokens - self.special.count
+
+    @property
+    def step(self) -> int:
+        return self.body - self.stride
+
+    def count(self, n_tokens: int) -> int:
+        """Number of windows for a document of `n_tokens` (at least 1)."""
+        if n_tokens <= self.body:
+            return 1
+        return 1 + -(-(n_tokens - self.body) // self.step)
+
+    def starts(self, n_tokens: int) -> np.ndarray:
+        """Start offset of each window's body in the document's tokens."""
+        return np.arange(self.count(n_tokens), dtype=np.int64) * self.step
+
+    def window(self, tokens: np.ndarray, start: int) -> list[int]:
+        """Token ids of the window whose body starts at `start`, specials included."""
+        body = tokens[start:start + self.body].tolist()
+        return [*self.special.prefix, *body, *self.special.suffix]
+
+    def windows(self, tokens: np.ndarray) -> list[list[int]]:
+        return [self.window(tokens, int(s)) for s in self.starts(len(tokens))]
+
+
+def tokenize(tokenizer, texts: list[str], batch_size: int = 256) -> list[np.ndarray]:
+    """Token ids of each whole text, without special tokens and without truncation."""
+    ids = []
+    for i in range(0, len(texts), batch_size):
+        encoded = tokenizer(
+            texts[i:i + batch_size], add_special_tokens=False, truncation=False,
+            return_attention_mask=False, return_token_type_ids=False, verbose=False,
+        )["input_ids"]
+        ids += [np.asarray(x, dtype=np.int32) for x in encoded]
+    return ids
