@@ -48,9 +48,11 @@ def cli():
               help="Where to look for 20news-bydate.tar.gz first (then $SCIKIT_LEARN_DATA, data/, ../shared/datasets).")
 @click.option("--limit", type=int, default=None, help="Keep only the first N documents (fixed order).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing cache or an interrupted run.")
+@click.option("--block-windows", default=2048,
+              help="Windows per resumable block: a kill loses at most one block of work.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar.  [default: only on a terminal]")
 def embed(data, split, out, model, chunk_tokens, stride, batch_tokens, precision, device, categories,
-          remove, data_home, limit, overwrite, progress):
+          remove, data_home, limit, overwrite, block_windows, progress):
     """Stage one: cache one [CLS] vector per window of every document in HDF5."""
     from stages.embed import EmbedConfig, run_embed
 
@@ -58,7 +60,7 @@ def embed(data, split, out, model, chunk_tokens, stride, batch_tokens, precision
         out=out or f"data/cache/{split}.h5", data=data, split=split, model=model, chunk_tokens=chunk_tokens,
         stride=stride, batch_tokens=batch_tokens, precision=precision, device=device,
         categories=_split_list(categories), remove=tuple(_split_list(remove) or ()), data_home=data_home,
-        limit=limit, overwrite=overwrite, progress=progress)
+        limit=limit, overwrite=overwrite, block_windows=block_windows, progress=progress)
     click.echo(run_embed(config).line())
 
 

@@ -43,10 +43,10 @@ ENCODER_IDENTITY = ("model_fingerprint", "chunk_tokens", "stride")
 CACHE_IDENTITY = (*ENCODER_IDENTITY, "model", "precision", "data_source", "data_fingerprint")
 
 
-def differences(expected: dict, actual: dict, keys) -> list[str]:
-    """'key: A here vs B there' for each key on which the two differ."""
-    return [f"{k}: {actual.get(k)!r} vs {expected.get(k)!r}" for k in keys
-            if str(actual.get(k)) != str(expected.get(k))]
+def differences(theirs: dict, ours: dict, keys, names=("this run", "the file")) -> list[str]:
+    """'key: A (this run) vs B (the file)' for each key on which the two differ."""
+    return [f"{k}: {ours.get(k)!r} ({names[0]}) vs {theirs.get(k)!r} ({names[1]})" for k in keys
+            if str(ours.get(k)) != str(theirs.get(k))]
 
 
 # --- reading -----------------------------------------------------------------------
@@ -204,7 +204,8 @@ class PartialCache:
             except (OSError, json.JSONDecodeError):
                 saved = None
             if saved is not None and saved != self.settings:
-                diff = differences(saved, self.settings, sorted(set(saved) | set(self.settings)))
+                diff = differences(saved, self.settings, sorted(set(saved) | set(self.settings)),
+                                   names=("this run", "the interrupted run"))
                 raise UserError(
                     f"{self.dir} holds an interrupted run with other settings ({'; '.join(diff)}); "
                     f"rerun with those settings, or pass --overwrite to start again")

@@ -173,6 +173,8 @@ def run_embed(config: EmbedConfig) -> EmbedSummary:
     out = Path(config.out)
     if config.batch_tokens < 1:
         raise UserError(f"--batch-tokens must be positive; got {config.batch_tokens}")
+    if config.block_windows < 1:
+        raise UserError(f"--block-windows must be positive; got {config.block_windows}")
     check_output_path(out)
     corpus = load_corpus(config.data, config.split, config.categories, config.remove,
                          config.data_home, config.limit)
