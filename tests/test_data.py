@@ -1,0 +1,129 @@
+import codecs
+import json
+import pickle
+import tarfile
+
+import numpy as np
+import pytest
+
+from conftest import SHARED_DATASETS
+from stages.data import load_corpus
+from stages.errors import UserError
+
+
+def test_class_folders_replace_undecodable_bytes(tmp_path):
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "1.txt").write_bytes(b"caf\xe9 \xff\xfe ok")
+    (tmp_path / "b" / "2.txt").write_text("plain")
+    corpus = load_corpus(str(tmp_path))
+    assert corpus.label_names == ["a", "b"]
+    assert corpus.doc_ids == ["a/1.txt", "b/2.txt"]
+    assert corpus.labels.tolist() == [0, 1]
+    assert "\ufffd" in corpus.texts[0] and corpus.texts[0].endswith("ok")
+
+
+def test_csv_and_jsonl_agree(tmp_path):
+    rows = [{"id": "x1", "text": "hello, world", "label": "pos"}, {"id": "x2", "text": "bye", "label": "neg"}]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    (tmp_path / "d.csv").write_text('id,text,label\nx1,"hello, world",pos\nx2,bye,neg\n')
+    a, b = load_corpus(str(tmp_path / "d.jsonl")), load_corpus(str(tmp_path / "d.csv"))
+    assert a.doc_ids == b.doc_ids == ["x1", "x2"]
+    assert a.texts == b.texts == ["hello, world", "bye"]
+    assert a.label_names == ["neg", "pos"] and a.labels.tolist() == [1, 0]
+    assert a.fingerprint() == b.fingerprint()
+
+
+@pytest.mark.parametrize("content,message", [
+    ('{"text": "no label"}\n', "needs 'text' and 'label'"),
+    ("not json\n", "not JSON"),
+])
+def test_bad_jsonl_names_the_line(tmp_path, content, message):
+    (tmp_path / "d.jsonl").write_text(content)
+    with pytest.raises(UserError, match=message):
+        load_corpus(str(tmp_path / "d.jsonl"))
+
+
+def test_categories_limit_and_empty(tmp_path):
+    for label in "abc":
+        (tmp_path / label).mkdir()
+        for i in range(3):
+            (tmp_path / label / f"{i}").write_text(f"{label} {i}")
+    corpus = load_corpus(str(tmp_path), categories=["c", "a"], limit=4)
+    assert corpus.label_names == ["a", "c"] and len(corpus) == 4
+    assert set(corpus.labels.tolist()) <= {0, 1}
+    with pytest.raises(UserError, match="unknown z"):
+        load_corpus(str(tmp_path), categories=["z"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no documents"):
+        load_corpus(str(tmp_path / "empty"))
+    with pytest.raises(UserError, match="no such file"):
+        load_corpus(str(tmp_path / "missing"))
+
+
+def _fake_bydate(root, seed=0):
+    """A small archive laid out like 20news-bydate.tar.gz, with headers, quotes, footers."""
+    rng = np.random.default_rng(seed)
+    folders = root / "unpacked"
+    for split in ("train", "test"):
+        for group in ("sci.space", "alt.atheism", "comp.graphics"):
+            folder = folders / f"20news-bydate-{split}" / group
+            folder.mkdir(parents=True)
+            for n in rng.choice(100000, size=7, replace=False):
+                folder.joinpath(str(n)).write_bytes(
+                    f"From: a@b.c\nSubject: {group} {n}\n\nIn article <x> someone wrote:\n> quoted text\n"
+                    f"body of {group} post {n} caf\xe9\n\n--\nsignature\n".encode("latin1"))
+    archive = root / "home" / "20news-bydate.tar.gz"
+    archive.parent.mkdir()
+    with tarfile.open(archive, "w:gz") as tar:
+        for split in ("train", "test"):
+            tar.add(folders / f"20news-bydate-{split}", arcname=f"20news-bydate-{split}")
+    return folders, archive
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+@pytest.mark.parametrize("categories,remove", [
+    (None, ()), (["sci.space", "alt.atheism"], ()), (None, ("headers", "footers", "quotes")),
+])
+def test_20newsgroups_matches_scikit_learn(tmp_path, split, categories, remove):
+    """Same documents, order, labels and text as fetch_20newsgroups on the same archive."""
+    from sklearn.datasets import fetch_20newsgroups, load_files
+    from sklearn.datasets._base import _pkl_filepath
+    from sklearn.datasets._twenty_newsgroups import CACHE_NAME
+
+    folders, archive = _fake_bydate(tmp_path)
+    # Build scikit-learn's own cache exactly as its downloader does, then ask it.
+    sk_home = tmp_path / "sk"
+    sk_home.mkdir()
+    cache = {s: load_files(folders / f"20news-bydate-{s}", encoding="latin1") for s in ("train", "test")}
+    open(_pkl_filepath(str(sk_home), CACHE_NAME), "wb").write(codecs.encode(pickle.dumps(cache), "zlib_codec"))
+    expected = fetch_20newsgroups(data_home=sk_home, subset=split, categories=categories, remove=remove,
+                                  download_if_missing=False)
+    for data_home in (archive.parent, folders):  # from the archive and from unpacked folders
+        corpus = load_corpus("20newsgroups", split, categories, remove, data_home=str(data_home))
+        assert corpus.texts == list(expected.data)
+        assert corpus.labels.tolist() == expected.target.tolist()
+        assert corpus.label_names == list(expected.target_names)
+        assert corpus.doc_ids == ["/".join(f.split("/")[-2:]) for f in expected.filenames]
+
+
+def test_20newsgroups_offline_without_copy_is_one_clear_error(tmp_path, monkeypatch):
+    import stages.data
+
+    monkeypatch.setattr(stages.data, "newsgroups_search_path", lambda home: [tmp_path])
+    monkeypatch.setattr("sklearn.datasets.fetch_20newsgroups",
+                        lambda **kw: (_ for _ in ()).throw(OSError("network unreachable")))
+    with pytest.raises(UserError, match="put 20news-bydate.tar.gz in one of"):
+        load_corpus("20newsgroups", "train")
+
+
+@pytest.mark.skipif(not (SHARED_DATASETS / "20news-bydate.tar.gz").exists(), reason="needs ../shared/datasets")
+def test_real_20newsgroups_sizes():
+    train = load_corpus("20newsgroups", "train", data_home=str(SHARED_DATASETS))
+    test = load_corpus("20newsgroups", "test", data_home=str(SHARED_DATASETS))
+    assert (len(train), len(test)) == (11314, 7532)
+    assert len(train.label_names) == 20 and np.bincount(train.labels).min() > 300
+    small = load_corpus("20newsgroups", "train", ["talk.religion.misc", "alt.atheism", "comp.graphics"],
+                        ("headers", "footers", "quotes"), data_home=str(SHARED_DATASETS), limit=50)
+    assert small.label_names == ["alt.atheism", "comp.graphics", "talk.religion.misc"]
+    assert len(small) == 50 and len(set(small.labels.tolist())) == 3  # a fixed, mixed order
