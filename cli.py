@@ -2,6 +2,9 @@
 
     python cli.py embed --split train --out data/cache/train.h5      # stage one
     torchrun --nproc_per_node 2 cli.py embed ...                      # stage one, sharded
+    python cli.py train-head --train data/cache/train.h5 --out runs/head.pt   # stage two
+    python cli.py evaluate --head runs/head.pt --cache data/cache/test.h5 --report runs/report
+    python cli.py predict --head runs/head.pt post.txt                # raw text end to end
 
 Errors a user can cause print one line (`error: ...`) and exit with status 2;
 an interrupted command exits 130 and can be rerun to resume.
@@ -62,6 +65,89 @@ def embed(data, split, out, model, chunk_tokens, stride, batch_tokens, precision
         categories=_split_list(categories), remove=tuple(_split_list(remove) or ()), data_home=data_home,
         limit=limit, overwrite=overwrite, block_windows=block_windows, progress=progress)
     click.echo(run_embed(config).line())
+
+
+@cli.command("train-head")
+@click.option("--train", "train_path", type=click.Path(dir_okay=False), default="data/cache/train.h5",
+              help="Window cache to train on (from `embed`).")
+@click.option("--val", "val_path", type=click.Path(dir_okay=False), default=None,
+              help="A second cache to validate on.  [default: hold out --val-fraction of --train]")
+@click.option("--val-fraction", default=0.1, help="Stratified share of --train held out for validation (0 to 1).")
+@click.option("--out", type=click.Path(dir_okay=False), default="runs/head.pt",
+              help="Checkpoint to write (atomically); the curve goes to OUT-STEM-curve.png beside it.")
+@click.option("--pooling", type=click.Choice(["mean", "max", "attention", "lstm", "transformer"]),
+              default="attention", help="How window vectors become one document vector.")
+@click.option("--epochs", "max_epochs", default=40, help="Most epochs; early stopping usually ends sooner.")
+@click.option("--patience", default=5, help="Stop after this many epochs without a better validation macro-F1.")
+@click.option("--lr", default=1e-3, help="Peak AdamW learning rate (linear warm-up, cosine decay).")
+@click.option("--weight-decay", default=0.01, help="AdamW decoupled weight decay.")
+@click.option("--dropout", default=0.1, help="Dropout before the classifier (and inside the transformer).")
+@click.option("--inner-dim", default=128, help="Width of the attention scorer / LSTM / transformer.")
+@click.option("--transformer-layers", default=1, help="Encoder layers of --pooling transformer (1-4).")
+@click.option("--batch-docs", default=32, help="Documents per training step.")
+@click.option("--batch-windows", default=4096, help="Most padded windows per batch (bounds memory).")
+@click.option("--class-weights/--no-class-weights", default=False, help="Weight the loss by inverse class frequency.")
+@click.option("--seed", default=0, help="Seeds the split, the batch order, the weights and dropout.")
+@click.option("--memory-budget-mb", default=1024.0,
+              help="Load the cache into RAM when its vectors fit in this; else read it by slices.")
+@click.option("--threads", default=1, help="Torch threads (0: torch's default); one is fastest for a small head.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar per epoch.  [default: only on a terminal]")
+def train_head(train_path, val_path, val_fraction, out, pooling, max_epochs, patience, lr, weight_decay, dropout,
+               inner_dim, transformer_layers, batch_docs, batch_windows, class_weights, seed, memory_budget_mb,
+               threads, progress):
+    """Stage two: train a pooling head on a window cache; keep the best on validation macro-F1."""
+    from stages.train_head import TrainConfig, run_train_head
+
+    config = TrainConfig(
+        train=train_path, out=out, val=val_path, val_fraction=val_fraction, pooling=pooling, dropout=dropout,
+        inner_dim=inner_dim, transformer_layers=transformer_layers, lr=lr, weight_decay=weight_decay,
+        max_epochs=max_epochs, patience=patience, batch_docs=batch_docs, batch_windows=batch_windows,
+        class_weights=class_weights, seed=seed, memory_budget_mb=memory_budget_mb, threads=threads,
+        progress=progress)
+    try:
+        summary = run_train_head(config, log=lambda line: click.echo(line, err=True))
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: {out} is as it was before this run", err=True)
+        raise click.exceptions.Exit(130) from None
+    click.echo(summary.line())
+
+
+@cli.command()
+@click.option("--head", "head_path", type=click.Path(dir_okay=False), default="runs/head.pt",
+              help="Checkpoint written by train-head.")
+@click.option("--cache", "cache_path", type=click.Path(dir_okay=False), default="data/cache/test.h5",
+              help="Window cache to score; it must come from the head's encoder and window settings.")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder for metrics.json, report.md and confusion_matrix.png.  [default: none written]")
+@click.option("--memory-budget-mb", default=1024.0,
+              help="Load the cache into RAM when its vectors fit in this; else read it by slices.")
+@click.option("--threads", default=1, help="Torch threads (0: torch's default).")
+def evaluate(head_path, cache_path, report_dir, memory_budget_mb, threads):
+    """Score a head on a cache: accuracy, macro-F1, per-class table, confusion matrix."""
+    import torch
+
+    from stages.evaluate import evaluate as run_evaluate
+
+    if threads:
+        torch.set_num_threads(threads)
+    click.echo(run_evaluate(head_path, cache_path, report_dir, memory_budget_mb).line())
+
+
+@cli.command()
+@click.option("--head", "head_path", type=click.Path(dir_okay=False), default="runs/head.pt",
+              help="Checkpoint written by train-head; its encoder and window settings are used.")
+@click.argument("files", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per document instead of tab-separated lines.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="auto: CUDA if visible.")
+@click.option("--batch-tokens", default=16384, help="Token budget of one encoder batch (bounds memory).")
+def predict(head_path, files, as_json, device, batch_tokens):
+    """Classify raw text FILES (- for stdin): print label, probability and source per document."""
+    import json
+
+    from stages.predict import predict as run_predict
+
+    for prediction in run_predict(head_path, list(files), device=device, batch_tokens=batch_tokens):
+        click.echo(json.dumps(prediction.record()) if as_json else prediction.line())
 
 
 def main(argv=None) -> int:

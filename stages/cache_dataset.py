@@ -1,0 +1,103 @@
+"""Batches of documents from a window cache, grouped by window count.
+
+A batch is a padded tensor `x` [docs, windows, hidden], a mask [docs, windows] and
+the labels. Documents of similar window count go together, so padding is small,
+and a batch holds at most `batch_docs` documents and `batch_windows` padded windows:
+memory is bounded by the batch, whatever the longest document. A document longer
+than `batch_windows` forms a batch of its own (never truncated or dropped).
+
+Where the embeddings live:
+* a cache whose embeddings fit in `memory_budget_mb` is read once, whole
+  (`embeddings[:]`), which makes an epoch a few hundred in-memory gathers;
+* a larger one stays on disk and each batch reads its documents by h5py slices,
+  in file order, so a cache larger than RAM still trains (slower: one slice per
+  document per epoch).
+
+Batching is deterministic given the `numpy.random.Generator` passed in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from stages.cache import WindowCache
+
+# 1 GiB of cached vectors is ~700k MiniLM windows, 12x the full 20 Newsgroups; above
+# it, stay on disk so train-head's memory does not grow with the corpus.
+DEFAULT_MEMORY_BUDGET_MB = 1024
+
+
+@dataclass
+class Batch:
+    x: torch.Tensor  # float32 [docs, windows, hidden], zeros at padded windows
+    mask: torch.Tensor  # bool [docs, windows]
+    labels: torch.Tensor  # int64 [docs]
+    docs: np.ndarray  # indices of these documents
+
+    def __len__(self) -> int:
+        return len(self.docs)
+
+
+class CacheDocuments:
+    """A subset (`docs`) of the documents whose windows are `embeddings[offsets[i]:offsets[i+1]]`,
+    ready to batch. `embeddings` is an h5py dataset or an array; `from_cache` takes a cache's."""
+
+    def __init__(self, embeddings, offsets: np.ndarray, labels: np.ndarray, docs: np.ndarray | None = None,
+                 memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB):
+        self.offsets = np.asarray(offsets, dtype=np.int64)
+        self.counts = np.diff(self.offsets)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.docs = np.arange(len(self.counts)) if docs is None else np.asarray(docs, dtype=np.int64)
+        self.hidden = int(embeddings.shape[1])
+        self.in_memory = isinstance(embeddings, np.ndarray) or embeddings.nbytes <= memory_budget_mb * 2**20
+        self.embeddings = embeddings if isinstance(embeddings, np.ndarray) or not self.in_memory else embeddings[:]
+
+    @classmethod
+    def from_cache(cls, cache: WindowCache, docs: np.ndarray | None = None, labels: np.ndarray | None = None,
+                   memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB) -> "CacheDocuments":
+        """`labels` may replace the cache's (evaluation maps them to the head's order by name)."""
+        return cls(cache.embeddings, cache.doc_offsets, cache.labels if labels is None else labels, docs,
+                   memory_budget_mb)
+
+    def __len__(self) -> int:
+        return len(self.docs)
+
+    def plan(self, batch_docs: int, batch_windows: int, rng: np.random.Generator | None = None) -> list[np.ndarray]:
+        """Cut `self.docs` into batches of similar window count.
+
+        With `rng`, ties in window count are broken at random and the batch order is
+        shuffled (training); without, the order is fixed (evaluation)."""
+        counts = self.counts[self.docs]
+        tiebreak = rng.random(len(self.docs)) if rng is not None else np.arange(len(self.docs))
+        order = np.lexsort((tiebreak, counts))
+        batches, start = [], 0
+        while start < len(order):
+            end = start + 1
+            # counts grow along `order`, so the batch's widest document is its last one
+            while (end < len(order) and end - start < batch_docs
+                   and (end - start + 1) * counts[order[end]] <= batch_windows):
+                end += 1
+            batches.append(self.docs[order[start:end]])
+            start = end
+        if rng is not None:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        return batches
+
+    def load(self, docs: np.ndarray) -> Batch:
+        counts = self.counts[docs]
+        width = int(counts.max())
+        x = np.zeros((len(docs), width, self.hidden), dtype=np.float32)
+        mask = np.zeros((len(docs), width), dtype=bool)
+        for row in np.argsort(self.offsets[docs], kind="stable"):  # file order: sequential reads
+            doc = docs[row]
+            lo, hi = self.offsets[doc], self.offsets[doc + 1]
+            x[row, :hi - lo] = self.embeddings[lo:hi]
+            mask[row, :hi - lo] = True
+        return Batch(torch.from_numpy(x), torch.from_numpy(mask), torch.from_numpy(self.labels[docs]), docs)
+
+    def batches(self, batch_docs: int, batch_windows: int, rng: np.random.Generator | None = None):
+        for docs in self.plan(batch_docs, batch_windows, rng):
+            yield self.load(docs)

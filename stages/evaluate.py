@@ -1,0 +1,165 @@
+"""Evaluation: a trained head on a cache -> accuracy, macro-F1 and a report folder.
+
+    python cli.py evaluate --head runs/head.pt --cache data/cache/test.h5 --report runs/report
+
+The cache must come from the head's encoder and window settings (refused otherwise,
+naming what differs); its classes are matched to the head's by name. The report:
+
+    metrics.json           accuracy, macro-F1, per-class and per-length figures, confusion matrix
+    report.md              the per-class precision / recall / F1 table and accuracy by length
+    confusion_matrix.png   rows: true class, columns: predicted, with class names
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from stages.cache import open_cache
+from stages.cache_dataset import DEFAULT_MEMORY_BUDGET_MB, CacheDocuments
+from stages.checkpoint import check_compatible, labels_by_name, load_checkpoint
+from stages.errors import UserError
+
+# Document length buckets, in windows: one window, a few, many, very many.
+LENGTH_BUCKETS = (("1", 1, 1), ("2-4", 2, 4), ("5-16", 5, 16), (">16", 17, None))
+# Inference holds no gradients, so batches can be far larger than in training.
+EVAL_BATCH_DOCS, EVAL_BATCH_WINDOWS = 256, 16384
+
+
+@torch.inference_mode()
+def predict_logits(head: nn.Module, documents: CacheDocuments, batch_docs: int = EVAL_BATCH_DOCS,
+                   batch_windows: int = EVAL_BATCH_WINDOWS) -> np.ndarray:
+    """Logits [len(documents), n_classes], in the order of `documents.docs`."""
+    was_training = head.training
+    head.eval()
+    position = {doc: i for i, doc in enumerate(documents.docs.tolist())}
+    out = None
+    for batch in documents.batches(batch_docs, batch_windows):
+        logits = head(batch.x, batch.mask).float().numpy()
+        if out is None:
+            out = np.empty((len(documents), logits.shape[1]), dtype=np.float32)
+        out[[position[d] for d in batch.docs.tolist()]] = logits
+    head.train(was_training)
+    return out
+
+
+def scores(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict:
+    """Accuracy and macro-F1 over the classes that occur in `y_true` or `y_pred`."""
+    from sklearn.metrics import f1_score
+
+    present = np.union1d(y_true, y_pred)
+    return {"accuracy": float(np.mean(y_true == y_pred)),
+            "macro_f1": float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0))}
+
+
+@dataclass
+class Evaluation:
+    metrics: dict
+    report_dir: Path | None
+
+    def line(self) -> str:
+        m = self.metrics
+        where = f" -> {self.report_dir}" if self.report_dir else ""
+        return (f"accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  "
+                f"on {m['documents']:,} documents of {m['cache']}{where}")
+
+
+def evaluate(head_path: str | Path, cache_path: str | Path, report_dir: str | Path | None = None,
+             memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB) -> Evaluation:
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    checkpoint = load_checkpoint(head_path)
+    with open_cache(cache_path) as cache:
+        check_compatible(checkpoint, cache)
+        labels = labels_by_name(checkpoint, cache)
+        documents = CacheDocuments.from_cache(cache, labels=labels, memory_budget_mb=memory_budget_mb)
+        logits = predict_logits(checkpoint.head, documents)
+        windows = cache.window_counts
+    names = checkpoint.label_names
+    y_pred = logits.argmax(1)
+    metrics = {"head": str(head_path), "cache": str(cache_path), "documents": int(len(labels)),
+               **scores(labels, y_pred, len(names))}
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, y_pred, labels=np.arange(len(names)), zero_division=0)
+    metrics["per_class"] = [
+        {"class": n, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+        for n, p, r, f, s in zip(names, precision, recall, f1, support)]
+    metrics["by_length"] = []
+    for name, lo, hi in LENGTH_BUCKETS:
+        pick = (windows >= lo) & (windows <= (hi if hi is not None else windows.max()))
+        metrics["by_length"].append({"windows": name, "documents": int(pick.sum()),
+                                     "accuracy": float(np.mean(labels[pick] == y_pred[pick])) if pick.any() else None})
+    metrics["label_names"] = names
+    metrics["confusion_matrix"] = confusion_matrix(labels, y_pred, labels=np.arange(len(names))).tolist()
+    report = Path(report_dir) if report_dir else None
+    if report is not None:
+        write_report(report, metrics)
+    return Evaluation(metrics, report)
+
+
+def write_report(folder: Path, metrics: dict):
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"--report {folder}: cannot create it ({error.strerror})") from None
+    _write_text(folder / "metrics.json", json.dumps(metrics, indent=1))
+    _write_text(folder / "report.md", markdown_report(metrics))
+    plot_confusion(np.asarray(metrics["confusion_matrix"]), metrics["label_names"], folder / "confusion_matrix.png")
+
+
+def markdown_report(m: dict) -> str:
+    lines = [f"# {m['head']} on {m['cache']}", "",
+             f"accuracy **{m['accuracy']:.4f}**, macro-F1 **{m['macro_f1']:.4f}**, {m['documents']:,} documents", "",
+             "| class | precision | recall | F1 | support |", "| --- | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {c['class']} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |"
+              for c in m["per_class"]]
+    lines += ["", "| windows per document | documents | accuracy |", "| --- | ---: | ---: |"]
+    lines += [f"| {b['windows']} | {b['documents']} | {_fmt(b['accuracy'])} |" for b in m["by_length"]]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def plot_confusion(matrix: np.ndarray, names: list[str], path: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    size = max(4.0, 0.45 * len(names) + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if len(names) <= 25:
+        limit = matrix.max() / 2 if matrix.size else 0
+        for (i, j), value in np.ndenumerate(matrix):
+            if value:
+                ax.text(j, i, str(value), ha="center", va="center", fontsize=6,
+                        color="white" if value > limit else "black")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    _save_figure(fig, path)
+    plt.close(fig)
+
+
+def _save_figure(fig, path: Path):
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    os.replace(tmp, path)
+
+
+def _write_text(path: Path, text: str):
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,0 +1,192 @@
+"""Stage two's model: pool a document's window vectors into one, then classify it.
+
+Input is a batch of documents, each a sequence of cached window vectors, padded to
+the longest in the batch: `x` float [docs, windows, hidden] and `mask` bool
+[docs, windows] (True for a real window). Every pooling ignores padded windows
+exactly, so a document's logits do not depend on what it was batched with.
+
+    mean         masked mean of the windows
+    max          masked element-wise max
+    attention    gated attention (Ilse et al. 2018): a learned score per window,
+                 softmax over the real windows, weighted sum
+    lstm         RoBERT (Pappagari et al. 2019): a bidirectional LSTM over the
+                 window sequence (packed, so padding is never seen); last states
+    transformer  ToBERT: one or two small encoder layers over the windows with
+                 sinusoidal positions (no length limit), then a masked mean
+
+A new pooling is one class with `out_dim` and `forward(x, mask)`, added to
+`POOLINGS`. `Head` puts a LayerNorm in front (the cached vectors are not
+standardised), dropout and one linear layer behind. It returns logits: the loss
+applies its own log-softmax.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from stages.errors import UserError
+
+
+@dataclass
+class HeadConfig:
+    """Everything that builds a head; stored in the checkpoint so loading needs only the file."""
+
+    pooling: str
+    hidden_size: int  # width of the cached window vectors (from the cache)
+    n_classes: int  # len(label_names) of the training cache, never the number of documents
+    # 0.1 is the usual BERT classifier dropout; the heads are small, so more hurts on 20 classes.
+    dropout: float = 0.1
+    # Normalise each window vector first: frozen [CLS] vectors have a few large dimensions
+    # that otherwise dominate the attention scores and the LSTM gates.
+    input_norm: bool = True
+    # Width of the attention scorer and of the LSTM/transformer: well under hidden_size
+    # keeps the heads at ~0.1-1M parameters, enough for 11k documents.
+    inner_dim: int = 128
+    # Two layers is ToBERT's setting; one trains faster for the same score on 20NG.
+    transformer_layers: int = 1
+    transformer_heads: int = 4
+
+    def __post_init__(self):
+        if self.pooling not in POOLINGS:
+            raise UserError(f"--pooling is one of {', '.join(POOLINGS)}; got {self.pooling!r}")
+        if self.n_classes < 2:
+            raise UserError(f"a classifier needs at least 2 classes; got {self.n_classes}")
+        if self.hidden_size < 1 or self.inner_dim < 1:
+            raise UserError(f"hidden_size and inner_dim must be positive; got {self.hidden_size}, {self.inner_dim}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"--dropout must be in [0, 1); got {self.dropout}")
+        if self.transformer_layers not in (1, 2, 3, 4):
+            raise UserError(f"--transformer-layers must be 1 to 4; got {self.transformer_layers}")
+        if self.inner_dim % self.transformer_heads:
+            raise UserError(f"inner_dim {self.inner_dim} must be a multiple of transformer_heads "
+                            f"{self.transformer_heads}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# --- poolings ----------------------------------------------------------------------
+
+
+class MeanPooling(nn.Module):
+    def __init__(self, config: HeadConfig):
+        super().__init__()
+        self.out_dim = config.hidden_size
+
+    def forward(self, x, mask):
+        weights = mask.unsqueeze(-1).to(x.dtype)
+        return (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+class MaxPooling(nn.Module):
+    def __init__(self, config: HeadConfig):
+        super().__init__()
+        self.out_dim = config.hidden_size
+
+    def forward(self, x, mask):
+        return x.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(1)
+
+
+class AttentionPooling(nn.Module):
+    """Gated attention: score_i = w . (tanh(V x_i) * sigmoid(U x_i)), softmax over real windows."""
+
+    def __init__(self, config: HeadConfig):
+        super().__init__()
+        self.value = nn.Linear(config.hidden_size, config.inner_dim)
+        self.gate = nn.Linear(config.hidden_size, config.inner_dim)
+        self.score = nn.Linear(config.inner_dim, 1)
+        self.out_dim = config.hidden_size
+
+    def weights(self, x, mask):
+        scores = self.score(torch.tanh(self.value(x)) * torch.sigmoid(self.gate(x))).squeeze(-1)
+        return scores.masked_fill(~mask, float("-inf")).softmax(-1)
+
+    def forward(self, x, mask):
+        return torch.einsum("bw,bwh->bh", self.weights(x, mask), x)
+
+
+class LSTMPooling(nn.Module):
+    """RoBERT: a bidirectional LSTM reads the windows in order; the last forward and
+    backward states are the document. Packing by length means padding is never read."""
+
+    def __init__(self, config: HeadConfig):
+        super().__init__()
+        self.lstm = nn.LSTM(config.hidden_size, config.inner_dim, batch_first=True, bidirectional=True)
+        self.out_dim = 2 * config.inner_dim
+
+    def forward(self, x, mask):
+        lengths = mask.sum(1).clamp_min(1).cpu()
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        _, (h, _) = self.lstm(packed)  # h: [2, docs, inner], already back in input order
+        return torch.cat([h[0], h[1]], dim=-1)
+
+
+def sinusoid_positions(n: int, dim: int, device=None) -> torch.Tensor:
+    """The Transformer's fixed position code, [n, dim]; defined for any n."""
+    position = torch.arange(n, device=device, dtype=torch.float32).unsqueeze(1)
+    freq = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    code = torch.zeros(n, dim, device=device)
+    code[:, 0::2] = torch.sin(position * freq)
+    code[:, 1::2] = torch.cos(position * freq[: dim // 2])
+    return code
+
+
+class TransformerPooling(nn.Module):
+    """ToBERT: project windows to inner_dim, add positions, self-attention over the
+    real windows (padding is masked as keys), then a masked mean."""
+
+    def __init__(self, config: HeadConfig):
+        super().__init__()
+        self.project = nn.Linear(config.hidden_size, config.inner_dim)
+        layer = nn.TransformerEncoderLayer(
+            config.inner_dim, config.transformer_heads, dim_feedforward=2 * config.inner_dim,
+            dropout=config.dropout, batch_first=True, norm_first=True)
+        # enable_nested_tensor=False: the nested fast path returns zeros at padded positions
+        # in eval but not in training; the masked mean below makes both paths equal anyway.
+        self.encoder = nn.TransformerEncoder(layer, config.transformer_layers, enable_nested_tensor=False)
+        self.mean = MeanPooling(config)
+        self.out_dim = config.inner_dim
+
+    def forward(self, x, mask):
+        h = self.project(x) + sinusoid_positions(x.shape[1], self.out_dim, x.device)
+        h = self.encoder(h, src_key_padding_mask=~mask)
+        return self.mean(h, mask)
+
+
+POOLINGS: dict[str, type[nn.Module]] = {
+    "mean": MeanPooling,
+    "max": MaxPooling,
+    "attention": AttentionPooling,
+    "lstm": LSTMPooling,
+    "transformer": TransformerPooling,
+}
+
+
+# --- the head ----------------------------------------------------------------------
+
+
+class Head(nn.Module):
+    """LayerNorm -> pooling -> dropout -> linear. Returns logits [docs, n_classes]."""
+
+    def __init__(self, config: HeadConfig):
+        super().__init__()
+        self.config = config
+        self.norm = nn.LayerNorm(config.hidden_size) if config.input_norm else nn.Identity()
+        self.pool = POOLINGS[config.pooling](config)
+        self.dropout = nn.Dropout(config.dropout)
+        self.classifier = nn.Linear(self.pool.out_dim, config.n_classes)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if not mask.any(1).all():
+            raise ValueError("every document needs at least one window")
+        # Zero the padding so no pooling can pick up garbage from it, even via NaN * 0.
+        x = self.norm(x).masked_fill(~mask.unsqueeze(-1), 0.0)
+        return self.classifier(self.dropout(self.pool(x, mask)))
+
+    def n_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,293 @@
+"""Stage two: train a pooling head on cached window vectors; the encoder never runs.
+
+    python cli.py train-head --train data/cache/train.h5 --pooling attention --out runs/head.pt
+    python cli.py train-head --train data/cache/train.h5 --val data/cache/dev.h5 ...
+
+Validation is a second cache (`--val`) or a stratified, seeded `--val-fraction` of
+the training cache. AdamW with linear warm-up then cosine decay; after each epoch
+the head is scored on validation and the best macro-F1 is kept; training stops
+after `patience` epochs without improvement. Cross-entropy on logits, optionally
+weighted by inverse class frequency.
+
+Reproducible: the same seed on the same machine gives the same numbers (the
+generator seeds the split, the batch order and the tie-breaks; torch's seed the
+initial weights and dropout). Memory: see `stages.cache_dataset` (the cache is
+loaded whole below `memory_budget_mb`, else read per batch by h5py slices).
+
+Writes the checkpoint (`stages.checkpoint`, atomically: an interrupted run leaves
+an earlier file intact) and `<out stem>-curve.png`, loss and validation accuracy
+per epoch. Not supported: fine-tuning the encoder, multi-label targets, GPUs
+beyond what `--device` gives torch for the (small) head.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from stages.cache import ENCODER_IDENTITY, WindowCache, differences, open_cache
+from stages.cache_dataset import DEFAULT_MEMORY_BUDGET_MB, CacheDocuments
+from stages.checkpoint import encoder_record, save_checkpoint
+from stages.embed import check_output_path, peak_memory_bytes
+from stages.errors import UserError
+from stages.evaluate import predict_logits, scores
+from stages.heads import POOLINGS, Head, HeadConfig
+
+
+@dataclass
+class TrainConfig:
+    train: str = "data/cache/train.h5"
+    out: str = "runs/head.pt"
+    val: str | None = None  # a second cache; None: hold out val_fraction of train
+    # 10% of 20NG train is ~1,100 documents: macro-F1 moves by ~0.5 points between epochs.
+    val_fraction: float = 0.1
+    # Attention scored best on validation in docs/BENCHMARKS.md and trains in seconds.
+    pooling: str = "attention"
+    dropout: float = 0.1
+    input_norm: bool = True
+    inner_dim: int = 128
+    transformer_layers: int = 1
+    # 1e-3 is AdamW's usual rate for a freshly initialised small head.
+    lr: float = 1e-3
+    # Decoupled weight decay as in BERT fine-tuning; biases and norms included (tiny head).
+    weight_decay: float = 0.01
+    # Early stopping usually fires at 10-20 epochs; the cap bounds the worst case.
+    max_epochs: int = 40
+    patience: int = 5
+    # Warm-up over the first 5% of steps keeps the first updates of a fresh head small.
+    warmup_fraction: float = 0.05
+    # 32 documents per step: ~320 steps per epoch on 20NG, stable AdamW statistics.
+    batch_docs: int = 32
+    # At most 4096 padded windows (6 MB of MiniLM vectors) per batch bounds memory.
+    batch_windows: int = 4096
+    class_weights: bool = False  # inverse-frequency weights in the loss (for skewed classes)
+    seed: int = 0
+    memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB
+    # The head's matrices are small: one thread avoids OpenMP hand-offs, which cost
+    # 50x on this 2-core machine when the other core is busy (0 = torch's default).
+    threads: int = 1
+    progress: bool | None = None  # None: a bar on a terminal, quiet in logs
+    curve: bool = True  # also write <out stem>-curve.png
+
+    def __post_init__(self):
+        if self.pooling not in POOLINGS:
+            raise UserError(f"--pooling is one of {', '.join(POOLINGS)}; got {self.pooling!r}")
+        if self.val is None and not 0.0 < self.val_fraction < 1.0:
+            raise UserError(f"--val-fraction must be between 0 and 1 (exclusive); got {self.val_fraction}")
+        for name in ("max_epochs", "patience", "batch_docs", "batch_windows"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1; got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise UserError(f"--lr must be positive; got {self.lr}")
+        if self.weight_decay < 0:
+            raise UserError(f"--weight-decay must be at least 0; got {self.weight_decay}")
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise UserError(f"--warmup-fraction must be in [0, 1); got {self.warmup_fraction}")
+        if self.threads < 0:
+            raise UserError(f"--threads must be at least 0; got {self.threads}")
+        if self.memory_budget_mb < 0:
+            raise UserError(f"--memory-budget-mb must be at least 0; got {self.memory_budget_mb}")
+
+    @property
+    def curve_path(self) -> Path:
+        out = Path(self.out)
+        return out.with_name(out.stem + "-curve.png")
+
+
+@dataclass
+class TrainSummary:
+    out: Path
+    pooling: str
+    parameters: int
+    n_train: int
+    n_val: int
+    best_epoch: int
+    epochs_run: int
+    val_accuracy: float
+    val_macro_f1: float
+    seconds: float
+    peak_memory_bytes: int
+
+    def line(self) -> str:
+        return (f"trained {self.pooling} head ({self.parameters:,} parameters) on {self.n_train:,} documents: "
+                f"best epoch {self.best_epoch}/{self.epochs_run}, validation accuracy {self.val_accuracy:.4f}, "
+                f"macro-F1 {self.val_macro_f1:.4f} ({self.n_val:,} documents); {self.seconds:.1f} s, "
+                f"peak memory {self.peak_memory_bytes / 2**30:.2f} GiB -> {self.out}")
+
+
+def stratified_split(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) document indices: `fraction` of each class (rounded, at least one
+    of any class with two or more documents) goes to validation."""
+    train, val = [], []
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        n_val = int(round(fraction * len(members)))
+        if len(members) >= 2:
+            n_val = min(max(n_val, 1), len(members) - 1)
+        else:
+            n_val = 0
+        val.append(members[:n_val])
+        train.append(members[n_val:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+def lr_lambda(total_steps: int, warmup_steps: int):
+    """Linear warm-up to 1, then cosine decay to 0 at `total_steps`."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+def class_weight_tensor(labels: np.ndarray, n_classes: int) -> torch.Tensor:
+    """n / (k * count_c) for the k classes present; 1 for absent ones (never in the loss)."""
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    present = counts > 0
+    weights = np.ones(n_classes)
+    weights[present] = counts[present].sum() / (present.sum() * counts[present])
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def _open_validation(config: TrainConfig, train_cache: WindowCache, rng):
+    """(train docs, validation CacheDocuments, the validation cache to close or None)."""
+    if config.val is None:
+        train_docs, val_docs = stratified_split(train_cache.labels, config.val_fraction, rng)
+        if len(val_docs) == 0:
+            raise UserError(f"--val-fraction {config.val_fraction} of {train_cache.n_docs} documents "
+                            f"leaves no validation documents; raise it or pass --val")
+        return train_docs, CacheDocuments.from_cache(train_cache, val_docs, memory_budget_mb=config.memory_budget_mb), None
+    val_cache = open_cache(config.val)
+    diff = differences(val_cache.attrs, train_cache.attrs, ENCODER_IDENTITY, names=("--train", "--val"))
+    if diff:
+        val_cache.close()
+        raise UserError(f"--val {config.val} was made differently from --train ({'; '.join(diff)})")
+    if val_cache.label_names != train_cache.label_names:
+        val_cache.close()
+        raise UserError(f"--val {config.val} has other label names than --train "
+                        f"({len(val_cache.label_names)} vs {len(train_cache.label_names)} classes, or another order)")
+    return (np.arange(train_cache.n_docs), CacheDocuments.from_cache(val_cache, memory_budget_mb=config.memory_budget_mb),
+            val_cache)
+
+
+def run_train_head(config: TrainConfig, log=None) -> TrainSummary:
+    started = time.perf_counter()
+    log = log or (lambda line: print(line, file=sys.stderr))
+    out = Path(config.out)
+    check_output_path(out)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    train_cache = open_cache(config.train)
+    val_cache = None
+    try:
+        names = train_cache.label_names
+        present = np.unique(train_cache.labels)
+        if len(present) < 2:
+            raise UserError(f"{config.train}: every document is of class {names[present[0]]!r}; "
+                            f"a classifier needs at least two classes")
+        train_docs, val, val_cache = _open_validation(config, train_cache, rng)
+        train = CacheDocuments.from_cache(train_cache, train_docs, memory_budget_mb=config.memory_budget_mb)
+        head_config = HeadConfig(pooling=config.pooling, hidden_size=train_cache.hidden_size,
+                                 n_classes=len(names), dropout=config.dropout, input_norm=config.input_norm,
+                                 inner_dim=config.inner_dim, transformer_layers=config.transformer_layers)
+        head = Head(head_config)
+        weights = class_weight_tensor(train_cache.labels[train_docs], len(names)) if config.class_weights else None
+        loss_fn = nn.CrossEntropyLoss(weight=weights)  # on logits: it applies log-softmax itself
+        optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        steps_per_epoch = len(train.plan(config.batch_docs, config.batch_windows))
+        total = steps_per_epoch * config.max_epochs
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_lambda(total, max(1, int(config.warmup_fraction * total))))
+
+        history, best, best_state, stale = [], None, None, 0
+        for epoch in range(1, config.max_epochs + 1):
+            head.train()
+            loss_sum, seen = 0.0, 0
+            with _progress(steps_per_epoch, f"epoch {epoch}", config.progress) as bar:
+                for batch in train.batches(config.batch_docs, config.batch_windows, rng):
+                    loss = loss_fn(head(batch.x, batch.mask), batch.labels)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    schedule.step()
+                    loss_sum += loss.item() * len(batch)
+                    seen += len(batch)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss_sum / seen:.4f}", refresh=False)
+            logits = predict_logits(head, val)
+            val_labels = torch.from_numpy(val.labels[val.docs])
+            val_loss = float(nn.functional.cross_entropy(torch.from_numpy(logits), val_labels, weight=weights))
+            result = {"epoch": epoch, "train_loss": loss_sum / seen, "val_loss": val_loss,
+                      **{f"val_{k}": v for k, v in scores(val.labels[val.docs], logits.argmax(1), len(names)).items()}}
+            history.append(result)
+            improved = best is None or result["val_macro_f1"] > best["val_macro_f1"] + 1e-6
+            if improved:
+                best, best_state, stale = result, copy.deepcopy(head.state_dict()), 0
+            else:
+                stale += 1
+            log(f"epoch {epoch:3d}  train loss {result['train_loss']:.4f}  val loss {val_loss:.4f}  "
+                f"val accuracy {result['val_accuracy']:.4f}  macro-F1 {result['val_macro_f1']:.4f}"
+                f"{'  *' if improved else ''}")
+            if stale >= config.patience:
+                break
+        head.load_state_dict(best_state)
+        training = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+                    "train_cache": str(config.train), "n_train": int(len(train)), "n_val": int(len(val)),
+                    "best_epoch": best["epoch"], "val_accuracy": best["val_accuracy"],
+                    "val_macro_f1": best["val_macro_f1"], "history": history,
+                    "seconds": time.perf_counter() - started}
+        save_checkpoint(out, head, names, encoder_record(train_cache), training)
+        if config.curve:
+            plot_curve(history, best["epoch"], config.curve_path)
+        return TrainSummary(out, config.pooling, head.n_parameters(), len(train), len(val), best["epoch"],
+                            len(history), best["val_accuracy"], best["val_macro_f1"],
+                            time.perf_counter() - started, peak_memory_bytes())
+    finally:
+        train_cache.close()
+        if val_cache is not None:
+            val_cache.close()
+
+
+def plot_curve(history: list[dict], best_epoch: int, path: Path):
+    """Training and validation loss (left axis) and validation accuracy (right) per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from stages.evaluate import _save_figure
+
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(epochs, [h["train_loss"] for h in history], label="train loss")
+    ax.plot(epochs, [h["val_loss"] for h in history], label="validation loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("cross-entropy")
+    right = ax.twinx()
+    right.plot(epochs, [h["val_accuracy"] for h in history], color="tab:green", label="validation accuracy")
+    right.set_ylabel("accuracy")
+    ax.axvline(best_epoch, color="grey", linestyle=":", label=f"kept (epoch {best_epoch})")
+    lines = ax.get_legend_handles_labels()
+    more = right.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], loc="center right", fontsize=8)
+    fig.tight_layout()
+    _save_figure(fig, path)
+    plt.close(fig)
+
+
+def _progress(total: int, desc: str, enabled: bool | None):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="batch", leave=False, disable=None if enabled is None else not enabled,
+                dynamic_ncols=True, file=sys.stderr)

@@ -1,0 +1,66 @@
+"""Small synthetic window caches, written with the real writer (`stages.cache.write_cache`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from stages.cache import write_cache
+
+ATTRS = {"model": "synthetic", "model_fingerprint": "f" * 64, "chunk_tokens": 256, "stride": 32,
+         "precision": "fp32", "data_source": "synthetic", "data_fingerprint": "0" * 64,
+         "package_version": "0.1.0"}
+
+
+def write_synthetic_cache(path: Path, n_docs: int = 60, n_classes: int = 3, hidden: int = 16,
+                          max_windows: int = 12, seed: int = 0, separable: bool = True,
+                          window_counts=None, labels=None, **attrs) -> Path:
+    """A cache whose class c documents have windows near a class centre (separable)
+    or pure noise; window counts vary from 1 to `max_windows`."""
+    centres = np.random.default_rng(1234).normal(size=(n_classes, hidden)) * 3  # shared by all seeds
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n_docs) % n_classes if labels is None else np.asarray(labels)
+    counts = (rng.integers(1, max_windows + 1, n_docs) if window_counts is None
+              else np.asarray(window_counts))
+    rows = []
+    for label, count in zip(labels, counts):
+        noise = rng.normal(size=(count, hidden))
+        rows.append(noise + (centres[label] if separable else 0))
+    embeddings = np.concatenate(rows).astype(np.float32) if rows else np.zeros((0, hidden), np.float32)
+    block = Path(f"{path}.block.npy")
+    np.save(block, embeddings)
+    names = [f"class{i}" for i in range(n_classes)]
+    all_attrs = {**ATTRS, "hidden_size": hidden, "label_names": json.dumps(names), **attrs}
+    write_cache(Path(path), all_attrs, [(0, n_docs, block)] if n_docs else [], labels=labels,
+                doc_ids=[f"doc{i}" for i in range(n_docs)], doc_tokens=counts * 200,
+                window_counts=counts, window_starts=np.concatenate([np.arange(c) * 222 for c in counts])
+                if n_docs else np.zeros(0, np.int64), hidden=hidden)
+    block.unlink()
+    return Path(path)
+
+
+def cli_error(runner: str, *args) -> tuple[int, list[str]]:
+    """(exit code, stderr lines) of `cli.py ARGS`, in this process or in a subprocess."""
+    if runner == "subprocess":
+        from conftest import run_cli
+
+        result = run_cli(*args)
+        return result.returncode, result.stderr.strip().splitlines()
+    import contextlib
+    import io
+
+    from cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main([str(a) for a in args])
+    return code, err.getvalue().strip().splitlines()
+
+
+def runners():
+    """Run a CLI test in-process (fast) and, among the slow tests, as a real subprocess."""
+    import pytest
+
+    return ["in-process", pytest.param("subprocess", marks=pytest.mark.slow)]

@@ -1,0 +1,128 @@
+"""Evaluation: the report, refusal of mismatched caches, bad head files through the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from stages.errors import UserError
+from stages.evaluate import evaluate
+from stages.train_head import TrainConfig, run_train_head
+from synthetic import cli_error, runners, write_synthetic_cache
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("eval")
+    train = write_synthetic_cache(folder / "train.h5", n_docs=120, seed=0)
+    test = write_synthetic_cache(folder / "test.h5", n_docs=60, seed=1, window_counts=[1, 3, 10, 20] * 15)
+    config = TrainConfig(train=str(train), out=str(folder / "head.pt"), pooling="mean", max_epochs=15, lr=1e-2,
+                         progress=False, curve=False)
+    run_train_head(config, log=lambda line: None)
+    return folder / "head.pt", test, folder
+
+
+def test_report_files_and_figures(trained, tmp_path):
+    head, test, _ = trained
+    result = evaluate(head, test, tmp_path / "report")
+    files = sorted(p.name for p in (tmp_path / "report").iterdir())
+    assert files == ["confusion_matrix.png", "metrics.json", "report.md"]
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert metrics["accuracy"] == pytest.approx(result.metrics["accuracy"]) and metrics["accuracy"] > 0.8
+    assert np.asarray(metrics["confusion_matrix"]).sum() == 60
+    assert np.trace(metrics["confusion_matrix"]) / 60 == pytest.approx(metrics["accuracy"])
+    assert [c["class"] for c in metrics["per_class"]] == ["class0", "class1", "class2"]
+    assert [(b["windows"], b["documents"]) for b in metrics["by_length"]] == [
+        ("1", 15), ("2-4", 15), ("5-16", 15), (">16", 15)]
+    assert "| class0 |" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_macro_f1_matches_sklearn(trained):
+    from sklearn.metrics import f1_score
+
+    from stages.cache import open_cache
+    from stages.cache_dataset import CacheDocuments
+    from stages.checkpoint import load_checkpoint
+    from stages.evaluate import predict_logits
+
+    head, test, _ = trained
+    with open_cache(test) as cache:
+        pred = predict_logits(load_checkpoint(head).head, CacheDocuments.from_cache(cache)).argmax(1)
+        truth = cache.labels
+    assert evaluate(head, test).metrics["macro_f1"] == pytest.approx(f1_score(truth, pred, average="macro"))
+
+
+@pytest.mark.parametrize("change, named", [
+    (dict(model_fingerprint="a" * 64), "model_fingerprint"),
+    (dict(chunk_tokens=512), "chunk_tokens"),
+    (dict(stride=0), "stride"),
+])
+def test_cache_from_another_encoder_or_windows_is_refused(trained, tmp_path, change, named):
+    head, _, _ = trained
+    other = write_synthetic_cache(tmp_path / "other.h5", n_docs=12, **change)
+    with pytest.raises(UserError, match=named):
+        evaluate(head, other)
+
+
+def test_other_hidden_size_is_refused(trained, tmp_path):
+    other = write_synthetic_cache(tmp_path / "wide.h5", n_docs=12, hidden=32)
+    with pytest.raises(UserError, match="hidden_size"):
+        evaluate(trained[0], other)
+
+
+def test_labels_are_matched_by_name(trained, tmp_path):
+    """A cache listing the same classes in another order is scored correctly; unknown classes are refused."""
+    head, test, _ = trained
+    base = evaluate(head, test).metrics["accuracy"]
+    import h5py
+
+    reordered = tmp_path / "reordered.h5"
+    reordered.write_bytes(test.read_bytes())
+    with h5py.File(reordered, "r+") as f:
+        f.attrs["label_names"] = json.dumps(["class2", "class0", "class1"])
+        f["labels"][:] = np.array([1, 2, 0])[f["labels"][:]]  # same documents, renamed indices
+    assert evaluate(head, reordered).metrics["accuracy"] == pytest.approx(base)
+    with h5py.File(reordered, "r+") as f:
+        f.attrs["label_names"] = json.dumps(["class2", "class0", "sports"])
+    with pytest.raises(UserError, match="sports"):
+        evaluate(head, reordered)
+
+
+@pytest.mark.parametrize("runner", runners())
+def test_mismatched_cache_is_one_line_naming_the_difference(runner, trained, tmp_path):
+    head, _, _ = trained
+    other = write_synthetic_cache(tmp_path / "other.h5", n_docs=12, chunk_tokens=128)
+    code, lines = cli_error(runner, "evaluate", "--head", head, "--cache", other)
+    assert code == 2 and len(lines) == 1 and "chunk_tokens: 256 (the head) vs 128 (the cache)" in lines[0], lines
+
+
+@pytest.mark.parametrize("runner", runners())
+@pytest.mark.parametrize("case", ["missing", "text", "cache", "other-torch-file", "truncated"])
+def test_a_head_file_that_is_not_one_is_one_line(runner, case, trained, tmp_path):
+    head, test, _ = trained
+    path = {"missing": tmp_path / "nope.pt", "cache": test}.get(case, tmp_path / f"{case}.pt")
+    if case == "text":
+        path.write_text("not a head\n")
+    elif case == "other-torch-file":
+        torch.save({"weights": torch.zeros(3)}, path)
+    elif case == "truncated":
+        path.write_bytes(head.read_bytes()[:2000])
+    code, lines = cli_error(runner, "evaluate", "--head", path, "--cache", test)
+    assert code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {path}"), lines
+
+
+def test_evaluate_cli_prints_scores_and_writes_the_report(trained, tmp_path):
+    import contextlib
+    import io
+
+    from cli import main
+
+    head, test, _ = trained
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["evaluate", "--head", str(head), "--cache", str(test), "--report", str(tmp_path / "r")]) == 0
+    assert "accuracy" in out.getvalue() and "macro-F1" in out.getvalue()
+    assert (tmp_path / "r" / "metrics.json").exists()

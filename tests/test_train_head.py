@@ -1,0 +1,206 @@
+"""Training: learning, reproducibility, batching, the checkpoint, and bad input through the CLI."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from stages.cache import open_cache
+from stages.cache_dataset import CacheDocuments
+from stages.checkpoint import load_checkpoint
+from stages.errors import UserError
+from stages.train_head import TrainConfig, run_train_head, stratified_split
+from synthetic import cli_error, runners, write_synthetic_cache
+
+QUIET = dict(progress=False, curve=False)
+
+
+def train(tmp_path, cache, name="head.pt", **kwargs):
+    config = TrainConfig(train=str(cache), out=str(tmp_path / name), **{**QUIET, **kwargs})
+    return run_train_head(config, log=lambda line: None)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("toy")
+    return (write_synthetic_cache(folder / "train.h5", n_docs=150, seed=0),
+            write_synthetic_cache(folder / "test.h5", n_docs=60, seed=1))
+
+
+def test_learns_a_separable_problem(tmp_path, toy):
+    from stages.evaluate import evaluate
+
+    summary = train(tmp_path, toy[0], pooling="attention", max_epochs=30, lr=3e-3)
+    assert summary.val_macro_f1 >= 0.9
+    assert evaluate(summary.out, toy[1]).metrics["accuracy"] >= 0.9
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path, toy):
+    runs = [train(tmp_path, toy[0], name=f"{seed}-{i}.pt", pooling="transformer", max_epochs=3, seed=seed)
+            for i, seed in enumerate([7, 7, 8])]
+    heads = [load_checkpoint(run.out) for run in runs]
+    assert heads[0].training["history"] == heads[1].training["history"]
+    for name, value in heads[0].head.state_dict().items():
+        assert torch.equal(value, heads[1].head.state_dict()[name])
+    assert heads[0].training["history"] != heads[2].training["history"]
+
+
+def test_checkpoint_round_trip(tmp_path, toy):
+    summary = train(tmp_path, toy[0], pooling="lstm", max_epochs=2)
+    checkpoint = load_checkpoint(summary.out)
+    payload = torch.load(summary.out, weights_only=True)  # nothing but plain data and tensors
+    assert payload["head"]["pooling"] == "lstm" and payload["head"]["n_classes"] == 3
+    assert checkpoint.label_names == ["class0", "class1", "class2"]
+    assert checkpoint.encoder["model_fingerprint"] == "f" * 64
+    assert (checkpoint.encoder["chunk_tokens"], checkpoint.encoder["stride"]) == (256, 32)
+    assert checkpoint.training["best_epoch"] == summary.best_epoch
+    assert not checkpoint.head.training
+    with open_cache(toy[1]) as cache:
+        docs = CacheDocuments.from_cache(cache)
+        batch = docs.load(np.arange(10))
+        again = load_checkpoint(summary.out).head
+        torch.testing.assert_close(checkpoint.head(batch.x, batch.mask), again(batch.x, batch.mask))
+    assert (tmp_path / "head-curve.png").exists() is False  # curve=False
+    train(tmp_path, toy[0], name="curved.pt", max_epochs=1, curve=True)
+    assert (tmp_path / "curved-curve.png").stat().st_size > 1000
+
+
+def test_stratified_split_is_seeded_disjoint_and_proportional():
+    labels = np.repeat([0, 1, 2], [50, 30, 1])
+    train_a, val_a = stratified_split(labels, 0.2, np.random.default_rng(3))
+    train_b, val_b = stratified_split(labels, 0.2, np.random.default_rng(3))
+    assert np.array_equal(val_a, val_b) and np.array_equal(train_a, train_b)
+    assert not set(train_a) & set(val_a) and len(train_a) + len(val_a) == len(labels)
+    assert np.bincount(labels[val_a], minlength=3).tolist() == [10, 6, 0]  # a lone document stays in train
+
+
+def test_batches_bound_padded_windows_and_keep_long_documents(tmp_path):
+    counts = [1] * 40 + [2, 3, 5, 8, 13] * 4 + [900]
+    cache = write_synthetic_cache(tmp_path / "c.h5", n_docs=len(counts), window_counts=counts)
+    with open_cache(cache) as c:
+        docs = CacheDocuments.from_cache(c)
+        plan = docs.plan(batch_docs=16, batch_windows=64, rng=np.random.default_rng(0))
+        assert sorted(np.concatenate(plan).tolist()) == list(range(len(counts)))
+        for batch in plan:
+            widest = docs.counts[batch].max()
+            assert len(batch) <= 16 and (len(batch) * widest <= 64 or len(batch) == 1)
+        assert [len(b) for b in plan if docs.counts[b].max() == 900] == [1]
+    summary = train(tmp_path, cache, pooling="transformer", max_epochs=1, batch_windows=64, batch_docs=16)
+    assert summary.n_train + summary.n_val == len(counts)
+
+
+def test_reading_by_slices_matches_loading_into_memory(tmp_path, toy):
+    in_memory = train(tmp_path, toy[0], name="a.pt", pooling="mean", max_epochs=2)
+    on_disk = train(tmp_path, toy[0], name="b.pt", pooling="mean", max_epochs=2, memory_budget_mb=0)
+    assert load_checkpoint(in_memory.out).training["history"] == load_checkpoint(on_disk.out).training["history"]
+    with open_cache(toy[0]) as cache:
+        assert not CacheDocuments.from_cache(cache, memory_budget_mb=0).in_memory
+        assert CacheDocuments.from_cache(cache).in_memory
+
+
+def test_validation_cache_must_match(tmp_path, toy):
+    other = write_synthetic_cache(tmp_path / "other.h5", n_docs=30, stride=64)
+    with pytest.raises(UserError, match="stride: 256|stride"):
+        train(tmp_path, toy[0], val=str(other))
+    summary = train(tmp_path, toy[0], val=str(toy[1]), max_epochs=1)
+    assert summary.n_val == 60 and summary.n_train == 150
+
+
+def test_class_weights_train(tmp_path):
+    cache = write_synthetic_cache(tmp_path / "skew.h5", n_docs=80, labels=[0] * 70 + [1] * 6 + [2] * 4)
+    assert train(tmp_path, cache, class_weights=True, max_epochs=2).n_train > 0
+
+
+def test_interrupted_training_leaves_the_earlier_checkpoint(tmp_path, toy):
+    first = train(tmp_path, toy[0], max_epochs=1)
+    before = first.out.read_bytes()
+
+    def interrupt(line):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_train_head(TrainConfig(train=str(toy[0]), out=str(first.out), seed=5, **QUIET), log=interrupt)
+    assert first.out.read_bytes() == before
+
+
+def test_failed_save_leaves_the_earlier_checkpoint(tmp_path, toy, monkeypatch):
+    first = train(tmp_path, toy[0], max_epochs=1)
+    before = first.out.read_bytes()
+
+    def half_written(obj, path):
+        open(path, "wb").write(b"PK\x03\x04 half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", half_written)
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path, toy[0], max_epochs=1, seed=5)
+    assert first.out.read_bytes() == before
+
+
+# --- bad input, through the CLI -------------------------------------------------------
+
+
+def bad_caches(folder):
+    """{case: path} for each kind of bad train cache."""
+    good = write_synthetic_cache(folder / "good.h5", n_docs=20)
+    truncated = folder / "truncated.h5"
+    truncated.write_bytes(good.read_bytes()[:3000])
+    foreign = folder / "foreign.h5"
+    with h5py.File(foreign, "w") as f:
+        f["x"] = np.arange(3)
+    return {
+        "missing": folder / "nope.h5",
+        "truncated": truncated,
+        "foreign": foreign,
+        "not-hdf5": _write(folder / "text.h5", b"just text\n"),
+        "empty": empty_cache(good, folder / "empty.h5"),
+        "single-class": write_synthetic_cache(folder / "one.h5", n_docs=10, labels=[1] * 10),
+    }
+
+
+def empty_cache(like, path):
+    """A complete cache with no documents (write_cache cannot chunk an empty dataset)."""
+    with h5py.File(like) as src, h5py.File(path, "w") as f:
+        f.create_dataset("embeddings", shape=(0, src["embeddings"].shape[1]), dtype="float32")
+        f["doc_offsets"] = np.zeros(1, np.int64)
+        for name in ("labels", "doc_tokens", "window_starts"):
+            f[name] = np.zeros(0, np.int64)
+        f.create_dataset("doc_ids", shape=(0,), dtype=h5py.string_dtype("utf-8"))
+        f.attrs.update(dict(src.attrs))
+    return path
+
+
+def _write(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
+@pytest.fixture(scope="module")
+def bad(tmp_path_factory):
+    return bad_caches(tmp_path_factory.mktemp("bad"))
+
+
+@pytest.mark.parametrize("runner", runners())
+@pytest.mark.parametrize("case", ["missing", "truncated", "foreign", "not-hdf5", "empty", "single-class"])
+def test_bad_train_cache_is_one_line(runner, case, bad, tmp_path):
+    code, lines = cli_error(runner, "train-head", "--train", bad[case], "--out", tmp_path / "h.pt")
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert str(bad[case]) in lines[0] or case == "single-class"
+    assert not (tmp_path / "h.pt").exists()
+
+
+@pytest.mark.parametrize("runner", runners())
+@pytest.mark.parametrize("fraction", ["0", "1", "1.5", "-0.1"])
+def test_val_fraction_out_of_range_is_one_line(runner, fraction, toy, tmp_path):
+    code, lines = cli_error(runner, "train-head", "--train", toy[0], "--val-fraction", fraction,
+                            "--out", tmp_path / "h.pt")
+    assert code == 2 and len(lines) == 1 and "--val-fraction" in lines[0], lines
+
+
+def test_train_head_cli_writes_checkpoint_and_curve(tmp_path, toy):
+    code, lines = cli_error("in-process", "train-head", "--train", toy[0], "--out", tmp_path / "h.pt",
+                            "--epochs", "2", "--no-progress")
+    assert code == 0 and any(line.startswith("epoch   1") for line in lines)
+    assert (tmp_path / "h.pt").exists() and (tmp_path / "h-curve.png").exists()
