@@ -19,13 +19,19 @@ EXTRA       ?=
 # Categories and removal for 20newsgroups, e.g. CATEGORIES=alt.atheism,comp.graphics REMOVE=headers,footers,quotes
 CATEGORIES  ?=
 REMOVE      ?=
+# Stage two and evaluation: make train-head POOLING=lstm; make evaluate HEAD=runs/lstm.pt
+RUNS        ?= runs
+POOLING     ?= attention
+SEED        ?= 0
+HEAD        ?= $(RUNS)/head.pt
+HEAD_EXTRA  ?=
 
 EMBED_ARGS = --data $(DATA) --model $(MODEL) --chunk-tokens $(CHUNK) --stride $(STRIDE) \
 	--batch-tokens $(BATCH_TOKENS) --precision $(PRECISION) --device $(DEVICE) \
 	$(if $(CATEGORIES),--categories $(CATEGORIES)) $(if $(REMOVE),--remove $(REMOVE)) $(EXTRA)
 
-.PHONY: all install embed test test-fast bench clean
-all: embed
+.PHONY: all install embed train-head evaluate test test-fast bench clean
+all: embed train-head evaluate
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON_BASE) -m venv $(VENV)
@@ -39,6 +45,12 @@ install: $(VENV)/.installed
 embed: install
 	$(PY) cli.py embed --split train --out $(CACHE_DIR)/train.h5 $(EMBED_ARGS)
 	$(PY) cli.py embed --split test --out $(CACHE_DIR)/test.h5 $(EMBED_ARGS)
+
+train-head: install
+	$(PY) cli.py train-head --train $(CACHE_DIR)/train.h5 --pooling $(POOLING) --seed $(SEED) --out $(HEAD) $(HEAD_EXTRA)
+
+evaluate: install
+	$(PY) cli.py evaluate --head $(HEAD) --cache $(CACHE_DIR)/test.h5 --report $(RUNS)/report
 
 test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
