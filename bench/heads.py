@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -106,6 +107,11 @@ def pooled_features(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return first, mean, cache.labels.copy()
 
 
+def acc_f1(y_true, y_pred) -> dict:
+    result = scores(y_true, y_pred)
+    return {"acc": result["accuracy"], "f1": result["macro_f1"]}
+
+
 def logistic_rows(train: Path, test: Path, c: float) -> list[dict]:
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -119,8 +125,7 @@ def logistic_rows(train: Path, test: Path, c: float) -> list[dict]:
         model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=3000))
         model.fit(x_train, y_train)
         rows.append({"method": f"logistic regression, {name} (C={c:g})",
-                     **scores(y_test, model.predict(x_test), int(y_train.max()) + 1),
-                     "seconds": time.perf_counter() - start})
+                     **acc_f1(y_test, model.predict(x_test)), "seconds": time.perf_counter() - start})
     return rows
 
 
@@ -135,9 +140,17 @@ def tfidf_row(setting: dict) -> dict:
     model = LinearSVC(C=1.0).fit(vectorizer.fit_transform(train.texts), train.labels)
     predicted = model.predict(vectorizer.transform(test.texts))
     return {"method": "TF-IDF + LinearSVC (C=1), raw texts",
-            **{k.replace("macro_f1", "f1").replace("accuracy", "acc"): v
-               for k, v in scores(test.labels, predicted, len(train.label_names)).items()},
-            "seconds": time.perf_counter() - start}
+            **acc_f1(test.labels, predicted), "seconds": time.perf_counter() - start}
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
 
 
 def fmt(value, digits=4):
@@ -172,11 +185,9 @@ def main():
     seed_rows = [best]
     for seed in seeds[1:]:
         out = runs / f"{best_pooling}-seed{seed}.pt"
-        seed_rows.append(head_row(f"head: {best_pooling}", out, test, train_head(train, out, best_pooling, seed, extra)))
-    baselines = logistic_rows(train, test, setting["lr_c"])
-    for row in baselines:
-        row["acc"], row["f1"] = row.pop("accuracy"), row.pop("macro_f1")
-    baselines.append(tfidf_row(setting))
+        run = train_head(train, out, best_pooling, seed, extra)
+        seed_rows.append(head_row(f"head: {best_pooling}", out, test, run))
+    baselines = [*logistic_rows(train, test, setting["lr_c"]), tfidf_row(setting)]
 
     with open_cache(train) as c_train, open_cache(test) as c_test:
         sizes = (f"{c_train.n_docs:,} train / {c_test.n_docs:,} test documents, "
@@ -185,7 +196,8 @@ def main():
                  f"{c_train.attrs['model']} at {c_train.attrs['precision']}")
     lines = [f"Setting `{args.setting}`: {sizes}. Heads: seed {seeds[0]}, validation = 10% of train "
              f"(stratified){', extra options ' + repr(args.extra) if args.extra else ''}.", "",
-             "| method | val macro-F1 | test accuracy | test macro-F1 | best epoch / run | train-head wall s | peak RSS GiB |",
+             "| method | val macro-F1 | test accuracy | test macro-F1 | best epoch / run | train-head wall s "
+             "| peak RSS GiB |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for row in heads:
         lines.append(f"| {row['method']} | {fmt(row['val_f1'])} | {fmt(row['acc'])} | {fmt(row['f1'])} | "
@@ -202,8 +214,8 @@ def main():
               f"(mean ± sample std; per seed: {', '.join(f'{a:.4f}' for a in acc)}); train-head wall "
               f"{walls} s, peak RSS "
               f"{max(r['peak_gib'] for r in seed_rows):.2f} GiB.",
-              "", f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-              f"`{' '.join([Path(sys.executable).name, *sys.argv])}`; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}."]
+              "", f"Machine: {cpu_name()}, {os.cpu_count()} cores; "
+              f"`{shlex.join(['.venv/bin/python', *sys.argv])}`; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}."]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

@@ -49,7 +49,7 @@ def predict_logits(head: nn.Module, documents: CacheDocuments, batch_docs: int =
     return out
 
 
-def scores(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict:
+def scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
     """Accuracy and macro-F1 over the classes that occur in `y_true` or `y_pred`."""
     from sklearn.metrics import f1_score
 
@@ -84,7 +84,7 @@ def evaluate(head_path: str | Path, cache_path: str | Path, report_dir: str | Pa
     names = checkpoint.label_names
     y_pred = logits.argmax(1)
     metrics = {"head": str(head_path), "cache": str(cache_path), "documents": int(len(labels)),
-               **scores(labels, y_pred, len(names))}
+               **scores(labels, y_pred)}
     precision, recall, f1, support = precision_recall_fscore_support(
         labels, y_pred, labels=np.arange(len(names)), zero_division=0)
     metrics["per_class"] = [

@@ -160,12 +160,13 @@ def class_weight_tensor(labels: np.ndarray, n_classes: int) -> torch.Tensor:
 
 def _open_validation(config: TrainConfig, train_cache: WindowCache, rng):
     """(train docs, validation CacheDocuments, the validation cache to close or None)."""
+    budget = config.memory_budget_mb
     if config.val is None:
         train_docs, val_docs = stratified_split(train_cache.labels, config.val_fraction, rng)
         if len(val_docs) == 0:
             raise UserError(f"--val-fraction {config.val_fraction} of {train_cache.n_docs} documents "
                             f"leaves no validation documents; raise it or pass --val")
-        return train_docs, CacheDocuments.from_cache(train_cache, val_docs, memory_budget_mb=config.memory_budget_mb), None
+        return train_docs, CacheDocuments.from_cache(train_cache, val_docs, memory_budget_mb=budget), None
     val_cache = open_cache(config.val)
     diff = differences(val_cache.attrs, train_cache.attrs, ENCODER_IDENTITY, names=("--train", "--val"))
     if diff:
@@ -174,9 +175,9 @@ def _open_validation(config: TrainConfig, train_cache: WindowCache, rng):
     if val_cache.label_names != train_cache.label_names:
         val_cache.close()
         raise UserError(f"--val {config.val} has other label names than --train "
-                        f"({len(val_cache.label_names)} vs {len(train_cache.label_names)} classes, or another order)")
-    return (np.arange(train_cache.n_docs), CacheDocuments.from_cache(val_cache, memory_budget_mb=config.memory_budget_mb),
-            val_cache)
+                        f"({len(val_cache.label_names)} vs {len(train_cache.label_names)} classes, "
+                        f"or another order)")
+    return np.arange(train_cache.n_docs), CacheDocuments.from_cache(val_cache, memory_budget_mb=budget), val_cache
 
 
 def run_train_head(config: TrainConfig, log=None) -> TrainSummary:
@@ -229,7 +230,7 @@ def run_train_head(config: TrainConfig, log=None) -> TrainSummary:
             val_labels = torch.from_numpy(val.labels[val.docs])
             val_loss = float(nn.functional.cross_entropy(torch.from_numpy(logits), val_labels, weight=weights))
             result = {"epoch": epoch, "train_loss": loss_sum / seen, "val_loss": val_loss,
-                      **{f"val_{k}": v for k, v in scores(val.labels[val.docs], logits.argmax(1), len(names)).items()}}
+                      **{f"val_{k}": v for k, v in scores(val.labels[val.docs], logits.argmax(1)).items()}}
             history.append(result)
             improved = best is None or result["val_macro_f1"] > best["val_macro_f1"] + 1e-6
             if improved:
