@@ -21,7 +21,7 @@ CATEGORIES  ?=
 REMOVE      ?=
 # Stage two and evaluation: make train-head POOLING=lstm; make evaluate HEAD=runs/lstm.pt
 RUNS        ?= runs
-POOLING     ?= attention
+POOLING     ?= lstm
 SEED        ?= 0
 HEAD        ?= $(RUNS)/head.pt
 HEAD_EXTRA  ?=

@@ -76,7 +76,7 @@ def embed(data, split, out, model, chunk_tokens, stride, batch_tokens, precision
 @click.option("--out", type=click.Path(dir_okay=False), default="runs/head.pt",
               help="Checkpoint to write (atomically); the curve goes to OUT-STEM-curve.png beside it.")
 @click.option("--pooling", type=click.Choice(["mean", "max", "attention", "lstm", "transformer"]),
-              default="attention", help="How window vectors become one document vector.")
+              default="lstm", help="How window vectors become one document vector (lstm: best on validation).")
 @click.option("--epochs", "max_epochs", default=40, help="Most epochs; early stopping usually ends sooner.")
 @click.option("--patience", default=5, help="Stop after this many epochs without a better validation macro-F1.")
 @click.option("--lr", default=1e-3, help="Peak AdamW learning rate (linear warm-up, cosine decay).")
