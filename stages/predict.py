@@ -20,6 +20,7 @@ import torch
 
 from stages.cache_dataset import CacheDocuments
 from stages.checkpoint import load_checkpoint
+from stages import embed
 from stages.embed import encode_windows
 from stages.encoder import load_encoder
 from stages.errors import UserError
@@ -65,9 +66,10 @@ def read_texts(sources: list[str]) -> list[str]:
     return texts
 
 
-def predict(head_path: str | Path, sources: list[str], device: str = "auto", batch_tokens: int = 16384,
+def predict(head_path: str | Path, sources: list[str], device: str = "auto", batch_tokens: int | None = None,
             threads: int = 0) -> list[Prediction]:
-    if batch_tokens < 1:
+    """One Prediction per source, in order. `batch_tokens` None: stage one's default for the device."""
+    if batch_tokens is not None and batch_tokens < 1:
         raise UserError(f"--batch-tokens must be positive; got {batch_tokens}")
     if threads:
         torch.set_num_threads(threads)
@@ -79,6 +81,7 @@ def predict(head_path: str | Path, sources: list[str], device: str = "auto", bat
         raise UserError(f"{recorded['model']} here is not the encoder {head_path} was trained with "
                         f"(fingerprint {encoder.fingerprint[:12]} vs {str(recorded['model_fingerprint'])[:12]})")
     spec = WindowSpec(int(recorded["chunk_tokens"]), int(recorded["stride"]), SpecialTokens.of(encoder.tokenizer))
+    batch_tokens = batch_tokens or embed.default_batch_tokens(encoder.device)
     if batch_tokens < spec.chunk_tokens:
         raise UserError(f"--batch-tokens {batch_tokens} must be at least the head's {spec.chunk_tokens}-token windows")
     windows_per_doc = [spec.windows(tokens) for tokens in tokenize(encoder.tokenizer, texts)]
