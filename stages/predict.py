@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stages import embed
 from stages.cache_dataset import CacheDocuments
 from stages.checkpoint import load_checkpoint
-from stages import embed
 from stages.embed import encode_windows
 from stages.encoder import load_encoder
 from stages.errors import UserError
