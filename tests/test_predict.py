@@ -47,7 +47,7 @@ def test_predict_matches_the_head_on_the_cache(tiny):
     """Same windows, same encoder, same settings: predictions equal the head applied to the cached vectors."""
     corpus, cache, head = tiny
     ids, probabilities, names = cache_probabilities(head, cache)
-    predictions = predict(head, [str(corpus / doc_id) for doc_id in ids], device="cpu")
+    predictions = predict(head, [str(corpus / doc_id) for doc_id in ids], device="cpu", batch_tokens=2048)
     got = np.array([p.probability for p in predictions])
     np.testing.assert_allclose(got, probabilities.max(1), atol=2e-3)
     assert [p.label for p in predictions] == [names[k] for k in probabilities.argmax(1)]
