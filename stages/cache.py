@@ -256,7 +256,7 @@ def write_cache(out: Path, attrs: dict, blocks: list[tuple[int, int, Path]], *, 
     with h5py.File(tmp, "w") as f:
         embeddings = f.create_dataset(
             "embeddings", shape=(n_windows, hidden), dtype="float32",
-            chunks=(max(1, min(n_windows, 4096)), hidden))
+            chunks=(min(n_windows, 4096), hidden) if n_windows else None)
         for start, end, path in blocks:
             block = load_block(path)
             lo, hi = offsets[start], offsets[end]

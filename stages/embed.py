@@ -46,9 +46,8 @@ class EmbedConfig:
     # 32 tokens of overlap give each boundary sentence context on both sides for
     # about 14% more windows than none.
     stride: int = 32
-    # 16k tokens per batch (64 full windows) is where CPU throughput flattens out
-    # (docs/BENCHMARKS.md); activations stay well under 1 GB for MiniLM.
-    batch_tokens: int = 16384
+    # None: `default_batch_tokens(device)`. Set it to bound activation memory by hand.
+    batch_tokens: int | None = None
     precision: str = "auto"
     device: str = "auto"
     categories: list[str] | None = None
@@ -88,6 +87,18 @@ class EmbedSummary:
         return "".join(parts)
 
 
+def default_batch_tokens(device: torch.device) -> int:
+    """Token budget of one encoder batch when --batch-tokens is not given.
+
+    CPU: 1024. Throughput is flat from 512 to 16k tokens per batch on CPU, while
+    activation memory grows with the batch (and large padded batches slow down);
+    1024 keeps a 100k-token document within 1.1x of a short one's peak memory.
+    CUDA: 32768, enough windows to fill a GPU; activations stay near 1 GB for bert-base.
+    See docs/BENCHMARKS.md.
+    """
+    return 32768 if device.type == "cuda" else 1024
+
+
 def peak_memory_bytes(device: torch.device | None = None) -> int:
     """Peak resident memory of this process (plus peak CUDA memory on a GPU)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
@@ -118,21 +129,23 @@ def encode_windows(encoder: Encoder, windows: list[list[int]], batch_tokens: int
     lengths = np.fromiter((len(w) for w in windows), dtype=np.int64, count=len(windows))
     out = np.empty((len(windows), encoder.hidden_size), dtype=np.float32)
     pad_id = SpecialTokens.of(encoder.tokenizer).pad_id if windows else 0
-    for batch in pack_batches(lengths, batch_tokens):
-        width = int(lengths[batch].max())
-        ids = np.full((len(batch), width), pad_id, dtype=np.int64)
-        mask = np.zeros((len(batch), width), dtype=np.int64)
-        for row, i in enumerate(batch):
-            ids[row, :lengths[i]] = windows[i]
-            mask[row, :lengths[i]] = 1
-        ids_t = torch.from_numpy(ids).to(encoder.device, non_blocking=True)
-        # Without padding the mask is all ones: leaving it out lets SDPA take its fastest kernel.
-        mask_t = None if mask.all() else torch.from_numpy(mask).to(encoder.device, non_blocking=True)
-        with torch.inference_mode(), encoder.autocast():
+    # One autocast context for all batches: autocast caches the low-precision copy of
+    # each weight until the context exits, so weights are cast once, not per batch.
+    with torch.inference_mode(), encoder.autocast():
+        for batch in pack_batches(lengths, batch_tokens):
+            width = int(lengths[batch].max())
+            ids = np.full((len(batch), width), pad_id, dtype=np.int64)
+            mask = np.zeros((len(batch), width), dtype=np.int64)
+            for row, i in enumerate(batch):
+                ids[row, :lengths[i]] = windows[i]
+                mask[row, :lengths[i]] = 1
+            ids_t = torch.from_numpy(ids).to(encoder.device, non_blocking=True)
+            # Without padding the mask is all ones: leaving it out lets SDPA take its fastest kernel.
+            mask_t = None if mask.all() else torch.from_numpy(mask).to(encoder.device, non_blocking=True)
             cls = encoder.model(input_ids=ids_t, attention_mask=mask_t).last_hidden_state[:, 0]
-        out[batch] = cls.float().cpu().numpy()
-        if on_batch is not None:
-            on_batch(len(batch))
+            out[batch] = cls.float().cpu().numpy()
+            if on_batch is not None:
+                on_batch(len(batch))
     return out
 
 
@@ -171,7 +184,7 @@ def check_output_path(out: Path):
 def run_embed(config: EmbedConfig) -> EmbedSummary:
     started = time.perf_counter()
     out = Path(config.out)
-    if config.batch_tokens < 1:
+    if config.batch_tokens is not None and config.batch_tokens < 1:
         raise UserError(f"--batch-tokens must be positive; got {config.batch_tokens}")
     if config.block_windows < 1:
         raise UserError(f"--block-windows must be positive; got {config.block_windows}")
@@ -182,8 +195,9 @@ def run_embed(config: EmbedConfig) -> EmbedSummary:
     if config.chunk_tokens > encoder.max_tokens:
         raise UserError(f"--chunk-tokens {config.chunk_tokens} is above the {encoder.max_tokens} "
                         f"tokens {config.model} takes")
-    if config.batch_tokens < config.chunk_tokens:
-        raise UserError(f"--batch-tokens {config.batch_tokens} must be at least --chunk-tokens {config.chunk_tokens}")
+    batch_tokens = config.batch_tokens or default_batch_tokens(encoder.device)
+    if batch_tokens < config.chunk_tokens:
+        raise UserError(f"--batch-tokens {batch_tokens} must be at least --chunk-tokens {config.chunk_tokens}")
     spec = WindowSpec(config.chunk_tokens, config.stride, SpecialTokens.of(encoder.tokenizer))
 
     attrs = {
@@ -223,7 +237,7 @@ def run_embed(config: EmbedConfig) -> EmbedSummary:
         with _progress(int(window_counts[resumed_docs:].sum()), config.progress) as bar:
             for start, end in todo:
                 windows = [w for doc in range(start, end) for w in spec.windows(token_ids[doc])]
-                embeddings = encode_windows(encoder, windows, config.batch_tokens, on_batch=bar.update)
+                embeddings = encode_windows(encoder, windows, batch_tokens, on_batch=bar.update)
                 partial.save(Block(start, end, embeddings))
                 tokens_encoded += sum(len(w) for w in windows)
         write_cache(out, attrs, partial.finished_blocks(), labels=corpus.labels, doc_ids=corpus.doc_ids,

@@ -98,13 +98,37 @@ class WindowSpec:
         return [self.window(tokens, int(s)) for s in self.starts(len(tokens))]
 
 
-def tokenize(tokenizer, texts: list[str], batch_size: int = 256) -> list[np.ndarray]:
+# Texts longer than this are tokenized in pieces cut at whitespace, so the
+# tokenizer's working memory (offsets, normalisation maps: ~300 bytes per token)
+# stays bounded however long a document is. 50k characters is about 12k tokens.
+SEGMENT_CHARS = 50_000
+
+
+def split_at_whitespace(text: str, size: int = SEGMENT_CHARS) -> list[str]:
+    """Cut `text` into pieces of at most about `size` characters, each cut made just
+    before a whitespace character, so word-level pre-tokenizers see the same words."""
+    pieces, start = [], 0
+    while len(text) - start > size:
+        cut = next((i for i in range(start + size, start + size // 2, -1) if text[i].isspace()), start + size)
+        pieces.append(text[start:cut])
+        start = cut
+    pieces.append(text[start:])
+    return pieces
+
+
+def tokenize(tokenizer, texts: list[str], batch_size: int = 256,
+             segment_chars: int = SEGMENT_CHARS) -> list[np.ndarray]:
     """Token ids of each whole text, without special tokens and without truncation."""
     ids = []
     for i in range(0, len(texts), batch_size):
+        pieces = [split_at_whitespace(text, segment_chars) for text in texts[i:i + batch_size]]
+        flat = [piece for doc in pieces for piece in doc]
         encoded = tokenizer(
-            texts[i:i + batch_size], add_special_tokens=False, truncation=False,
+            flat, add_special_tokens=False, truncation=False,
             return_attention_mask=False, return_token_type_ids=False, verbose=False,
         )["input_ids"]
-        ids += [np.asarray(x, dtype=np.int32) for x in encoded]
+        at = 0
+        for doc in pieces:
+            ids.append(np.asarray([t for piece in encoded[at:at + len(doc)] for t in piece], dtype=np.int32))
+            at += len(doc)
     return ids

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from stages.errors import UserError
-from stages.windows import SpecialTokens, WindowSpec, tokenize
+from stages.windows import SpecialTokens, WindowSpec, split_at_whitespace, tokenize
 
 SPECIAL = SpecialTokens(prefix=(101,), suffix=(102,), pad_id=0)
 
@@ -62,3 +62,15 @@ def test_tokenize_never_truncates(tiny_bert):
     long_text = "space " * 5000  # far beyond model_max_length
     ids = tokenize(tokenizer, [long_text, ""])
     assert len(ids[0]) == 5000 and len(ids[1]) == 0
+
+
+def test_long_texts_tokenize_in_pieces_to_the_same_ids(minilm):
+    from stages.encoder import load_tokenizer
+
+    tokenizer = load_tokenizer(minilm)
+    words = "Space   rocket\n\nlaunch, (orbit) caf\u00e9 -- NASA's moon\tdon't e-mail x@y.org 3.14 ".split(" ")
+    text = " ".join(words[i % len(words)] for i in range(20_000))
+    whole = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+    for segment_chars in (10, 97, 1000):
+        assert "".join(split_at_whitespace(text, segment_chars)) == text
+        assert tokenize(tokenizer, [text, "short"], segment_chars=segment_chars)[0].tolist() == whole
