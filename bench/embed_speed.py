@@ -1,0 +1,191 @@
+"""Stage-one speed, side by side on identical windows, same model, same machine, one run.
+
+    .venv/bin/python bench/embed_speed.py --docs 150 --repeats 3 --json docs/bench/embed_speed.json
+
+Compares, on the windows of the first `--docs` 20 Newsgroups train posts (default
+window settings, MiniLM):
+  * ours: `stages.embed.encode_windows` (length-sorted, token-budget batches) at fp32
+    and at bf16 autocast (the default on this CPU);
+  * sentence-transformers `encode()` on the same windows as text (its defaults:
+    batch 32, fp32), also under bf16 autocast and with bf16 weights;
+  * the original prototype's approach: each document's windows padded to 512 and run
+    as one batch, fp32 (as it ran) and under bf16 autocast;
+and reports tokens/s, the speed-ups the stage-one issue asks for, and model FLOP
+utilisation: tokens/s x encoder FLOPs per token / measured matmul FLOP/s, same dtype.
+Every method embeds exactly the same token windows; tokens/s counts real (unpadded)
+window tokens, special tokens included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from stages.data import load_corpus  # noqa: E402
+from stages.embed import encode_windows  # noqa: E402
+from stages.encoder import DEFAULT_MODEL, load_encoder, resolve_model_path  # noqa: E402
+from stages.windows import SpecialTokens, WindowSpec, tokenize  # noqa: E402
+
+BF16 = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
+
+
+def best_times(methods: dict, rounds: int) -> dict:
+    """Best wall time of each method over `rounds` rounds, the methods interleaved
+    within each round, so slow drifts of a shared machine hit all of them alike."""
+    best = {name: float("inf") for name in methods}
+    for round_ in range(rounds):
+        for name, fn in methods.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+            print(f"round {round_ + 1}: {name:55s} {time.perf_counter() - start:7.1f} s", flush=True)
+    return best
+
+
+def matmul_flops(dtype: torch.dtype, sizes=(2048, 4096), repeats: int = 3) -> float:
+    """Best measured FLOP/s of a square matrix multiply at `dtype` on this machine."""
+    best = 0.0
+    for n in sizes:
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        a @ b
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        best = max(best, repeats * 2 * n ** 3 / (time.perf_counter() - start))
+    return best
+
+
+def encoder_flops_per_token(config, window_lengths: np.ndarray) -> float:
+    """Forward FLOPs per token: 2 x (dense weights) + attention scores and mixing,
+    averaged over tokens of windows with the given lengths."""
+    h, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    dense = 2 * (4 * h * h + 2 * h * inter)  # Q, K, V, O projections and the two FFN matrices
+    lengths = window_lengths.astype(np.float64)
+    attention = 4 * h * (lengths ** 2).sum() / lengths.sum()  # QK^T and AV, per token of a window of length L
+    return layers * (dense + attention)
+
+
+def prototype_forward(model, windows_by_doc, precision_ctx, pad_id, width=512):
+    """The original prototype: every window of one document, padded to 512, one batch."""
+    for windows in windows_by_doc:
+        ids = torch.full((len(windows), width), pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, window in enumerate(windows):
+            ids[row, :len(window)] = torch.tensor(window)
+            mask[row, :len(window)] = 1
+        with torch.inference_mode(), precision_ctx():
+            model(input_ids=ids, attention_mask=mask).last_hidden_state[:, 0].float()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--docs", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the best of each is kept")
+    parser.add_argument("--chunk-tokens", type=int, default=256)
+    parser.add_argument("--stride", type=int, default=32)
+    parser.add_argument("--batch-tokens", type=int, default=1024, help="ours: the CPU default")
+    parser.add_argument("--data-home", default=None)
+    parser.add_argument("--json", default=None, help="also write the results here")
+    args = parser.parse_args()
+
+    corpus = load_corpus("20newsgroups", "train", data_home=args.data_home, limit=args.docs)
+    fp32 = load_encoder(DEFAULT_MODEL, "cpu", "fp32")
+    bf16 = load_encoder(DEFAULT_MODEL, "cpu", "bf16")
+    spec = WindowSpec(args.chunk_tokens, args.stride, SpecialTokens.of(fp32.tokenizer))
+    tokens = tokenize(fp32.tokenizer, corpus.texts)
+    windows_by_doc = [spec.windows(t) for t in tokens]
+    windows = [w for doc in windows_by_doc for w in doc]
+    lengths = np.array([len(w) for w in windows])
+    n_tokens = int(lengths.sum())
+    texts = fp32.tokenizer.batch_decode([w[len(spec.special.prefix):len(w) - len(spec.special.suffix)]
+                                         for w in windows])
+
+    from sentence_transformers import SentenceTransformer
+
+    st_path = resolve_model_path(DEFAULT_MODEL)
+    st = SentenceTransformer(st_path, device="cpu")
+    st.max_seq_length = args.chunk_tokens
+    st_bf16 = SentenceTransformer(st_path, device="cpu", model_kwargs={"dtype": torch.bfloat16})
+    st_bf16.max_seq_length = args.chunk_tokens
+    # sentence-transformers takes text: check it sees the very same token ids we do
+    retokenized = st.tokenizer(texts[:200], truncation=True, max_length=st.max_seq_length)["input_ids"]
+    same_ids = np.mean([r == w for r, w in zip(retokenized, windows[:200])])
+
+    methods = {
+        "ours fp32": lambda: encode_windows(fp32, windows, args.batch_tokens),
+        "ours bf16 autocast (default)": lambda: encode_windows(bf16, windows, args.batch_tokens),
+        "sentence-transformers encode fp32 (its defaults)": lambda: st.encode(texts, show_progress_bar=False),
+        "sentence-transformers encode bf16 autocast": lambda: _under(BF16, st.encode, texts),
+        "sentence-transformers encode bf16 weights": lambda: st_bf16.encode(texts, show_progress_bar=False),
+        "original prototype fp32 (doc = one batch, pad 512)":
+            lambda: prototype_forward(fp32.model, windows_by_doc, contextlib.nullcontext, spec.special.pad_id),
+        "original prototype bf16 autocast":
+            lambda: prototype_forward(fp32.model, windows_by_doc, BF16, spec.special.pad_id),
+    }
+    # warm-up: first calls allocate, pick kernels and fill caches
+    encode_windows(fp32, windows[:64], args.batch_tokens)
+    encode_windows(bf16, windows[:64], args.batch_tokens)
+    st.encode(texts[:64], show_progress_bar=False)
+    st_bf16.encode(texts[:64], show_progress_bar=False)
+
+    rates = {name: n_tokens / seconds for name, seconds in best_times(methods, args.repeats).items()}
+    for name, rate in rates.items():
+        print(f"{name:55s} {rate:9,.0f} tokens/s", flush=True)
+
+    flops_per_token = encoder_flops_per_token(fp32.model.config, lengths)
+    peak = {"fp32": matmul_flops(torch.float32), "bf16": matmul_flops(torch.bfloat16)}
+    results = {
+        "docs": len(corpus), "windows": len(windows), "tokens": n_tokens,
+        "window_settings": {"chunk_tokens": args.chunk_tokens, "stride": args.stride,
+                            "batch_tokens": args.batch_tokens},
+        "st_retokenization_identical_fraction": float(same_ids),
+        "tokens_per_s": rates,
+        "speedups": {
+            "ours fp32 / sentence-transformers fp32":
+                rates["ours fp32"] / rates["sentence-transformers encode fp32 (its defaults)"],
+            "ours bf16 autocast / sentence-transformers bf16 autocast":
+                rates["ours bf16 autocast (default)"] / rates["sentence-transformers encode bf16 autocast"],
+            "ours bf16 autocast / sentence-transformers bf16 weights":
+                rates["ours bf16 autocast (default)"] / rates["sentence-transformers encode bf16 weights"],
+            "ours default / sentence-transformers defaults":
+                rates["ours bf16 autocast (default)"] / rates["sentence-transformers encode fp32 (its defaults)"],
+            "ours default / original prototype (fp32)":
+                rates["ours bf16 autocast (default)"] / rates["original prototype fp32 (doc = one batch, pad 512)"],
+            "ours bf16 / original prototype bf16":
+                rates["ours bf16 autocast (default)"] / rates["original prototype bf16 autocast"],
+        },
+        "flops_per_token": flops_per_token,
+        "matmul_flops_per_s": peak,
+        "model_flops_utilisation": {
+            "fp32": rates["ours fp32"] * flops_per_token / peak["fp32"],
+            "bf16": rates["ours bf16 autocast (default)"] * flops_per_token / peak["bf16"],
+        },
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+                   f"{torch.get_num_threads()} threads",
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+    }
+    print(json.dumps(results, indent=1))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+
+
+def _under(ctx, fn, texts):
+    with ctx():
+        return fn(texts, show_progress_bar=False)
+
+
+if __name__ == "__main__":
+    main()
