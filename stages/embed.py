@@ -20,7 +20,7 @@ import json
 import resource
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +58,6 @@ class EmbedConfig:
     # Work lost to a kill is at most one block: about 2048 windows, ~1 min on 2 cores.
     block_windows: int = 2048
     progress: bool | None = None  # None: a bar on a terminal, quiet in logs
-    extra_attrs: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -211,7 +210,6 @@ def run_embed(config: EmbedConfig) -> EmbedSummary:
         "label_names": json.dumps(corpus.label_names),
         "hidden_size": encoder.hidden_size,
         "package_version": stages.__version__,
-        **config.extra_attrs,
     }
     existing = read_attrs(out) if out.exists() else None
     if existing is not None and not config.overwrite:

@@ -129,6 +129,6 @@ def tokenize(tokenizer, texts: list[str], batch_size: int = 256,
         )["input_ids"]
         at = 0
         for doc in pieces:
-            ids.append(np.asarray([t for piece in encoded[at:at + len(doc)] for t in piece], dtype=np.int32))
+            ids.append(np.concatenate([np.asarray(piece, dtype=np.int32) for piece in encoded[at:at + len(doc)]]))
             at += len(doc)
     return ids
