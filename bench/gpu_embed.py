@@ -30,17 +30,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from stages.embed import default_batch_tokens, encode_windows  # noqa: E402
-from stages.encoder import Encoder  # noqa: E402
+from stages.encoder import DEFAULT_MODEL, Encoder, load_tokenizer  # noqa: E402
 from stages.windows import SpecialTokens, WindowSpec  # noqa: E402
-
-
-class _Tokenizer:
-    """Just enough of a tokenizer for encode_windows: BERT's special and pad ids."""
-
-    pad_token_id = 0
-
-    def encode(self, text, add_special_tokens=True):
-        return [101, 7592, 102] if add_special_tokens else [7592]
 
 
 def build_encoder(device: torch.device, precision: str, hidden: int, layers: int) -> Encoder:
@@ -50,7 +41,8 @@ def build_encoder(device: torch.device, precision: str, hidden: int, layers: int
                         intermediate_size=4 * hidden)
     torch.manual_seed(0)
     model = BertModel(config).eval().to(device)
-    return Encoder("random-bert", model, _Tokenizer(), device, precision, "random", 512)
+    # MiniLM's tokenizer is BERT-base-uncased's WordPiece vocabulary, shipped offline.
+    return Encoder("random-bert", model, load_tokenizer(DEFAULT_MODEL), device, precision, "random", 512)
 
 
 def synchronize(device):

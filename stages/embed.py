@@ -89,9 +89,9 @@ class EmbedSummary:
 def default_batch_tokens(device: torch.device) -> int:
     """Token budget of one encoder batch when --batch-tokens is not given.
 
-    CPU: 1024. Throughput is flat from 512 to 16k tokens per batch on CPU, while
-    activation memory grows with the batch (and large padded batches slow down);
-    1024 keeps a 100k-token document within 1.1x of a short one's peak memory.
+    CPU: 1024. Larger batches are no faster on CPU (16k-token batches were slower),
+    while activation memory grows with the batch; 1024 keeps a 100k-token document
+    within 1.1x of a short one's peak memory.
     CUDA: 32768, enough windows to fill a GPU; activations stay near 1 GB for bert-base.
     See docs/BENCHMARKS.md.
     """
