@@ -252,11 +252,8 @@ def write_cache(out: Path, attrs: dict, blocks: list[tuple[int, int, Path]], *, 
     out = Path(out)
     tmp = Path(f"{out}.tmp")
     offsets = np.concatenate([[0], np.cumsum(window_counts)]).astype(np.int64)
-    n_windows = int(offsets[-1])
     with h5py.File(tmp, "w") as f:
-        embeddings = f.create_dataset(
-            "embeddings", shape=(n_windows, hidden), dtype="float32",
-            chunks=(min(n_windows, 4096), hidden) if n_windows else None)
+        embeddings = _create_embeddings(f, int(offsets[-1]), hidden)
         for start, end, path in blocks:
             block = load_block(path)
             lo, hi = offsets[start], offsets[end]
@@ -264,17 +261,63 @@ def write_cache(out: Path, attrs: dict, blocks: list[tuple[int, int, Path]], *, 
                 raise UserError(f"{path}: holds {block.shape}, expected {(hi - lo, hidden)}; "
                                 f"pass --overwrite to start again")
             embeddings[lo:hi] = block
-        f.create_dataset("doc_offsets", data=offsets)
-        f.create_dataset("window_starts", data=np.asarray(window_starts, dtype=np.int64))
-        f.create_dataset("labels", data=np.asarray(labels, dtype=np.int64))
-        f.create_dataset("doc_ids", data=list(doc_ids), dtype=h5py.string_dtype("utf-8"))
-        f.create_dataset("doc_tokens", data=np.asarray(doc_tokens, dtype=np.int64))
-        for key, value in attrs.items():
-            f.attrs[key] = value
-        f.attrs["format"] = FORMAT_NAME
-        f.attrs["format_version"] = FORMAT_VERSION
-        f.attrs["complete"] = True
+        _write_the_rest(f, attrs, offsets, window_starts=window_starts, labels=labels, doc_ids=doc_ids,
+                        doc_tokens=doc_tokens)
     os.replace(tmp, out)
+
+
+def join_caches(out: Path, parts: list[Path], attrs: dict, rows_per_copy: int = 65_536):
+    """Concatenate complete caches of consecutive runs of documents (the shards of a
+    sharded stage one, in document order) into one cache at `out`: `<out>.tmp`, then rename.
+
+    The result is laid out exactly like a cache written by one process: per-window and
+    per-document arrays concatenated, `doc_offsets` rebased onto the joined embeddings,
+    root attributes `attrs`. Embeddings are copied `rows_per_copy` windows at a time
+    (96 MB at hidden 384), so memory stays flat however large the shards.
+    """
+    out = Path(out)
+    tmp = Path(f"{out}.tmp")
+    sources = [h5py.File(path, "r") for path in parts]
+    try:
+        window_counts = np.concatenate([np.diff(src["doc_offsets"][:]) for src in sources])
+        offsets = np.concatenate([[0], np.cumsum(window_counts)]).astype(np.int64)
+        hidden = int(attrs["hidden_size"])
+        with h5py.File(tmp, "w") as f:
+            embeddings = _create_embeddings(f, int(offsets[-1]), hidden)
+            at = 0
+            for src in sources:
+                part = src["embeddings"]
+                for lo in range(0, len(part), rows_per_copy):
+                    hi = min(lo + rows_per_copy, len(part))
+                    embeddings[at + lo:at + hi] = part[lo:hi]
+                at += len(part)
+            joined = {name: np.concatenate([src[name][:] for src in sources])
+                      for name in ("window_starts", "labels", "doc_tokens")}
+            doc_ids = [x for src in sources for x in src["doc_ids"].asstr()[:]]
+            _write_the_rest(f, attrs, offsets, doc_ids=doc_ids, **joined)
+    finally:
+        for src in sources:
+            src.close()
+    os.replace(tmp, out)
+
+
+def _create_embeddings(f: h5py.File, n_windows: int, hidden: int) -> h5py.Dataset:
+    return f.create_dataset("embeddings", shape=(n_windows, hidden), dtype="float32",
+                            chunks=(min(n_windows, 4096), hidden) if n_windows else None)
+
+
+def _write_the_rest(f: h5py.File, attrs: dict, offsets, *, window_starts, labels, doc_ids, doc_tokens):
+    """Every dataset but `embeddings`, and the root attributes, marked complete."""
+    f.create_dataset("doc_offsets", data=offsets)
+    f.create_dataset("window_starts", data=np.asarray(window_starts, dtype=np.int64))
+    f.create_dataset("labels", data=np.asarray(labels, dtype=np.int64))
+    f.create_dataset("doc_ids", data=list(doc_ids), dtype=h5py.string_dtype("utf-8"))
+    f.create_dataset("doc_tokens", data=np.asarray(doc_tokens, dtype=np.int64))
+    for key, value in attrs.items():
+        f.attrs[key] = value
+    f.attrs["format"] = FORMAT_NAME
+    f.attrs["format_version"] = FORMAT_VERSION
+    f.attrs["complete"] = True
 
 
 def read_attrs(path: Path) -> dict | None:

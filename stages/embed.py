@@ -17,6 +17,7 @@ How it keeps memory small and independent of document length:
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import time
@@ -28,7 +29,7 @@ import torch
 
 import stages
 from stages.cache import CACHE_IDENTITY, Block, PartialCache, differences, read_attrs, write_cache
-from stages.data import NEWSGROUPS, load_corpus
+from stages.data import NEWSGROUPS, Corpus, load_corpus
 from stages.encoder import DEFAULT_MODEL, Encoder, load_encoder
 from stages.errors import UserError
 from stages.windows import SpecialTokens, WindowSpec, tokenize
@@ -58,6 +59,9 @@ class EmbedConfig:
     # Work lost to a kill is at most one block: about 2048 windows, ~1 min on 2 cores.
     block_windows: int = 2048
     progress: bool | None = None  # None: a bar on a terminal, quiet in logs
+    # Torch threads; 0 leaves torch's default (every core) in one process, and gives
+    # each torchrun rank its share of the machine's cores (stages.distributed).
+    threads: int = 0
 
 
 @dataclass
@@ -71,18 +75,31 @@ class EmbedSummary:
     peak_memory_bytes: int
     resumed_documents: int = 0
     already_complete: bool = False
+    # Under torchrun (stages.distributed): how many ranks, each one's peak memory,
+    # and how many shards an earlier run had finished.
+    ranks: int = 1
+    rank_peak_memory_bytes: tuple[int, ...] = ()
+    shards_reused: int = 0
 
     def line(self) -> str:
         if self.already_complete:
             return f"{self.out} is complete already ({self.documents:,} documents); pass --overwrite to redo it"
         rate = self.tokens / self.seconds if self.seconds > 0 else 0.0
         parts = [f"embedded {self.documents:,} documents"]
+        if self.ranks > 1:
+            parts.append(f" on {self.ranks} ranks")
         if self.empty_documents:
             parts.append(f" ({self.empty_documents:,} empty)")
         if self.resumed_documents:
-            parts.append(f" ({self.resumed_documents:,} resumed from an earlier run)")
+            parts.append(f" ({self.resumed_documents:,} resumed from an earlier run")
+            shards = f", {self.shards_reused} whole shard{'s' * (self.shards_reused != 1)}"
+            parts.append(f"{shards if self.shards_reused else ''})")
+        if self.rank_peak_memory_bytes:
+            memory = "peak memory per rank " + ", ".join(f"{p / 2**30:.2f}" for p in self.rank_peak_memory_bytes)
+        else:
+            memory = f"peak memory {self.peak_memory_bytes / 2**30:.2f}"
         parts.append(f": {self.windows:,} windows, {self.tokens:,} tokens in {self.seconds:,.1f} s "
-                     f"({rate:,.0f} tokens/s), peak memory {self.peak_memory_bytes / 2**30:.2f} GiB -> {self.out}")
+                     f"({rate:,.0f} tokens/s), {memory} GiB -> {self.out}")
         return "".join(parts)
 
 
@@ -172,7 +189,7 @@ def check_output_path(out: Path):
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UserError(f"--out {out}: cannot create {parent}: {error.strerror}") from None
-    probe = parent / f".{out.name}.write-test"
+    probe = parent / f".{out.name}.write-test-{os.getpid()}"  # one per process: torchrun ranks probe at once
     try:
         probe.write_bytes(b"")
         probe.unlink()
@@ -180,14 +197,46 @@ def check_output_path(out: Path):
         raise UserError(f"--out {out}: cannot write in {parent}: {error.strerror}") from None
 
 
-def run_embed(config: EmbedConfig) -> EmbedSummary:
-    started = time.perf_counter()
+@dataclass
+class Job:
+    """Everything a writer of a cache needs, loaded and checked once: the corpus, the
+    encoder, the window geometry and the attributes the cache will carry."""
+
+    config: EmbedConfig
+    corpus: Corpus
+    encoder: Encoder
+    spec: WindowSpec
+    batch_tokens: int
+    attrs: dict
+
+    @property
+    def identity(self) -> dict:
+        return {k: self.attrs[k] for k in CACHE_IDENTITY}
+
+
+@dataclass
+class Embedded:
+    """What `embed_documents` did: per-document geometry and the work it took."""
+
+    doc_tokens: np.ndarray
+    window_counts: np.ndarray
+    window_starts: np.ndarray
+    tokens_encoded: int
+    resumed_documents: int
+
+
+def prepare(config: EmbedConfig) -> Job:
+    """Check the options, load the corpus and the encoder; UserError on bad input."""
     out = Path(config.out)
     if config.batch_tokens is not None and config.batch_tokens < 1:
         raise UserError(f"--batch-tokens must be positive; got {config.batch_tokens}")
     if config.block_windows < 1:
         raise UserError(f"--block-windows must be positive; got {config.block_windows}")
+    if config.threads < 0:
+        raise UserError(f"--threads must be 0 (automatic) or more; got {config.threads}")
     check_output_path(out)
+    if config.threads:
+        torch.set_num_threads(config.threads)
     corpus = load_corpus(config.data, config.split, config.categories, config.remove,
                          config.data_home, config.limit)
     encoder = load_encoder(config.model, config.device, config.precision)
@@ -198,7 +247,6 @@ def run_embed(config: EmbedConfig) -> EmbedSummary:
     if batch_tokens < config.chunk_tokens:
         raise UserError(f"--batch-tokens {batch_tokens} must be at least --chunk-tokens {config.chunk_tokens}")
     spec = WindowSpec(config.chunk_tokens, config.stride, SpecialTokens.of(encoder.tokenizer))
-
     attrs = {
         "model": config.model,
         "model_fingerprint": encoder.fingerprint,
@@ -211,40 +259,69 @@ def run_embed(config: EmbedConfig) -> EmbedSummary:
         "hidden_size": encoder.hidden_size,
         "package_version": stages.__version__,
     }
+    return Job(config, corpus, encoder, spec, batch_tokens, attrs)
+
+
+def complete_already(out: Path, attrs: dict, overwrite: bool) -> bool:
+    """True when `out` is a complete cache of these settings (nothing to do); refuses
+    a cache of other settings or a stray file unless `overwrite`."""
     existing = read_attrs(out) if out.exists() else None
-    if existing is not None and not config.overwrite:
+    if existing is not None and not overwrite:
         diff = differences(existing, attrs, CACHE_IDENTITY)
         if diff:
             raise UserError(f"{out} exists with other settings ({'; '.join(diff)}); "
                             f"pass --overwrite to replace it, or choose another --out")
-        return EmbedSummary(out, len(corpus), 0, 0, 0, 0.0, peak_memory_bytes(), already_complete=True)
-    if out.exists() and existing is None and not config.overwrite:
+        return True
+    if out.exists() and existing is None and not overwrite:
         raise UserError(f"{out} exists and is not a complete cache; pass --overwrite to replace it")
+    return False
 
-    with PartialCache(out, {k: attrs[k] for k in CACHE_IDENTITY}, fresh=config.overwrite) as partial:
-        token_ids = tokenize(encoder.tokenizer, corpus.texts)
-        doc_tokens = np.fromiter((len(t) for t in token_ids), dtype=np.int64, count=len(token_ids))
-        window_counts = np.fromiter((spec.count(n) for n in doc_tokens), dtype=np.int64, count=len(doc_tokens))
-        window_starts = np.concatenate([spec.starts(n) for n in doc_tokens])
-        done = partial.finished_blocks()
-        resumed_docs = done[-1][1] if done else 0
-        todo = [b for b in plan_blocks(window_counts, config.block_windows) if b[0] >= resumed_docs]
-        if todo and todo[0][0] != resumed_docs:  # earlier run used another block size
-            todo.insert(0, (resumed_docs, todo[0][0]))
-        tokens_encoded = 0
-        with _progress(int(window_counts[resumed_docs:].sum()), config.progress) as bar:
-            for start, end in todo:
-                windows = [w for doc in range(start, end) for w in spec.windows(token_ids[doc])]
-                embeddings = encode_windows(encoder, windows, batch_tokens, on_batch=bar.update)
-                partial.save(Block(start, end, embeddings))
-                tokens_encoded += sum(len(w) for w in windows)
-        write_cache(out, attrs, partial.finished_blocks(), labels=corpus.labels, doc_ids=corpus.doc_ids,
-                    doc_tokens=doc_tokens, window_counts=window_counts, window_starts=window_starts,
-                    hidden=encoder.hidden_size)
+
+def embed_documents(job: Job, partial: PartialCache, token_ids: list[np.ndarray], progress: bool | None,
+                    on_block=None) -> Embedded:
+    """Embed the documents `token_ids` (in order) block by block into `partial`, after
+    the blocks an earlier run finished there. `on_block()` is called after each save."""
+    spec = job.spec
+    doc_tokens = np.fromiter((len(t) for t in token_ids), dtype=np.int64, count=len(token_ids))
+    window_counts = np.fromiter((spec.count(n) for n in doc_tokens), dtype=np.int64, count=len(doc_tokens))
+    window_starts = (np.concatenate([spec.starts(n) for n in doc_tokens]) if len(doc_tokens)
+                     else np.zeros(0, dtype=np.int64))
+    done = partial.finished_blocks()
+    resumed_docs = done[-1][1] if done else 0
+    todo = [b for b in plan_blocks(window_counts, job.config.block_windows) if b[0] >= resumed_docs]
+    if todo and todo[0][0] != resumed_docs:  # earlier run used another block size
+        todo.insert(0, (resumed_docs, todo[0][0]))
+    tokens_encoded = 0
+    with _progress(int(window_counts[resumed_docs:].sum()), progress) as bar:
+        for start, end in todo:
+            windows = [w for doc in range(start, end) for w in spec.windows(token_ids[doc])]
+            embeddings = encode_windows(job.encoder, windows, job.batch_tokens, on_batch=bar.update)
+            partial.save(Block(start, end, embeddings))
+            tokens_encoded += sum(len(w) for w in windows)
+            if on_block is not None:
+                on_block()
+    return Embedded(doc_tokens, window_counts, window_starts, tokens_encoded, resumed_docs)
+
+
+def run_embed(config: EmbedConfig) -> EmbedSummary:
+    """Stage one in one process. Under torchrun, `stages.distributed.run_embed_sharded`
+    runs the same steps on one shard of the documents per rank."""
+    started = time.perf_counter()
+    out = Path(config.out)
+    job = prepare(config)
+    corpus = job.corpus
+    if complete_already(out, job.attrs, config.overwrite):
+        return EmbedSummary(out, len(corpus), 0, 0, 0, 0.0, peak_memory_bytes(), already_complete=True)
+    with PartialCache(out, job.identity, fresh=config.overwrite) as partial:
+        token_ids = tokenize(job.encoder.tokenizer, corpus.texts)
+        done = embed_documents(job, partial, token_ids, config.progress)
+        write_cache(out, job.attrs, partial.finished_blocks(), labels=corpus.labels, doc_ids=corpus.doc_ids,
+                    doc_tokens=done.doc_tokens, window_counts=done.window_counts,
+                    window_starts=done.window_starts, hidden=job.encoder.hidden_size)
         partial.discard()
-    return EmbedSummary(out, len(corpus), int((doc_tokens == 0).sum()), int(window_counts.sum()),
-                        tokens_encoded, time.perf_counter() - started, peak_memory_bytes(encoder.device),
-                        resumed_documents=resumed_docs)
+    return EmbedSummary(out, len(corpus), int((done.doc_tokens == 0).sum()), int(done.window_counts.sum()),
+                        done.tokens_encoded, time.perf_counter() - started, peak_memory_bytes(job.encoder.device),
+                        resumed_documents=done.resumed_documents)
 
 
 def _progress(total: int, enabled: bool | None):
