@@ -1,7 +1,7 @@
 """Command line: `python cli.py COMMAND --help` explains each option and its default.
 
     python cli.py embed --split train --out data/cache/train.h5      # stage one
-    torchrun --nproc_per_node 2 cli.py embed ...                      # stage one, sharded
+    torchrun --standalone --nproc_per_node 2 cli.py embed ...         # stage one, sharded
     python cli.py train-head --train data/cache/train.h5 --out runs/head.pt   # stage two
     python cli.py evaluate --head runs/head.pt --cache data/cache/test.h5 --report runs/report
     python cli.py predict --head runs/head.pt post.txt                # raw text end to end
@@ -17,7 +17,7 @@ import sys
 
 import click
 
-from stages.errors import UserError
+from stages.errors import ReportedElsewhere, UserError
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
@@ -55,22 +55,32 @@ def cli():
 @click.option("--block-windows", default=2048,
               help="Windows per resumable block: a kill loses at most one block of work.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar.  [default: only on a terminal]")
+@click.option("--threads", default=0,
+              help="Torch threads per process; 0: torch's default, or under torchrun the cores shared among a machine's ranks.")
 def embed(data, split, out, model, chunk_tokens, stride, batch_tokens, precision, device, categories,
-          remove, data_home, limit, overwrite, block_windows, progress):
-    """Stage one: cache one [CLS] vector per window of every document in HDF5."""
+          remove, data_home, limit, overwrite, block_windows, progress, threads):
+    """Stage one: cache one [CLS] vector per window of every document in HDF5.
+
+    Under `torchrun --nproc_per_node N cli.py embed ...` each rank embeds a shard of the
+    documents and rank 0 joins them into --out (stages/distributed.py).
+    """
+    from stages.distributed import Ranks, run_embed_sharded
     from stages.embed import EmbedConfig, run_embed
 
     config = EmbedConfig(
         out=out or f"data/cache/{split}.h5", data=data, split=split, model=model, chunk_tokens=chunk_tokens,
         stride=stride, batch_tokens=batch_tokens, precision=precision, device=device,
         categories=_split_list(categories), remove=tuple(_split_list(remove) or ()), data_home=data_home,
-        limit=limit, overwrite=overwrite, block_windows=block_windows, progress=progress)
+        limit=limit, overwrite=overwrite, block_windows=block_windows, progress=progress, threads=threads)
+    ranks = Ranks.from_env()  # None unless torchrun started several ranks
     try:
-        summary = run_embed(config)
+        summary = run_embed(config) if ranks is None else run_embed_sharded(config, ranks)
     except KeyboardInterrupt:
-        click.echo("interrupted: finished blocks are kept; run the same command again to resume", err=True)
+        if ranks is None or ranks.rank == 0:
+            click.echo("interrupted: finished blocks are kept; run the same command again to resume", err=True)
         raise click.exceptions.Exit(130) from None
-    click.echo(summary.line())
+    if summary is not None:  # only rank 0 of a torchrun job has one
+        click.echo(summary.line())
 
 
 @cli.command("train-head")
@@ -166,7 +176,8 @@ def main(argv=None) -> int:
         click.echo(f"error: {error.format_message()}", err=True)
         return 2
     except UserError as error:
-        click.echo(f"error: {error}", err=True)
+        if not isinstance(error, ReportedElsewhere):
+            click.echo(f"error: {error}", err=True)
         return 2
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)

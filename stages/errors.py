@@ -8,3 +8,9 @@ is one, the fix. Anything else is a bug and keeps its traceback.
 
 class UserError(Exception):
     """Bad input or environment, reported as one line without a traceback."""
+
+
+class ReportedElsewhere(UserError):
+    """A failure another process has already printed: under torchrun one rank prints
+    the line that names the failing rank and the cause, and the others exit non-zero
+    without repeating it."""
