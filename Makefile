@@ -2,6 +2,9 @@
 #   make all        embed -> train-head -> evaluate on 20 Newsgroups with the defaults
 #   make test       the whole test suite (what CI runs); make test-fast skips slow tests
 # Settings pass through as variables: make embed MODEL=bert-base-uncased CHUNK=512 STRIDE=64
+#   make embed NPROC=2  stage one under torchrun, 2 ranks on this machine (one per GPU on a GPU machine);
+#   across machines: make embed NPROC=8 TORCHRUN_ARGS="--nnodes 2 --node-rank 0 --rdzv-backend c10d
+#   --rdzv-endpoint HOST:29400 --rdzv-id embed-1" on each machine (node-rank 0, 1, ...)
 
 PYTHON_BASE ?= python3
 VENV        ?= .venv
@@ -24,6 +27,11 @@ POOLING     ?= lstm
 SEED        ?= 0
 HEAD        ?= $(RUNS)/head.pt
 HEAD_EXTRA  ?=
+# Stage one under torchrun: ranks per machine (empty: one process), and torchrun's own
+# options; --standalone picks a free local port, multi-machine runs replace it.
+NPROC       ?=
+TORCHRUN_ARGS ?= --standalone
+EMBED_RUN   = $(if $(NPROC),$(VENV)/bin/torchrun --nproc_per_node $(NPROC) $(TORCHRUN_ARGS),$(PY))
 
 EMBED_ARGS = --data $(DATA) --model $(MODEL) --chunk-tokens $(CHUNK) --stride $(STRIDE) \
 	$(if $(BATCH_TOKENS),--batch-tokens $(BATCH_TOKENS)) --precision $(PRECISION) --device $(DEVICE) \
@@ -46,8 +54,8 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 embed: install
-	$(PY) cli.py embed --split train --out $(CACHE_DIR)/train.h5 $(EMBED_ARGS)
-	$(PY) cli.py embed --split test --out $(CACHE_DIR)/test.h5 $(EMBED_ARGS)
+	$(EMBED_RUN) cli.py embed --split train --out $(CACHE_DIR)/train.h5 $(EMBED_ARGS)
+	$(EMBED_RUN) cli.py embed --split test --out $(CACHE_DIR)/test.h5 $(EMBED_ARGS)
 
 train-head: install
 	$(PY) cli.py train-head --train $(CACHE_DIR)/train.h5 --pooling $(POOLING) --seed $(SEED) --out $(HEAD) $(HEAD_EXTRA)
