@@ -164,37 +164,52 @@ def epoch_batches(window_ids: np.ndarray, lengths: np.ndarray, batch_tokens: int
 
 
 class FeatureStore:
-    """Features of the frozen bottom per window, kept in memory up to a byte budget."""
+    """Features of the frozen bottom per window, kept in one preallocated buffer.
 
-    def __init__(self, budget_bytes: float):
-        self.budget = budget_bytes
-        self.used = 0
-        self.features: dict[int, torch.Tensor] = {}
+    One allocation of at most `budget_bytes` (its pages are only touched as they fill)
+    instead of a tensor per window: memory is the budget plus one batch, without the
+    heap fragmentation of many mid-sized tensors living beside freed activations.
+    Windows are placed in the order they are first seen; those that no longer fit
+    are recomputed whenever needed.
+    """
+
+    def __init__(self, budget_bytes: float, lengths: np.ndarray, width: int, dtype: torch.dtype,
+                 per_token: bool):
+        self.lengths = lengths if per_token else np.ones_like(lengths)
+        self.per_token = per_token
+        row_bytes = width * torch.finfo(dtype).bits // 8
+        capacity = int(min(self.lengths.sum(), budget_bytes // row_bytes))
+        self.buffer = torch.empty((capacity, width), dtype=dtype)
+        self.start = np.full(len(lengths), -1, dtype=np.int64)  # first buffer row of each window
+        self.used = 0  # rows filled
+        self.dtype = dtype
+
+    def __len__(self) -> int:
+        return int((self.start >= 0).sum())
 
     def get(self, model: WindowModel, windows: WindowSet, batch: np.ndarray, pad_id: int,
-            device: torch.device, store_dtype: torch.dtype):
+            device: torch.device):
         """(features [B, T, H] or [B, H], mask) of `batch`, computing what is missing."""
         ids, mask = pad_batch(windows.windows, batch, pad_id, device)
-        if all(int(i) in self.features for i in batch):
-            rows = [self.features[int(i)] for i in batch]
-            if rows[0].dim() == 1:
-                return torch.stack(rows).to(device), mask
-            features = torch.zeros(len(batch), ids.shape[1], rows[0].shape[-1], dtype=store_dtype)
-            for row, value in enumerate(rows):
-                features[row, :len(value)] = value
+        starts = self.start[batch]
+        if (starts >= 0).all():
+            if not self.per_token:
+                return self.buffer[torch.from_numpy(starts)].to(device), mask
+            features = torch.zeros(len(batch), ids.shape[1], self.buffer.shape[1], dtype=self.dtype)
+            for row, (start, length) in enumerate(zip(starts.tolist(), self.lengths[batch].tolist())):
+                features[row, :length] = self.buffer[start:start + length]
             return features.to(device), mask
         # Rounded to the stored precision even when not stored, so every epoch (and a
         # resumed run) sees the same features whether they come from here or the store.
-        features = model.bottom(ids, mask).to(store_dtype)
+        features = model.bottom(ids, mask).to(self.dtype)
         for row, i in enumerate(batch.tolist()):
-            if i in self.features:
+            length = int(self.lengths[i])
+            if self.start[i] >= 0 or self.used + length > len(self.buffer):
                 continue
-            value = features[row] if features.dim() == 2 else features[row, :windows.lengths[i]]
-            size = value.numel() * torch.finfo(store_dtype).bits // 8
-            if self.used + size > self.budget:
-                break
-            self.features[i] = value.to("cpu").clone()
-            self.used += size
+            value = features[row, :length] if self.per_token else features[row:row + 1]
+            self.buffer[self.used:self.used + length] = value.to("cpu")
+            self.start[i] = self.used
+            self.used += length
         return features, mask
 
 
@@ -286,12 +301,13 @@ def run_finetune(config: FinetuneConfig, log=None) -> FinetuneSummary:
         store_dtype = torch.float32 if encoder.precision == "fp32" else torch.bfloat16
         if encoder.precision == "fp16":
             store_dtype = torch.float16
-        store = FeatureStore(config.feature_cache_gb * 2**30)
+        store = FeatureStore(config.feature_cache_gb * 2**30, windows.lengths, encoder.hidden_size, store_dtype,
+                             per_token=k > 0)
         loss_fn = nn.CrossEntropyLoss()  # on logits: it applies log-softmax itself
         pad_id = special.pad_id
 
         def features(batch):
-            return store.get(model, windows, batch, pad_id, encoder.device, store_dtype)
+            return store.get(model, windows, batch, pad_id, encoder.device)
 
         while progress.epoch <= config.max_epochs and not progress.stopped:
             epoch = progress.epoch

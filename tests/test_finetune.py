@@ -107,22 +107,32 @@ def test_batches_cover_every_window_once_and_replay_by_seed():
     assert not all(np.array_equal(a, b) for a, b in zip(batches, other))
 
 
-def test_feature_store_gives_what_the_bottom_computes(tiny_bert, corpus):
+@pytest.mark.parametrize("k", [0, 1])
+def test_feature_store_gives_what_the_bottom_computes(tiny_bert, corpus, k):
     encoder = load_encoder(str(tiny_bert), "cpu", "fp32")
-    model = WindowModel(encoder.model, n_classes=3, unfreeze_top=1).eval()
+    model = WindowModel(encoder.model, n_classes=3, unfreeze_top=k).eval()
     spec = WindowSpec(32, 4, SpecialTokens.of(encoder.tokenizer))
     texts = [p.read_text() for p in sorted(corpus.rglob("*.txt"))]
     windows = WindowSet.build(tokenize(encoder.tokenizer, texts), spec)
-    batch = np.array([0, 5, 9])
-    store = FeatureStore(budget_bytes=1e9)
-    computed, mask = store.get(model, windows, batch, 0, encoder.device, torch.float32)
-    assert len(store.features) == 3
-    stored, stored_mask = store.get(model, windows, batch, 0, encoder.device, torch.float32)
-    torch.testing.assert_close(stored * mask[..., None], computed * mask[..., None]) if mask is not None else \
-        torch.testing.assert_close(stored, computed)
-    tiny = FeatureStore(budget_bytes=1)
-    tiny.get(model, windows, batch, 0, encoder.device, torch.float32)
-    assert tiny.features == {}  # over budget: recomputed next time, never stored
+    full, short = int(np.argmax(windows.lengths)), int(np.argmin(windows.lengths))
+    batch = np.array([full, short])
+    store = FeatureStore(1e9, windows.lengths, encoder.hidden_size, torch.float32, per_token=k > 0)
+    computed, mask = store.get(model, windows, batch, 0, encoder.device)
+    assert len(store) == 2 and mask is not None
+    stored, stored_mask = store.get(model, windows, batch, 0, encoder.device)
+    torch.testing.assert_close(stored_mask, mask)
+    if k:  # padded positions are never read (masked); compare the rest
+        stored, computed = stored * mask[..., None], computed * mask[..., None]
+    torch.testing.assert_close(stored, computed)
+
+    if k:
+        row_bytes = encoder.hidden_size * 4
+        small = FeatureStore(row_bytes * windows.lengths[full], windows.lengths, encoder.hidden_size, torch.float32,
+                             per_token=True)
+        small.get(model, windows, batch, 0, encoder.device)
+        assert len(small) == 1  # the first window fits; the others are recomputed when needed
+        again, _ = small.get(model, windows, batch, 0, encoder.device)
+        torch.testing.assert_close(again * mask[..., None], computed)
 
 
 # --- the command ------------------------------------------------------------------
