@@ -213,6 +213,50 @@ class FeatureStore:
         return features, mask
 
 
+class WindowTrainer:
+    """What one training step needs: the model, AdamW with its schedule, the loss
+    scaler (fp16 only) and the store of frozen-bottom features."""
+
+    def __init__(self, model: WindowModel, encoder, windows: WindowSet, window_labels: np.ndarray,
+                 config: FinetuneConfig, total_steps: int):
+        self.model, self.encoder, self.windows, self.config = model, encoder, windows, config
+        self.window_labels = torch.from_numpy(window_labels)
+        self.parameters = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": list(model.top_layers.parameters()), "lr": config.lr},
+             {"params": list(model.classifier.parameters()), "lr": config.head_lr}],
+            weight_decay=config.weight_decay)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(total_steps, max(1, int(config.warmup_fraction * total_steps))))
+        self.scaler = torch.amp.GradScaler(encoder.device.type, enabled=encoder.precision == "fp16")
+        store_dtype = {"fp32": torch.float32, "fp16": torch.float16}.get(encoder.precision, torch.bfloat16)
+        self.store = FeatureStore(config.feature_cache_gb * 2**30, windows.lengths, encoder.hidden_size,
+                                  store_dtype, per_token=model.unfreeze_top > 0)
+        self.pad_id = SpecialTokens.of(encoder.tokenizer).pad_id
+
+    def trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters)
+
+    def features(self, batch: np.ndarray):
+        return self.store.get(self.model, self.windows, batch, self.pad_id, self.encoder.device)
+
+    def step(self, batch: np.ndarray) -> float:
+        """One AdamW step on the windows `batch`; returns the mean loss."""
+        with self.encoder.autocast():
+            x, mask = self.features(batch)
+            logits = self.model.top(x, mask)
+        # Cross-entropy on logits, in fp32: it applies log-softmax itself.
+        loss = nn.functional.cross_entropy(logits.float(), self.window_labels[batch].to(self.encoder.device))
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        nn.utils.clip_grad_norm_(self.parameters, self.config.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.schedule.step()
+        return loss.item()
+
+
 # --- the run ---------------------------------------------------------------------
 
 
@@ -266,8 +310,7 @@ def run_finetune(config: FinetuneConfig, log=None) -> FinetuneSummary:
     if config.chunk_tokens > encoder.max_tokens:
         raise UserError(f"--chunk-tokens {config.chunk_tokens} is above the {encoder.max_tokens} "
                         f"tokens {config.model} takes")
-    special = SpecialTokens.of(encoder.tokenizer)
-    spec = WindowSpec(config.chunk_tokens, config.stride, special)
+    spec = WindowSpec(config.chunk_tokens, config.stride, SpecialTokens.of(encoder.tokenizer))
     train_docs, val_docs = stratified_split(labels, config.val_fraction, np.random.default_rng(config.seed))
     if len(val_docs) == 0:
         raise UserError(f"--val-fraction {config.val_fraction} of {len(labels)} documents leaves no "
@@ -279,35 +322,16 @@ def run_finetune(config: FinetuneConfig, log=None) -> FinetuneSummary:
     settings = _settings(config, encoder.fingerprint, corpus.fingerprint(), k)
     with WorkDir(out, settings, fresh=config.overwrite) as work:
         windows = WindowSet.build(tokenize(encoder.tokenizer, corpus.texts), spec)
-        window_labels = torch.from_numpy(labels[windows.doc_of_window])
         train_windows, val_windows = windows.of_docs(train_docs), windows.of_docs(val_docs)
         steps_per_epoch = len(epoch_batches(train_windows, windows.lengths, config.batch_tokens, config.seed, 0))
         total_steps = steps_per_epoch * config.max_epochs
 
-        head_params = list(model.classifier.parameters())
-        layer_params = [p for p in model.top_layers.parameters()]
-        optimizer = torch.optim.AdamW(
-            [{"params": layer_params, "lr": config.lr}, {"params": head_params, "lr": config.head_lr}],
-            weight_decay=config.weight_decay)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lr_lambda(total_steps, max(1, int(config.warmup_fraction * total_steps))))
-        scaler = torch.amp.GradScaler(encoder.device.type, enabled=encoder.precision == "fp16")
-        progress = TrainingProgress.load(work.dir, model, optimizer, schedule)
+        trainer = WindowTrainer(model, encoder, windows, labels[windows.doc_of_window], config, total_steps)
+        progress = TrainingProgress.load(work.dir, model, trainer.optimizer, trainer.schedule)
         resumed_step = progress.global_step
         if resumed_step:
             log(f"resuming from {work.dir} at epoch {progress.epoch}, step {progress.step_in_epoch:,} "
                 f"of {steps_per_epoch:,}")
-
-        store_dtype = torch.float32 if encoder.precision == "fp32" else torch.bfloat16
-        if encoder.precision == "fp16":
-            store_dtype = torch.float16
-        store = FeatureStore(config.feature_cache_gb * 2**30, windows.lengths, encoder.hidden_size, store_dtype,
-                             per_token=k > 0)
-        loss_fn = nn.CrossEntropyLoss()  # on logits: it applies log-softmax itself
-        pad_id = special.pad_id
-
-        def features(batch):
-            return store.get(model, windows, batch, pad_id, encoder.device)
 
         while progress.epoch <= config.max_epochs and not progress.stopped:
             epoch = progress.epoch
@@ -317,31 +341,21 @@ def run_finetune(config: FinetuneConfig, log=None) -> FinetuneSummary:
             with _progress(len(batches), f"epoch {epoch}", config.progress, progress.step_in_epoch) as bar:
                 for step in range(progress.step_in_epoch, len(batches)):
                     batch = batches[step]
-                    with encoder.autocast():
-                        x, mask = features(batch)
-                        logits = model.top(x, mask)
-                    loss = loss_fn(logits.float(), window_labels[batch].to(encoder.device))
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(layer_params + head_params, config.max_grad_norm)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    schedule.step()
-                    progress.record_step(loss.item(), len(batch))
+                    loss = trainer.step(batch)
+                    progress.record_step(loss, len(batch))
                     bar.update(1)
                     bar.set_postfix(loss=f"{progress.epoch_loss():.4f}", refresh=False)
                     if progress.step_in_epoch % config.checkpoint_steps == 0 and progress.step_in_epoch < len(batches):
-                        progress.save(work.dir, model, optimizer, schedule)
+                        progress.save(work.dir, model, trainer.optimizer, trainer.schedule)
             progress.epoch_seconds += time.perf_counter() - epoch_started
-            scores = validate(model, windows, val_windows, labels, val_docs, features, config.batch_tokens,
-                              encoder)
+            scores = validate(model, windows, val_windows, labels, val_docs, trainer.features,
+                              config.batch_tokens, encoder)
             improved = progress.end_epoch(scores, model, config.patience)
             log(f"epoch {epoch}  train loss {progress.history[-1]['train_loss']:.4f}  "
                 f"val loss {scores['val_window_loss']:.4f}  window accuracy {scores['val_window_accuracy']:.4f}  "
                 f"doc accuracy {scores['val_accuracy']:.4f}  macro-F1 {scores['val_macro_f1']:.4f}  "
                 f"{progress.history[-1]['seconds']:,.0f} s{'  *' if improved else ''}")
-            progress.save(work.dir, model, optimizer, schedule)
+            progress.save(work.dir, model, trainer.optimizer, trainer.schedule)
 
         best = next(h for h in progress.history if h["epoch"] == progress.best_epoch)
         model.load_trainable_state(progress.best_state)
@@ -358,8 +372,7 @@ def run_finetune(config: FinetuneConfig, log=None) -> FinetuneSummary:
         }
         save_model_folder(out, model, encoder.tokenizer, record)
         work.discard()
-    trainable = sum(p.numel() for p in layer_params + head_params)
-    return FinetuneSummary(out, k, trainable, len(train_docs), len(val_docs), len(train_windows),
+    return FinetuneSummary(out, k, trainer.trainable_parameters(), len(train_docs), len(val_docs), len(train_windows),
                            progress.best_epoch, len(progress.history), best["val_accuracy"], best["val_macro_f1"],
                            time.perf_counter() - started, peak_memory_bytes(encoder.device), resumed_step)
 
