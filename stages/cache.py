@@ -23,10 +23,8 @@ held (flock) by the one process writing; a second writer is refused.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +32,7 @@ import h5py
 import numpy as np
 
 from stages.errors import UserError
+from stages.workdir import WorkDir, atomic_write_bytes, differences  # noqa: F401 (re-exported)
 
 FORMAT_NAME = "longdoc-window-cache"
 FORMAT_VERSION = 1
@@ -41,12 +40,6 @@ FORMAT_VERSION = 1
 # agree when these agree. Everything else in the attributes is provenance.
 ENCODER_IDENTITY = ("model_fingerprint", "chunk_tokens", "stride")
 CACHE_IDENTITY = (*ENCODER_IDENTITY, "model", "precision", "data_source", "data_fingerprint")
-
-
-def differences(theirs: dict, ours: dict, keys, names=("this run", "the file")) -> list[str]:
-    """'key: A (this run) vs B (the file)' for each key on which the two differ."""
-    return [f"{k}: {ours.get(k)!r} ({names[0]}) vs {theirs.get(k)!r} ({names[1]})" for k in keys
-            if str(ours.get(k)) != str(theirs.get(k))]
 
 
 # --- reading -----------------------------------------------------------------------
@@ -159,59 +152,8 @@ class Block:
     embeddings: np.ndarray  # float32 [windows of these docs, hidden]
 
 
-class PartialCache:
+class PartialCache(WorkDir):
     """The resumable work area `<out>.partial/` of one writer; see the module docstring."""
-
-    def __init__(self, out: Path, settings: dict, fresh: bool = False):
-        self.out = Path(out)
-        self.dir = Path(f"{out}.partial")
-        self.settings = settings
-        self.fresh = fresh  # drop an earlier run's blocks (--overwrite) once the lock is ours
-        self._lock_file = None
-
-    def __enter__(self):
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            self._lock_file = open(self.dir / "lock", "a+")
-        except OSError as error:
-            raise UserError(f"cannot write next to {self.out}: {error.strerror}") from None
-        try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock_file.seek(0)
-            holder = self._lock_file.read().strip() or "another process"
-            self._lock_file.close()
-            raise UserError(f"{self.out} is being written by {holder}; wait for it or stop it") from None
-        self._lock_file.seek(0)
-        self._lock_file.truncate()
-        self._lock_file.write(f"pid {os.getpid()}")
-        self._lock_file.flush()
-        if self.fresh:
-            for path in [*self.dir.glob("block-*"), self.dir / "settings.json"]:
-                path.unlink(missing_ok=True)
-        self._check_settings()
-        return self
-
-    def __exit__(self, *exc):
-        if self._lock_file is not None:
-            self._lock_file.close()  # releases the flock
-
-    def _check_settings(self):
-        path = self.dir / "settings.json"
-        if path.exists():
-            try:
-                saved = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError):
-                saved = None
-            if saved is not None and saved != self.settings:
-                diff = differences(saved, self.settings, sorted(set(saved) | set(self.settings)),
-                                   names=("this run", "the interrupted run"))
-                raise UserError(
-                    f"{self.dir} holds an interrupted run with other settings ({'; '.join(diff)}); "
-                    f"rerun with those settings, or pass --overwrite to start again")
-            if saved is not None:
-                return
-        _atomic_write_bytes(path, json.dumps(self.settings, indent=1, sort_keys=True).encode())
 
     def finished_blocks(self) -> list[tuple[int, int, Path]]:
         """(doc_start, doc_end, path) of each finished block, checked to be contiguous."""
@@ -233,9 +175,6 @@ class PartialCache:
         with open(tmp, "wb") as f:
             np.save(f, block.embeddings.astype(np.float32, copy=False))
         os.replace(tmp, path)
-
-    def discard(self):
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def load_block(path: Path) -> np.ndarray:
@@ -328,9 +267,3 @@ def read_attrs(path: Path) -> dict | None:
     except OSError:
         return None
     return attrs if attrs.get("complete") and attrs.get("format") == FORMAT_NAME else None
-
-
-def _atomic_write_bytes(path: Path, data: bytes):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

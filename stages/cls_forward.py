@@ -36,36 +36,56 @@ def supports_cls_shortcut(model: nn.Module) -> bool:
             and not getattr(modules["attention.self"], "is_causal", False))
 
 
-def without_last_layer(model: nn.Module) -> nn.Module:
-    """A view of `model` with its last layer and pooler removed, sharing all weights."""
+def truncated(model: nn.Module, n_layers: int) -> nn.Module:
+    """A view of `model` with only its first `n_layers` layers and no pooler, sharing
+    all weights: its last_hidden_state is the output of layer `n_layers`."""
     trunk = copy.copy(model)
     trunk._modules = dict(model._modules)
     encoder = copy.copy(model.encoder)
     encoder._modules = dict(model.encoder._modules)
-    encoder.layer = nn.ModuleList(list(model.encoder.layer)[:-1])
+    encoder.layer = nn.ModuleList(list(model.encoder.layer)[:n_layers])
     trunk.encoder = encoder
     if "pooler" in trunk._modules:
         trunk.pooler = None
     return trunk
 
 
-def last_layer_at_cls(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Output of `layer` at position 0 only. hidden [B, T, H]; mask [B, T] (1 = token) or None."""
+def without_last_layer(model: nn.Module) -> nn.Module:
+    """A view of `model` with its last layer and pooler removed, sharing all weights."""
+    return truncated(model, len(model.encoder.layer) - 1)
+
+
+def bert_layer(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor | None,
+               cls_only: bool = False) -> torch.Tensor:
+    """One BERT-layout layer. hidden [B, T, H]; mask [B, T] (1 = token) or None.
+
+    Returns [B, T, H], or [B, H] at position 0 when `cls_only` (keys and values
+    still cover every token). Dropout follows `layer.training`, as in the library's
+    own forward; fine-tuning (`stages.window_model`) runs its top layers through here.
+    """
     attention = layer.attention.self
     batch, length, _ = hidden.shape
     heads = attention.num_attention_heads
     head_size = attention.attention_head_size
 
-    def split(x, n):
-        return x.view(batch, n, heads, head_size).transpose(1, 2)
+    def split(x):
+        return x.view(batch, -1, heads, head_size).transpose(1, 2)
 
-    query = split(attention.query(hidden[:, :1]), 1)
-    key, value = split(attention.key(hidden), length), split(attention.value(hidden), length)
+    queries = hidden[:, :1] if cls_only else hidden
     allowed = None if mask is None else mask[:, None, None, :].bool()
-    context = F.scaled_dot_product_attention(query, key, value, attn_mask=allowed)  # scale 1/sqrt(head_size)
-    context = context.transpose(1, 2).reshape(batch, 1, heads * head_size)
-    attended = layer.attention.output(context, hidden[:, :1])
-    return layer.output(layer.intermediate(attended), attended)[:, 0]
+    dropout = attention.dropout.p if layer.training else 0.0
+    context = F.scaled_dot_product_attention(  # scale 1/sqrt(head_size)
+        split(attention.query(queries)), split(attention.key(hidden)), split(attention.value(hidden)),
+        attn_mask=allowed, dropout_p=dropout)
+    context = context.transpose(1, 2).reshape(batch, queries.shape[1], heads * head_size)
+    attended = layer.attention.output(context, queries)
+    out = layer.output(layer.intermediate(attended), attended)
+    return out[:, 0] if cls_only else out
+
+
+def last_layer_at_cls(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Output of `layer` at position 0 only, [B, H]."""
+    return bert_layer(layer, hidden, mask, cls_only=True)
 
 
 class ClsForward:

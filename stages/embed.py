@@ -30,7 +30,7 @@ import torch
 import stages
 from stages.cache import CACHE_IDENTITY, Block, PartialCache, differences, read_attrs, write_cache
 from stages.data import NEWSGROUPS, Corpus, load_corpus
-from stages.encoder import DEFAULT_MODEL, Encoder, load_encoder
+from stages.encoder import DEFAULT_MODEL, Encoder, load_encoder, read_lineage
 from stages.errors import UserError
 from stages.windows import SpecialTokens, WindowSpec, tokenize
 
@@ -139,6 +139,22 @@ def pack_batches(lengths: np.ndarray, batch_tokens: int) -> list[np.ndarray]:
     return batches
 
 
+def pad_batch(windows: list[list[int]], batch: np.ndarray, pad_id: int,
+              device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(input ids [len(batch), longest], attention mask or None) of windows[batch].
+
+    Without padding the mask is all ones: leaving it out (None) lets SDPA take its
+    fastest kernel."""
+    width = max(len(windows[i]) for i in batch)
+    ids = np.full((len(batch), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(batch), width), dtype=np.int64)
+    for row, i in enumerate(batch):
+        ids[row, :len(windows[i])] = windows[i]
+        mask[row, :len(windows[i])] = 1
+    ids_t = torch.from_numpy(ids).to(device, non_blocking=True)
+    return ids_t, None if mask.all() else torch.from_numpy(mask).to(device, non_blocking=True)
+
+
 def encode_windows(encoder: Encoder, windows: list[list[int]], batch_tokens: int,
                    on_batch=None) -> np.ndarray:
     """[CLS] vector of each window (float32 [n, hidden]), in the order given."""
@@ -149,15 +165,7 @@ def encode_windows(encoder: Encoder, windows: list[list[int]], batch_tokens: int
     # each weight until the context exits, so weights are cast once, not per batch.
     with torch.inference_mode(), encoder.autocast():
         for batch in pack_batches(lengths, batch_tokens):
-            width = int(lengths[batch].max())
-            ids = np.full((len(batch), width), pad_id, dtype=np.int64)
-            mask = np.zeros((len(batch), width), dtype=np.int64)
-            for row, i in enumerate(batch):
-                ids[row, :lengths[i]] = windows[i]
-                mask[row, :lengths[i]] = 1
-            ids_t = torch.from_numpy(ids).to(encoder.device, non_blocking=True)
-            # Without padding the mask is all ones: leaving it out lets SDPA take its fastest kernel.
-            mask_t = None if mask.all() else torch.from_numpy(mask).to(encoder.device, non_blocking=True)
+            ids_t, mask_t = pad_batch(windows, batch, pad_id, encoder.device)
             cls = encoder.cls_vectors(ids_t, mask_t)
             out[batch] = cls.float().cpu().numpy()
             if on_batch is not None:
@@ -258,6 +266,8 @@ def prepare(config: EmbedConfig) -> Job:
         "label_names": json.dumps(corpus.label_names),
         "hidden_size": encoder.hidden_size,
         "package_version": stages.__version__,
+        # Fine-tuned encoders (`finetune`) carry their base model and scores; {} otherwise.
+        "encoder_lineage": json.dumps(read_lineage(config.model, encoder.fingerprint) or {}),
     }
     return Job(config, corpus, encoder, spec, batch_tokens, attrs)
 

