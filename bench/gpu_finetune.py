@@ -156,7 +156,7 @@ def main():
         lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
         results[method] = json.loads(lines[-1]) if lines else {"failed": done.returncode,
                                                                "stderr": done.stderr[-2000:]}
-        print(method, json.dumps(results[method]), flush=True)
+        print(method, json.dumps(results[method]), file=sys.stderr, flush=True)
     print(json.dumps(results, indent=1))
 
 
