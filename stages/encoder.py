@@ -80,15 +80,27 @@ def autocast(device: torch.device, precision: str):
 
 def fingerprint_model(model: torch.nn.Module, tokenizer) -> str:
     """sha256 over every parameter and buffer (name, shape, dtype, bytes) and the
-    tokenizer's full serialisation, so any change to weights or vocabulary shows."""
+    tokenizer's serialisation, so any change to weights or vocabulary shows."""
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         tensor = tensor.detach().to("cpu").contiguous()
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
         digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    digest.update(backend.to_str().encode() if backend is not None else repr(tokenizer.get_vocab()).encode())
+    digest.update(tokenizer_identity(tokenizer).encode())
     return digest.hexdigest()
+
+
+def tokenizer_identity(tokenizer) -> str:
+    """The tokenizer's serialisation without its truncation and padding state: calling
+    a fast tokenizer rewrites those (ours always asks for no truncation), so a folder
+    saved after use would otherwise look like another tokenizer."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return repr(tokenizer.get_vocab())
+    state = json.loads(backend.to_str())
+    state.pop("truncation", None)
+    state.pop("padding", None)
+    return json.dumps(state, sort_keys=True)
 
 
 def max_window_tokens(model, tokenizer) -> int:
