@@ -57,8 +57,9 @@ class FinetuneConfig:
     data: str = NEWSGROUPS
     split: str = "train"
     model: str = DEFAULT_MODEL
-    # 2 of MiniLM's 6 layers: the layers nearest the output adapt most to a new
-    # task; the 4 below keep their general features and run once (docs/BENCHMARKS.md).
+    # 2 of MiniLM's 6 layers: the layers nearest the output adapt most to a new task;
+    # the 4 below run once and are reused. 'all' scored best on 3-class validation
+    # but every epoch then costs a full backward pass and ~7 GiB (docs/BENCHMARKS.md).
     unfreeze_top: str | int = 2
     # The same window geometry as stage one's defaults: fine-tune on what you embed.
     chunk_tokens: int = 256
@@ -66,8 +67,8 @@ class FinetuneConfig:
     # 8192 tokens = 32 full windows per step: a usual fine-tuning batch; activation
     # memory grows with it and with unfreeze_top, never with document length.
     batch_tokens: int = 8192
-    # Epochs over 20NG's 27k training windows are long on a CPU and validation
-    # usually peaks by the second; the best epoch is kept either way.
+    # An epoch over 20NG's 29k training windows is 15-35 minutes on 2 CPU cores;
+    # validation peaked at epoch 2 or 3 in the benchmarks. The best epoch is kept.
     max_epochs: int = 3
     patience: int = 1
     # BERT fine-tuning rates (2e-5..1e-4) for pretrained layers; a fresh linear
@@ -84,8 +85,9 @@ class FinetuneConfig:
     gradient_checkpointing: bool = False
     precision: str = "auto"
     device: str = "auto"
-    # Frozen-bottom features of MiniLM with k=2: 256 tokens x 384 x 2 bytes = 196 KB
-    # per window; 20NG's 30k windows need 5.9 GB. Beyond the budget they are recomputed.
+    # Frozen-bottom features of MiniLM in bf16: 384 x 2 bytes per token, 196 KB per
+    # full window; all of 20NG train (7.3M window tokens) takes 5.2 GiB. Windows
+    # beyond the budget are recomputed each epoch (2.4x slower epochs at K=2).
     feature_cache_gb: float = 8.0
     # ~200 steps of 8192 tokens is a few minutes on 2 CPU cores: the most a kill loses.
     checkpoint_steps: int = 200
