@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from stages.embed import pack_batches, pad_batch, peak_memory_bytes  # noqa: E402
-from stages.encoder import DEFAULT_MODEL, autocast, load_encoder, load_tokenizer  # noqa: E402
+from stages.encoder import DEFAULT_MODEL, autocast, load_encoder, load_tokenizer, resolve_precision  # noqa: E402
 from stages.window_model import WindowModel  # noqa: E402
 from stages.windows import SpecialTokens, WindowSpec  # noqa: E402
 
@@ -55,20 +55,13 @@ def build_model(args, device):
     return BertModel(config).to(device), load_tokenizer(DEFAULT_MODEL)
 
 
-def low_precision(device) -> str:
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    from stages.encoder import cpu_has_native_bf16
-    return "bf16" if cpu_has_native_bf16() else "fp32"
-
-
 def step_ours(model, windows, args, device):
     net = WindowModel(model, n_classes=20, unfreeze_top=args.unfreeze_top,
                       gradient_checkpointing=args.gradient_checkpointing).to(device)
     net.train()
     trainable = [p for p in net.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-4)
-    precision = low_precision(device)
+    precision = resolve_precision("auto", device)  # what `finetune` picks on this device
     lengths = np.array([len(w) for w in windows])
     label = torch.tensor(3, device=device)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")

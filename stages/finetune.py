@@ -46,6 +46,7 @@ from stages.data import NEWSGROUPS, load_corpus
 from stages.embed import pack_batches, pad_batch, peak_memory_bytes
 from stages.encoder import DEFAULT_MODEL, LINEAGE_FILE, fingerprint_model, load_encoder
 from stages.errors import UserError
+from stages.evaluate import scores
 from stages.train_head import lr_lambda, stratified_split
 from stages.window_model import WindowModel, encoder_depth, parse_unfreeze_top
 from stages.windows import SpecialTokens, WindowSpec, tokenize
@@ -321,7 +322,8 @@ def run_finetune(config: FinetuneConfig, log=None) -> FinetuneSummary:
     torch.manual_seed(config.seed)
     model = WindowModel(encoder.model, len(corpus.label_names), k, config.dropout, config.gradient_checkpointing)
     model.to(encoder.device)
-    settings = _settings(config, encoder.fingerprint, corpus.fingerprint(), k)
+    data_fingerprint = corpus.fingerprint()  # sha256 over every text: computed once
+    settings = _settings(config, encoder.fingerprint, data_fingerprint, k)
     with WorkDir(out, settings, fresh=config.overwrite) as work:
         windows = WindowSet.build(tokenize(encoder.tokenizer, corpus.texts), spec)
         train_windows, val_windows = windows.of_docs(train_docs), windows.of_docs(val_docs)
@@ -366,7 +368,7 @@ def run_finetune(config: FinetuneConfig, log=None) -> FinetuneSummary:
             "base_model": config.model, "base_fingerprint": encoder.fingerprint,
             "fingerprint": fingerprint_model(encoder.model, encoder.tokenizer),
             "unfreeze_top": k, "label_names": corpus.label_names, "data_source": corpus.source,
-            "data_fingerprint": corpus.fingerprint(), "n_train_docs": int(len(train_docs)),
+            "data_fingerprint": data_fingerprint, "n_train_docs": int(len(train_docs)),
             "n_val_docs": int(len(val_docs)), "n_train_windows": int(len(train_windows)),
             "best_epoch": progress.best_epoch, "val_accuracy": best["val_accuracy"],
             "val_macro_f1": best["val_macro_f1"], "history": progress.history,
@@ -382,10 +384,8 @@ def run_finetune(config: FinetuneConfig, log=None) -> FinetuneSummary:
 @torch.inference_mode()
 def validate(model: WindowModel, windows: WindowSet, val_windows: np.ndarray, labels: np.ndarray,
              val_docs: np.ndarray, features, batch_tokens: int, encoder) -> dict:
-    """Window loss and accuracy; document accuracy and macro-F1 from the mean of each
-    document's window probabilities."""
-    from sklearn.metrics import f1_score
-
+    """Window loss and accuracy; document accuracy and macro-F1 (as `evaluate` scores
+    them) from the mean of each document's window probabilities."""
     model.eval()
     n_classes = model.classifier.out_features
     probabilities = np.zeros((len(val_windows), n_classes), dtype=np.float64)
@@ -403,12 +403,10 @@ def validate(model: WindowModel, windows: WindowSet, val_windows: np.ndarray, la
     position = np.searchsorted(val_docs, owners)  # val_docs is sorted
     doc_probabilities = np.zeros((len(val_docs), n_classes))
     np.add.at(doc_probabilities, position, probabilities)
-    predicted = doc_probabilities.argmax(1)
-    truth = labels[val_docs]
+    documents = scores(labels[val_docs], doc_probabilities.argmax(1))
     return {"val_window_loss": loss_sum / len(val_windows),
             "val_window_accuracy": float((probabilities.argmax(1) == window_truth).mean()),
-            "val_accuracy": float((predicted == truth).mean()),
-            "val_macro_f1": float(f1_score(truth, predicted, average="macro"))}
+            "val_accuracy": documents["accuracy"], "val_macro_f1": documents["macro_f1"]}
 
 
 @dataclass
