@@ -61,6 +61,18 @@ def cpu_name() -> str:
     return platform.processor()
 
 
+def machine_name() -> str:
+    """The CPU and its cores, and the GPU where one does the work."""
+    name = f"{cpu_name()}, {os.cpu_count()} cores"
+    try:
+        import torch
+        if torch.cuda.is_available():
+            name += f"; {torch.cuda.get_device_name(0)}"
+    except ImportError:
+        pass
+    return name
+
+
 def peak_gib(line: str) -> float | None:
     found = re.search(r"peak memory ([\d.]+) GiB", line)
     return float(found.group(1)) if found else None
@@ -122,7 +134,7 @@ def main():
     results = json.loads(out.read_text()) if out.exists() else {}
     for k in args.unfreeze_top:
         entry = bench_k(args.setting, k, args.epochs, args.extra)
-        entry.update(date=datetime.date.today().isoformat(), machine=f"{cpu_name()}, {os.cpu_count()} cores",
+        entry.update(date=datetime.date.today().isoformat(), machine=machine_name(),
                      command=" ".join(sys.argv))
         results[k] = {**results.get(k, {}), **entry}
         out.write_text(json.dumps(results, indent=1))

@@ -59,8 +59,9 @@ class FinetuneConfig:
     split: str = "train"
     model: str = DEFAULT_MODEL
     # 2 of MiniLM's 6 layers: the layers nearest the output adapt most to a new task;
-    # the 4 below run once and are reused. 'all' scored best on 3-class validation
-    # but every epoch then costs a full backward pass and ~7 GiB (docs/BENCHMARKS.md).
+    # the 4 below run once and are reused. 'all' scored best on validation in both
+    # benchmarks (20 classes: head macro-F1 0.925 against 0.890-0.903 for 2), but
+    # on 2 CPU cores its epochs take ~1 hour against ~12 minutes (docs/BENCHMARKS.md).
     unfreeze_top: str | int = 2
     # The same window geometry as stage one's defaults: fine-tune on what you embed.
     chunk_tokens: int = 256
@@ -68,8 +69,10 @@ class FinetuneConfig:
     # 8192 tokens = 32 full windows per step: a usual fine-tuning batch; activation
     # memory grows with it and with unfreeze_top, never with document length.
     batch_tokens: int = 8192
-    # An epoch over 20NG's 29k training windows is 15-35 minutes on 2 CPU cores;
-    # validation peaked at epoch 2 or 3 in the benchmarks. The best epoch is kept.
+    # An epoch over 20NG's 29k training windows is 12-20 minutes on 2 CPU cores at
+    # K=2. Validation peaked at epoch 2-3 on 3 classes and was still creeping up at
+    # epoch 4 on 20 (+0.7 points); 3 keeps a CPU run to about an hour. The best
+    # epoch is kept; raise --epochs on a GPU (15-40 s per epoch on an H100).
     max_epochs: int = 3
     patience: int = 1
     # BERT fine-tuning rates (2e-5..1e-4) for pretrained layers; a fresh linear
