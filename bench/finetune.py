@@ -13,7 +13,7 @@ Settings:
   3class   alt.atheism, comp.graphics, talk.religion.misc with headers, footers and
            quotes removed: the original prototype's setting
 
-Each step's output is kept under runs/bench-finetune/SETTING/kK/ and a step whose
+Each step's output is kept under runs/bench-finetune/SETTING/kK/ (`--work`) and a step whose
 output exists is skipped, so a killed benchmark reruns from where it stopped.
 Results merge into docs/bench/finetune-SETTING.json (one entry per K) and a table
 in docs/bench/finetune-SETTING.md; wall times and peak memory come from each
@@ -78,8 +78,8 @@ def peak_gib(line: str) -> float | None:
     return float(found.group(1)) if found else None
 
 
-def bench_k(setting: str, k: str, epochs: int, extra: list[str]) -> dict:
-    work = ROOT / "runs" / "bench-finetune" / setting / f"k{k}"
+def bench_k(setting: str, k: str, epochs: int, extra: list[str], work_root: Path) -> dict:
+    work = work_root / setting / f"k{k}"
     work.mkdir(parents=True, exist_ok=True)
     log = work / "log.txt"
     data = SETTINGS[setting]
@@ -128,12 +128,14 @@ def main():
     parser.add_argument("--unfreeze-top", nargs="+", default=["2"])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None, help="[default: docs/bench/finetune-SETTING.json]")
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-finetune",
+                        help="where each step's output goes, as WORK/SETTING/kK/  [default: runs/bench-finetune]")
     parser.add_argument("extra", nargs="*", help="more `finetune` options, after --")
     args = parser.parse_args()
     out = args.out or ROOT / "docs" / "bench" / f"finetune-{args.setting}.json"
     results = json.loads(out.read_text()) if out.exists() else {}
     for k in args.unfreeze_top:
-        entry = bench_k(args.setting, k, args.epochs, args.extra)
+        entry = bench_k(args.setting, k, args.epochs, args.extra, args.work)
         entry.update(date=datetime.date.today().isoformat(), machine=machine_name(),
                      command=" ".join(sys.argv))
         results[k] = {**results.get(k, {}), **entry}
