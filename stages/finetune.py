@@ -60,8 +60,8 @@ class FinetuneConfig:
     model: str = DEFAULT_MODEL
     # 2 of MiniLM's 6 layers: the layers nearest the output adapt most to a new task;
     # the 4 below run once and are reused. 'all' scored best on validation in both
-    # benchmarks (20 classes: head macro-F1 0.925 against 0.890-0.903 for 2), but
-    # on 2 CPU cores its epochs take ~1 hour against ~12 minutes (docs/BENCHMARKS.md).
+    # benchmarks (20 classes: head macro-F1 0.925 against 0.890-0.904 for 2), but
+    # on 2 CPU cores its epochs take ~1 hour against ~13 minutes (docs/BENCHMARKS.md).
     unfreeze_top: str | int = 2
     # The same window geometry as stage one's defaults: fine-tune on what you embed.
     chunk_tokens: int = 256
@@ -69,7 +69,7 @@ class FinetuneConfig:
     # 8192 tokens = 32 full windows per step: a usual fine-tuning batch; activation
     # memory grows with it and with unfreeze_top, never with document length.
     batch_tokens: int = 8192
-    # An epoch over 20NG's 29k training windows is 12-20 minutes on 2 CPU cores at
+    # An epoch over 20NG's 29k training windows is 13-21 minutes on 2 CPU cores at
     # K=2. Validation peaked at epoch 2-3 on 3 classes and was still creeping up at
     # epoch 4 on 20 (+0.7 points); 3 keeps a CPU run to about an hour. The best
     # epoch is kept; raise --epochs on a GPU (15-40 s per epoch on an H100).
