@@ -25,13 +25,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import re
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from machine import machine_name  # bench/machine.py, beside this file
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = {
@@ -52,25 +52,6 @@ def run(args: list[str], log: Path) -> tuple[str, float]:
         sys.exit(f"cli.py {' '.join(args)} failed ({result.returncode}); see {log}")
     print(result.stdout.strip(), flush=True)
     return result.stdout, time.perf_counter() - started
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
-
-
-def machine_name() -> str:
-    """The CPU and its cores, and the GPU where one does the work."""
-    name = f"{cpu_name()}, {os.cpu_count()} cores"
-    try:
-        import torch
-        if torch.cuda.is_available():
-            name += f"; {torch.cuda.get_device_name(0)}"
-    except ImportError:
-        pass
-    return name
 
 
 def peak_gib(line: str) -> float | None:

@@ -100,7 +100,7 @@ def main():
         line = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout.strip().splitlines()[-1]
         print(line, flush=True)
         results.append(json.loads(line))
-    from finetune import machine_name  # bench/finetune.py, beside this file
+    from machine import machine_name  # bench/machine.py, beside this file
 
     args.out.write_text(json.dumps({"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"),
                                     "machine": machine_name(), "command": " ".join(sys.argv),

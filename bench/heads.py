@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -43,6 +42,8 @@ from stages.checkpoint import load_checkpoint  # noqa: E402
 from stages.data import load_corpus  # noqa: E402
 from stages.evaluate import evaluate, scores  # noqa: E402
 from stages.heads import POOLINGS  # noqa: E402
+
+from machine import cpu_name  # noqa: E402  (bench/machine.py, beside this file)
 
 SETTINGS = {
     "20class": dict(categories=None, remove=(), train="data/cache/train.h5", test="data/cache/test.h5",
@@ -141,16 +142,6 @@ def tfidf_row(setting: dict) -> dict:
     predicted = model.predict(vectorizer.transform(test.texts))
     return {"method": "TF-IDF + LinearSVC (C=1), raw texts",
             **acc_f1(test.labels, predicted), "seconds": time.perf_counter() - start}
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
 
 
 def fmt(value, digits=4):
