@@ -66,7 +66,8 @@ def embed(data, split, out, model, chunk_tokens, stride, batch_tokens, precision
     documents and rank 0 joins them into --out (stages/distributed.py).
     """
     from stages.distributed import Ranks, run_embed_sharded
-    from stages.embed import EmbedConfig, run_embed
+    from stages.embed import run_embed
+    from stages.embedding import EmbedConfig
 
     config = EmbedConfig(
         out=out or f"data/cache/{split}.h5", data=data, split=split, model=model, chunk_tokens=chunk_tokens,

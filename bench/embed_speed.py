@@ -4,7 +4,7 @@
 
 Compares, on the windows of the first `--docs` 20 Newsgroups train posts (default
 window settings, MiniLM):
-  * ours: `stages.embed.encode_windows` (length-sorted, token-budget batches) at fp32
+  * ours: `stages.encoding.encode_windows` (length-sorted, token-budget batches) at fp32
     and at bf16 autocast (the default on this CPU);
   * sentence-transformers `encode()` on the same windows as text (its defaults:
     batch 32, fp32), also under bf16 autocast and with bf16 weights;
@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from stages.data import load_corpus  # noqa: E402
-from stages.embed import encode_windows  # noqa: E402
 from stages.encoder import DEFAULT_MODEL, load_encoder, resolve_model_path  # noqa: E402
+from stages.encoding import encode_windows  # noqa: E402
 from stages.windows import SpecialTokens, WindowSpec, tokenize  # noqa: E402
 
 BF16 = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import subprocess
 import sys
 import time
@@ -38,10 +37,10 @@ def child(k: str, n_steps: int, categories: list[str] | None) -> dict:
     import torch
 
     from stages.data import load_corpus
-    from stages.embed import peak_memory_bytes
     from stages.encoder import load_encoder
     from stages.finetune import FinetuneConfig, WindowSet, WindowTrainer, epoch_batches
-    from stages.train_head import stratified_split
+    from stages.runtime import peak_memory_bytes
+    from stages.training import stratified_split
     from stages.window_model import WindowModel, encoder_depth, parse_unfreeze_top
     from stages.windows import SpecialTokens, WindowSpec, tokenize
 

@@ -6,7 +6,7 @@
 A bert-base-sized encoder (768 hidden, 12 layers, random weights: speed and memory do
 not depend on the values) embeds the windows of a 512-token and a 138,000-token
 document (the longest 20 Newsgroups post has 138,677 tokens) two ways:
-  * ours: `stages.embed.encode_windows`, length-sorted batches of at most
+  * ours: `stages.encoding.encode_windows`, length-sorted batches of at most
     `--batch-tokens` tokens (the CUDA default), bf16 autocast (fp16 where bf16 is missing);
   * the original prototype: all windows of the document padded to 512 and run as one
     batch in fp32 (reported as OOM when it does not fit).
@@ -29,8 +29,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stages.embed import default_batch_tokens, encode_windows  # noqa: E402
 from stages.encoder import DEFAULT_MODEL, Encoder, load_tokenizer  # noqa: E402
+from stages.encoding import default_batch_tokens, encode_windows  # noqa: E402
 from stages.windows import SpecialTokens, WindowSpec  # noqa: E402
 
 

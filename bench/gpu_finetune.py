@@ -36,8 +36,15 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from stages.embed import pack_batches, pad_batch, peak_memory_bytes  # noqa: E402
-from stages.encoder import DEFAULT_MODEL, autocast, load_encoder, load_tokenizer, resolve_precision  # noqa: E402
+from stages.encoder import (  # noqa: E402
+    DEFAULT_MODEL,
+    autocast,
+    load_encoder,
+    load_tokenizer,
+    resolve_precision,
+)
+from stages.encoding import pack_batches, pad_batch
+from stages.runtime import peak_memory_bytes  # noqa: E402
 from stages.window_model import WindowModel  # noqa: E402
 from stages.windows import SpecialTokens, WindowSpec  # noqa: E402
 

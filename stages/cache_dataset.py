@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
 from stages.cache import WindowCache
 
@@ -101,3 +102,24 @@ class CacheDocuments:
     def batches(self, batch_docs: int, batch_windows: int, rng: np.random.Generator | None = None):
         for docs in self.plan(batch_docs, batch_windows, rng):
             yield self.load(docs)
+
+
+# Inference holds no gradients, so batches can be far larger than in training.
+EVAL_BATCH_DOCS, EVAL_BATCH_WINDOWS = 256, 16384
+
+
+@torch.inference_mode()
+def predict_logits(head: nn.Module, documents: CacheDocuments, batch_docs: int = EVAL_BATCH_DOCS,
+                   batch_windows: int = EVAL_BATCH_WINDOWS) -> np.ndarray:
+    """Logits [len(documents), n_classes], in the order of `documents.docs`."""
+    was_training = head.training
+    head.eval()
+    position = {doc: i for i, doc in enumerate(documents.docs.tolist())}
+    out = None
+    for batch in documents.batches(batch_docs, batch_windows):
+        logits = head(batch.x, batch.mask).float().numpy()
+        if out is None:
+            out = np.empty((len(documents), logits.shape[1]), dtype=np.float32)
+        out[[position[d] for d in batch.docs.tolist()]] = logits
+    head.train(was_training)
+    return out

@@ -181,7 +181,9 @@ def _order_like_load_files(files: dict[tuple[str, str], bytes]):
 def _like_fetch_20newsgroups(corpus: Corpus, categories, remove) -> Corpus:
     """Apply `remove`, `categories` and the seed-42 shuffle as fetch_20newsgroups does."""
     from sklearn.datasets._twenty_newsgroups import (
-        strip_newsgroup_footer, strip_newsgroup_header, strip_newsgroup_quoting,
+        strip_newsgroup_footer,
+        strip_newsgroup_header,
+        strip_newsgroup_quoting,
     )
 
     strip = {"headers": strip_newsgroup_header, "footers": strip_newsgroup_footer,

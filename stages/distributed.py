@@ -20,7 +20,7 @@ The run, as every rank sees it:
    settings and N, so a rerun resumes the very same shards.
 2. Open this rank's shard: a finished shard file of the same settings is kept as it is;
    otherwise take the shard's lock and find its finished blocks.
-3. Embed what is left with `stages.embed` (same windows, batches and blocks as one
+3. Embed what is left with `stages.embedding` (same windows, batches and blocks as one
    process), write the shard file (atomic rename), report done or failed in the
    rendezvous store, and exit.
 4. Rank 0 alone: wait for every report, check each shard file against the plan, join.
@@ -55,11 +55,25 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from stages.cache import CACHE_IDENTITY, PartialCache, differences, join_caches, read_attrs, write_cache
-from stages.embed import (EmbedConfig, EmbedSummary, Job, complete_already, embed_documents, peak_memory_bytes,
-                          prepare)
+from stages.cache import (
+    CACHE_IDENTITY,
+    PartialCache,
+    differences,
+    join_caches,
+    read_attrs,
+    write_cache,
+)
+from stages.embedding import (
+    EmbedConfig,
+    EmbedSummary,
+    Job,
+    complete_already,
+    embed_documents,
+    prepare,
+)
 from stages.encoder import resolve_device
 from stages.errors import ReportedElsewhere, UserError
+from stages.runtime import peak_memory_bytes
 from stages.windows import WindowSpec, tokenize
 
 # Setup collectives wait at most this long for the slowest rank. Every rank does the

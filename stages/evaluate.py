@@ -18,44 +18,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
 
 from stages.cache import open_cache
-from stages.cache_dataset import DEFAULT_MEMORY_BUDGET_MB, CacheDocuments
+from stages.cache_dataset import (
+    DEFAULT_MEMORY_BUDGET_MB,
+    CacheDocuments,
+    predict_logits,
+)
 from stages.checkpoint import check_compatible, labels_by_name, load_checkpoint
 from stages.errors import UserError
+from stages.metrics import save_figure, scores
 
 # Document length buckets, in windows: one window, a few, many, very many.
 LENGTH_BUCKETS = (("1", 1, 1), ("2-4", 2, 4), ("5-16", 5, 16), (">16", 17, None))
-# Inference holds no gradients, so batches can be far larger than in training.
-EVAL_BATCH_DOCS, EVAL_BATCH_WINDOWS = 256, 16384
-
-
-@torch.inference_mode()
-def predict_logits(head: nn.Module, documents: CacheDocuments, batch_docs: int = EVAL_BATCH_DOCS,
-                   batch_windows: int = EVAL_BATCH_WINDOWS) -> np.ndarray:
-    """Logits [len(documents), n_classes], in the order of `documents.docs`."""
-    was_training = head.training
-    head.eval()
-    position = {doc: i for i, doc in enumerate(documents.docs.tolist())}
-    out = None
-    for batch in documents.batches(batch_docs, batch_windows):
-        logits = head(batch.x, batch.mask).float().numpy()
-        if out is None:
-            out = np.empty((len(documents), logits.shape[1]), dtype=np.float32)
-        out[[position[d] for d in batch.docs.tolist()]] = logits
-    head.train(was_training)
-    return out
-
-
-def scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
-    """Accuracy and macro-F1 over the classes that occur in `y_true` or `y_pred`."""
-    from sklearn.metrics import f1_score
-
-    present = np.union1d(y_true, y_pred)
-    return {"accuracy": float(np.mean(y_true == y_pred)),
-            "macro_f1": float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0))}
 
 
 @dataclass
@@ -149,14 +124,8 @@ def plot_confusion(matrix: np.ndarray, names: list[str], path: Path):
                         color="white" if value > limit else "black")
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
-    _save_figure(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
-
-
-def _save_figure(fig, path: Path):
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
 
 
 def _write_text(path: Path, text: str):

@@ -43,14 +43,16 @@ from torch import nn
 
 import stages
 from stages.data import NEWSGROUPS, load_corpus
-from stages.embed import pack_batches, pad_batch, peak_memory_bytes
 from stages.encoder import DEFAULT_MODEL, LINEAGE_FILE, fingerprint_model, load_encoder
+from stages.encoding import pack_batches, pad_batch
 from stages.errors import UserError
-from stages.evaluate import scores
-from stages.train_head import lr_lambda, stratified_split
+from stages.metrics import scores
+from stages.runtime import peak_memory_bytes, progress_bar
+from stages.training import lr_lambda, stratified_split
 from stages.window_model import WindowModel, encoder_depth, parse_unfreeze_top
 from stages.windows import SpecialTokens, WindowSpec, tokenize
 from stages.workdir import WorkDir
+
 
 @dataclass
 class FinetuneConfig:
@@ -345,7 +347,8 @@ def run_finetune(config: FinetuneConfig, log=None) -> FinetuneSummary:
             batches = epoch_batches(train_windows, windows.lengths, config.batch_tokens, config.seed, epoch)
             epoch_started = time.perf_counter()
             model.train()
-            with _progress(len(batches), f"epoch {epoch}", config.progress, progress.step_in_epoch) as bar:
+            with progress_bar(len(batches), config.progress, f"epoch {epoch}", unit="step",
+                              initial=progress.step_in_epoch) as bar:
                 for step in range(progress.step_in_epoch, len(batches)):
                     batch = batches[step]
                     loss = trainer.step(batch)
@@ -495,8 +498,3 @@ def save_model_folder(out: Path, model: WindowModel, tokenizer, record: dict):
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _progress(total: int, desc: str, enabled: bool | None, initial: int = 0):
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, unit="step",
-                disable=None if enabled is None else not enabled, dynamic_ncols=True)

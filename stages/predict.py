@@ -6,7 +6,7 @@
 Uses exactly what the head records: the encoder (`model`, checked against its
 fingerprint), the window settings and the precision of the cache it was trained
 on. Windowing and encoding are stage one's own code (`stages.windows`,
-`stages.embed.encode_windows`), so a document is embedded here as it was there.
+`stages.encoding.encode_windows`), so a document is embedded here as it was there.
 """
 
 from __future__ import annotations
@@ -18,13 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stages import embed
-from stages.cache_dataset import CacheDocuments
+from stages.cache_dataset import CacheDocuments, predict_logits
 from stages.checkpoint import load_checkpoint
-from stages.embed import encode_windows
 from stages.encoder import load_encoder
+from stages.encoding import default_batch_tokens, encode_windows
 from stages.errors import UserError
-from stages.evaluate import predict_logits
 from stages.windows import SpecialTokens, WindowSpec, tokenize
 
 STDIN = "-"
@@ -81,7 +79,7 @@ def predict(head_path: str | Path, sources: list[str], device: str = "auto", bat
         raise UserError(f"{recorded['model']} here is not the encoder {head_path} was trained with "
                         f"(fingerprint {encoder.fingerprint[:12]} vs {str(recorded['model_fingerprint'])[:12]})")
     spec = WindowSpec(int(recorded["chunk_tokens"]), int(recorded["stride"]), SpecialTokens.of(encoder.tokenizer))
-    batch_tokens = batch_tokens or embed.default_batch_tokens(encoder.device)
+    batch_tokens = batch_tokens or default_batch_tokens(encoder.device)
     if batch_tokens < spec.chunk_tokens:
         raise UserError(f"--batch-tokens {batch_tokens} must be at least the head's {spec.chunk_tokens}-token windows")
     windows_per_doc = [spec.windows(tokens) for tokens in tokenize(encoder.tokenizer, texts)]

@@ -23,7 +23,6 @@ beyond what `--device` gives torch for the (small) head.
 from __future__ import annotations
 
 import copy
-import math
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -34,12 +33,18 @@ import torch
 from torch import nn
 
 from stages.cache import ENCODER_IDENTITY, WindowCache, differences, open_cache
-from stages.cache_dataset import DEFAULT_MEMORY_BUDGET_MB, CacheDocuments
+from stages.cache_dataset import (
+    DEFAULT_MEMORY_BUDGET_MB,
+    CacheDocuments,
+    predict_logits,
+)
 from stages.checkpoint import encoder_record, save_checkpoint
-from stages.embed import check_output_path, peak_memory_bytes
 from stages.errors import UserError
-from stages.evaluate import predict_logits, scores
 from stages.heads import POOLINGS, Head, HeadConfig
+from stages.metrics import save_figure, scores
+from stages.runtime import peak_memory_bytes, progress_bar
+from stages.training import class_weight_tensor, lr_lambda, stratified_split
+from stages.workdir import check_output_path
 
 
 @dataclass
@@ -124,41 +129,6 @@ class TrainSummary:
                 f"peak memory {self.peak_memory_bytes / 2**30:.2f} GiB -> {self.out}")
 
 
-def stratified_split(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(train, val) document indices: `fraction` of each class (rounded, at least one
-    of any class with two or more documents) goes to validation."""
-    train, val = [], []
-    for label in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == label))
-        n_val = int(round(fraction * len(members)))
-        if len(members) >= 2:
-            n_val = min(max(n_val, 1), len(members) - 1)
-        else:
-            n_val = 0
-        val.append(members[:n_val])
-        train.append(members[n_val:])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
-
-
-def lr_lambda(total_steps: int, warmup_steps: int):
-    """Linear warm-up to 1, then cosine decay to 0 at `total_steps`."""
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    return factor
-
-
-def class_weight_tensor(labels: np.ndarray, n_classes: int) -> torch.Tensor:
-    """n / (k * count_c) for the k classes present; 1 for absent ones (never in the loss)."""
-    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
-    present = counts > 0
-    weights = np.ones(n_classes)
-    weights[present] = counts[present].sum() / (present.sum() * counts[present])
-    return torch.tensor(weights, dtype=torch.float32)
-
-
 def _open_validation(config: TrainConfig, train_cache: WindowCache, rng):
     """(train docs, validation CacheDocuments, the validation cache to close or None)."""
     budget = config.memory_budget_mb
@@ -216,7 +186,7 @@ def run_train_head(config: TrainConfig, log=None) -> TrainSummary:
         for epoch in range(1, config.max_epochs + 1):
             head.train()
             loss_sum, seen = 0.0, 0
-            with _progress(steps_per_epoch, f"epoch {epoch}", config.progress) as bar:
+            with progress_bar(steps_per_epoch, config.progress, f"epoch {epoch}", leave=False) as bar:
                 for batch in train.batches(config.batch_docs, config.batch_windows, rng):
                     loss = loss_fn(head(batch.x, batch.mask), batch.labels)
                     optimizer.zero_grad(set_to_none=True)
@@ -268,8 +238,6 @@ def plot_curve(history: list[dict], best_epoch: int, path: Path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from stages.evaluate import _save_figure
-
     epochs = [h["epoch"] for h in history]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(epochs, [h["train_loss"] for h in history], label="train loss")
@@ -284,12 +252,7 @@ def plot_curve(history: list[dict], best_epoch: int, path: Path):
     more = right.get_legend_handles_labels()
     ax.legend(lines[0] + more[0], lines[1] + more[1], loc="center right", fontsize=8)
     fig.tight_layout()
-    _save_figure(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
-def _progress(total: int, desc: str, enabled: bool | None):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="batch", leave=False, disable=None if enabled is None else not enabled,
-                dynamic_ncols=True, file=sys.stderr)

@@ -88,3 +88,20 @@ def atomic_write_bytes(path: Path, data: bytes):
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def check_output_path(out: Path):
+    """Refuse an --out that is a folder or cannot be written, before any work is done."""
+    parent = out.parent if str(out.parent) else Path(".")
+    if out.is_dir():
+        raise UserError(f"--out {out} is a directory; give a file name such as {out / 'train.h5'}")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"--out {out}: cannot create {parent}: {error.strerror}") from None
+    probe = parent / f".{out.name}.write-test-{os.getpid()}"  # one per process: torchrun ranks probe at once
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise UserError(f"--out {out}: cannot write in {parent}: {error.strerror}") from None

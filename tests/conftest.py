@@ -27,7 +27,14 @@ WORDS = ("the a of and to in is it that for on with as was he be by at this have
 def build_tiny_bert(folder: Path, hidden: int = 32, layers: int = 2, max_positions: int = 128, seed: int = 0):
     """Save a randomly initialised BERT and a WordPiece tokenizer to `folder`."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+    )
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]

@@ -9,9 +9,9 @@ import time
 import h5py
 import numpy as np
 import pytest
+from conftest import ROOT, SHARED_DATASETS, run_cli
 
 import cli
-from conftest import ROOT, SHARED_DATASETS, run_cli
 
 
 def embed_args(tiny_bert, corpus, out, *extra):

@@ -5,8 +5,8 @@ import tarfile
 
 import numpy as np
 import pytest
-
 from conftest import SHARED_DATASETS
+
 from stages.data import load_corpus
 from stages.errors import UserError
 

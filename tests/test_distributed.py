@@ -15,12 +15,22 @@ import h5py
 import numpy as np
 import pytest
 import torch.distributed as dist
-
 from conftest import ROOT, make_class_folders
+
 from stages.cache import read_attrs
-from stages.distributed import (Ranks, describe_failures, encoded_tokens, even_slice, plan_shards,
-                                shard_path, shards_of_other_runs, thread_count, wait_for_reports)
-from stages.embed import EmbedConfig, run_embed
+from stages.distributed import (
+    Ranks,
+    describe_failures,
+    encoded_tokens,
+    even_slice,
+    plan_shards,
+    shard_path,
+    shards_of_other_runs,
+    thread_count,
+    wait_for_reports,
+)
+from stages.embed import run_embed
+from stages.embedding import EmbedConfig
 from stages.errors import ReportedElsewhere, UserError
 from stages.windows import SpecialTokens, WindowSpec
 

@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from stages.cache import PartialCache, open_cache
-from stages.embed import EmbedConfig, encode_windows, pack_batches, plan_blocks, run_embed
+from stages.embed import run_embed
+from stages.embedding import EmbedConfig, plan_blocks
 from stages.encoder import load_encoder
+from stages.encoding import encode_windows, pack_batches
 from stages.errors import UserError
 from stages.windows import SpecialTokens, WindowSpec, tokenize
 

@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from synthetic import cli_error, runners, write_synthetic_cache
 
 from stages.errors import UserError
 from stages.evaluate import evaluate
 from stages.train_head import TrainConfig, run_train_head
-from synthetic import cli_error, runners, write_synthetic_cache
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +44,8 @@ def test_macro_f1_matches_sklearn(trained):
     from sklearn.metrics import f1_score
 
     from stages.cache import open_cache
-    from stages.cache_dataset import CacheDocuments
+    from stages.cache_dataset import CacheDocuments, predict_logits
     from stages.checkpoint import load_checkpoint
-    from stages.evaluate import predict_logits
 
     head, test, _ = trained
     with open_cache(test) as cache:

@@ -10,11 +10,11 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, make_class_folders, run_cli
 from safetensors.torch import load_file
 from transformers import AutoModel
 
 import cli
-from conftest import ROOT, make_class_folders, run_cli
 from stages.encoder import load_encoder
 from stages.errors import UserError
 from stages.finetune import FeatureStore, WindowSet, epoch_batches

@@ -7,17 +7,17 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_class_folders, run_cli
+from synthetic import cli_error, runners
+
 from stages.cache import open_cache
-from stages.cache_dataset import CacheDocuments
+from stages.cache_dataset import CacheDocuments, predict_logits
 from stages.checkpoint import load_checkpoint
-from stages.embed import EmbedConfig, run_embed
+from stages.embed import run_embed
+from stages.embedding import EmbedConfig
 from stages.errors import UserError
-from stages.evaluate import predict_logits
 from stages.predict import predict
 from stages.train_head import TrainConfig, run_train_head
-from synthetic import cli_error, runners
 
 
 def embed_and_train(folder, model, chunk_tokens, stride, pooling="attention"):

@@ -6,13 +6,14 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from synthetic import cli_error, runners, write_synthetic_cache
 
 from stages.cache import open_cache
 from stages.cache_dataset import CacheDocuments
 from stages.checkpoint import load_checkpoint
 from stages.errors import UserError
-from stages.train_head import TrainConfig, run_train_head, stratified_split
-from synthetic import cli_error, runners, write_synthetic_cache
+from stages.train_head import TrainConfig, run_train_head
+from stages.training import stratified_split
 
 QUIET = dict(progress=False, curve=False)
 

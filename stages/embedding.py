@@ -1,0 +1,227 @@
+"""Stage one's job, as one process or one torchrun rank runs it: settings, checks,
+loading, and embedding a run of documents block by block into a work folder.
+
+Reads a corpus (`stages.data`) and an encoder (`stages.encoder`); writes finished
+blocks into a `stages.cache.PartialCache`. `stages.embed` (one process) and
+`stages.distributed` (torchrun) assemble caches from it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import stages
+from stages.cache import (
+    CACHE_IDENTITY,
+    Block,
+    PartialCache,
+    differences,
+    read_attrs,
+)
+from stages.data import NEWSGROUPS, Corpus, load_corpus
+from stages.encoder import DEFAULT_MODEL, Encoder, load_encoder, read_lineage
+from stages.encoding import default_batch_tokens, encode_windows
+from stages.errors import UserError
+from stages.runtime import progress_bar
+from stages.windows import SpecialTokens, WindowSpec
+from stages.workdir import check_output_path
+
+
+@dataclass
+class EmbedConfig:
+    out: Path
+    data: str = NEWSGROUPS
+    split: str = "train"
+    model: str = DEFAULT_MODEL
+    # MiniLM was trained on inputs of at most 256 tokens and attention cost grows
+    # with length; 256 keeps most posts (median 337 tokens) to one or two windows.
+    chunk_tokens: int = 256
+    # 32 tokens of overlap give each boundary sentence context on both sides for
+    # about 14% more windows than none.
+    stride: int = 32
+    # None: `default_batch_tokens(device)`. Set it to bound activation memory by hand.
+    batch_tokens: int | None = None
+    precision: str = "auto"
+    device: str = "auto"
+    categories: list[str] | None = None
+    remove: tuple[str, ...] = ()
+    data_home: str | None = None
+    limit: int | None = None
+    overwrite: bool = False
+    # Work lost to a kill is at most one block: about 2048 windows, ~1 min on 2 cores.
+    block_windows: int = 2048
+    progress: bool | None = None  # None: a bar on a terminal, quiet in logs
+    # Torch threads; 0 leaves torch's default (every core) in one process, and gives
+    # each torchrun rank its share of the machine's cores (stages.distributed).
+    threads: int = 0
+
+
+@dataclass
+class EmbedSummary:
+    out: Path
+    documents: int
+    empty_documents: int
+    windows: int
+    tokens: int  # tokens run through the encoder, special tokens and overlaps included
+    seconds: float
+    peak_memory_bytes: int
+    resumed_documents: int = 0
+    already_complete: bool = False
+    # Under torchrun (stages.distributed): how many ranks, each one's peak memory,
+    # and how many shards an earlier run had finished.
+    ranks: int = 1
+    rank_peak_memory_bytes: tuple[int, ...] = ()
+    shards_reused: int = 0
+
+    def line(self) -> str:
+        if self.already_complete:
+            return f"{self.out} is complete already ({self.documents:,} documents); pass --overwrite to redo it"
+        rate = self.tokens / self.seconds if self.seconds > 0 else 0.0
+        parts = [f"embedded {self.documents:,} documents"]
+        if self.ranks > 1:
+            parts.append(f" on {self.ranks} ranks")
+        if self.empty_documents:
+            parts.append(f" ({self.empty_documents:,} empty)")
+        if self.resumed_documents:
+            parts.append(f" ({self.resumed_documents:,} resumed from an earlier run")
+            shards = f", {self.shards_reused} whole shard{'s' * (self.shards_reused != 1)}"
+            parts.append(f"{shards if self.shards_reused else ''})")
+        if self.rank_peak_memory_bytes:
+            memory = "peak memory per rank " + ", ".join(f"{p / 2**30:.2f}" for p in self.rank_peak_memory_bytes)
+        else:
+            memory = f"peak memory {self.peak_memory_bytes / 2**30:.2f}"
+        parts.append(f": {self.windows:,} windows, {self.tokens:,} tokens in {self.seconds:,.1f} s "
+                     f"({rate:,.0f} tokens/s), {memory} GiB -> {self.out}")
+        return "".join(parts)
+
+
+# --- encoding ----------------------------------------------------------------------
+
+
+def plan_blocks(window_counts: np.ndarray, block_windows: int) -> list[tuple[int, int]]:
+    """Cut documents into contiguous runs of about `block_windows` windows."""
+    blocks, start, filled = [], 0, 0
+    for i, count in enumerate(window_counts.tolist()):
+        filled += count
+        if filled >= block_windows:
+            blocks.append((start, i + 1))
+            start, filled = i + 1, 0
+    if start < len(window_counts):
+        blocks.append((start, len(window_counts)))
+    return blocks
+
+
+# --- the stage ---------------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    """Everything a writer of a cache needs, loaded and checked once: the corpus, the
+    encoder, the window geometry and the attributes the cache will carry."""
+
+    config: EmbedConfig
+    corpus: Corpus
+    encoder: Encoder
+    spec: WindowSpec
+    batch_tokens: int
+    attrs: dict
+
+    @property
+    def identity(self) -> dict:
+        return {k: self.attrs[k] for k in CACHE_IDENTITY}
+
+
+@dataclass
+class Embedded:
+    """What `embed_documents` did: per-document geometry and the work it took."""
+
+    doc_tokens: np.ndarray
+    window_counts: np.ndarray
+    window_starts: np.ndarray
+    tokens_encoded: int
+    resumed_documents: int
+
+
+def prepare(config: EmbedConfig) -> Job:
+    """Check the options, load the corpus and the encoder; UserError on bad input."""
+    out = Path(config.out)
+    if config.batch_tokens is not None and config.batch_tokens < 1:
+        raise UserError(f"--batch-tokens must be positive; got {config.batch_tokens}")
+    if config.block_windows < 1:
+        raise UserError(f"--block-windows must be positive; got {config.block_windows}")
+    if config.threads < 0:
+        raise UserError(f"--threads must be 0 (automatic) or more; got {config.threads}")
+    check_output_path(out)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    corpus = load_corpus(config.data, config.split, config.categories, config.remove,
+                         config.data_home, config.limit)
+    encoder = load_encoder(config.model, config.device, config.precision)
+    if config.chunk_tokens > encoder.max_tokens:
+        raise UserError(f"--chunk-tokens {config.chunk_tokens} is above the {encoder.max_tokens} "
+                        f"tokens {config.model} takes")
+    batch_tokens = config.batch_tokens or default_batch_tokens(encoder.device)
+    if batch_tokens < config.chunk_tokens:
+        raise UserError(f"--batch-tokens {batch_tokens} must be at least --chunk-tokens {config.chunk_tokens}")
+    spec = WindowSpec(config.chunk_tokens, config.stride, SpecialTokens.of(encoder.tokenizer))
+    attrs = {
+        "model": config.model,
+        "model_fingerprint": encoder.fingerprint,
+        "chunk_tokens": config.chunk_tokens,
+        "stride": config.stride,
+        "precision": encoder.precision,
+        "data_source": corpus.source,
+        "data_fingerprint": corpus.fingerprint(),
+        "label_names": json.dumps(corpus.label_names),
+        "hidden_size": encoder.hidden_size,
+        "package_version": stages.__version__,
+        # Fine-tuned encoders (`finetune`) carry their base model and scores; {} otherwise.
+        "encoder_lineage": json.dumps(read_lineage(config.model, encoder.fingerprint) or {}),
+    }
+    return Job(config, corpus, encoder, spec, batch_tokens, attrs)
+
+
+def complete_already(out: Path, attrs: dict, overwrite: bool) -> bool:
+    """True when `out` is a complete cache of these settings (nothing to do); refuses
+    a cache of other settings or a stray file unless `overwrite`."""
+    existing = read_attrs(out) if out.exists() else None
+    if existing is not None and not overwrite:
+        diff = differences(existing, attrs, CACHE_IDENTITY)
+        if diff:
+            raise UserError(f"{out} exists with other settings ({'; '.join(diff)}); "
+                            f"pass --overwrite to replace it, or choose another --out")
+        return True
+    if out.exists() and existing is None and not overwrite:
+        raise UserError(f"{out} exists and is not a complete cache; pass --overwrite to replace it")
+    return False
+
+
+def embed_documents(job: Job, partial: PartialCache, token_ids: list[np.ndarray], progress: bool | None,
+                    on_block=None) -> Embedded:
+    """Embed the documents `token_ids` (in order) block by block into `partial`, after
+    the blocks an earlier run finished there. `on_block()` is called after each save."""
+    spec = job.spec
+    doc_tokens = np.fromiter((len(t) for t in token_ids), dtype=np.int64, count=len(token_ids))
+    window_counts = np.fromiter((spec.count(n) for n in doc_tokens), dtype=np.int64, count=len(doc_tokens))
+    window_starts = (np.concatenate([spec.starts(n) for n in doc_tokens]) if len(doc_tokens)
+                     else np.zeros(0, dtype=np.int64))
+    done = partial.finished_blocks()
+    resumed_docs = done[-1][1] if done else 0
+    todo = [b for b in plan_blocks(window_counts, job.config.block_windows) if b[0] >= resumed_docs]
+    if todo and todo[0][0] != resumed_docs:  # earlier run used another block size
+        todo.insert(0, (resumed_docs, todo[0][0]))
+    tokens_encoded = 0
+    with progress_bar(int(window_counts[resumed_docs:].sum()), progress, unit="window") as bar:
+        for start, end in todo:
+            windows = [w for doc in range(start, end) for w in spec.windows(token_ids[doc])]
+            embeddings = encode_windows(job.encoder, windows, job.batch_tokens, on_batch=bar.update)
+            partial.save(Block(start, end, embeddings))
+            tokens_encoded += sum(len(w) for w in windows)
+            if on_block is not None:
+                on_block()
+    return Embedded(doc_tokens, window_counts, window_starts, tokens_encoded, resumed_docs)
