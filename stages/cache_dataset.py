@@ -104,6 +104,11 @@ class CacheDocuments:
             yield self.load(docs)
 
 
+def head_logits(head: nn.Module, batch: Batch) -> torch.Tensor:
+    """The one place a Batch is fed to a head: every input the head takes comes from the batch."""
+    return head(batch.x, batch.mask)
+
+
 # Inference holds no gradients, so batches can be far larger than in training.
 EVAL_BATCH_DOCS, EVAL_BATCH_WINDOWS = 256, 16384
 
@@ -117,7 +122,7 @@ def predict_logits(head: nn.Module, documents: CacheDocuments, batch_docs: int =
     position = {doc: i for i, doc in enumerate(documents.docs.tolist())}
     out = None
     for batch in documents.batches(batch_docs, batch_windows):
-        logits = head(batch.x, batch.mask).float().numpy()
+        logits = head_logits(head, batch).float().numpy()
         if out is None:
             out = np.empty((len(documents), logits.shape[1]), dtype=np.float32)
         out[[position[d] for d in batch.docs.tolist()]] = logits

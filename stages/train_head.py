@@ -188,7 +188,7 @@ def run_train_head(config: TrainConfig, log=None) -> TrainSummary:
             loss_sum, seen = 0.0, 0
             with progress_bar(steps_per_epoch, config.progress, f"epoch {epoch}", leave=False) as bar:
                 for batch in train.batches(config.batch_docs, config.batch_windows, rng):
-                    loss = loss_fn(head(batch.x, batch.mask), batch.labels)
+                    loss = loss_fn(head_logits(head, batch), batch.labels)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
