@@ -33,11 +33,7 @@ import torch
 from torch import nn
 
 from stages.cache import ENCODER_IDENTITY, WindowCache, differences, open_cache
-from stages.cache_dataset import (
-    DEFAULT_MEMORY_BUDGET_MB,
-    CacheDocuments,
-    predict_logits,
-)
+from stages.cache_dataset import DEFAULT_MEMORY_BUDGET_MB, CacheDocuments, head_logits, predict_logits
 from stages.checkpoint import encoder_record, save_checkpoint
 from stages.errors import UserError
 from stages.heads import POOLINGS, Head, HeadConfig
