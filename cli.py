@@ -58,8 +58,13 @@ def cli():
 @click.option("--progress/--no-progress", default=None, help="Progress bar.  [default: only on a terminal]")
 @click.option("--threads", default=0,
               help="Torch threads per process; 0: torch's default, or under torchrun the cores shared among a machine's ranks.")
+@click.option("--window-vector", type=click.Choice(["auto", "cls", "mean"]), default="auto",
+              help="One vector per window: mean of its tokens or [CLS]; auto: what the encoder was trained with "
+                   "(a sentence-transformers folder's 1_Pooling), else cls.")
+@click.option("--terms/--no-terms", default=True,
+              help="Also cache each document's hashed unigram+bigram counts (for heads with a term branch).")
 def embed(data, split, out, model, chunk_tokens, stride, batch_tokens, precision, device, categories,
-          remove, data_home, limit, overwrite, block_windows, progress, threads):
+          remove, data_home, limit, overwrite, block_windows, progress, threads, window_vector, terms):
     """Stage one: cache one [CLS] vector per window of every document in HDF5.
 
     Under `torchrun --nproc_per_node N cli.py embed ...` each rank embeds a shard of the
@@ -73,7 +78,8 @@ def embed(data, split, out, model, chunk_tokens, stride, batch_tokens, precision
         out=out or f"data/cache/{split}.h5", data=data, split=split, model=model, chunk_tokens=chunk_tokens,
         stride=stride, batch_tokens=batch_tokens, precision=precision, device=device,
         categories=_split_list(categories), remove=tuple(_split_list(remove) or ()), data_home=data_home,
-        limit=limit, overwrite=overwrite, block_windows=block_windows, progress=progress, threads=threads)
+        limit=limit, overwrite=overwrite, block_windows=block_windows, progress=progress, threads=threads,
+        window_vector=window_vector, terms=terms)
     ranks = Ranks.from_env()  # None unless torchrun started several ranks
     try:
         summary = run_embed(config) if ranks is None else run_embed_sharded(config, ranks)
