@@ -160,6 +160,10 @@ def finetune(data, split, out, model, unfreeze_top, chunk_tokens, stride, batch_
               help="Checkpoint to write (atomically); the curve goes to OUT-STEM-curve.png beside it.")
 @click.option("--pooling", type=click.Choice(["mean", "max", "attention", "lstm", "transformer"]),
               default="lstm", help="How window vectors become one document vector (lstm: best on validation).")
+@click.option("--inputs", type=click.Choice(["windows", "terms", "both"]), default=None,
+              help="What the head reads: window vectors, the documents' hashed terms (TF-IDF), or both.  "
+                   "[default: both when the cache has terms, else windows]")
+@click.option("--term-lr", default=1e-2, help="Peak AdamW rate of the term branch (sparse, so larger than --lr).")
 @click.option("--epochs", "max_epochs", default=40, help="Most epochs; early stopping usually ends sooner.")
 @click.option("--patience", default=5, help="Stop after this many epochs without a better validation macro-F1.")
 @click.option("--lr", default=1e-3, help="Peak AdamW learning rate (linear warm-up, cosine decay).")
@@ -175,14 +179,15 @@ def finetune(data, split, out, model, unfreeze_top, chunk_tokens, stride, batch_
               help="Load the cache into RAM when its vectors fit in this; else read it by slices.")
 @click.option("--threads", default=1, help="Torch threads (0: torch's default); one is fastest for a small head.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar per epoch.  [default: only on a terminal]")
-def train_head(train_path, val_path, val_fraction, out, pooling, max_epochs, patience, lr, weight_decay, dropout,
+def train_head(train_path, val_path, val_fraction, out, pooling, inputs, term_lr, max_epochs, patience, lr, weight_decay, dropout,
                inner_dim, transformer_layers, batch_docs, batch_windows, class_weights, seed, memory_budget_mb,
                threads, progress):
     """Stage two: train a pooling head on a window cache; keep the best on validation macro-F1."""
     from stages.train_head import TrainConfig, run_train_head
 
     config = TrainConfig(
-        train=train_path, out=out, val=val_path, val_fraction=val_fraction, pooling=pooling, dropout=dropout,
+        train=train_path, out=out, val=val_path, val_fraction=val_fraction, pooling=pooling, inputs=inputs,
+        term_lr=term_lr, dropout=dropout,
         inner_dim=inner_dim, transformer_layers=transformer_layers, lr=lr, weight_decay=weight_decay,
         max_epochs=max_epochs, patience=patience, batch_docs=batch_docs, batch_windows=batch_windows,
         class_weights=class_weights, seed=seed, memory_budget_mb=memory_budget_mb, threads=threads,

@@ -29,8 +29,8 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
@@ -97,11 +97,22 @@ class WindowCache:
 
     def term_rows(self, docs: np.ndarray) -> "sp.csr_matrix":
         """Hashed term counts of documents `docs`, one CSR row each, in the order given."""
+        import scipy.sparse as sp
+
         indptr = self.term_indptr
         group = self.file["terms"]
+        n_features = self.term_features
+        docs = np.asarray(docs, dtype=np.int64)
+        if len(docs) == self.n_docs and np.array_equal(docs, np.arange(self.n_docs)):  # all: two reads
+            return sp.csr_matrix((group["counts"][:], group["indices"][:], indptr), shape=(self.n_docs, n_features))
         pieces = [(group["indices"][indptr[d]:indptr[d + 1]], group["counts"][indptr[d]:indptr[d + 1]])
-                  for d in np.asarray(docs).tolist()]
-        return _csr(pieces, int(json.loads(self.term_hashing)["n_features"]))
+                  for d in docs.tolist()]
+        return _csr(pieces, n_features)
+
+    @property
+    def term_features(self) -> int:
+        """Width of the hashed term space (n_features of the hashing); 0 without terms."""
+        return int(json.loads(self.term_hashing).get("n_features", 0))
 
     @property
     def term_indptr(self) -> np.ndarray:

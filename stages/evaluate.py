@@ -53,7 +53,8 @@ def evaluate(head_path: str | Path, cache_path: str | Path, report_dir: str | Pa
     with open_cache(cache_path) as cache:
         check_compatible(checkpoint, cache)
         labels = labels_by_name(checkpoint, cache)
-        documents = CacheDocuments.from_cache(cache, labels=labels, memory_budget_mb=memory_budget_mb)
+        documents = CacheDocuments.from_cache(cache, labels=labels, memory_budget_mb=memory_budget_mb,
+                                              term_weights=checkpoint.terms)
         logits = predict_logits(checkpoint.head, documents)
         windows = cache.window_counts
     names = checkpoint.label_names

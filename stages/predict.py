@@ -23,6 +23,7 @@ from stages.checkpoint import load_checkpoint
 from stages.encoder import load_encoder
 from stages.encoding import default_batch_tokens, encode_windows
 from stages.errors import UserError
+from stages.terms import TermHashing
 from stages.windows import SpecialTokens, WindowSpec, tokenize
 
 STDIN = "-"
@@ -74,7 +75,7 @@ def predict(head_path: str | Path, sources: list[str], device: str = "auto", bat
     checkpoint = load_checkpoint(head_path)
     texts = read_texts(sources)
     recorded = checkpoint.encoder
-    encoder = load_encoder(recorded["model"], device, recorded.get("precision") or "auto")
+    encoder = load_encoder(recorded["model"], device, recorded.get("precision") or "auto", recorded["window_vector"])
     if encoder.fingerprint != recorded["model_fingerprint"]:
         raise UserError(f"{recorded['model']} here is not the encoder {head_path} was trained with "
                         f"(fingerprint {encoder.fingerprint[:12]} vs {str(recorded['model_fingerprint'])[:12]})")
@@ -85,7 +86,11 @@ def predict(head_path: str | Path, sources: list[str], device: str = "auto", bat
     windows_per_doc = [spec.windows(tokens) for tokens in tokenize(encoder.tokenizer, texts)]
     counts = np.array([len(w) for w in windows_per_doc], dtype=np.int64)
     vectors = encode_windows(encoder, [w for doc in windows_per_doc for w in doc], batch_tokens)
-    documents = CacheDocuments(vectors, np.concatenate([[0], np.cumsum(counts)]), np.zeros(len(texts)))
+    term_rows = None
+    if checkpoint.terms is not None:  # hashed exactly as stage one hashed the training documents
+        term_rows = TermHashing.from_json(checkpoint.terms.hashing).counts(texts).__getitem__
+    documents = CacheDocuments(vectors, np.concatenate([[0], np.cumsum(counts)]), np.zeros(len(texts)),
+                               term_rows=term_rows, term_weights=checkpoint.terms)
     probabilities = torch.from_numpy(predict_logits(checkpoint.head, documents)).softmax(-1).numpy()
     best = probabilities.argmax(1)
     return [Prediction(source, checkpoint.label_names[k], float(p[k]), int(n))
