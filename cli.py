@@ -63,8 +63,9 @@ def cli():
                    "(a sentence-transformers folder's 1_Pooling), else cls.")
 @click.option("--terms/--no-terms", default=True,
               help="Also cache each document's hashed unigram+bigram counts (for heads with a term branch).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object instead of a line.")
 def embed(data, split, out, model, chunk_tokens, stride, batch_tokens, precision, device, categories,
-          remove, data_home, limit, overwrite, block_windows, progress, threads, window_vector, terms):
+          remove, data_home, limit, overwrite, block_windows, progress, threads, window_vector, terms, as_json):
     """Stage one: cache one [CLS] vector per window of every document in HDF5.
 
     Under `torchrun --nproc_per_node N cli.py embed ...` each rank embeds a shard of the
@@ -88,7 +89,7 @@ def embed(data, split, out, model, chunk_tokens, stride, batch_tokens, precision
             click.echo("interrupted: finished blocks are kept; run the same command again to resume", err=True)
         raise click.exceptions.Exit(130) from None
     if summary is not None:  # only rank 0 of a torchrun job has one
-        click.echo(summary.line())
+        _echo_summary(summary, as_json)
 
 
 @cli.command()
@@ -127,9 +128,10 @@ def embed(data, split, out, model, chunk_tokens, stride, batch_tokens, precision
 @click.option("--limit", type=int, default=None, help="Keep only the first N documents (fixed order).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out (once the new one is saved) and start afresh.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar per epoch.  [default: only on a terminal]")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object instead of a line.")
 def finetune(data, split, out, model, unfreeze_top, chunk_tokens, stride, batch_tokens, max_epochs, patience, lr,
              head_lr, weight_decay, dropout, val_fraction, seed, gradient_checkpointing, precision, device,
-             feature_cache_gb, checkpoint_steps, threads, categories, remove, data_home, limit, overwrite, progress):
+             feature_cache_gb, checkpoint_steps, threads, categories, remove, data_home, limit, overwrite, progress, as_json):
     """Optional: fine-tune the encoder's top layers on windows labelled with their document's class."""
     from stages.finetune import FinetuneConfig, run_finetune
 
@@ -147,7 +149,7 @@ def finetune(data, split, out, model, unfreeze_top, chunk_tokens, stride, batch_
         click.echo(f"interrupted: the last checkpoint is in {out}.partial/; run the same command again to resume",
                    err=True)
         raise click.exceptions.Exit(130) from None
-    click.echo(summary.line())
+    _echo_summary(summary, as_json)
 
 
 @cli.command("train-head")
@@ -163,7 +165,8 @@ def finetune(data, split, out, model, unfreeze_top, chunk_tokens, stride, batch_
 @click.option("--inputs", type=click.Choice(["windows", "terms", "both"]), default=None,
               help="What the head reads: window vectors, the documents' hashed terms (TF-IDF), or both.  "
                    "[default: both when the cache has terms, else windows]")
-@click.option("--term-lr", default=1e-2, help="Peak AdamW rate of the term branch (sparse, so larger than --lr).")
+@click.option("--term-lr", default=1.0, help="Peak SGD (momentum 0.9) rate of the term branch's linear weights.")
+@click.option("--term-weight-decay", default=0.0, help="L2 penalty on the term branch's weights.")
 @click.option("--epochs", "max_epochs", default=40, help="Most epochs; early stopping usually ends sooner.")
 @click.option("--patience", default=5, help="Stop after this many epochs without a better validation macro-F1.")
 @click.option("--lr", default=1e-3, help="Peak AdamW learning rate (linear warm-up, cosine decay).")
@@ -179,15 +182,16 @@ def finetune(data, split, out, model, unfreeze_top, chunk_tokens, stride, batch_
               help="Load the cache into RAM when its vectors fit in this; else read it by slices.")
 @click.option("--threads", default=1, help="Torch threads (0: torch's default); one is fastest for a small head.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar per epoch.  [default: only on a terminal]")
-def train_head(train_path, val_path, val_fraction, out, pooling, inputs, term_lr, max_epochs, patience, lr, weight_decay, dropout,
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object instead of a line.")
+def train_head(train_path, val_path, val_fraction, out, pooling, inputs, term_lr, term_weight_decay, max_epochs, patience, lr, weight_decay, dropout,
                inner_dim, transformer_layers, batch_docs, batch_windows, class_weights, seed, memory_budget_mb,
-               threads, progress):
+               threads, progress, as_json):
     """Stage two: train a pooling head on a window cache; keep the best on validation macro-F1."""
     from stages.train_head import TrainConfig, run_train_head
 
     config = TrainConfig(
         train=train_path, out=out, val=val_path, val_fraction=val_fraction, pooling=pooling, inputs=inputs,
-        term_lr=term_lr, dropout=dropout,
+        term_lr=term_lr, term_weight_decay=term_weight_decay, dropout=dropout,
         inner_dim=inner_dim, transformer_layers=transformer_layers, lr=lr, weight_decay=weight_decay,
         max_epochs=max_epochs, patience=patience, batch_docs=batch_docs, batch_windows=batch_windows,
         class_weights=class_weights, seed=seed, memory_budget_mb=memory_budget_mb, threads=threads,
@@ -197,7 +201,7 @@ def train_head(train_path, val_path, val_fraction, out, pooling, inputs, term_lr
     except KeyboardInterrupt:
         click.echo(f"interrupted: {out} is as it was before this run", err=True)
         raise click.exceptions.Exit(130) from None
-    click.echo(summary.line())
+    _echo_summary(summary, as_json)
 
 
 @cli.command()
@@ -210,7 +214,8 @@ def train_head(train_path, val_path, val_fraction, out, pooling, inputs, term_lr
 @click.option("--memory-budget-mb", default=1024.0,
               help="Load the cache into RAM when its vectors fit in this; else read it by slices.")
 @click.option("--threads", default=1, help="Torch threads (0: torch's default).")
-def evaluate(head_path, cache_path, report_dir, memory_budget_mb, threads):
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object instead of a line.")
+def evaluate(head_path, cache_path, report_dir, memory_budget_mb, threads, as_json):
     """Score a head on a cache: accuracy, macro-F1, per-class table, confusion matrix."""
     import torch
 
@@ -218,7 +223,7 @@ def evaluate(head_path, cache_path, report_dir, memory_budget_mb, threads):
 
     if threads:
         torch.set_num_threads(threads)
-    click.echo(run_evaluate(head_path, cache_path, report_dir, memory_budget_mb).line())
+    _echo_summary(run_evaluate(head_path, cache_path, report_dir, memory_budget_mb), as_json)
 
 
 @cli.command()
@@ -237,6 +242,18 @@ def predict(head_path, files, as_json, device, batch_tokens):
 
     for prediction in run_predict(head_path, list(files), device=device, batch_tokens=batch_tokens):
         click.echo(json.dumps(prediction.record()) if as_json else prediction.line())
+
+
+def _echo_summary(summary, as_json: bool):
+    """A command's summary: its one human line, or with --json every field as one JSON object
+    (what scripts and bench/ read; the line is for people and may change)."""
+    if not as_json:
+        click.echo(summary.line())
+        return
+    import dataclasses
+    import json
+
+    click.echo(json.dumps(dataclasses.asdict(summary), default=str))
 
 
 def main(argv=None) -> int:

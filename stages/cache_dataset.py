@@ -130,17 +130,18 @@ EVAL_BATCH_DOCS, EVAL_BATCH_WINDOWS = 256, 16384
 
 
 @torch.inference_mode()
-def predict_logits(head: nn.Module, documents: CacheDocuments, batch_docs: int = EVAL_BATCH_DOCS,
-                   batch_windows: int = EVAL_BATCH_WINDOWS) -> np.ndarray:
-    """Logits [len(documents), n_classes], in the order of `documents.docs`."""
+def predict_logits(head: nn.Module, documents: CacheDocuments, logits_of=head_logits,
+                   batch_docs: int = EVAL_BATCH_DOCS, batch_windows: int = EVAL_BATCH_WINDOWS) -> np.ndarray:
+    """Logits [len(documents), n_classes] (or whatever `logits_of(head, batch)` gives per
+    document), in the order of `documents.docs`."""
     was_training = head.training
     head.eval()
     position = {doc: i for i, doc in enumerate(documents.docs.tolist())}
     out = None
     for batch in documents.batches(batch_docs, batch_windows):
-        logits = head_logits(head, batch).float().numpy()
+        logits = logits_of(head, batch).float().numpy()
         if out is None:
-            out = np.empty((len(documents), logits.shape[1]), dtype=np.float32)
+            out = np.empty((len(documents), *logits.shape[1:]), dtype=np.float32)
         out[[position[d] for d in batch.docs.tolist()]] = logits
     head.train(was_training)
     return out

@@ -21,8 +21,10 @@ applies its own log-softmax.
 
 The term branch (`inputs` "terms" or "both") is a linear layer over the document's
 TF-IDF-weighted hashed terms (`stages.term_weights.TermBatch`), an `nn.EmbeddingBag`
-of one row per kept term. With both inputs the two branches' logits add up: one
-linear model over [pooled windows, terms], trained jointly.
+of one row per kept term. With both inputs, each branch is trained on its own loss
+(so neither leans on the other) and the head's logits are `mix[0] * window logits +
+mix[1] * term logits`, the two weights fitted on validation (`fit_mix`): the branches'
+logits are stacked, and the more trustworthy one counts for more.
 """
 
 from __future__ import annotations
@@ -203,6 +205,8 @@ class Head(nn.Module):
             self.terms = nn.EmbeddingBag(config.n_terms, config.n_classes, mode="sum")
             nn.init.zeros_(self.terms.weight)
             self.terms_bias = nn.Parameter(torch.zeros(config.n_classes))
+        if self.reads_windows and self.reads_terms:
+            self.register_buffer("mix", torch.ones(2))  # weights of (window, term) logits; see fit_mix
 
     @property
     def reads_windows(self) -> bool:
@@ -222,14 +226,39 @@ class Head(nn.Module):
     def term_logits(self, terms: TermBatch) -> torch.Tensor:
         return self.terms(terms.ids, terms.offsets, per_sample_weights=terms.weights) + self.terms_bias
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, terms: TermBatch | None = None) -> torch.Tensor:
+    def branch_logits(self, x: torch.Tensor, mask: torch.Tensor, terms: TermBatch | None = None) -> torch.Tensor:
+        """Each branch's own logits, [docs, branches, n_classes] (windows first)."""
         if self.reads_terms and terms is None:
             raise ValueError("this head needs the documents' terms")
-        logits = self.window_logits(x, mask) if self.reads_windows else None
+        branches = [self.window_logits(x, mask)] if self.reads_windows else []
         if self.reads_terms:
-            term_logits = self.term_logits(terms)
-            logits = term_logits if logits is None else logits + term_logits
-        return logits
+            branches.append(self.term_logits(terms))
+        return torch.stack(branches, 1)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, terms: TermBatch | None = None) -> torch.Tensor:
+        branches = self.branch_logits(x, mask, terms)
+        if branches.shape[1] == 1:
+            return branches[:, 0]
+        return torch.einsum("b,dbc->dc", self.mix, branches)
+
+    @torch.no_grad()
+    def fit_mix(self, branches: torch.Tensor, labels: torch.Tensor, steps: int = 100):
+        """Set `mix` to the non-negative weights of the branches' logits [docs, 2, classes]
+        that minimise cross-entropy on `labels` (held-out documents: validation)."""
+        log_mix = torch.zeros(2, requires_grad=True)
+        optimizer = torch.optim.LBFGS([log_mix], lr=0.5, max_iter=steps, line_search_fn="strong_wolfe")
+        branches, labels = branches.float(), labels.long()
+
+        def loss():
+            optimizer.zero_grad()
+            with torch.enable_grad():
+                value = nn.functional.cross_entropy(torch.einsum("b,dbc->dc", log_mix.exp(), branches), labels)
+                value.backward()
+            return value
+
+        optimizer.step(loss)
+        if torch.isfinite(log_mix).all():
+            self.mix.copy_(log_mix.detach().exp())
 
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -64,7 +64,9 @@ class TrainConfig:
     # The term branch is a zero-initialised linear layer over sparse TF-IDF: each weight
     # sees a gradient only in the few batches whose documents hold its term, so it needs a
     # larger step than the dense window branch to learn within the same epochs.
-    term_lr: float = 1e-2
+    term_lr: float = 1.0
+    # L2 on the term weights (SGD's weight decay), LinearSVC's C in other words.
+    term_weight_decay: float = 0.0
     dropout: float = 0.1
     input_norm: bool = True
     inner_dim: int = 128
@@ -98,6 +100,8 @@ class TrainConfig:
             raise UserError(f"--inputs is one of {', '.join(INPUTS)}; got {self.inputs!r}")
         if not self.term_lr > 0:
             raise UserError(f"--term-lr must be positive; got {self.term_lr}")
+        if self.term_weight_decay < 0:
+            raise UserError(f"--term-weight-decay must be at least 0; got {self.term_weight_decay}")
         if self.val is None and not 0.0 < self.val_fraction < 1.0:
             raise UserError(f"--val-fraction must be between 0 and 1 (exclusive); got {self.val_fraction}")
         for name in ("max_epochs", "patience", "batch_docs", "batch_windows"):
@@ -167,6 +171,25 @@ def _open_validation(config: TrainConfig, train_cache: WindowCache, rng):
     return np.arange(train_cache.n_docs), CacheDocuments.from_cache(val_cache, memory_budget_mb=budget), val_cache
 
 
+def _optimizers(head: Head, config: TrainConfig) -> list[torch.optim.Optimizer]:
+    """AdamW for the window branch; SGD with momentum for the term branch, whose sparse
+    linear weights Adam would move all at the same pace, so that terms seen in one or two
+    training documents memorise them as fast as frequent, telling terms learn."""
+    terms = [p for n, p in head.named_parameters() if n.startswith("terms")]
+    others = [p for n, p in head.named_parameters() if not n.startswith("terms")]
+    optimizers = []
+    if others:
+        optimizers.append(torch.optim.AdamW(others, lr=config.lr, weight_decay=config.weight_decay))
+    if terms:
+        optimizers.append(torch.optim.SGD(terms, lr=config.term_lr, momentum=0.9,
+                                          weight_decay=config.term_weight_decay))
+    return optimizers
+
+
+def branch_logits(head: Head, batch) -> torch.Tensor:
+    return head.branch_logits(batch.x, batch.mask, batch.terms)
+
+
 def run_train_head(config: TrainConfig, log=None) -> TrainSummary:
     started = time.perf_counter()
     log = log or (lambda line: print(line, file=sys.stderr))
@@ -204,15 +227,11 @@ def run_train_head(config: TrainConfig, log=None) -> TrainSummary:
         head = Head(head_config)
         weights = class_weight_tensor(train_cache.labels[train_docs], len(names)) if config.class_weights else None
         loss_fn = nn.CrossEntropyLoss(weight=weights)  # on logits: it applies log-softmax itself
-        term_params = [p for n, p in head.named_parameters() if n.startswith("terms")]
-        other_params = [p for n, p in head.named_parameters() if not n.startswith("terms")]
-        optimizer = torch.optim.AdamW([{"params": other_params, "lr": config.lr},
-                                       {"params": term_params, "lr": config.term_lr}],
-                                      weight_decay=config.weight_decay)
+        optimizers = _optimizers(head, config)
         steps_per_epoch = len(train.plan(config.batch_docs, config.batch_windows))
         total = steps_per_epoch * config.max_epochs
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lr_lambda(total, max(1, int(config.warmup_fraction * total))))
+        schedules = [torch.optim.lr_scheduler.LambdaLR(o, lr_lambda(total, max(1, int(config.warmup_fraction * total))))
+                     for o in optimizers]
 
         history, best, best_state, stale = [], None, None, 0
         for epoch in range(1, config.max_epochs + 1):
@@ -220,17 +239,23 @@ def run_train_head(config: TrainConfig, log=None) -> TrainSummary:
             loss_sum, seen = 0.0, 0
             with progress_bar(steps_per_epoch, config.progress, f"epoch {epoch}", leave=False) as bar:
                 for batch in train.batches(config.batch_docs, config.batch_windows, rng):
-                    loss = loss_fn(head_logits(head, batch), batch.labels)
-                    optimizer.zero_grad(set_to_none=True)
+                    # Each branch learns on its own loss, so neither leans on the other.
+                    branches = head.branch_logits(batch.x, batch.mask, batch.terms)
+                    loss = sum(loss_fn(branches[:, b], batch.labels) for b in range(branches.shape[1]))
+                    for optimizer in optimizers:
+                        optimizer.zero_grad(set_to_none=True)
                     loss.backward()
-                    optimizer.step()
-                    schedule.step()
+                    for optimizer, schedule in zip(optimizers, schedules):
+                        optimizer.step()
+                        schedule.step()
                     loss_sum += loss.item() * len(batch)
                     seen += len(batch)
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss_sum / seen:.4f}", refresh=False)
-            logits = predict_logits(head, val)
             val_labels = torch.from_numpy(val.labels[val.docs])
+            if head.reads_windows and head.reads_terms:  # weigh the branches on validation, then score
+                head.fit_mix(torch.from_numpy(predict_logits(head, val, branch_logits)), val_labels)
+            logits = predict_logits(head, val)
             val_loss = float(nn.functional.cross_entropy(torch.from_numpy(logits), val_labels, weight=weights))
             result = {"epoch": epoch, "train_loss": loss_sum / seen, "val_loss": val_loss,
                       **{f"val_{k}": v for k, v in scores(val.labels[val.docs], logits.argmax(1)).items()}}
@@ -240,6 +265,8 @@ def run_train_head(config: TrainConfig, log=None) -> TrainSummary:
                 best, best_state, stale = result, copy.deepcopy(head.state_dict()), 0
             else:
                 stale += 1
+            if head.reads_windows and head.reads_terms:
+                result["mix"] = head.mix.tolist()
             log(f"epoch {epoch:3d}  train loss {result['train_loss']:.4f}  val loss {val_loss:.4f}  "
                 f"val accuracy {result['val_accuracy']:.4f}  macro-F1 {result['val_macro_f1']:.4f}"
                 f"{'  *' if improved else ''}")

@@ -7,18 +7,20 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.cache import write_cache
+from stages.cache import save_terms, terms_path, write_cache
+from stages.terms import TermHashing
 
 ATTRS = {"model": "synthetic", "model_fingerprint": "f" * 64, "chunk_tokens": 256, "stride": 32,
          "precision": "fp32", "data_source": "synthetic", "data_fingerprint": "0" * 64,
-         "package_version": "0.1.0"}
+         "package_version": "0.1.0", "window_vector": "cls", "term_hashing": "{}"}
 
 
 def write_synthetic_cache(path: Path, n_docs: int = 60, n_classes: int = 3, hidden: int = 16,
                           max_windows: int = 12, seed: int = 0, separable: bool = True,
-                          window_counts=None, labels=None, **attrs) -> Path:
+                          window_counts=None, labels=None, texts=None, **attrs) -> Path:
     """A cache whose class c documents have windows near a class centre (separable)
-    or pure noise; window counts vary from 1 to `max_windows`."""
+    or pure noise; window counts vary from 1 to `max_windows`. With `texts` (one per
+    document), it also holds their hashed term counts, as stage one would."""
     centres = np.random.default_rng(1234).normal(size=(n_classes, hidden)) * 3  # shared by all seeds
     rng = np.random.default_rng(seed)
     labels = np.arange(n_docs) % n_classes if labels is None else np.asarray(labels)
@@ -31,6 +33,10 @@ def write_synthetic_cache(path: Path, n_docs: int = 60, n_classes: int = 3, hidd
     embeddings = np.concatenate(rows).astype(np.float32) if rows else np.zeros((0, hidden), np.float32)
     block = Path(f"{path}.block.npy")
     np.save(block, embeddings)
+    if texts is not None:
+        hashing = TermHashing()
+        save_terms(terms_path(block), hashing.counts(list(texts)))
+        attrs = {"term_hashing": hashing.to_json(), **attrs}
     names = [f"class{i}" for i in range(n_classes)]
     all_attrs = {**ATTRS, "hidden_size": hidden, "label_names": json.dumps(names), **attrs}
     write_cache(Path(path), all_attrs, [(0, n_docs, block)] if n_docs else [], labels=labels,
@@ -38,6 +44,7 @@ def write_synthetic_cache(path: Path, n_docs: int = 60, n_classes: int = 3, hidd
                 window_counts=counts, window_starts=np.concatenate([np.arange(c) * 222 for c in counts])
                 if n_docs else np.zeros(0, np.int64), hidden=hidden)
     block.unlink()
+    terms_path(block).unlink(missing_ok=True)
     return Path(path)
 
 

@@ -1,0 +1,113 @@
+"""Terms: hashing in stage one, TF-IDF fitted on training documents, the term branch of a head."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from synthetic import cli_error, write_synthetic_cache
+
+from stages.cache import open_cache
+from stages.checkpoint import load_checkpoint
+from stages.errors import UserError
+from stages.evaluate import evaluate
+from stages.term_weights import TermWeights
+from stages.terms import TermHashing
+from stages.train_head import TrainConfig, run_train_head
+
+QUIET = dict(progress=False, curve=False)
+FILLER = "the of and to in is it that for on with as was he be by at this have from or one had".split()
+
+
+def lexical_corpus(n_docs: int, n_classes: int, seed: int) -> tuple[list[str], np.ndarray]:
+    """Documents of common filler words plus one rare marker word of their class: only the
+    terms tell the classes apart."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n_docs) % n_classes
+    texts = [" ".join([*rng.choice(FILLER, 40), f"marker{label}x", *rng.choice(FILLER, 40)]) for label in labels]
+    return texts, labels
+
+
+@pytest.fixture(scope="module")
+def lexical(tmp_path_factory):
+    """Window vectors are pure noise; each document's class is written in one word of its text."""
+    folder = tmp_path_factory.mktemp("lexical")
+    caches = []
+    for split, n, seed in (("train", 120, 0), ("test", 60, 1)):
+        texts, labels = lexical_corpus(n, 3, seed)
+        caches.append(write_synthetic_cache(folder / f"{split}.h5", n_docs=n, seed=seed, separable=False,
+                                            labels=labels, texts=texts))
+    return caches
+
+
+def train(tmp_path, cache, name="head.pt", **kwargs):
+    return run_train_head(TrainConfig(train=str(cache), out=str(tmp_path / name), **{**QUIET, **kwargs}),
+                          log=lambda line: None)
+
+
+def test_hashing_is_stateless_and_matches_scikit_learn():
+    from sklearn.feature_extraction.text import HashingVectorizer
+
+    texts = ["Rare NAME-42 and a bigram here", "", "ünïcode wörds wörds", "one"]
+    counts = TermHashing().counts(texts)
+    reference = HashingVectorizer(n_features=2**20, ngram_range=(1, 2), alternate_sign=False, norm=None)
+    assert (counts != reference.transform(texts)).nnz == 0
+    assert counts.dtype == np.int32 and counts[1].nnz == 0
+    assert (TermHashing().counts(texts[2:]) != counts[2:]).nnz == 0  # rows do not depend on their neighbours
+    assert TermHashing.from_json(TermHashing().to_json()) == TermHashing()
+
+
+def test_tf_idf_matches_scikit_learn_on_the_kept_terms():
+    from sklearn.feature_extraction.text import TfidfTransformer
+
+    texts, _ = lexical_corpus(30, 3, seed=0)
+    counts = TermHashing().counts(texts)
+    weights = TermWeights.fit("{}", counts.shape[1], counts.__getitem__, np.arange(20), min_df=2, max_df=0.9)
+    df = np.bincount(counts[:20].indices, minlength=counts.shape[1])
+    assert weights.features.tolist() == np.flatnonzero((df >= 2) & (df <= 18)).tolist()  # from docs 0-19 only
+    kept = counts[:, weights.features]
+    expected = TfidfTransformer(sublinear_tf=True).fit(kept[:20]).transform(kept).toarray()
+    batch = weights.batch(counts)
+    bag = torch.nn.EmbeddingBag(weights.n_terms, weights.n_terms, mode="sum", _weight=torch.eye(weights.n_terms))
+    got = bag(batch.ids, batch.offsets, per_sample_weights=batch.weights).detach().double().numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_the_term_branch_learns_what_the_windows_cannot_see(tmp_path, lexical):
+    train_cache, test_cache = lexical
+    scores = {}
+    for inputs in ("windows", "terms", "both"):
+        summary = train(tmp_path, train_cache, name=f"{inputs}.pt", inputs=inputs, pooling="mean", max_epochs=30,
+                        lr=3e-3)
+        scores[inputs] = evaluate(summary.out, test_cache).metrics["accuracy"]
+    assert scores["terms"] >= 0.95 and scores["both"] >= 0.95
+    assert scores["windows"] <= 0.6  # noise windows: near chance (1/3)
+
+
+def test_both_is_the_default_on_a_cache_with_terms_and_the_head_records_its_statistics(tmp_path, lexical):
+    summary = train(tmp_path, lexical[0], pooling="mean", max_epochs=2)
+    checkpoint = load_checkpoint(summary.out)
+    assert checkpoint.head.config.inputs == "both" and checkpoint.head.reads_terms
+    assert checkpoint.terms.hashing == TermHashing().to_json()
+    assert checkpoint.terms.n_terms == checkpoint.head.config.n_terms > 0
+    payload = torch.load(summary.out, weights_only=True)
+    assert payload["terms"]["features"].dtype == torch.int64
+
+
+def test_a_term_head_refuses_a_cache_without_terms(tmp_path, lexical):
+    plain = write_synthetic_cache(tmp_path / "plain.h5", n_docs=30)
+    summary = train(tmp_path, lexical[0], inputs="terms", max_epochs=1)
+    with pytest.raises(UserError, match="holds no term counts.*--inputs windows"):
+        evaluate(summary.out, plain)
+    code, err = cli_error("in-process", "train-head", "--train", plain, "--inputs", "both",
+                          "--out", tmp_path / "x.pt", "--no-progress")
+    assert code == 2 and len(err) == 1 and "holds no term counts" in err[0]
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_a_cache_without_terms_trains_a_windows_head_by_default(tmp_path):
+    plain = write_synthetic_cache(tmp_path / "plain.h5", n_docs=30)
+    summary = train(tmp_path, plain, max_epochs=1)
+    assert load_checkpoint(summary.out).head.config.inputs == "windows"
+    with open_cache(plain) as cache:
+        assert not cache.has_terms and cache.term_hashing == "{}"
