@@ -41,6 +41,10 @@ def run_embed(config: EmbedConfig) -> EmbedSummary:
     if complete_already(out, job.attrs, config.overwrite):
         return EmbedSummary(out, len(corpus), 0, 0, 0, 0.0, peak_memory_bytes(), already_complete=True)
     with PartialCache(out, job.identity, fresh=config.overwrite) as partial:
+        # Again under the lock: another run may have finished `out` while this one loaded.
+        if complete_already(out, job.attrs, config.overwrite):
+            partial.discard()
+            return EmbedSummary(out, len(corpus), 0, 0, 0, 0.0, peak_memory_bytes(), already_complete=True)
         token_ids = tokenize(job.encoder.tokenizer, corpus.texts)
         done = embed_documents(job, partial, token_ids, config.progress)
         write_cache(out, job.attrs, partial.finished_blocks(), labels=corpus.labels, doc_ids=corpus.doc_ids,

@@ -210,11 +210,11 @@ def embed_documents(job: Job, partial: PartialCache, token_ids: list[np.ndarray]
     window_counts = np.fromiter((spec.count(n) for n in doc_tokens), dtype=np.int64, count=len(doc_tokens))
     window_starts = (np.concatenate([spec.starts(n) for n in doc_tokens]) if len(doc_tokens)
                      else np.zeros(0, dtype=np.int64))
-    done = partial.finished_blocks()
+    done = partial.finished_blocks(window_counts)
     resumed_docs = done[-1][1] if done else 0
-    todo = [b for b in plan_blocks(window_counts, job.config.block_windows) if b[0] >= resumed_docs]
-    if todo and todo[0][0] != resumed_docs:  # earlier run used another block size
-        todo.insert(0, (resumed_docs, todo[0][0]))
+    # Plan from the documents actually saved, whatever block size the earlier run used.
+    todo = [(resumed_docs + a, resumed_docs + b)
+            for a, b in plan_blocks(window_counts[resumed_docs:], job.config.block_windows)]
     tokens_encoded = 0
     with progress_bar(int(window_counts[resumed_docs:].sum()), progress, unit="window") as bar:
         for start, end in todo:

@@ -1,0 +1,228 @@
+"""Issue 11 ("Trust"): no silent corruption, no code run from a work folder, one-line
+refusals. Each test here failed before its fix; docs/RELIABILITY.md names them."""
+
+import os
+import resource
+import shutil
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+from conftest import ROOT
+
+from stages.cache import PartialCache, write_cache
+from stages.embed import run_embed
+from stages.embedding import EmbedConfig
+from stages.errors import UserError
+from stages.workdir import WorkDir, atomic_path, atomic_write_bytes, check_output_path
+
+
+def config(tiny_bert, corpus, out, **overrides):
+    settings = dict(out=out, data=str(corpus), model=str(tiny_bert), chunk_tokens=32, stride=8,
+                    batch_tokens=256, precision="fp32", device="cpu", block_windows=16, progress=False)
+    return EmbedConfig(**{**settings, **overrides})
+
+
+def read_all(path):
+    with h5py.File(path, "r") as f:
+        return {name: f[name][:] for name in f}, {k: f.attrs[k] for k in f.attrs}
+
+
+def assert_same_cache(got_path, want_path):
+    got, want = read_all(got_path)[0], read_all(want_path)[0]
+    assert got.keys() == want.keys()
+    for name in want:  # another block size batches windows differently: float rounding only
+        if name == "embeddings":
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6)
+        else:
+            np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+def interrupt_after(monkeypatch, n_blocks):
+    real_save, saved = PartialCache.save, []
+
+    def save_then_die(self, block):
+        real_save(self, block)
+        saved.append(block)
+        if len(saved) == n_blocks:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(PartialCache, "save", save_then_die)
+    return real_save
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_bert, tmp_path_factory):
+    from conftest import make_class_folders
+
+    root = tmp_path_factory.mktemp("ref")
+    corpus = make_class_folders(root / "corpus")
+    out = root / "reference.h5"
+    run_embed(config(tiny_bert, corpus, out))
+    return corpus, out
+
+
+# --- 1. resume with another block size never leaves zeros ---------------------------------
+
+
+@pytest.mark.parametrize("first,second", [(16, 100_000), (16, 5), (40, 1), (3, 64)])
+def test_resume_with_another_block_size_equals_an_uninterrupted_run(tiny_bert, reference, tmp_path, monkeypatch,
+                                                                    first, second):
+    corpus, want = reference
+    out = tmp_path / "c.h5"
+    real_save = interrupt_after(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        run_embed(config(tiny_bert, corpus, out, block_windows=first))
+    monkeypatch.setattr(PartialCache, "save", real_save)
+    summary = run_embed(config(tiny_bert, corpus, out, block_windows=second))
+    assert summary.resumed_documents > 0
+    assert_same_cache(out, want)
+    with h5py.File(out) as f:
+        assert np.abs(f["embeddings"][:]).sum(axis=1).min() > 0  # no all-zero vector
+
+
+def test_write_cache_refuses_blocks_that_do_not_cover_every_document(tmp_path):
+    partial = tmp_path / "p"
+    partial.mkdir()
+    hidden, counts = 4, np.array([1, 2, 1])
+    np.save(partial / "block-000000000-000000002.npy", np.ones((3, hidden), np.float32))
+    blocks = [(0, 2, partial / "block-000000000-000000002.npy")]
+    kwargs = dict(labels=[0, 1, 0], doc_ids=["a", "b", "c"], doc_tokens=[1, 2, 1], window_counts=counts,
+                  window_starts=[0, 0, 1, 0], hidden=hidden)
+    with pytest.raises(UserError, match="cover 2 of 3 documents"):
+        write_cache(tmp_path / "c.h5", {}, blocks, **kwargs)
+    with pytest.raises(UserError, match="do not cover"):
+        write_cache(tmp_path / "c.h5", {}, blocks + blocks, **kwargs)
+    assert not (tmp_path / "c.h5").exists() and os.listdir(tmp_path) == ["p"]
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "wrong rows", "garbage"])
+def test_a_damaged_block_is_recomputed_on_resume(tiny_bert, reference, tmp_path, monkeypatch, damage):
+    corpus, want = reference
+    out = tmp_path / "c.h5"
+    real_save = interrupt_after(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        run_embed(config(tiny_bert, corpus, out))
+    monkeypatch.setattr(PartialCache, "save", real_save)
+    block = sorted((tmp_path / "c.h5.partial").glob("block-*.npy"))[1]
+    data = block.read_bytes()
+    block.write_bytes({"empty": b"", "truncated": data[:len(data) - 7], "garbage": b"\x93NUMPY nonsense",
+                       "wrong rows": data}[damage])
+    if damage == "wrong rows":
+        np.save(block, np.ones((1, 32), np.float32))
+    summary = run_embed(config(tiny_bert, corpus, out))
+    assert 0 < summary.resumed_documents
+    assert_same_cache(out, want)
+
+
+# --- 10. an existing cache is checked again under the lock -----------------------------------
+
+
+def test_a_cache_finished_by_another_run_meanwhile_is_not_replaced(tiny_bert, reference, tmp_path, monkeypatch):
+    corpus, want = reference
+    out = tmp_path / "c.h5"
+    other = tmp_path / "other.h5"
+    run_embed(config(tiny_bert, corpus, other, stride=4))
+    real_enter = PartialCache.__enter__
+
+    def finished_meanwhile(self):  # the other run finishes between our first check and our lock
+        shutil.copy(other, out)
+        return real_enter(self)
+
+    monkeypatch.setattr(PartialCache, "__enter__", finished_meanwhile)
+    with pytest.raises(UserError, match="exists with other settings"):
+        run_embed(config(tiny_bert, corpus, out))
+    assert read_all(out)[1]["stride"] == 4
+
+
+# --- 5 and 9. atomic writes: fsync, private names, cleanup, one line ----------------------
+
+
+def test_atomic_path_publishes_whole_files_only_and_cleans_up(tmp_path):
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            assert tmp.parent == tmp_path and tmp.name != "out.bin.tmp"
+            tmp.write_bytes(b"half")
+            raise RuntimeError("killed")
+    assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["out.bin"]
+    atomic_write_bytes(target, b"new")
+    assert target.read_bytes() == b"new" and os.listdir(tmp_path) == ["out.bin"]
+    folder = tmp_path / "model"
+    for content in (b"one", b"two"):
+        with atomic_path(folder, folder=True) as tmp:
+            (tmp / "weights").write_bytes(content)
+        assert (folder / "weights").read_bytes() == content
+    assert sorted(os.listdir(tmp_path)) == ["model", "out.bin"]
+
+
+def test_atomic_path_turns_os_errors_into_one_line(tmp_path):
+    target = tmp_path / "out.bin"
+    with pytest.raises(UserError, match=r"cannot write .*out.bin: No space left on device"):
+        with atomic_path(target):
+            raise OSError(28, "No space left on device")
+    os.chmod(tmp_path, 0o500)
+    try:
+        if os.access(tmp_path, os.W_OK):
+            pytest.skip("running as root: permissions are not enforced")
+        with pytest.raises(UserError, match="Permission denied"):
+            atomic_write_bytes(target, b"x")
+    finally:
+        os.chmod(tmp_path, 0o700)
+
+
+def test_planted_symlinks_are_never_written_through(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    out = tmp_path / "c.h5"
+    partial = tmp_path / "c.h5.partial"
+    partial.mkdir()
+    for name in ("lock", "settings.json.tmp", "block-000000000-000000001.tmp"):
+        (partial / name).symlink_to(victim)
+    with pytest.raises(UserError, match="symbolic link"):
+        WorkDir(out, {"a": 1}).__enter__()
+    (partial / "lock").unlink()
+    with WorkDir(out, {"a": 1}) as work:
+        PartialCache.save(work, __import__("stages.cache", fromlist=["Block"]).Block(0, 1, np.ones((1, 2))))
+    (tmp_path / f".{out.name}.write-test-{os.getpid()}").symlink_to(victim)
+    check_output_path(out)
+    shutil.rmtree(partial)
+    partial.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(UserError, match="symbolic link"):
+        WorkDir(out, {"a": 1}).__enter__()
+    assert victim.read_text() == "precious"
+
+
+FILL_DISK = r"""
+import resource, sys
+sys.path.insert(0, {root!r})
+resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))
+import cli
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def run_with_file_size_limit(limit, *args):
+    code = FILL_DISK.format(root=str(ROOT), limit=limit)
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_file_too_large_while_writing_the_cache_is_one_line_and_leaves_no_temporaries(
+        tiny_bert, reference, tmp_path):
+    corpus, want = reference
+    out = tmp_path / "c.h5"
+    out.write_bytes(b"previous output")
+    args = ["embed", "--data", corpus, "--model", tiny_bert, "--out", out, "--chunk-tokens", "32", "--stride", "8",
+            "--precision", "fp32", "--block-windows", "8", "--no-progress", "--overwrite"]
+    # blocks (8 windows, ~1 KB) fit under the limit, the final file does not
+    result = run_with_file_size_limit(12_000, *args)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: cannot write {out}: File too large"), result.stderr
+    assert out.read_bytes() == b"previous output"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.h5", "c.h5.partial"]
+    assert not [p for p in (tmp_path / "c.h5.partial").iterdir() if p.suffix == ".tmp"]
