@@ -12,13 +12,14 @@ checkpoint never runs code from it):
     training                 the training arguments, best epoch, validation scores,
                              per-epoch history (for the record; loading ignores it)
 
-It is written to `<out>.tmp` and renamed, so an interrupted save leaves any
-earlier checkpoint intact.
+It is serialised in memory, then written to a private temporary beside `<out>`,
+fsynced and renamed (`stages.workdir.atomic_path`), so an interrupted or failed
+save (disk full) leaves any earlier checkpoint intact.
 """
 
 from __future__ import annotations
 
-import os
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ import stages
 from stages.cache import ENCODER_IDENTITY, WindowCache, differences
 from stages.errors import UserError
 from stages.heads import Head, HeadConfig
+from stages.workdir import atomic_write_bytes
 
 FORMAT_NAME = "longdoc-head"
 FORMAT_VERSION = 1
@@ -60,9 +62,9 @@ def save_checkpoint(path: str | Path, head: Head, label_names: list[str], encode
         "encoder": dict(encoder),
         "training": training,
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()  # a head is small; a failed write is then an OSError, not torch's RuntimeError
+    torch.save(payload, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:

@@ -29,7 +29,7 @@ from stages.encoding import default_batch_tokens, encode_windows
 from stages.errors import UserError
 from stages.runtime import progress_bar
 from stages.windows import SpecialTokens, WindowSpec
-from stages.workdir import check_output_path
+from stages.workdir import check_not_an_input, check_output_path
 
 
 @dataclass
@@ -157,6 +157,7 @@ def prepare(config: EmbedConfig) -> Job:
     if config.threads < 0:
         raise UserError(f"--threads must be 0 (automatic) or more; got {config.threads}")
     check_output_path(out)
+    check_not_an_input(out, {"--data": config.data if config.data != NEWSGROUPS else None})
     if config.threads:
         torch.set_num_threads(config.threads)
     corpus = load_corpus(config.data, config.split, config.categories, config.remove,

@@ -13,7 +13,6 @@ naming what differs); its classes are matched to the head's by name. The report:
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from stages.cache_dataset import (
 from stages.checkpoint import check_compatible, labels_by_name, load_checkpoint
 from stages.errors import UserError
 from stages.metrics import save_figure, scores
+from stages.workdir import atomic_write_bytes, check_not_an_input
 
 # Document length buckets, in windows: one window, a few, many, very many.
 LENGTH_BUCKETS = (("1", 1, 1), ("2-4", 2, 4), ("5-16", 5, 16), (">16", 17, None))
@@ -49,6 +49,8 @@ def evaluate(head_path: str | Path, cache_path: str | Path, report_dir: str | Pa
              memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB) -> Evaluation:
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
+    for name in ("metrics.json", "report.md", "confusion_matrix.png") if report_dir else ():
+        check_not_an_input(Path(report_dir) / name, {"--head": head_path, "--cache": cache_path}, what="--report")
     checkpoint = load_checkpoint(head_path)
     with open_cache(cache_path) as cache:
         check_compatible(checkpoint, cache)
@@ -129,6 +131,4 @@ def plot_confusion(matrix: np.ndarray, names: list[str], path: Path):
 
 
 def _write_text(path: Path, text: str):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, text.encode())

@@ -40,7 +40,7 @@ from stages.heads import POOLINGS, Head, HeadConfig
 from stages.metrics import save_figure, scores
 from stages.runtime import peak_memory_bytes, progress_bar
 from stages.training import class_weight_tensor, lr_lambda, stratified_split
-from stages.workdir import check_output_path
+from stages.workdir import check_not_an_input, check_output_path
 
 
 @dataclass
@@ -78,6 +78,8 @@ class TrainConfig:
     threads: int = 1
     progress: bool | None = None  # None: a bar on a terminal, quiet in logs
     curve: bool = True  # also write <out stem>-curve.png
+    # An existing --out (and its curve) is replaced only when asked; never --train or --val.
+    overwrite: bool = False
 
     def __post_init__(self):
         if self.pooling not in POOLINGS:
@@ -152,6 +154,12 @@ def run_train_head(config: TrainConfig, log=None) -> TrainSummary:
     log = log or (lambda line: print(line, file=sys.stderr))
     out = Path(config.out)
     check_output_path(out)
+    outputs = [out, config.curve_path] if config.curve else [out]
+    for path in outputs:
+        check_not_an_input(path, {"--train": config.train, "--val": config.val},
+                           what="--out" if path == out else "the curve")
+        if path.exists() and not config.overwrite:
+            raise UserError(f"{path} exists; pass --overwrite to replace it, or choose another --out")
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)

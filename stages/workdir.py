@@ -238,3 +238,16 @@ class WriteGuard(io.RawIOBase):
                 self.raw.flush()
             except OSError as error:
                 self.error = error
+
+
+def check_not_an_input(out: str | Path, inputs: dict[str, str | Path | None], what: str = "--out"):
+    """Refuse an output that is (or, for a folder, holds) one of the command's inputs:
+    an output never replaces an input, --overwrite or not. `inputs`: option -> path."""
+    out = Path(out).resolve()
+    for option, given in inputs.items():
+        if given is None or not Path(given).exists():
+            continue
+        source = Path(given).resolve()
+        if source == out or out in source.parents or (out.exists() and os.path.samefile(out, source)):
+            raise UserError(f"{what} {out} would replace {option} {given}; an output never replaces an input, "
+                            f"choose another {what}")

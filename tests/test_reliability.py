@@ -226,3 +226,124 @@ def test_file_too_large_while_writing_the_cache_is_one_line_and_leaves_no_tempor
     assert out.read_bytes() == b"previous output"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.h5", "c.h5.partial"]
     assert not [p for p in (tmp_path / "c.h5.partial").iterdir() if p.suffix == ".tmp"]
+
+
+# --- 2. no code runs from a work folder ----------------------------------------------------
+
+
+class Planted:
+    def __reduce__(self):
+        return (os.system, (f"touch {os.environ.get('PLANTED_MARKER', '/nonexistent/marker')}",))
+
+
+def finetune_args(model, corpus, out, *extra):
+    return ["finetune", "--data", str(corpus), "--model", str(model), "--out", str(out), "--chunk-tokens", "32",
+            "--stride", "4", "--batch-tokens", "256", "--val-fraction", "0.25", "--precision", "fp32",
+            "--no-progress", "--epochs", "1", *extra]
+
+
+def test_a_planted_finetune_checkpoint_runs_no_code(tiny_bert, reference, tmp_path, monkeypatch, capsys):
+    import torch
+
+    import cli
+
+    corpus, _ = reference
+    marker = tmp_path / "marker"
+    monkeypatch.setenv("PLANTED_MARKER", str(marker))
+    out = tmp_path / "ft"
+    (tmp_path / "ft.partial").mkdir()
+    torch.save({"progress": Planted()}, tmp_path / "ft.partial" / "state.pt")
+    assert cli.main(finetune_args(tiny_bert, corpus, out)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "cannot be read as a checkpoint" in err, err
+    assert not marker.exists() and not out.exists()
+
+
+def test_the_finetune_state_round_trips_with_weights_only(tiny_bert, tmp_path):
+    import torch
+
+    from stages.encoder import load_encoder
+    from stages.finetune import TrainingProgress
+    from stages.training import lr_lambda
+    from stages.window_model import WindowModel
+
+    encoder = load_encoder(str(tiny_bert), "cpu", "fp32")
+    model = WindowModel(encoder.model, n_classes=3, unfreeze_top=1)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(10, 2))
+    model.classifier.weight.sum().backward()
+    optimizer.step()
+    schedule.step()
+    progress = TrainingProgress(epoch=2, step_in_epoch=3, global_step=7, history=[{"epoch": 1, "val_macro_f1": 0.5}],
+                                best_epoch=1, best_score=0.5, best_state=model.trainable_state())
+    progress.save(tmp_path, model, optimizer, schedule)
+    torch.load(tmp_path / "state.pt", weights_only=True)  # loads without pickled code
+    again = TrainingProgress.load(tmp_path, model, optimizer, schedule)
+    assert again.global_step == 7 and again.history == progress.history and schedule.last_epoch == 1
+    assert os.listdir(tmp_path) == ["state.pt"]
+
+
+# --- 3. never replace an input; replace an output only with --overwrite -------------------
+
+
+def test_train_head_never_replaces_its_inputs_and_asks_before_replacing_an_output(tmp_path):
+    from synthetic import cli_error, write_synthetic_cache
+
+    train = write_synthetic_cache(tmp_path / "train.h5", n_docs=30)
+    val = write_synthetic_cache(tmp_path / "val.h5", n_docs=30, seed=1)
+    before = {p: p.read_bytes() for p in (train, val)}
+    quick = ["--epochs", "1", "--no-progress"]
+    for out, extra in ((train, []), (train, ["--overwrite"]), (val, ["--val", val, "--overwrite"])):
+        code, lines = cli_error("in-process", "train-head", "--train", train, "--out", out, *quick, *extra)
+        assert code == 2 and len(lines) == 1 and "an output never replaces an input" in lines[0], lines
+    # the curve of --out x.pt is x-curve.png: that one is refused too
+    curve_named = tmp_path / "h-curve.png"
+    train.rename(curve_named)
+    code, lines = cli_error("in-process", "train-head", "--train", curve_named, "--out", tmp_path / "h.pt",
+                            "--overwrite", *quick)
+    assert code == 2 and "the curve" in lines[0] and "never replaces an input" in lines[0], lines
+    curve_named.rename(train)
+    assert {p: p.read_bytes() for p in (train, val)} == before
+
+    out = tmp_path / "head.pt"
+    assert cli_error("in-process", "train-head", "--train", train, "--out", out, *quick)[0] == 0
+    first = out.read_bytes()
+    code, lines = cli_error("in-process", "train-head", "--train", train, "--out", out, *quick)
+    assert code == 2 and len(lines) == 1 and "exists; pass --overwrite" in lines[0], lines
+    assert out.read_bytes() == first
+    assert cli_error("in-process", "train-head", "--train", train, "--out", out, "--seed", "3", "--overwrite",
+                     *quick)[0] == 0
+    assert out.read_bytes() != first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["head-curve.png", "head.pt", "train.h5", "val.h5"]
+
+
+def test_embed_and_finetune_never_replace_their_inputs(tiny_bert, tmp_path, capsys):
+    import cli
+
+    corpus = tmp_path / "corpus.csv"
+    corpus.write_text("text,label\nspace rocket,space\ngod church,religion\n")
+    code = cli.main(["embed", "--data", str(corpus), "--model", str(tiny_bert), "--out", str(corpus),
+                     "--overwrite", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "never replaces an input" in err and err.count("\n") == 1, err
+    folder = tmp_path / "folder"
+    (folder / "a").mkdir(parents=True)
+    (folder / "a" / "1.txt").write_text("space")
+    for out in (folder, tmp_path):  # the corpus itself, or a folder holding it
+        code = cli.main(finetune_args(tiny_bert, folder, out, "--overwrite"))
+        err = capsys.readouterr().err
+        assert code == 2 and "never replaces an input" in err and err.count("\n") == 1, err
+    assert corpus.read_text().startswith("text,label") and (folder / "a" / "1.txt").read_text() == "space"
+
+
+def test_evaluate_report_never_replaces_the_head_or_the_cache(tmp_path, capsys):
+    import cli
+    from synthetic import write_synthetic_cache
+
+    cache = write_synthetic_cache(tmp_path / "metrics.json", n_docs=30)
+    before = cache.read_bytes()
+    code = cli.main(["evaluate", "--head", str(tmp_path / "nohead.pt"), "--cache", str(cache),
+                     "--report", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "--report" in err and "never replaces an input" in err, err
+    assert cache.read_bytes() == before
