@@ -85,12 +85,30 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     try:
         head = Head(HeadConfig(**payload["head"]))
         head.load_state_dict(payload["state_dict"])
-    except (KeyError, TypeError, RuntimeError, UserError) as error:
+        label_names, encoder = list(payload["label_names"]), dict(payload["encoder"])
+        training = dict(payload.get("training") or {})
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError, UserError) as error:
         raise UserError(f"{path}: damaged head checkpoint ({type(error).__name__}: "
-                        f"{str(error).splitlines()[0][:120]})") from None
+                        f"{(str(error).splitlines() or [''])[0][:120]})") from None
+    _check_head(path, head, label_names, encoder)
     head.eval()
-    return Checkpoint(head, list(payload["label_names"]), dict(payload["encoder"]),
-                      dict(payload.get("training", {})), path)
+    return Checkpoint(head, label_names, encoder, training, path)
+
+
+def _check_head(path: Path, head: Head, label_names: list, encoder: dict):
+    """What predict and evaluate rely on: a printable name per output, the encoder's
+    settings, finite weights."""
+    if len(label_names) != head.config.n_classes:
+        raise UserError(f"{path}: damaged head checkpoint ({len(label_names)} label names for "
+                        f"{head.config.n_classes} outputs)")
+    bad = [n for n in label_names if not isinstance(n, str) or not n or not n.isprintable()]
+    if bad:
+        raise UserError(f"{path}: damaged head checkpoint (label name {bad[0]!r} is empty or not printable)")
+    missing = [k for k in ("model", "model_fingerprint", "chunk_tokens", "stride") if encoder.get(k) is None]
+    if missing:
+        raise UserError(f"{path}: damaged head checkpoint (its encoder record lacks {', '.join(missing)})")
+    if not all(torch.isfinite(v).all() for v in head.state_dict().values() if v.is_floating_point()):
+        raise UserError(f"{path}: damaged head checkpoint (weights that are NaN or infinite)")
 
 
 def check_compatible(checkpoint: Checkpoint, cache: WindowCache):

@@ -201,6 +201,9 @@ def run_train_head(config: TrainConfig, log=None) -> TrainSummary:
                     seen += len(batch)
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss_sum / seen:.4f}", refresh=False)
+            if not np.isfinite(loss_sum):
+                raise UserError(f"training diverged at epoch {epoch} (loss {loss_sum / seen}); nothing saved; "
+                                f"lower --lr")
             logits = predict_logits(head, val)
             val_labels = torch.from_numpy(val.labels[val.docs])
             val_loss = float(nn.functional.cross_entropy(torch.from_numpy(logits), val_labels, weight=weights))
