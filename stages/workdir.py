@@ -21,6 +21,7 @@ import fcntl
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -61,6 +62,9 @@ class WorkDir:
         self._lock_file.truncate()
         self._lock_file.write(f"pid {os.getpid()}")
         self._lock_file.flush()
+        # A SIGKILL skips atomic_path's cleanup: its temporaries are ours to remove, under our lock.
+        remove_temporaries(self.out.parent, self.out.name)
+        remove_temporaries(self.dir)
         if self.fresh:
             for path in self.dir.iterdir():
                 if path.name != "lock":
@@ -153,6 +157,21 @@ def atomic_path(path: str | Path, folder: bool = False):
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+
+
+def remove_temporaries(folder: Path, name: str | None = None):
+    """Delete what `atomic_path` left in `folder` for `name` (any name when None) when a
+    kill stopped it: `.NAME.XXXXXXXX.tmp` files and folders, `.NAME.XXXXXXXX.old` folders."""
+    pattern = re.compile(rf"^\.{re.escape(name) if name else '.+'}\.[a-z0-9_]{{8}}\.(tmp|old)$")
+    try:
+        found = [path for path in Path(folder).iterdir() if pattern.match(path.name)]
+    except OSError:
+        return
+    for path in found:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def fsync_path(path: Path):

@@ -347,3 +347,45 @@ def test_evaluate_report_never_replaces_the_head_or_the_cache(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "--report" in err and "never replaces an input" in err, err
     assert cache.read_bytes() == before
+
+
+def test_files_are_fsynced_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    import stages.workdir as workdir
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(workdir.os, "fsync", lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+                        or real_fsync(fd))
+    monkeypatch.setattr(workdir.os, "replace", lambda a, b: events.append(("rename", str(b))) or real_replace(a, b))
+    target = tmp_path / "out.bin"
+    atomic_write_bytes(target, b"data")
+    assert [kind for kind, _ in events] == ["fsync", "rename", "fsync"]
+    assert events[0][1].startswith(str(tmp_path / ".out.bin.")) and events[1][1] == str(target)
+    assert events[2][1] == str(tmp_path)
+
+
+def test_temporaries_of_a_killed_writer_are_removed_by_the_next_run(tmp_path):
+    out = tmp_path / "c.h5"
+    (tmp_path / ".c.h5.k1ll3d_x.tmp").write_bytes(b"half a cache")
+    (tmp_path / ".other.h5.k1ll3d_x.tmp").write_bytes(b"not ours")
+    (tmp_path / "c.h5.partial").mkdir()
+    (tmp_path / "c.h5.partial" / ".block-000000000-000000004.npy.abcdefgh.tmp").write_bytes(b"half a block")
+    with WorkDir(out, {"a": 1}):
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.h5.k1ll3d_x.tmp", "c.h5.partial"]
+    assert sorted(p.name for p in (tmp_path / "c.h5.partial").iterdir()) == ["lock", "settings.json"]
+
+
+def test_file_too_large_while_saving_a_head_is_one_line_and_keeps_the_previous_head(tmp_path):
+    from synthetic import write_synthetic_cache
+
+    train = write_synthetic_cache(tmp_path / "train.h5", n_docs=30)
+    out = tmp_path / "head.pt"
+    out.write_bytes(b"previous head")
+    result = run_with_file_size_limit(4_000, "train-head", "--train", train, "--out", out, "--pooling", "lstm",
+                                      "--epochs", "1", "--no-progress", "--overwrite")
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.strip().splitlines() if not line.startswith("epoch")]
+    assert lines == [f"error: cannot write {out}: File too large"], result.stderr
+    assert out.read_bytes() == b"previous head"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["head.pt", "train.h5"]
