@@ -38,10 +38,11 @@ def run_embed(config: EmbedConfig) -> EmbedSummary:
     out = Path(config.out)
     job = prepare(config)
     corpus = job.corpus
-    if complete_already(out, job.attrs, config.overwrite):
+    if complete_already(out, job.attrs, config.overwrite) and not Path(f"{out}.partial").exists():
         return EmbedSummary(out, len(corpus), 0, 0, 0, 0.0, peak_memory_bytes(), already_complete=True)
     with PartialCache(out, job.identity, fresh=config.overwrite) as partial:
-        # Again under the lock: another run may have finished `out` while this one loaded.
+        # Again under the lock: another run may have finished `out` while this one loaded
+        # (or was killed between publishing it and removing its blocks, now stale).
         if complete_already(out, job.attrs, config.overwrite):
             partial.discard()
             return EmbedSummary(out, len(corpus), 0, 0, 0, 0.0, peak_memory_bytes(), already_complete=True)

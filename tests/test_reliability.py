@@ -389,3 +389,50 @@ def test_file_too_large_while_saving_a_head_is_one_line_and_keeps_the_previous_h
     assert lines == [f"error: cannot write {out}: File too large"], result.stderr
     assert out.read_bytes() == b"previous head"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["head.pt", "train.h5"]
+
+
+# --- fault injection: SIGKILL at random moments, resume with random block sizes ---------------
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_then_resume_with_random_block_sizes_equals_an_uninterrupted_run(
+        tiny_bert, tmp_path):
+    import random
+    import signal
+    import time
+
+    from conftest import make_class_folders
+
+    corpus = make_class_folders(tmp_path / "corpus", docs_per_class=24, seed=3)
+    reference = tmp_path / "reference.h5"
+    run_embed(config(tiny_bert, corpus, reference, batch_tokens=128))
+    out, partial = tmp_path / "killed.h5", tmp_path / "killed.h5.partial"
+    rng = random.Random(int(os.environ.get("FAULT_SEED", "11")))
+
+    def args(block_windows):
+        return [sys.executable, str(ROOT / "cli.py"), "embed", "--data", str(corpus), "--model", str(tiny_bert),
+                "--out", str(out), "--chunk-tokens", "32", "--stride", "8", "--batch-tokens", "128",
+                "--precision", "fp32", "--block-windows", str(block_windows), "--no-progress"]
+
+    kills = 0
+    for _ in range(4):
+        process = subprocess.Popen(args(rng.choice([1, 3, 7, 16, 50, 400, 10_000])), cwd=ROOT,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
+        wait_for_blocks = rng.randrange(0, 12)
+        deadline = time.time() + 120
+        while process.poll() is None and len(list(partial.glob("block-*.npy"))) < wait_for_blocks:
+            assert time.time() < deadline
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0, 0.2))
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            kills += 1
+        process.wait()
+        if not out.exists():
+            assert not list(tmp_path.glob("killed.h5*")) or partial.exists()
+    assert kills >= 2
+    final = subprocess.run(args(rng.choice([10_000, rng.randint(1, 64)])), cwd=ROOT, capture_output=True, text=True,
+                           timeout=300)
+    assert final.returncode == 0, final.stderr
+    assert_same_cache(out, reference)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "killed.h5", "reference.h5"]
