@@ -219,10 +219,10 @@ def embed_documents(job: Job, partial: PartialCache, token_ids: list[np.ndarray]
     tokens_encoded = 0
     with progress_bar(int(window_counts[resumed_docs:].sum()), progress, unit="window") as bar:
         for start, end in todo:
-            windows = [w for doc in range(start, end) for w in spec.windows(token_ids[doc])]
+            windows = spec.pack(token_ids[start:end])
             embeddings = encode_windows(job.encoder, windows, job.batch_tokens, on_batch=bar.update)
             partial.save(Block(start, end, embeddings))
-            tokens_encoded += sum(len(w) for w in windows)
+            tokens_encoded += len(windows.tokens)
             if on_block is not None:
                 on_block()
     return Embedded(doc_tokens, window_counts, window_starts, tokens_encoded, resumed_docs)

@@ -7,7 +7,8 @@ naming what differs); its classes are matched to the head's by name. The report:
 
     metrics.json           accuracy, macro-F1, per-class and per-length figures, confusion matrix
     report.md              the per-class precision / recall / F1 table and accuracy by length
-    confusion_matrix.png   rows: true class, columns: predicted, with class names
+    confusion_matrix.png   rows: true class, columns: predicted, with class names (up to
+                           MAX_PLOTTED_CLASSES; beyond, only the numbers in metrics.json)
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ from stages.workdir import atomic_write_bytes, check_not_an_input
 
 # Document length buckets, in windows: one window, a few, many, very many.
 LENGTH_BUCKETS = (("1", 1, 1), ("2-4", 2, 4), ("5-16", 5, 16), (">16", 17, None))
+# Past 60 classes the names are unreadable and the canvas grows with the square of the
+# count (500 classes: a 27,000-pixel square, ~3 GB): keep the numbers, skip the picture.
+MAX_PLOTTED_CLASSES = 60
 
 
 @dataclass
@@ -86,8 +90,15 @@ def write_report(folder: Path, metrics: dict):
     except OSError as error:
         raise UserError(f"--report {folder}: cannot create it ({error.strerror})") from None
     _write_text(folder / "metrics.json", json.dumps(metrics, indent=1))
-    _write_text(folder / "report.md", markdown_report(metrics))
-    plot_confusion(np.asarray(metrics["confusion_matrix"]), metrics["label_names"], folder / "confusion_matrix.png")
+    n_classes = len(metrics["label_names"])
+    skipped = (f"\nConfusion matrix: {n_classes} classes, too many to draw (more than {MAX_PLOTTED_CLASSES}); "
+               f"its numbers are in metrics.json.\n") if n_classes > MAX_PLOTTED_CLASSES else ""
+    _write_text(folder / "report.md", markdown_report(metrics) + skipped)
+    if skipped:
+        (folder / "confusion_matrix.png").unlink(missing_ok=True)  # an earlier report's picture would mislead
+    else:
+        plot_confusion(np.asarray(metrics["confusion_matrix"]), metrics["label_names"],
+                       folder / "confusion_matrix.png")
 
 
 def markdown_report(m: dict) -> str:

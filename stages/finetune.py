@@ -48,7 +48,7 @@ from stages.metrics import scores
 from stages.runtime import peak_memory_bytes, progress_bar
 from stages.training import lr_lambda, stratified_split
 from stages.window_model import WindowModel, encoder_depth, parse_unfreeze_top
-from stages.windows import SpecialTokens, WindowSpec, tokenize
+from stages.windows import PackedWindows, SpecialTokens, WindowSpec, tokenize
 from stages.workdir import WorkDir, atomic_path, check_not_an_input
 
 
@@ -136,19 +136,16 @@ class FinetuneSummary:
 class WindowSet:
     """Every window of a corpus, with the document each belongs to."""
 
-    windows: list[list[int]]
+    windows: PackedWindows  # one int32 array: 4 bytes a token, not a Python int list per window
     doc_of_window: np.ndarray  # int64 [n_windows]
     lengths: np.ndarray  # int64 [n_windows], special tokens included
 
     @classmethod
     def build(cls, token_ids: list[np.ndarray], spec: WindowSpec) -> "WindowSet":
-        windows, owners = [], []
-        for doc, tokens in enumerate(token_ids):
-            doc_windows = spec.windows(tokens)
-            windows.extend(doc_windows)
-            owners.extend([doc] * len(doc_windows))
-        lengths = np.fromiter((len(w) for w in windows), dtype=np.int64, count=len(windows))
-        return cls(windows, np.asarray(owners, dtype=np.int64), lengths)
+        windows = spec.pack(token_ids)
+        counts = [spec.count(len(tokens)) for tokens in token_ids]
+        owners = np.repeat(np.arange(len(token_ids), dtype=np.int64), counts)
+        return cls(windows, owners, windows.lengths())
 
     def of_docs(self, docs: np.ndarray) -> np.ndarray:
         return np.flatnonzero(np.isin(self.doc_of_window, docs))

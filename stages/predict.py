@@ -82,9 +82,9 @@ def predict(head_path: str | Path, sources: list[str], device: str = "auto", bat
     batch_tokens = batch_tokens or default_batch_tokens(encoder.device)
     if batch_tokens < spec.chunk_tokens:
         raise UserError(f"--batch-tokens {batch_tokens} must be at least the head's {spec.chunk_tokens}-token windows")
-    windows_per_doc = [spec.windows(tokens) for tokens in tokenize(encoder.tokenizer, texts)]
-    counts = np.array([len(w) for w in windows_per_doc], dtype=np.int64)
-    vectors = encode_windows(encoder, [w for doc in windows_per_doc for w in doc], batch_tokens)
+    token_ids = tokenize(encoder.tokenizer, texts)
+    counts = np.array([spec.count(len(tokens)) for tokens in token_ids], dtype=np.int64)
+    vectors = encode_windows(encoder, spec.pack(token_ids), batch_tokens)
     documents = CacheDocuments(vectors, np.concatenate([[0], np.cumsum(counts)]), np.zeros(len(texts)))
     probabilities = torch.from_numpy(predict_logits(checkpoint.head, documents)).softmax(-1).numpy()
     best = probabilities.argmax(1)

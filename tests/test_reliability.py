@@ -436,3 +436,30 @@ def test_sigkill_at_random_moments_then_resume_with_random_block_sizes_equals_an
     assert final.returncode == 0, final.stderr
     assert_same_cache(out, reference)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "killed.h5", "reference.h5"]
+
+
+# --- 11. memory that need not grow with the corpus -------------------------------------------
+
+
+def test_a_report_of_hundreds_of_classes_keeps_the_numbers_and_skips_the_picture(tmp_path):
+    from stages.evaluate import write_report
+
+    names = [f"class{i}" for i in range(400)]
+    matrix = np.eye(400, dtype=int).tolist()
+    metrics = {"head": "h.pt", "cache": "c.h5", "documents": 400, "accuracy": 1.0, "macro_f1": 1.0,
+               "per_class": [{"class": n, "precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1} for n in names],
+               "by_length": [], "label_names": names, "confusion_matrix": matrix}
+    (tmp_path / "confusion_matrix.png").write_bytes(b"an earlier, smaller report")
+    write_report(tmp_path, metrics)
+    assert not (tmp_path / "confusion_matrix.png").exists()
+    assert "400 classes, too many to draw" in (tmp_path / "report.md").read_text()
+    assert json_load(tmp_path / "metrics.json")["confusion_matrix"] == matrix
+    write_report(tmp_path, {**metrics, "label_names": names[:3], "confusion_matrix": np.eye(3, dtype=int).tolist(),
+                            "per_class": metrics["per_class"][:3]})
+    assert (tmp_path / "confusion_matrix.png").read_bytes().startswith(b"\x89PNG")
+
+
+def json_load(path):
+    import json
+
+    return json.loads(path.read_text())
