@@ -55,6 +55,10 @@ def read_texts(sources: list[str]) -> list[str]:
             texts.append(sys.stdin.buffer.read().decode("utf-8", "replace"))
             continue
         path = Path(source)
+        if not source.isprintable() or source != source.encode("utf-8", "replace").decode("utf-8"):
+            # it is printed back on one tab-separated line: a tab, newline or undecodable byte would break it
+            raise UserError(f"{source!r}: a file name with a control character or bytes that are not UTF-8; "
+                            f"rename it or pass it on stdin (-)")
         if not path.is_file():
             raise UserError(f"{source}: no such file")
         try:

@@ -317,3 +317,23 @@ def test_hidden_files_and_folders_are_not_classes_or_documents(tmp_path):
         path.write_text("x")
     corpus = load_corpus(str(tmp_path / "corpus"))
     assert corpus.label_names == ["religion", "space"] and corpus.doc_ids == ["religion/b.txt", "space/a.txt"]
+
+
+@pytest.mark.parametrize("name", [b"post\tone.txt", b"post\none.txt", b"post-\xff.txt"])
+def test_predict_refuses_file_names_it_could_not_print_on_one_line(name, good, tmp_path, capsys):
+    _, head = good
+    path = os.path.join(os.fsencode(tmp_path), name)
+    with open(path, "wb") as f:
+        f.write(b"space rocket")
+    refused(capsys, ["predict", "--head", head, os.fsdecode(path)], "control character or bytes that are not UTF-8")
+
+
+def test_a_diverging_training_saves_nothing(good, tmp_path, capsys, monkeypatch):
+    import stages.train_head
+
+    cache, _ = good
+    real = stages.train_head.head_logits
+    monkeypatch.setattr(stages.train_head, "head_logits", lambda head, batch: real(head, batch) * float("nan"))
+    out = tmp_path / "head.pt"
+    refused(capsys, ["train-head", "--train", cache, "--out", out, "--epochs", "2"], "training diverged at epoch 1")
+    assert sorted(os.listdir(tmp_path)) == []
