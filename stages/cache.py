@@ -337,6 +337,6 @@ def read_attrs(path: Path) -> dict | None:
     try:
         with h5py.File(path, "r") as f:
             attrs = {k: _plain(v) for k, v in f.attrs.items()}
-    except OSError:
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError):  # not a cache, or a damaged one
         return None
     return attrs if attrs.get("complete") and attrs.get("format") == FORMAT_NAME else None

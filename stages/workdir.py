@@ -81,8 +81,8 @@ class WorkDir:
         if path.exists():
             try:
                 saved = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError):
-                saved = None
+            except (OSError, ValueError, RecursionError):  # damaged: its blocks cannot be trusted either
+                raise UserError(f"{path} is damaged; pass --overwrite to start again") from None
             if saved is not None and saved != self.settings:
                 diff = differences(saved, self.settings, sorted(set(saved) | set(self.settings)),
                                    names=("this run", "the interrupted run"))
@@ -123,6 +123,7 @@ def atomic_path(path: str | Path, folder: bool = False):
     try:
         if folder:
             tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent))
+            os.chmod(tmp, 0o777 & ~_umask())  # what mkdir would have given the folder
         else:
             fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)  # O_EXCL, 0600
             os.close(fd)
@@ -184,9 +185,13 @@ def fsync_path(path: Path):
 
 
 def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    try:  # read, not set: setting it would race with threads creating files
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
 
 
 def check_output_path(out: Path):

@@ -463,3 +463,14 @@ def json_load(path):
     import json
 
     return json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("content", [b"", b"{\"stride\": ", b"\xff\xfe", b"[" * 100_000])
+def test_a_damaged_settings_file_is_refused_not_trusted(tmp_path, content):
+    out = tmp_path / "c.h5"
+    (tmp_path / "c.h5.partial").mkdir()
+    (tmp_path / "c.h5.partial" / "settings.json").write_bytes(content)
+    with pytest.raises(UserError, match="settings.json is damaged; pass --overwrite"):
+        WorkDir(out, {"a": 1}).__enter__()
+    with WorkDir(out, {"a": 1}, fresh=True):
+        pass
