@@ -154,7 +154,8 @@ def atomic_path(path: str | Path, folder: bool = False):
             tmp = None
         fsync_path(parent)
     except OSError as error:
-        raise UserError(f"cannot write {path}: {error.strerror or error}") from None
+        cause = error.strerror or (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise UserError(f"cannot write {path}: {cause}") from None
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
