@@ -73,7 +73,7 @@ embed: install
 	$(EMBED_RUN) cli.py embed --split test --out $(CACHE_DIR)/test.h5 $(EMBED_ARGS)
 
 train-head: install
-	$(PY) cli.py train-head --train $(CACHE_DIR)/train.h5 --pooling $(POOLING) --seed $(SEED) --out $(HEAD) $(HEAD_EXTRA)
+	$(PY) cli.py train-head --train $(CACHE_DIR)/train.h5 --pooling $(POOLING) --seed $(SEED) --out $(HEAD) --overwrite $(HEAD_EXTRA)
 
 evaluate: install
 	$(PY) cli.py evaluate --head $(HEAD) --cache $(CACHE_DIR)/test.h5 --report $(REPORT)

@@ -183,9 +183,11 @@ def finetune(data, split, out, model, unfreeze_top, chunk_tokens, stride, batch_
 @click.option("--threads", default=1, help="Torch threads (0: torch's default); one is fastest for a small head.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar per epoch.  [default: only on a terminal]")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object instead of a line.")
-def train_head(train_path, val_path, val_fraction, out, pooling, inputs, term_lr, term_weight_decay, max_epochs, patience, lr, weight_decay, dropout,
-               inner_dim, transformer_layers, batch_docs, batch_windows, class_weights, seed, memory_budget_mb,
-               threads, progress, as_json):
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing --out and its curve (never --train or --val).")
+def train_head(train_path, val_path, val_fraction, out, pooling, inputs, term_lr, term_weight_decay, max_epochs,
+               patience, lr, weight_decay, dropout, inner_dim, transformer_layers, batch_docs, batch_windows,
+               class_weights, seed, memory_budget_mb, threads, progress, as_json, overwrite):
     """Stage two: train a pooling head on a window cache; keep the best on validation macro-F1."""
     from stages.train_head import TrainConfig, run_train_head
 
@@ -195,7 +197,7 @@ def train_head(train_path, val_path, val_fraction, out, pooling, inputs, term_lr
         inner_dim=inner_dim, transformer_layers=transformer_layers, lr=lr, weight_decay=weight_decay,
         max_epochs=max_epochs, patience=patience, batch_docs=batch_docs, batch_windows=batch_windows,
         class_weights=class_weights, seed=seed, memory_budget_mb=memory_budget_mb, threads=threads,
-        progress=progress)
+        progress=progress, overwrite=overwrite)
     try:
         summary = run_train_head(config, log=lambda line: click.echo(line, err=True))
     except KeyboardInterrupt:
@@ -210,7 +212,9 @@ def train_head(train_path, val_path, val_fraction, out, pooling, inputs, term_lr
 @click.option("--cache", "cache_path", type=click.Path(dir_okay=False), default="data/cache/test.h5",
               help="Window cache to score; it must come from the head's encoder and window settings.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
-              help="Folder for metrics.json, report.md and confusion_matrix.png.  [default: none written]")
+              help="Folder for metrics.json, report.md and confusion_matrix.png; these three are replaced without "
+                   "--overwrite (a report is derived, and rerunning rebuilds it), never --head or --cache.  "
+                   "[default: none written]")
 @click.option("--memory-budget-mb", default=1024.0,
               help="Load the cache into RAM when its vectors fit in this; else read it by slices.")
 @click.option("--threads", default=1, help="Torch threads (0: torch's default).")

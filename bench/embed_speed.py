@@ -130,7 +130,7 @@ def main():
     st_bf16.max_seq_length = args.chunk_tokens
     # sentence-transformers takes text: check it sees the very same token ids we do
     retokenized = st.tokenizer(texts[:200], truncation=True, max_length=st.max_seq_length)["input_ids"]
-    same_ids = np.mean([r == w for r, w in zip(retokenized, windows[:200])])
+    same_ids = np.mean([r == np.asarray(w).tolist() for r, w in zip(retokenized, windows[:200])])
 
     methods = {
         "ours fp32": lambda: encode_windows(fp32, windows, args.batch_tokens),

@@ -78,7 +78,7 @@ def ensure_caches(setting: dict, wait: bool):
 def train_head(train: Path, out: Path, pooling: str, seed: int, extra: list[str]) -> dict:
     """Run `cli.py train-head` in a child process: its wall time, and the peak RSS it reports."""
     args = [sys.executable, str(ROOT / "cli.py"), "train-head", "--train", str(train), "--out", str(out),
-            "--pooling", pooling, "--seed", str(seed), "--no-progress", *extra]
+            "--pooling", pooling, "--seed", str(seed), "--no-progress", "--overwrite", *extra]
     start = time.perf_counter()
     child = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stdout, stderr = child.communicate()

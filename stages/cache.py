@@ -27,7 +27,7 @@ held (flock) by the one process writing; a second writer is refused.
 from __future__ import annotations
 
 import json
-import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,7 +39,13 @@ if TYPE_CHECKING:
     import scipy.sparse as sp
 
 from stages.errors import UserError
-from stages.workdir import WorkDir, atomic_write_bytes, differences  # noqa: F401 (re-exported)
+from stages.workdir import (  # noqa: F401 (re-exported)
+    WorkDir,
+    WriteGuard,
+    atomic_path,
+    atomic_write_bytes,
+    differences,
+)
 
 FORMAT_NAME = "longdoc-window-cache"
 # 2: adds `terms/` and the `window_vector` and `term_hashing` attributes. Version 1
@@ -161,12 +167,18 @@ def open_cache(path: str | Path) -> WindowCache:
         missing = [n for n in ("embeddings", "doc_offsets", "labels", "doc_ids") if n not in file]
         if missing:
             raise UserError(f"{path}: cache lacks {', '.join(missing)}")
+        _check_layout(path, file)
         offsets = file["doc_offsets"][:].astype(np.int64)
         labels = file["labels"][:].astype(np.int64)
         n_windows = file["embeddings"].shape[0]
         if (len(offsets) != len(labels) + 1 or offsets[0] != 0 or offsets[-1] != n_windows
                 or np.any(np.diff(offsets) < 0)):
             raise UserError(f"{path}: doc_offsets do not match embeddings and labels (truncated file?)")
+        if np.any(np.diff(offsets) == 0):  # every document has at least one window (stages.windows)
+            doc = int(np.flatnonzero(np.diff(offsets) == 0)[0])
+            raise UserError(f"{path}: document {doc} has no windows (damaged cache)")
+        if len(file["doc_ids"]) != len(labels):
+            raise UserError(f"{path}: doc_ids do not match labels (damaged cache)")
         if len(labels) == 0:
             raise UserError(f"{path}: cache holds no documents")
         if "terms" in file:
@@ -174,16 +186,33 @@ def open_cache(path: str | Path) -> WindowCache:
             if (indptr.shape != (len(labels) + 1,) or file["terms"]["indices"].shape != file["terms"]["counts"].shape
                     or int(indptr[-1]) != file["terms"]["indices"].shape[0]):
                 raise UserError(f"{path}: terms/ does not match the documents (truncated file?)")
-        label_names = list(json.loads(attrs["label_names"]))
+        label_names = json.loads(attrs["label_names"])
+        if not isinstance(label_names, list) or not all(isinstance(n, str) for n in label_names):
+            raise UserError(f"{path}: label_names is not a list of names (damaged cache)")
         if labels.min() < 0 or labels.max() >= len(label_names):
             raise UserError(f"{path}: labels outside label_names")
     except UserError:
         file.close()
         raise
-    except (OSError, KeyError, ValueError) as error:
+    except (OSError, KeyError, ValueError, TypeError, AttributeError, IndexError, RuntimeError,
+            RecursionError) as error:
         file.close()
-        raise UserError(f"{path}: damaged cache ({type(error).__name__}: {error})") from None
+        first = (str(error).strip().splitlines() or [""])[0][:160]
+        raise UserError(f"{path}: damaged cache ({type(error).__name__}: {first})") from None
     return WindowCache(path, file, attrs, offsets, labels, label_names)
+
+
+def _check_layout(path: Path, file: h5py.File):
+    """Each array is a dataset of the documented shape and kind (not a group, not 1-D)."""
+    expected = {"embeddings": (2, "f"), "doc_offsets": (1, "iu"), "labels": (1, "iu"), "doc_ids": (1, "OSU")}
+    for name, (ndim, kinds) in expected.items():
+        item = file.get(name)
+        if not isinstance(item, h5py.Dataset) or item.ndim != ndim or item.dtype.kind not in kinds:
+            what = type(item).__name__ if not isinstance(item, h5py.Dataset) else f"{item.ndim}-D {item.dtype}"
+            raise UserError(f"{path}: {name} is a {what}, not a {ndim}-D dataset as the cache format says "
+                            f"(damaged cache)")
+    if file["embeddings"].shape[1] < 1:
+        raise UserError(f"{path}: embeddings have no columns (damaged cache)")
 
 
 def _plain(value):
@@ -210,28 +239,60 @@ class Block:
 class PartialCache(WorkDir):
     """The resumable work area `<out>.partial/` of one writer; see the module docstring."""
 
-    def finished_blocks(self) -> list[tuple[int, int, Path]]:
-        """(doc_start, doc_end, path) of each finished block, checked to be contiguous."""
-        blocks = []
+    def finished_blocks(self, window_counts: np.ndarray | None = None) -> list[tuple[int, int, Path]]:
+        """(doc_start, doc_end, path) of the finished blocks that run contiguously from
+        document 0. A block that is damaged (zero-length, truncated, not float32 rows),
+        or that holds other than its documents' `window_counts` windows, is deleted with
+        every block after it: they are recomputed, never trusted."""
+        blocks, expected = [], 0
         for path in sorted(self.dir.glob("block-*.npy")):
-            start, end = (int(x) for x in path.stem.split("-")[1:3])
+            try:
+                start, end = (int(x) for x in path.stem.split("-")[1:3])
+            except ValueError:
+                continue
+            rows = _block_rows(path)
+            fits = window_counts is None or (end <= len(window_counts)
+                                             and rows == int(window_counts[start:end].sum()))
+            if start != expected or end <= start or rows is None or not fits:
+                break
+            if self.keeps_terms and _terms_rows(terms_path(path)) != end - start:
+                break
             blocks.append((start, end, path))
-        expected = 0
-        for start, end, path in blocks:
-            if start != expected:
-                raise UserError(f"{self.dir}: block files are not contiguous at {path.name}; "
-                                f"pass --overwrite to start again")
             expected = end
+        kept = {path for _, _, path in blocks} | {terms_path(path) for _, _, path in blocks}
+        for path in [*self.dir.glob("block-*.npy"), *self.dir.glob("terms-*.npz")]:
+            if path not in kept:
+                path.unlink(missing_ok=True)
         return blocks
+
+    @property
+    def keeps_terms(self) -> bool:
+        """Whether each block has its documents' term counts beside it (`terms-START-END.npz`)."""
+        return self.settings.get("term_hashing", "{}") != "{}"
 
     def save(self, block: Block):
         path = self.dir / f"block-{block.doc_start:09d}-{block.doc_end:09d}.npy"
         if block.terms is not None:  # first: a finished block always has its terms beside it
             save_terms(terms_path(path), block.terms)
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.save(f, block.embeddings.astype(np.float32, copy=False))
-        os.replace(tmp, path)
+
+
+def _block_rows(path: Path) -> int | None:
+    """Rows of a complete 2-D float32 block file, or None when it is damaged."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(f)
+            data_at = f.tell()
+        size = path.stat().st_size
+    except (OSError, ValueError, SyntaxError, TypeError):
+        return None
+    if len(shape) != 2 or dtype != np.float32 or fortran or size != data_at + shape[0] * shape[1] * 4:
+        return None
+    return int(shape[0])
 
 
 def load_block(path: Path) -> np.ndarray:
@@ -245,11 +306,17 @@ def terms_path(block_path: Path) -> Path:
 
 
 def save_terms(path: Path, matrix: "sp.csr_matrix"):
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, indptr=matrix.indptr.astype(np.int64), indices=matrix.indices.astype(np.int32),
                  counts=matrix.data.astype(np.int32), n_features=np.int64(matrix.shape[1]))
-    os.replace(tmp, path)
+
+
+def _terms_rows(path: Path) -> int | None:
+    """Documents in a complete term-count file, or None when it is missing or damaged."""
+    try:
+        return load_terms(path).shape[0]
+    except UserError:
+        return None
 
 
 def load_terms(path: Path) -> "sp.csr_matrix":
@@ -260,7 +327,7 @@ def load_terms(path: Path) -> "sp.csr_matrix":
         with np.load(path, allow_pickle=False) as z:
             indptr, indices, counts, n = z["indptr"], z["indices"], z["counts"], int(z["n_features"])
         return sp.csr_matrix((counts, indices, indptr), shape=(len(indptr) - 1, n))
-    except (OSError, KeyError, ValueError) as error:
+    except (OSError, KeyError, ValueError, EOFError, TypeError) as error:
         raise UserError(f"{path}: unreadable term counts ({error}); pass --overwrite to start again") from None
 
 
@@ -300,14 +367,25 @@ class TermsWriter:
 
 def write_cache(out: Path, attrs: dict, blocks: list[tuple[int, int, Path]], *, labels, doc_ids,
                 doc_tokens, window_counts, window_starts, hidden: int):
-    """Assemble finished blocks into the final file: write `<out>.tmp`, then rename.
+    """Assemble finished blocks into the final file: a private temporary beside `out`,
+    fsynced, then renamed (`stages.workdir.atomic_path`).
 
+    Nothing is marked complete unless the blocks provably cover every document once:
+    contiguous from document 0 to the last, each holding exactly its documents' windows.
     Streams one block at a time, so memory stays at one block however big the cache.
     """
     out = Path(out)
-    tmp = Path(f"{out}.tmp")
     offsets = np.concatenate([[0], np.cumsum(window_counts)]).astype(np.int64)
-    with h5py.File(tmp, "w") as f:
+    covered = 0
+    for start, end, path in blocks:
+        if start != covered or end <= start:
+            raise UserError(f"{path}: blocks do not cover documents {covered}.. once and in order; "
+                            f"rerun the same command to recompute them")
+        covered = end
+    if covered != len(window_counts):
+        raise UserError(f"the finished blocks cover {covered} of {len(window_counts)} documents; "
+                        f"rerun the same command to finish them")
+    with atomic_path(out) as tmp, _hdf5_for_writing(tmp) as f:
         embeddings = _create_embeddings(f, int(offsets[-1]), hidden)
         for start, end, path in blocks:
             block = load_block(path)
@@ -327,12 +405,11 @@ def write_cache(out: Path, attrs: dict, blocks: list[tuple[int, int, Path]], *, 
             terms.close()
         _write_the_rest(f, attrs, offsets, window_starts=window_starts, labels=labels, doc_ids=doc_ids,
                         doc_tokens=doc_tokens)
-    os.replace(tmp, out)
 
 
 def join_caches(out: Path, parts: list[Path], attrs: dict, rows_per_copy: int = 65_536):
     """Concatenate complete caches of consecutive runs of documents (the shards of a
-    sharded stage one, in document order) into one cache at `out`: `<out>.tmp`, then rename.
+    sharded stage one, in document order) into one cache at `out`, atomically (`atomic_path`).
 
     The result is laid out exactly like a cache written by one process: per-window and
     per-document arrays concatenated, `doc_offsets` rebased onto the joined embeddings,
@@ -340,13 +417,12 @@ def join_caches(out: Path, parts: list[Path], attrs: dict, rows_per_copy: int = 
     (96 MB at hidden 384), so memory stays flat however large the shards.
     """
     out = Path(out)
-    tmp = Path(f"{out}.tmp")
     sources = [h5py.File(path, "r") for path in parts]
     try:
         window_counts = np.concatenate([np.diff(src["doc_offsets"][:]) for src in sources])
         offsets = np.concatenate([[0], np.cumsum(window_counts)]).astype(np.int64)
         hidden = int(attrs["hidden_size"])
-        with h5py.File(tmp, "w") as f:
+        with atomic_path(out) as tmp, _hdf5_for_writing(tmp) as f:
             embeddings = _create_embeddings(f, int(offsets[-1]), hidden)
             at = 0
             for src in sources:
@@ -368,7 +444,23 @@ def join_caches(out: Path, parts: list[Path], attrs: dict, rows_per_copy: int = 
     finally:
         for src in sources:
             src.close()
-    os.replace(tmp, out)
+
+
+@contextmanager
+def _hdf5_for_writing(path: Path):
+    """An h5py file writing to `path` through a WriteGuard: a failed write (disk full,
+    file too large) ends in that OSError once h5py has closed cleanly, not in a crash."""
+    with open(path, "w+b", buffering=0) as raw:
+        guard = WriteGuard(raw)
+        try:
+            with h5py.File(guard, "w") as f:
+                yield f
+        except Exception:
+            if guard.error is not None:  # h5py tripping over the dropped writes: the cause is the write
+                raise guard.error from None
+            raise
+        if guard.error is not None:
+            raise guard.error
 
 
 def _create_embeddings(f: h5py.File, n_windows: int, hidden: int) -> h5py.Dataset:
@@ -395,6 +487,6 @@ def read_attrs(path: Path) -> dict | None:
     try:
         with h5py.File(path, "r") as f:
             attrs = {k: _plain(v) for k, v in f.attrs.items()}
-    except OSError:
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError):  # not a cache, or a damaged one
         return None
     return attrs if attrs.get("complete") and attrs.get("format") == FORMAT_NAME else None

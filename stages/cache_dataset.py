@@ -18,6 +18,7 @@ Batching is deterministic given the `numpy.random.Generator` passed in.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 
 from stages.cache import WindowCache
+from stages.errors import UserError
 from stages.term_weights import TermBatch, TermWeights
 
 # 1 GiB of cached vectors is ~700k MiniLM windows, 12x the full 20 Newsgroups; above
@@ -59,7 +61,12 @@ class CacheDocuments:
         self.docs = np.arange(len(self.counts)) if docs is None else np.asarray(docs, dtype=np.int64)
         self.hidden = int(embeddings.shape[1])
         self.in_memory = isinstance(embeddings, np.ndarray) or embeddings.nbytes <= memory_budget_mb * 2**20
-        self.embeddings = embeddings if isinstance(embeddings, np.ndarray) or not self.in_memory else embeddings[:]
+        self.source = getattr(getattr(embeddings, "file", None), "filename", "the cache")
+        with self._reading():
+            self.embeddings = embeddings if isinstance(embeddings, np.ndarray) or not self.in_memory else embeddings[:]
+        if self.in_memory:  # on disk, `load` checks each batch as it is read
+            for lo in range(0, len(self.embeddings), 65_536):  # bounded scratch memory
+                self._check_finite(self.embeddings[lo:lo + 65_536], lo)
         self.term_rows, self.term_weights = term_rows, term_weights
 
     @classmethod
@@ -107,13 +114,35 @@ class CacheDocuments:
         width = int(counts.max())
         x = np.zeros((len(docs), width, self.hidden), dtype=np.float32)
         mask = np.zeros((len(docs), width), dtype=bool)
-        for row in np.argsort(self.offsets[docs], kind="stable"):  # file order: sequential reads
-            doc = docs[row]
-            lo, hi = self.offsets[doc], self.offsets[doc + 1]
-            x[row, :hi - lo] = self.embeddings[lo:hi]
-            mask[row, :hi - lo] = True
+        with self._reading():
+            for row in np.argsort(self.offsets[docs], kind="stable"):  # file order: sequential reads
+                doc = docs[row]
+                lo, hi = self.offsets[doc], self.offsets[doc + 1]
+                x[row, :hi - lo] = self.embeddings[lo:hi]
+                mask[row, :hi - lo] = True
+        if not self.in_memory:
+            for row, doc in enumerate(docs.tolist()):
+                self._check_finite(x[row, :counts[row]], int(self.offsets[doc]))
         terms = None if self.term_weights is None else self.term_weights.batch(self.term_rows(docs))
         return Batch(torch.from_numpy(x), torch.from_numpy(mask), torch.from_numpy(self.labels[docs]), docs, terms)
+
+    @contextmanager
+    def _reading(self):
+        """h5py reports damaged chunks and metadata as OSError: refuse the file in one line."""
+        try:
+            yield
+        except OSError as error:
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+            raise UserError(f"{self.source}: damaged cache ({first})") from None
+
+    def _check_finite(self, rows: np.ndarray, first_row: int):
+        """Refuse NaN or infinite vectors (a damaged cache): training on them saves a head of NaNs."""
+        bad = ~np.isfinite(rows).all(axis=1)
+        if bad.any():
+            window = first_row + int(np.argmax(bad))
+            doc = int(np.searchsorted(self.offsets, window, side="right")) - 1
+            raise UserError(f"{self.source}: document {doc} has vectors that are NaN or infinite (damaged cache); "
+                            f"embed it again")
 
     def batches(self, batch_docs: int, batch_windows: int, rng: np.random.Generator | None = None):
         for docs in self.plan(batch_docs, batch_windows, rng):

@@ -14,13 +14,14 @@ checkpoint never runs code from it):
     terms                    heads with a term branch: the term hashing (JSON), the kept
                              hashed feature ids and their idf (`stages.term_weights`); else None
 
-It is written to `<out>.tmp` and renamed, so an interrupted save leaves any
-earlier checkpoint intact.
+It is serialised in memory, then written to a private temporary beside `<out>`,
+fsynced and renamed (`stages.workdir.atomic_path`), so an interrupted or failed
+save (disk full) leaves any earlier checkpoint intact.
 """
 
 from __future__ import annotations
 
-import os
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from stages.cache import ENCODER_IDENTITY, WindowCache, differences
 from stages.errors import UserError
 from stages.heads import Head, HeadConfig
 from stages.term_weights import TermWeights
+from stages.workdir import atomic_write_bytes
 
 FORMAT_NAME = "longdoc-head"
 # 2: the term branch (`terms`, HeadConfig.inputs) and `window_vector` in `encoder`.
@@ -68,9 +70,9 @@ def save_checkpoint(path: str | Path, head: Head, label_names: list[str], encode
         "training": training,
         "terms": terms.to_dict() if terms is not None else None,
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()  # a head is small; a failed write is then an OSError, not torch's RuntimeError
+    torch.save(payload, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
@@ -94,12 +96,31 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         terms = TermWeights.from_dict(payload["terms"]) if payload.get("terms") is not None else None
         if head.reads_terms and (terms is None or terms.n_terms != head.config.n_terms):
             raise ValueError("the term branch's statistics are missing or do not match it")
+        label_names = list(payload["label_names"])
         encoder = {"window_vector": "cls", **dict(payload["encoder"])}  # version 1 heads: [CLS] windows
-    except (KeyError, TypeError, RuntimeError, ValueError, AttributeError, UserError) as error:
+        training = dict(payload.get("training") or {})
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError, UserError) as error:
         raise UserError(f"{path}: damaged head checkpoint ({type(error).__name__}: "
-                        f"{str(error).splitlines()[0][:120]})") from None
+                        f"{(str(error).splitlines() or [''])[0][:120]})") from None
+    _check_head(path, head, label_names, encoder)
     head.eval()
-    return Checkpoint(head, list(payload["label_names"]), encoder, dict(payload.get("training", {})), path, terms)
+    return Checkpoint(head, label_names, encoder, training, path, terms)
+
+
+def _check_head(path: Path, head: Head, label_names: list, encoder: dict):
+    """What predict and evaluate rely on: a printable name per output, the encoder's
+    settings, finite weights."""
+    if len(label_names) != head.config.n_classes:
+        raise UserError(f"{path}: damaged head checkpoint ({len(label_names)} label names for "
+                        f"{head.config.n_classes} outputs)")
+    bad = [n for n in label_names if not isinstance(n, str) or not n or not n.isprintable()]
+    if bad:
+        raise UserError(f"{path}: damaged head checkpoint (label name {bad[0]!r} is empty or not printable)")
+    missing = [k for k in ("model", "model_fingerprint", "chunk_tokens", "stride") if encoder.get(k) is None]
+    if missing:
+        raise UserError(f"{path}: damaged head checkpoint (its encoder record lacks {', '.join(missing)})")
+    if not all(torch.isfinite(v).all() for v in head.state_dict().values() if v.is_floating_point()):
+        raise UserError(f"{path}: damaged head checkpoint (weights that are NaN or infinite)")
 
 
 def check_compatible(checkpoint: Checkpoint, cache: WindowCache):

@@ -9,9 +9,17 @@ Reads, never writes. Three kinds of source:
   `$SCIKIT_LEARN_DATA`, `data/` and `../shared/datasets`; without one,
   scikit-learn downloads it.
 * a directory with one sub-folder per class and one document per file, read as
-  UTF-8 with undecodable bytes replaced (never fatal);
+  UTF-8 with undecodable bytes replaced (never fatal); hidden files and folders
+  (`.git/`, `.DS_Store`) are skipped;
 * a `.csv` or `.jsonl` file with `text` and `label` fields (an `id` field, when
-  present, becomes the document id).
+  present, becomes the document id), UTF-8 with or without a byte-order mark; a CSV
+  field may be as long as a document gets (the csv module's 128 KiB limit is lifted).
+
+Every document is checked here, before any encoder time is spent: a missing or empty
+label, a label with a control character (a newline would break `predict`'s
+tab-separated lines), a lone surrogate in a text, id or label, a file name that is
+not valid UTF-8, JSON nested too deeply or with an over-long number: each is refused
+in one line naming the file and the line or document.
 
 Every corpus carries a fingerprint of its ids, labels and texts, so a cache can
 tell whether it was made from the same data.
@@ -23,6 +31,7 @@ import csv
 import hashlib
 import json
 import os
+import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +47,8 @@ REMOVABLE_PARTS = ("headers", "footers", "quotes")
 # fetch_20newsgroups shuffles twice: load_files with seed 0, then seed 42.
 _LOAD_FILES_SEED, _FETCH_SEED = 0, 42
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# A long-document tool reads long fields: the csv module stops at 131,072 characters.
+CSV_FIELD_LIMIT = min(sys.maxsize, 2**31 - 1)
 
 
 @dataclass
@@ -246,28 +257,53 @@ def _from_records(records: list[tuple[str, str, str]], source: str) -> Corpus:
                   np.asarray([index[r[2]] for r in records], dtype=np.int64), label_names, source)
 
 
+def _visible(path: Path) -> bool:
+    return not path.name.startswith(".")
+
+
 def load_class_folders(root: Path) -> Corpus:
-    """One sub-folder per class, one document per file, in sorted order."""
+    """One sub-folder per class, one document per file, in sorted order; hidden ones skipped."""
     try:
         records = [
-            (f"{folder.name}/{post.name}", post.read_bytes().decode("utf-8", "replace"), folder.name)
-            for folder in sorted(p for p in root.iterdir() if p.is_dir())
-            for post in sorted(p for p in folder.iterdir() if p.is_file())
+            _checked(repr(str(post)), f"{folder.name}/{post.name}", post.read_bytes().decode("utf-8", "replace"),
+                     folder.name, from_file_names=True)
+            for folder in sorted(p for p in root.iterdir() if p.is_dir() and _visible(p))
+            for post in sorted(p for p in folder.iterdir() if p.is_file() and _visible(p))
         ]
     except OSError as error:
-        raise UserError(f"cannot read {error.filename}: {error.strerror}") from None
+        raise UserError(f"cannot read {error.filename!r}: {error.strerror}") from None
     return _from_records(records, str(root))
+
+
+def _checked(where: str, doc_id: str, text: str, label: str, from_file_names: bool = False) -> tuple[str, str, str]:
+    """The record, once it is safe to embed and to print; a UserError naming `where` if not."""
+    for name, value in (("id", doc_id), ("label", label), ("text", text)):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as error:
+            what = "a file name that is not UTF-8" if from_file_names and name != "text" else "a lone surrogate"
+            raise UserError(f"{where}: the {name} holds {what} ({value[error.start:error.end]!r} at "
+                            f"character {error.start})") from None
+    if not label.strip():
+        raise UserError(f"{where}: the label is empty")
+    if not label.isprintable():
+        raise UserError(f"{where}: the label {label!r} holds a control character such as a newline or tab")
+    return doc_id, text, label
 
 
 def _record(row: dict, where: str, default_id: str) -> tuple[str, str, str]:
     if not isinstance(row, dict) or "text" not in row or "label" not in row:
         raise UserError(f"{where}: each record needs 'text' and 'label' fields")
-    return (str(row.get("id", default_id)), str(row["text"] or ""), str(row["label"]))
+    if row["label"] is None:
+        raise UserError(f"{where}: the label is missing")
+    doc_id = row.get("id")
+    return _checked(where, default_id if doc_id is None else str(doc_id), str(row["text"] or ""), str(row["label"]))
 
 
 def load_csv(path: Path) -> Corpus:
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
     try:
-        with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
             rows = list(csv.DictReader(f))
     except (OSError, csv.Error) as error:
         raise UserError(f"cannot read {path}: {error}") from None
@@ -278,14 +314,16 @@ def load_csv(path: Path) -> Corpus:
 def load_jsonl(path: Path) -> Corpus:
     records = []
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
+        with open(path, encoding="utf-8-sig", errors="replace") as f:
             for n, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
                 try:
                     row = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise UserError(f"{path} line {n}: not JSON ({error.msg})") from None
+                except RecursionError:
+                    raise UserError(f"{path} line {n}: JSON nested too deeply") from None
+                except ValueError as error:  # JSONDecodeError, or an integer of thousands of digits
+                    raise UserError(f"{path} line {n}: not JSON ({getattr(error, 'msg', None) or error})") from None
                 records.append(_record(row, f"{path} line {n}", f"line{n}"))
     except OSError as error:
         raise UserError(f"cannot read {path}: {error.strerror}") from None

@@ -287,11 +287,14 @@ def _run(config: EmbedConfig, ranks: Ranks, store, device_error: str | None, sta
             if hi > lo:
                 expected = {**attrs, "shard_index": k, "shard_doc_start": lo, "shard_doc_end": hi}
                 parts.append(_check_shard(shard_path(out, k, world), expected))
+        # Again before publishing: a run of other settings may have finished `out` meanwhile.
+        complete_already(out, job.attrs, config.overwrite)
         join_caches(out, parts, {**job.attrs, "shards": world})
     except (UserError, OSError) as error:
         raise UserError(f"rank 0 failed joining the shards: {error}") from None
     for path in parts:
         path.unlink()
+        shutil.rmtree(f"{path}.partial", ignore_errors=True)  # blocks of a shard finished earlier: stale
     window_counts = np.fromiter((job.spec.count(int(n)) for n in doc_tokens), dtype=np.int64, count=len(doc_tokens))
     peaks = tuple(r["peak"] for r in reports)
     return EmbedSummary(out, len(job.corpus), int((doc_tokens == 0).sum()), int(window_counts.sum()),

@@ -38,9 +38,14 @@ def run_embed(config: EmbedConfig) -> EmbedSummary:
     out = Path(config.out)
     job = prepare(config)
     corpus = job.corpus
-    if complete_already(out, job.attrs, config.overwrite):
+    if complete_already(out, job.attrs, config.overwrite) and not Path(f"{out}.partial").exists():
         return EmbedSummary(out, len(corpus), 0, 0, 0, 0.0, peak_memory_bytes(), already_complete=True)
     with PartialCache(out, job.identity, fresh=config.overwrite) as partial:
+        # Again under the lock: another run may have finished `out` while this one loaded
+        # (or was killed between publishing it and removing its blocks, now stale).
+        if complete_already(out, job.attrs, config.overwrite):
+            partial.discard()
+            return EmbedSummary(out, len(corpus), 0, 0, 0, 0.0, peak_memory_bytes(), already_complete=True)
         token_ids = tokenize(job.encoder.tokenizer, corpus.texts)
         done = embed_documents(job, partial, token_ids, corpus.texts, config.progress)
         write_cache(out, job.attrs, partial.finished_blocks(), labels=corpus.labels, doc_ids=corpus.doc_ids,

@@ -30,7 +30,7 @@ from stages.errors import UserError
 from stages.runtime import progress_bar
 from stages.terms import NO_TERMS, TermHashing
 from stages.windows import SpecialTokens, WindowSpec
-from stages.workdir import check_output_path
+from stages.workdir import check_not_an_input, check_output_path
 
 
 @dataclass
@@ -170,6 +170,7 @@ def prepare(config: EmbedConfig) -> Job:
     if config.threads < 0:
         raise UserError(f"--threads must be 0 (automatic) or more; got {config.threads}")
     check_output_path(out)
+    check_not_an_input(out, {"--data": config.data if config.data != NEWSGROUPS else None})
     if config.threads:
         torch.set_num_threads(config.threads)
     corpus = load_corpus(config.data, config.split, config.categories, config.remove,
@@ -226,18 +227,18 @@ def embed_documents(job: Job, partial: PartialCache, token_ids: list[np.ndarray]
     window_counts = np.fromiter((spec.count(n) for n in doc_tokens), dtype=np.int64, count=len(doc_tokens))
     window_starts = (np.concatenate([spec.starts(n) for n in doc_tokens]) if len(doc_tokens)
                      else np.zeros(0, dtype=np.int64))
-    done = partial.finished_blocks()
+    done = partial.finished_blocks(window_counts)
     resumed_docs = done[-1][1] if done else 0
-    todo = [b for b in plan_blocks(window_counts, job.config.block_windows) if b[0] >= resumed_docs]
-    if todo and todo[0][0] != resumed_docs:  # earlier run used another block size
-        todo.insert(0, (resumed_docs, todo[0][0]))
+    # Plan from the documents actually saved, whatever block size the earlier run used.
+    todo = [(resumed_docs + a, resumed_docs + b)
+            for a, b in plan_blocks(window_counts[resumed_docs:], job.config.block_windows)]
     tokens_encoded = 0
     with progress_bar(int(window_counts[resumed_docs:].sum()), progress, unit="window") as bar:
         for start, end in todo:
-            windows = [w for doc in range(start, end) for w in spec.windows(token_ids[doc])]
+            windows = spec.pack(token_ids[start:end])
             embeddings = encode_windows(job.encoder, windows, job.batch_tokens, on_batch=bar.update)
             partial.save(Block(start, end, embeddings, job.term_counts(texts[start:end])))
-            tokens_encoded += sum(len(w) for w in windows)
+            tokens_encoded += len(windows.tokens)
             if on_block is not None:
                 on_block()
     return Embedded(doc_tokens, window_counts, window_starts, tokens_encoded, resumed_docs)

@@ -40,9 +40,10 @@ def pack_batches(lengths: np.ndarray, batch_tokens: int) -> list[np.ndarray]:
     return batches
 
 
-def pad_batch(windows: list[list[int]], batch: np.ndarray, pad_id: int,
+def pad_batch(windows, batch: np.ndarray, pad_id: int,
               device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(input ids [len(batch), longest], attention mask or None) of windows[batch].
+    """(input ids [len(batch), longest], attention mask or None) of windows[batch];
+    `windows` is any sequence of 1-D token-id arrays or lists (e.g. `PackedWindows`).
 
     Without padding the mask is all ones: leaving it out (None) lets SDPA take its
     fastest kernel."""
@@ -50,15 +51,17 @@ def pad_batch(windows: list[list[int]], batch: np.ndarray, pad_id: int,
     ids = np.full((len(batch), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(batch), width), dtype=np.int64)
     for row, i in enumerate(batch):
-        ids[row, :len(windows[i])] = windows[i]
-        mask[row, :len(windows[i])] = 1
+        window = windows[i]
+        ids[row, :len(window)] = window
+        mask[row, :len(window)] = 1
     ids_t = torch.from_numpy(ids).to(device, non_blocking=True)
     return ids_t, None if mask.all() else torch.from_numpy(mask).to(device, non_blocking=True)
 
 
-def encode_windows(encoder: Encoder, windows: list[list[int]], batch_tokens: int,
+def encode_windows(encoder: Encoder, windows, batch_tokens: int,
                    on_batch=None) -> np.ndarray:
-    """One vector per window (float32 [n, hidden], `encoder.window_vector`), in the order given."""
+    """One vector per window (float32 [n, hidden], `encoder.window_vector`), in the order given;
+    `windows` is a sequence of 1-D token-id arrays or lists (`PackedWindows` keeps 4 bytes a token)."""
     lengths = np.fromiter((len(w) for w in windows), dtype=np.int64, count=len(windows))
     out = np.empty((len(windows), encoder.hidden_size), dtype=np.float32)
     pad_id = SpecialTokens.of(encoder.tokenizer).pad_id if windows else 0

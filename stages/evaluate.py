@@ -7,13 +7,13 @@ naming what differs); its classes are matched to the head's by name. The report:
 
     metrics.json           accuracy, macro-F1, per-class and per-length figures, confusion matrix
     report.md              the per-class precision / recall / F1 table and accuracy by length
-    confusion_matrix.png   rows: true class, columns: predicted, with class names
+    confusion_matrix.png   rows: true class, columns: predicted, with class names (up to
+                           MAX_PLOTTED_CLASSES; beyond, only the numbers in metrics.json)
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,9 +28,13 @@ from stages.cache_dataset import (
 from stages.checkpoint import check_compatible, labels_by_name, load_checkpoint
 from stages.errors import UserError
 from stages.metrics import save_figure, scores
+from stages.workdir import atomic_write_bytes, check_not_an_input
 
 # Document length buckets, in windows: one window, a few, many, very many.
 LENGTH_BUCKETS = (("1", 1, 1), ("2-4", 2, 4), ("5-16", 5, 16), (">16", 17, None))
+# Past 60 classes the names are unreadable and the canvas grows with the square of the
+# count (500 classes: a 27,000-pixel square, ~3 GB): keep the numbers, skip the picture.
+MAX_PLOTTED_CLASSES = 60
 
 
 @dataclass
@@ -49,6 +53,8 @@ def evaluate(head_path: str | Path, cache_path: str | Path, report_dir: str | Pa
              memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB) -> Evaluation:
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
+    for name in ("metrics.json", "report.md", "confusion_matrix.png") if report_dir else ():
+        check_not_an_input(Path(report_dir) / name, {"--head": head_path, "--cache": cache_path}, what="--report")
     checkpoint = load_checkpoint(head_path)
     with open_cache(cache_path) as cache:
         check_compatible(checkpoint, cache)
@@ -85,8 +91,15 @@ def write_report(folder: Path, metrics: dict):
     except OSError as error:
         raise UserError(f"--report {folder}: cannot create it ({error.strerror})") from None
     _write_text(folder / "metrics.json", json.dumps(metrics, indent=1))
-    _write_text(folder / "report.md", markdown_report(metrics))
-    plot_confusion(np.asarray(metrics["confusion_matrix"]), metrics["label_names"], folder / "confusion_matrix.png")
+    n_classes = len(metrics["label_names"])
+    skipped = (f"\nConfusion matrix: {n_classes} classes, too many to draw (more than {MAX_PLOTTED_CLASSES}); "
+               f"its numbers are in metrics.json.\n") if n_classes > MAX_PLOTTED_CLASSES else ""
+    _write_text(folder / "report.md", markdown_report(metrics) + skipped)
+    if skipped:
+        (folder / "confusion_matrix.png").unlink(missing_ok=True)  # an earlier report's picture would mislead
+    else:
+        plot_confusion(np.asarray(metrics["confusion_matrix"]), metrics["label_names"],
+                       folder / "confusion_matrix.png")
 
 
 def markdown_report(m: dict) -> str:
@@ -130,6 +143,4 @@ def plot_confusion(matrix: np.ndarray, names: list[str], path: Path):
 
 
 def _write_text(path: Path, text: str):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, text.encode())

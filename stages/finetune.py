@@ -30,8 +30,6 @@ How it stays small and resumable:
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -50,8 +48,8 @@ from stages.metrics import scores
 from stages.runtime import peak_memory_bytes, progress_bar
 from stages.training import lr_lambda, stratified_split
 from stages.window_model import WindowModel, encoder_depth, parse_unfreeze_top
-from stages.windows import SpecialTokens, WindowSpec, tokenize
-from stages.workdir import WorkDir
+from stages.windows import PackedWindows, SpecialTokens, WindowSpec, tokenize
+from stages.workdir import WorkDir, atomic_path, check_not_an_input
 
 
 @dataclass
@@ -138,19 +136,16 @@ class FinetuneSummary:
 class WindowSet:
     """Every window of a corpus, with the document each belongs to."""
 
-    windows: list[list[int]]
+    windows: PackedWindows  # one int32 array: 4 bytes a token, not a Python int list per window
     doc_of_window: np.ndarray  # int64 [n_windows]
     lengths: np.ndarray  # int64 [n_windows], special tokens included
 
     @classmethod
     def build(cls, token_ids: list[np.ndarray], spec: WindowSpec) -> "WindowSet":
-        windows, owners = [], []
-        for doc, tokens in enumerate(token_ids):
-            doc_windows = spec.windows(tokens)
-            windows.extend(doc_windows)
-            owners.extend([doc] * len(doc_windows))
-        lengths = np.fromiter((len(w) for w in windows), dtype=np.int64, count=len(windows))
-        return cls(windows, np.asarray(owners, dtype=np.int64), lengths)
+        windows = spec.pack(token_ids)
+        counts = [spec.count(len(tokens)) for tokens in token_ids]
+        owners = np.repeat(np.arange(len(token_ids), dtype=np.int64), counts)
+        return cls(windows, owners, windows.lengths())
 
     def of_docs(self, docs: np.ndarray) -> np.ndarray:
         return np.flatnonzero(np.isin(self.doc_of_window, docs))
@@ -279,7 +274,8 @@ def _settings(config: FinetuneConfig, base_fingerprint: str, data_fingerprint: s
     return json.loads(json.dumps(settings))
 
 
-def check_out_folder(out: Path, overwrite: bool):
+def check_out_folder(out: Path, overwrite: bool, inputs: dict | None = None):
+    check_not_an_input(out, inputs or {})
     if out.exists() and not overwrite:
         raise UserError(f"--out {out} exists; pass --overwrite to replace it (only once the new model is saved), "
                         f"or choose another --out")
@@ -295,7 +291,8 @@ def run_finetune(config: FinetuneConfig, log=None) -> FinetuneSummary:
     started = time.perf_counter()
     log = log or (lambda line: print(line, file=sys.stderr))
     out = Path(config.out)
-    check_out_folder(out, config.overwrite)
+    check_out_folder(out, config.overwrite, {"--data": config.data if config.data != NEWSGROUPS else None,
+                                             "--model": config.model})
     if config.batch_tokens < config.chunk_tokens:
         raise UserError(f"--batch-tokens {config.batch_tokens} must be at least --chunk-tokens {config.chunk_tokens}")
     if not 0 < config.val_fraction < 1:
@@ -459,9 +456,12 @@ class TrainingProgress:
         state = {"progress": {k: v for k, v in self.__dict__.items()},
                  "weights": model.trainable_state(), "optimizer": optimizer.state_dict(),
                  "schedule": schedule.state_dict(), "torch_rng": torch.get_rng_state()}
-        tmp = folder / "state.pt.tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, folder / "state.pt")
+        path = folder / "state.pt"
+        with atomic_path(path) as tmp:
+            try:
+                torch.save(state, tmp)
+            except RuntimeError as error:  # torch's writer reports a failed write (disk full) so
+                raise UserError(f"cannot write {path}: {_first_line(error)}") from None
 
     @classmethod
     def load(cls, folder: Path, model: WindowModel, optimizer, schedule) -> "TrainingProgress":
@@ -469,32 +469,40 @@ class TrainingProgress:
         if not path.exists():
             return cls()
         try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
+            # weights_only: tensors and plain containers only, so a file planted in a work
+            # folder cannot run code; the state `save` writes is exactly that.
+            state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:
-            raise UserError(f"{path} cannot be read ({type(error).__name__}); pass --overwrite to start again") from None
-        model.load_trainable_state(state["weights"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        torch.set_rng_state(state["torch_rng"])
-        return cls(**state["progress"])
+            raise UserError(f"{path} cannot be read as a checkpoint ({type(error).__name__}: "
+                            f"{_first_line(error)[:120]}); pass --overwrite to start again") from None
+        try:
+            model.load_trainable_state(state["weights"])
+            optimizer.load_state_dict(state["optimizer"])
+            schedule.load_state_dict(state["schedule"])
+            torch.set_rng_state(state["torch_rng"])
+            return cls(**state["progress"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise UserError(f"{path} is not a checkpoint of this run ({type(error).__name__}: "
+                            f"{_first_line(error)[:120]}); pass --overwrite to start again") from None
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def save_model_folder(out: Path, model: WindowModel, tokenizer, record: dict):
     """Write the fine-tuned encoder, its tokenizer and `finetune.json` to `out`,
-    atomically: built in `<out>.tmp`, then renamed (an old `out` goes only after)."""
+    atomically (`atomic_path`): built in a private folder beside it, every file fsynced,
+    then renamed (an old `out` goes only after)."""
     from transformers.utils import logging as hf_logging
 
-    tmp = Path(f"{out}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     hf_logging.disable_progress_bar()  # a per-shard writing bar is noise in a CLI
-    model.encoder.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / LINEAGE_FILE).write_text(json.dumps(record, indent=1))
-    old = Path(f"{out}.old")
-    if out.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_path(out, folder=True) as tmp:
+        try:
+            model.encoder.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+        except RuntimeError as error:  # safetensors / torch writers report failed writes so
+            raise UserError(f"cannot write {out}: {_first_line(error)}") from None
+        (tmp / LINEAGE_FILE).write_text(json.dumps(record, indent=1))
 
 

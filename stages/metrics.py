@@ -5,10 +5,11 @@ Pure functions of labels and predictions, plus one atomic PNG writer; reads noth
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
+
+from stages.workdir import atomic_path
 
 
 def scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
@@ -21,6 +22,5 @@ def scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
 
 
 def save_figure(fig, path: Path):
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format=Path(path).suffix.lstrip(".") or "png")

@@ -56,6 +56,10 @@ def read_texts(sources: list[str]) -> list[str]:
             texts.append(sys.stdin.buffer.read().decode("utf-8", "replace"))
             continue
         path = Path(source)
+        if not source.isprintable() or source != source.encode("utf-8", "replace").decode("utf-8"):
+            # it is printed back on one tab-separated line: a tab, newline or undecodable byte would break it
+            raise UserError(f"{source!r}: a file name with a control character or bytes that are not UTF-8; "
+                            f"rename it or pass it on stdin (-)")
         if not path.is_file():
             raise UserError(f"{source}: no such file")
         try:
@@ -83,9 +87,9 @@ def predict(head_path: str | Path, sources: list[str], device: str = "auto", bat
     batch_tokens = batch_tokens or default_batch_tokens(encoder.device)
     if batch_tokens < spec.chunk_tokens:
         raise UserError(f"--batch-tokens {batch_tokens} must be at least the head's {spec.chunk_tokens}-token windows")
-    windows_per_doc = [spec.windows(tokens) for tokens in tokenize(encoder.tokenizer, texts)]
-    counts = np.array([len(w) for w in windows_per_doc], dtype=np.int64)
-    vectors = encode_windows(encoder, [w for doc in windows_per_doc for w in doc], batch_tokens)
+    token_ids = tokenize(encoder.tokenizer, texts)
+    counts = np.array([spec.count(len(tokens)) for tokens in token_ids], dtype=np.int64)
+    vectors = encode_windows(encoder, spec.pack(token_ids), batch_tokens)
     term_rows = None
     if checkpoint.terms is not None:  # hashed exactly as stage one hashed the training documents
         term_rows = TermHashing.from_json(checkpoint.terms.hashing).counts(texts).__getitem__

@@ -36,7 +36,6 @@ from stages.cache import ENCODER_IDENTITY, WindowCache, differences, open_cache
 from stages.cache_dataset import (
     DEFAULT_MEMORY_BUDGET_MB,
     CacheDocuments,
-    head_logits,
     predict_logits,
 )
 from stages.checkpoint import encoder_record, save_checkpoint
@@ -46,7 +45,7 @@ from stages.metrics import save_figure, scores
 from stages.runtime import peak_memory_bytes, progress_bar
 from stages.term_weights import TermWeights
 from stages.training import class_weight_tensor, lr_lambda, stratified_split
-from stages.workdir import check_output_path
+from stages.workdir import check_not_an_input, check_output_path
 
 
 @dataclass
@@ -92,6 +91,8 @@ class TrainConfig:
     threads: int = 1
     progress: bool | None = None  # None: a bar on a terminal, quiet in logs
     curve: bool = True  # also write <out stem>-curve.png
+    # An existing --out (and its curve) is replaced only when asked; never --train or --val.
+    overwrite: bool = False
 
     def __post_init__(self):
         if self.pooling not in POOLINGS:
@@ -195,6 +196,12 @@ def run_train_head(config: TrainConfig, log=None) -> TrainSummary:
     log = log or (lambda line: print(line, file=sys.stderr))
     out = Path(config.out)
     check_output_path(out)
+    outputs = [out, config.curve_path] if config.curve else [out]
+    for path in outputs:
+        check_not_an_input(path, {"--train": config.train, "--val": config.val},
+                           what="--out" if path == out else "the curve")
+        if path.exists() and not config.overwrite:
+            raise UserError(f"{path} exists; pass --overwrite to replace it, or choose another --out")
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -240,7 +247,7 @@ def run_train_head(config: TrainConfig, log=None) -> TrainSummary:
             with progress_bar(steps_per_epoch, config.progress, f"epoch {epoch}", leave=False) as bar:
                 for batch in train.batches(config.batch_docs, config.batch_windows, rng):
                     # Each branch learns on its own loss, so neither leans on the other.
-                    branches = head.branch_logits(batch.x, batch.mask, batch.terms)
+                    branches = branch_logits(head, batch)
                     loss = sum(loss_fn(branches[:, b], batch.labels) for b in range(branches.shape[1]))
                     for optimizer in optimizers:
                         optimizer.zero_grad(set_to_none=True)
@@ -252,6 +259,9 @@ def run_train_head(config: TrainConfig, log=None) -> TrainSummary:
                     seen += len(batch)
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss_sum / seen:.4f}", refresh=False)
+            if not np.isfinite(loss_sum):
+                raise UserError(f"training diverged at epoch {epoch} (loss {loss_sum / seen}); nothing saved; "
+                                f"lower --lr")
             val_labels = torch.from_numpy(val.labels[val.docs])
             if head.reads_windows and head.reads_terms:  # weigh the branches on validation, then score
                 head.fit_mix(torch.from_numpy(predict_logits(head, val, branch_logits)), val_labels)

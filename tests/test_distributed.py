@@ -236,14 +236,14 @@ def test_a_killed_rank_resumes_its_shard_and_a_finished_shard_is_kept(tiny_bert,
 def test_a_failing_rank_fails_the_run_naming_it_and_a_rerun_finishes(tiny_bert, corpus_and_reference, tmp_path):
     corpus, reference = corpus_and_reference
     out = tmp_path / "c.h5"
-    obstacle = tmp_path / f"{shard_path(out, 1, 2).name}.tmp"
-    obstacle.mkdir()  # rank 1 embeds its whole shard, then cannot write the shard file
+    obstacle = shard_path(out, 1, 2)
+    obstacle.mkdir()  # rank 1 embeds its whole shard, then cannot rename its shard file into place
     result = run_torchrun(tiny_bert, corpus, out)
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1 and lines[0].startswith("error: rank 1 failed: ") and "Is a directory" in lines[0], \
         result.stderr
-    assert not out.exists() and not shard_path(out, 1, 2).exists()
+    assert not out.exists() and shard_path(out, 1, 2).is_dir()
 
     obstacle.rmdir()
     result = run_torchrun(tiny_bert, corpus, out)

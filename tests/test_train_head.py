@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pytest
@@ -122,7 +124,8 @@ def test_interrupted_training_leaves_the_earlier_checkpoint(tmp_path, toy):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_train_head(TrainConfig(train=str(toy[0]), out=str(first.out), seed=5, **QUIET), log=interrupt)
+        run_train_head(TrainConfig(train=str(toy[0]), out=str(first.out), seed=5, overwrite=True, **QUIET),
+                       log=interrupt)
     assert first.out.read_bytes() == before
 
 
@@ -131,13 +134,14 @@ def test_failed_save_leaves_the_earlier_checkpoint(tmp_path, toy, monkeypatch):
     before = first.out.read_bytes()
 
     def half_written(obj, path):
-        open(path, "wb").write(b"PK\x03\x04 half")
+        (open(path, "wb") if isinstance(path, (str, Path)) else path).write(b"PK\x03\x04 half")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(torch, "save", half_written)
     with pytest.raises(KeyboardInterrupt):
-        train(tmp_path, toy[0], max_epochs=1, seed=5)
+        train(tmp_path, toy[0], max_epochs=1, seed=5, overwrite=True)
     assert first.out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [first.out.name]  # no temporary left
 
 
 # --- bad input, through the CLI -------------------------------------------------------

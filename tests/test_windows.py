@@ -12,7 +12,7 @@ SPECIAL = SpecialTokens(prefix=(101,), suffix=(102,), pad_id=0)
 def test_windows_cover_every_token_with_exact_overlap(chunk, stride, n_tokens):
     spec = WindowSpec(chunk, stride, SPECIAL)
     tokens = np.arange(1000, 1000 + n_tokens)
-    windows = spec.windows(tokens)
+    windows = [w.tolist() for w in spec.windows(tokens)]
     starts = spec.starts(n_tokens)
     assert len(windows) == spec.count(n_tokens) == len(starts) >= 1
     bodies = [w[1:-1] for w in windows]
@@ -31,7 +31,7 @@ def test_windows_cover_every_token_with_exact_overlap(chunk, stride, n_tokens):
 
 def test_empty_document_gets_one_window_of_special_tokens():
     spec = WindowSpec(16, 4, SPECIAL)
-    assert spec.windows(np.array([], dtype=np.int32)) == [[101, 102]]
+    assert [w.tolist() for w in spec.windows(np.array([], dtype=np.int32))] == [[101, 102]]
 
 
 @pytest.mark.parametrize("chunk,stride", [(8, 6), (8, 7), (8, -1), (2, 0), (1, 0)])
@@ -52,7 +52,7 @@ def test_special_tokens_come_from_the_tokenizer(tiny_bert):
     text = "space rocket launch"
     spec = WindowSpec(16, 2, special)
     ids = tokenize(tokenizer, [text])[0]
-    assert spec.windows(ids) == [tokenizer.encode(text)]
+    assert [w.tolist() for w in spec.windows(ids)] == [tokenizer.encode(text)]
 
 
 def test_tokenize_never_truncates(tiny_bert):
@@ -74,3 +74,17 @@ def test_long_texts_tokenize_in_pieces_to_the_same_ids(minilm):
     for segment_chars in (10, 97, 1000):
         assert "".join(split_at_whitespace(text, segment_chars)) == text
         assert tokenize(tokenizer, [text, "short"], segment_chars=segment_chars)[0].tolist() == whole
+
+
+@pytest.mark.parametrize("chunk,stride", [(8, 0), (8, 3), (512, 64)])
+def test_packed_windows_are_the_windows_at_4_bytes_a_token(chunk, stride):
+    spec = WindowSpec(chunk, stride, SPECIAL)
+    docs = [np.arange(n, dtype=np.int32) + 1000 for n in (0, 1, 5, 7, 13, 1001, 100_000)]
+    packed = spec.pack(docs)
+    expected = [w.tolist() for doc in docs for w in spec.windows(doc)]
+    assert len(packed) == len(expected) and [w.tolist() for w in packed] == expected
+    assert packed.lengths().tolist() == [len(w) for w in expected]
+    assert packed.tokens.dtype == np.int32 and packed.tokens.nbytes == 4 * sum(len(w) for w in expected)
+    assert packed[-1].tolist() == expected[-1]
+    with pytest.raises(IndexError):
+        packed[len(expected)]

@@ -1,0 +1,339 @@
+"""Every command, through cli.py, against files a user can hand us: malformed corpora,
+damaged caches, damaged or planted heads. Each must end in exit 2 and one `error:`
+line naming the file, with no traceback, and leave every existing output as it was.
+
+Most cases run in this process (`cli.main`, fast); the ones that crashed the process
+before (scrambled HDF5) run in a real subprocess too."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli
+from synthetic import write_synthetic_cache
+
+import cli
+from stages.train_head import TrainConfig, run_train_head
+
+# --- the table of hostile corpora ----------------------------------------------------------
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+def jsonl(*rows) -> bytes:
+    return "\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows).encode()
+
+
+GOOD_ROWS = [{"text": "space rocket orbit", "label": "space"}, {"text": "god church faith", "label": "religion"}]
+
+CORPORA = {  # name: (file name, bytes or a builder, what the error line must say)
+    "deeply nested JSON": ("c.jsonl", jsonl(*GOOD_ROWS, '{"text": ' + DEEP + ', "label": "a"}'),
+                           "line 3: JSON nested too deeply"),
+    "integer of 5000 digits": ("c.jsonl", jsonl(*GOOD_ROWS, '{"text": ' + "7" * 5000 + ', "label": "a"}'),
+                               "line 3: not JSON"),
+    "lone surrogate in a text": ("c.jsonl", jsonl(*GOOD_ROWS, '{"text": "a \\ud800 b", "label": "space"}'),
+                                 "line 3: the text holds a lone surrogate"),
+    "lone surrogate in an id": ("c.jsonl", jsonl('{"id": "\\udfff", "text": "a", "label": "space"}', *GOOD_ROWS),
+                                "line 1: the id holds a lone surrogate"),
+    "lone surrogate in a label": ("c.jsonl", jsonl(*GOOD_ROWS, '{"text": "a", "label": "sp\\ud83dce"}'),
+                                  "line 3: the label holds a lone surrogate"),
+    "label with a newline": ("c.jsonl", jsonl(*GOOD_ROWS, {"text": "a", "label": "space\nreligion"}),
+                             "line 3: the label 'space\\nreligion' holds a control character"),
+    "label with a tab": ("c.csv", b"text,label\nspace rocket,space\ngod,\"reli\tgion\"\n",
+                         "row 2: the label 'reli\\tgion' holds a control character"),
+    "null label (JSONL)": ("c.jsonl", jsonl(*GOOD_ROWS, {"text": "a", "label": None}),
+                           "line 3: the label is missing"),
+    "missing label (CSV)": ("c.csv", b"text,label\nspace rocket,space\ngod church\n", "row 2: the label is missing"),
+    "empty label (CSV)": ("c.csv", b"text,label\nspace rocket,space\ngod church,\n", "row 2: the label is empty"),
+    "a JSON line that is a list": ("c.jsonl", jsonl(*GOOD_ROWS, [1, 2]), "line 3: each record needs"),
+    "not JSON": ("c.jsonl", jsonl(*GOOD_ROWS, "{text: 1"), "line 3: not JSON"),
+    "undecodable file name": ("folder", {b"space/\xff\xfe.txt": b"rocket", b"religion/a.txt": b"god"},
+                              "the id holds a file name that is not UTF-8"),
+    "folder name with a newline": ("folder", {b"spa\nce/a.txt": b"rocket", b"religion/a.txt": b"god"},
+                                   "holds a control character"),
+}
+
+
+def write_corpus(folder, name):
+    file_name, content, _ = CORPORA[name]
+    path = folder / file_name
+    if isinstance(content, dict):
+        for relative, data in content.items():
+            target = os.path.join(os.fsencode(path), relative)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with open(target, "wb") as f:
+                f.write(data)
+    else:
+        path.write_bytes(content)
+    return path
+
+
+def snapshot(folder) -> dict:
+    """Every file under `folder` (names as bytes: some are not UTF-8) and its sha256."""
+    found = {}
+    for root, _, files in os.walk(os.fsencode(folder)):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                found[path] = hashlib.sha256(f.read()).hexdigest()
+    return found
+
+
+def refused(capsys, args, *expected):
+    """Run cli.py ARGS in this process: exit 2, one line `error: ...` holding each of `expected`."""
+    code = cli.main([str(a) for a in args])
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert code == 2, captured.err
+    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
+    assert "Traceback" not in captured.err + captured.out
+    for text in expected:
+        assert text in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("name", list(CORPORA))
+@pytest.mark.parametrize("command", ["embed", "finetune"])
+def test_hostile_corpora_are_refused_before_the_encoder_runs(command, name, tiny_bert, tmp_path, capsys,
+                                                              monkeypatch):
+    corpus = write_corpus(tmp_path, name)
+    out = tmp_path / ("previous.h5" if command == "embed" else "previous-model")
+    if command == "embed":
+        out.write_bytes(b"previous output")
+    else:
+        out.mkdir()
+        (out / "config.json").write_text("{}")
+    before = snapshot(tmp_path)
+
+    import stages.encoder
+
+    def no_encoder(*args, **kwargs):
+        raise AssertionError("the encoder was loaded before the corpus was checked")
+
+    monkeypatch.setattr(stages.encoder, "load_encoder", no_encoder)
+    monkeypatch.setattr("stages.embedding.load_encoder", no_encoder)
+    monkeypatch.setattr("stages.finetune.load_encoder", no_encoder)
+    args = [command, "--data", corpus, "--model", tiny_bert, "--out", out, "--chunk-tokens", "32", "--stride", "4",
+            "--precision", "fp32", "--no-progress", "--overwrite"]
+    line = refused(capsys, args, CORPORA[name][2])
+    if CORPORA[name][0] != "folder":
+        assert str(corpus) in line
+    assert snapshot(tmp_path) == before
+
+
+# --- damaged caches --------------------------------------------------------------------------
+
+
+def damage_cache(path, how):
+    with h5py.File(path, "r+") as f:
+        if how == "a group where a dataset belongs":
+            del f["labels"]
+            f.create_group("labels")
+        elif how == "one-dimensional embeddings":
+            flat = f["embeddings"][:].ravel()
+            del f["embeddings"]
+            f["embeddings"] = flat
+        elif how == "a document with zero windows":
+            offsets = f["doc_offsets"][:]
+            offsets[1] = 0
+            f["doc_offsets"][:] = offsets
+        elif how == "NaN vectors":
+            f["embeddings"][7] = np.nan
+        elif how == "label_names not JSON":
+            f.attrs["label_names"] = "[class0, "
+        elif how == "label_names not a list of names":
+            f.attrs["label_names"] = json.dumps({"a": 1})
+        elif how == "doc_ids shorter than labels":
+            ids = f["doc_ids"][:-1]
+            del f["doc_ids"]
+            f.create_dataset("doc_ids", data=ids, dtype=h5py.string_dtype("utf-8"))
+        elif how == "offsets past the end":
+            f["doc_offsets"][-1] = 10**9
+        else:
+            raise ValueError(how)
+
+
+CACHE_DAMAGE = ["a group where a dataset belongs", "one-dimensional embeddings", "a document with zero windows",
+                "NaN vectors", "label_names not JSON", "label_names not a list of names", "doc_ids shorter than labels",
+                "offsets past the end", "scrambled metadata", "empty file", "not HDF5"]
+
+
+def make_damaged_cache(folder, how, seed=0):
+    path = write_synthetic_cache(folder / f"damaged-{seed}.h5", n_docs=30, seed=seed)
+    if how == "scrambled metadata":  # the group B-trees, symbol tables and heaps overwritten at random
+        data = bytearray(path.read_bytes())
+        rng = random.Random(seed)
+        structures = [m.start() for m in re.finditer(rb"TREE|HEAP|SNOD|GCOL", bytes(data))]
+        for at in rng.sample(structures, k=max(1, len(structures) // 2)):
+            data[at:at + 24] = bytes(rng.randrange(256) for _ in range(24))
+        path.write_bytes(bytes(data))
+    elif how == "empty file":
+        path.write_bytes(b"")
+    elif how == "not HDF5":
+        path.write_text("text,label\na,b\n")
+    else:
+        damage_cache(path, how)
+    return path
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory):
+    """A good cache and a head trained on it (the same synthetic encoder settings)."""
+    folder = tmp_path_factory.mktemp("good")
+    cache = write_synthetic_cache(folder / "good.h5", n_docs=30)
+    head = folder / "head.pt"
+    run_train_head(TrainConfig(train=str(cache), out=str(head), pooling="mean", max_epochs=1, progress=False,
+                               curve=False), log=lambda line: None)
+    return cache, head
+
+
+@pytest.mark.parametrize("how", CACHE_DAMAGE)
+@pytest.mark.parametrize("command", ["train-head --train", "train-head --val", "evaluate --cache"])
+def test_damaged_caches_are_refused_in_one_line(command, how, good, tmp_path, capsys):
+    cache, head = good
+    damaged = make_damaged_cache(tmp_path, how)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "head.pt").write_bytes(b"previous head")
+    (out / "head-curve.png").write_bytes(b"previous curve")
+    (out / "metrics.json").write_text("{}")
+    before = snapshot(tmp_path)
+    if command == "train-head --train":
+        args = ["train-head", "--train", damaged, "--out", out / "head.pt", "--overwrite", "--epochs", "1"]
+    elif command == "train-head --val":
+        args = ["train-head", "--train", cache, "--val", damaged, "--out", out / "head.pt", "--overwrite",
+                "--epochs", "1"]
+    else:
+        args = ["evaluate", "--head", head, "--cache", damaged, "--report", out]
+    refused(capsys, [*args], str(damaged))
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("seed", [0, *(pytest.param(seed, marks=pytest.mark.slow) for seed in (1, 2, 3))])
+def test_scrambled_caches_never_crash_a_real_process(good, tmp_path, seed):
+    cache, head = good
+    damaged = make_damaged_cache(tmp_path, "scrambled metadata", seed)
+    for args in (["train-head", "--train", damaged, "--out", tmp_path / "h.pt", "--epochs", "1"],
+                 ["evaluate", "--head", head, "--cache", damaged]):
+        result = run_cli(*args)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and str(damaged) in lines[0], result.stderr
+
+
+# --- damaged and planted heads -------------------------------------------------------------
+
+
+class Planted:
+    def __reduce__(self):
+        return (os.system, (f"touch {os.environ.get('PLANTED_MARKER', '/nonexistent/marker')}",))
+
+
+def damage_head(path, how, target):
+    payload = torch.load(path, weights_only=True)
+    if how == "missing state_dict":
+        del payload["state_dict"]
+    elif how == "missing label_names":
+        del payload["label_names"]
+    elif how == "missing encoder record":
+        del payload["encoder"]["model_fingerprint"]
+    elif how == "fewer label names than outputs":
+        payload["label_names"] = payload["label_names"][:-1]
+    elif how == "a label with a newline":
+        payload["label_names"][0] = "class\n0"
+    elif how == "NaN weights":
+        key = next(k for k, v in payload["state_dict"].items() if v.is_floating_point())
+        payload["state_dict"][key] = torch.full_like(payload["state_dict"][key], float("nan"))
+    elif how == "head config of another shape":
+        payload["head"]["hidden_size"] = 7
+    elif how == "not a dict":
+        payload = [1, 2, 3]
+    elif how == "planted pickle":
+        payload = {"format": "longdoc-head", "code": Planted()}
+    elif how == "text file":
+        target.write_text("not a head")
+        return target
+    torch.save(payload, target)
+    return target
+
+
+HEAD_DAMAGE = ["missing state_dict", "missing label_names", "missing encoder record", "fewer label names than outputs",
+               "a label with a newline", "NaN weights", "head config of another shape", "not a dict", "planted pickle",
+               "text file"]
+
+
+@pytest.mark.parametrize("how", HEAD_DAMAGE)
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_damaged_heads_are_refused_in_one_line(command, how, good, tmp_path, capsys, monkeypatch):
+    cache, head = good
+    marker = tmp_path / "marker"
+    monkeypatch.setenv("PLANTED_MARKER", str(marker))
+    damaged = damage_head(head, how, tmp_path / "damaged.pt")
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "metrics.json").write_text("{}")
+    text = tmp_path / "post.txt"
+    text.write_text("space rocket")
+    before = snapshot(tmp_path)
+    if command == "evaluate":
+        args = ["evaluate", "--head", damaged, "--cache", cache, "--report", report]
+    else:
+        args = ["predict", "--head", damaged, text]
+    refused(capsys, args, str(damaged))
+    assert snapshot(tmp_path) == before and not marker.exists()
+
+
+# --- what must be accepted -------------------------------------------------------------------
+
+
+def test_long_fields_and_byte_order_marks_are_read(tmp_path):
+    from stages.data import load_corpus
+
+    long_text = "rocket " * 300_000  # 2.1 MB in one CSV field
+    csv_path = tmp_path / "c.csv"
+    csv_path.write_bytes(b"\xef\xbb\xbf" + f'text,label\n"{long_text}",space\nshort,religion\n'.encode())
+    corpus = load_corpus(str(csv_path))
+    assert corpus.texts[0] == long_text and corpus.label_names == ["religion", "space"]
+    jsonl_path = tmp_path / "c.jsonl"
+    jsonl_path.write_bytes(b"\xef\xbb\xbf" + jsonl(*GOOD_ROWS))
+    assert load_corpus(str(jsonl_path)).label_names == ["religion", "space"]
+
+
+def test_hidden_files_and_folders_are_not_classes_or_documents(tmp_path):
+    from stages.data import load_corpus
+
+    for relative in ("space/a.txt", "religion/b.txt", ".git/objects", ".git/HEAD", "space/.DS_Store",
+                     "religion/.hidden.txt"):
+        path = tmp_path / "corpus" / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+    corpus = load_corpus(str(tmp_path / "corpus"))
+    assert corpus.label_names == ["religion", "space"] and corpus.doc_ids == ["religion/b.txt", "space/a.txt"]
+
+
+@pytest.mark.parametrize("name", [b"post\tone.txt", b"post\none.txt", b"post-\xff.txt"])
+def test_predict_refuses_file_names_it_could_not_print_on_one_line(name, good, tmp_path, capsys):
+    _, head = good
+    path = os.path.join(os.fsencode(tmp_path), name)
+    with open(path, "wb") as f:
+        f.write(b"space rocket")
+    refused(capsys, ["predict", "--head", head, os.fsdecode(path)], "control character or bytes that are not UTF-8")
+
+
+def test_a_diverging_training_saves_nothing(good, tmp_path, capsys, monkeypatch):
+    import stages.train_head
+
+    cache, _ = good
+    real = stages.train_head.branch_logits
+    monkeypatch.setattr(stages.train_head, "branch_logits", lambda head, batch: real(head, batch) * float("nan"))
+    out = tmp_path / "head.pt"
+    refused(capsys, ["train-head", "--train", cache, "--out", out, "--epochs", "2"], "training diverged at epoch 1")
+    assert sorted(os.listdir(tmp_path)) == []
