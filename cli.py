@@ -213,19 +213,61 @@ def evaluate(head_path, cache_path, report_dir, memory_budget_mb, threads):
 @cli.command()
 @click.option("--head", "head_path", type=click.Path(dir_okay=False), default="runs/head.pt",
               help="Checkpoint written by train-head; its encoder and window settings are used.")
-@click.argument("files", nargs=-1, required=True)
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per document instead of tab-separated lines.")
+@click.argument("files", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="FILE mode: one JSON object per document instead of tab-separated lines.")
+@click.option("--data", default=None,
+              help="Classify a whole corpus instead of FILEs: '20newsgroups', a folder, or a .csv/.jsonl (labels optional); needs --out.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="With --data: the .jsonl or .csv file to write (resumable: rerun the same command after a kill).")
+@click.option("--split", default="test", help="With --data 20newsgroups: train or test.")
+@click.option("--categories", default=None, help="With --data: comma-separated classes to keep.  [default: all]")
+@click.option("--remove", default=None, help="With --data 20newsgroups: any of headers,footers,quotes to strip.")
+@click.option("--data-home", default=None, help="Where to look for 20news-bydate.tar.gz first.")
+@click.option("--limit", type=int, default=None, help="With --data: only the first N documents.")
+@click.option("--top-k", default=0, help="With --data: the K most probable classes per row instead of every class (0).")
+@click.option("--explain", is_flag=True, help="Add each document's top windows: span, text excerpt, contribution.")
+@click.option("--explain-windows", default=3, help="How many top windows --explain shows.")
+@click.option("--block-docs", default=1000, help="With --data: documents per resumable block; a kill loses at most one.")
+@click.option("--overwrite", is_flag=True, help="With --data: replace an existing --out or an interrupted run.")
+@click.option("--progress/--no-progress", default=None, help="With --data: progress bar.  [default: only on a terminal]")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="auto: CUDA if visible.")
 @click.option("--batch-tokens", type=int, default=None,
               help="Token budget of one encoder batch; bounds activation memory.  [default: 1024 on CPU, 32768 on CUDA]")
-def predict(head_path, files, as_json, device, batch_tokens):
-    """Classify raw text FILES (- for stdin): print label, probability and source per document."""
+@click.option("--threads", default=0, help="Torch threads (0: torch's default).")
+def predict(head_path, files, as_json, data, out, split, categories, remove, data_home, limit, top_k, explain,
+            explain_windows, block_docs, overwrite, progress, device, batch_tokens, threads):
+    """Classify raw text FILES (- for stdin), or every document of --data into --out.
+
+    FILE mode prints label, probability and source per document; --data mode writes one
+    JSON line or CSV row per document (id, label, probabilities, true label if known)."""
     import json
 
     from stages.predict import predict as run_predict
+    from stages.predict import predict_corpus
 
-    for prediction in run_predict(head_path, list(files), device=device, batch_tokens=batch_tokens):
-        click.echo(json.dumps(prediction.record()) if as_json else prediction.line())
+    top_windows = explain_windows if explain else 0
+    if data is None:
+        if out is not None:
+            raise click.UsageError("--out goes with --data; FILE mode prints to stdout")
+        for prediction in run_predict(head_path, list(files), device=device, batch_tokens=batch_tokens,
+                                      threads=threads, explain=top_windows):
+            click.echo(json.dumps(prediction.record(), ensure_ascii=False) if as_json else prediction.line())
+        return
+    if files:
+        raise click.UsageError("give FILEs or --data, not both")
+    if out is None:
+        raise click.UsageError("--data needs --out FILE.jsonl or FILE.csv")
+    try:
+        summary = predict_corpus(
+            head_path, data, out, split=split, categories=_split_list(categories),
+            remove=tuple(_split_list(remove) or ()), data_home=data_home, limit=limit, top_k=top_k,
+            explain=top_windows, block_docs=block_docs, overwrite=overwrite, device=device,
+            batch_tokens=batch_tokens, threads=threads, progress=progress)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: finished blocks are kept in {out}.partial/; run the same command again to resume",
+                   err=True)
+        raise click.exceptions.Exit(130) from None
+    click.echo(summary.line())
 
 
 def main(argv=None) -> int:
