@@ -195,19 +195,33 @@ def train_head(train_path, val_path, val_fraction, out, pooling, max_epochs, pat
 @click.option("--cache", "cache_path", type=click.Path(dir_okay=False), default="data/cache/test.h5",
               help="Window cache to score; it must come from the head's encoder and window settings.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
-              help="Folder for metrics.json, report.md and confusion_matrix.png.  [default: none written]")
+              help="Folder for metrics.json, report.md, confusion_matrix.png and report.html.  [default: none written]")
+@click.option("--data", default=None,
+              help="For report.html: the corpus the cache was embedded from (embed's --data), to show the texts.")
+@click.option("--split", default="test", help="With --data 20newsgroups: the split the cache holds.")
+@click.option("--categories", default=None, help="With --data: as given to embed.")
+@click.option("--remove", default=None, help="With --data 20newsgroups: as given to embed.")
+@click.option("--data-home", default=None, help="Where to look for 20news-bydate.tar.gz first.")
+@click.option("--limit", type=int, default=None, help="With --data: as given to embed.")
+@click.option("--report-wrong", default=1000, help="Most misclassified documents report.html shows (in cache order).")
+@click.option("--report-correct", default=100, help="Correctly classified documents report.html shows (a sample).")
 @click.option("--memory-budget-mb", default=1024.0,
               help="Load the cache into RAM when its vectors fit in this; else read it by slices.")
 @click.option("--threads", default=1, help="Torch threads (0: torch's default).")
-def evaluate(head_path, cache_path, report_dir, memory_budget_mb, threads):
-    """Score a head on a cache: accuracy, macro-F1, per-class table, confusion matrix."""
+def evaluate(head_path, cache_path, report_dir, data, split, categories, remove, data_home, limit, report_wrong,
+             report_correct, memory_budget_mb, threads):
+    """Score a head on a cache: accuracy, macro-F1, per-class table, confusion matrix, HTML report."""
     import torch
 
     from stages.evaluate import evaluate as run_evaluate
 
     if threads:
         torch.set_num_threads(threads)
-    click.echo(run_evaluate(head_path, cache_path, report_dir, memory_budget_mb).line())
+    corpus = None if data is None else dict(
+        data=data, split=split, categories=_split_list(categories), remove=tuple(_split_list(remove) or ()),
+        data_home=data_home, limit=limit)
+    click.echo(run_evaluate(head_path, cache_path, report_dir, memory_budget_mb, corpus, report_wrong,
+                            report_correct).line())
 
 
 @cli.command()
