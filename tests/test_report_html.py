@@ -21,7 +21,7 @@ from stages.evaluate import evaluate
 from stages.heads import Head, HeadConfig
 from stages.report_html import kept_ranges, shaded_text
 
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run"]
 
