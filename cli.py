@@ -241,6 +241,8 @@ def evaluate(head_path, cache_path, report_dir, data, split, categories, remove,
 @click.option("--top-k", default=0, help="With --data: the K most probable classes per row instead of every class (0).")
 @click.option("--explain", is_flag=True, help="Add each document's top windows: span, text excerpt, contribution.")
 @click.option("--explain-windows", default=3, help="How many top windows --explain shows.")
+@click.option("--explain-terms", is_flag=True,
+              help="Also the terms with the largest contribution (heads with a term branch only).")
 @click.option("--block-docs", default=1000, help="With --data: documents per resumable block; a kill loses at most one.")
 @click.option("--overwrite", is_flag=True, help="With --data: replace an existing --out or an interrupted run.")
 @click.option("--progress/--no-progress", default=None, help="With --data: progress bar.  [default: only on a terminal]")
@@ -249,7 +251,7 @@ def evaluate(head_path, cache_path, report_dir, data, split, categories, remove,
               help="Token budget of one encoder batch; bounds activation memory.  [default: 1024 on CPU, 32768 on CUDA]")
 @click.option("--threads", default=0, help="Torch threads (0: torch's default).")
 def predict(head_path, files, as_json, data, out, split, categories, remove, data_home, limit, top_k, explain,
-            explain_windows, block_docs, overwrite, progress, device, batch_tokens, threads):
+            explain_windows, explain_terms, block_docs, overwrite, progress, device, batch_tokens, threads):
     """Classify raw text FILES (- for stdin), or every document of --data into --out.
 
     FILE mode prints label, probability and source per document; --data mode writes one
@@ -260,6 +262,12 @@ def predict(head_path, files, as_json, data, out, split, categories, remove, dat
     from stages.predict import predict_corpus
 
     top_windows = explain_windows if explain else 0
+    if explain_terms:
+        from stages.checkpoint import load_checkpoint
+        from stages.explain import require_term_branch
+
+        require_term_branch(load_checkpoint(head_path).head, head_path)
+        raise click.UsageError("--explain-terms: term explanations are not implemented yet")
     if data is None:
         if out is not None:
             raise click.UsageError("--out goes with --data; FILE mode prints to stdout")

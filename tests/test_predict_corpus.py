@@ -191,6 +191,7 @@ def test_bad_corpus_input_is_one_line(runner, tiny, tmp_path):
         ["--data", tmp_path / "empty.jsonl", "--out", tmp_path / "c.jsonl"],
         ["--data", corpus, "--out", tmp_path / "d.jsonl", "--top-k", "7"],
         ["--out", tmp_path / "e.jsonl", corpus / "space" / "000.txt"],
+        ["--explain", "--explain-terms", corpus / "space" / "000.txt"],
     ]
     for args in cases:
         code, lines = cli_error(runner, "predict", "--head", head, "--device", "cpu", *args)
