@@ -16,7 +16,6 @@ from synthetic import cli_error, runners
 from stages.cache import open_cache
 from stages.cache_dataset import CacheDocuments, predict_logits
 from stages.checkpoint import encoder_record, load_checkpoint, save_checkpoint
-from stages.errors import UserError
 from stages.evaluate import evaluate
 from stages.heads import Head, HeadConfig
 from stages.report_html import kept_ranges, shaded_text
