@@ -4,8 +4,10 @@
     torchrun --standalone --nproc_per_node 2 cli.py embed ...         # stage one, sharded
     python cli.py finetune --out runs/finetuned; python cli.py embed --model runs/finetuned ...  # optional
     python cli.py train-head --train data/cache/train.h5 --out runs/head.pt   # stage two
-    python cli.py evaluate --head runs/head.pt --cache data/cache/test.h5 --report runs/report
+    python cli.py evaluate --head runs/head.pt --cache data/cache/test.h5 --report runs/report \
+        --data 20newsgroups --split test                              # report.html with the texts
     python cli.py predict --head runs/head.pt post.txt                # raw text end to end
+    python cli.py predict --head runs/head.pt --data corpus.jsonl --out runs/pred.jsonl --explain
 
 Errors a user can cause print one line (`error: ...`) and exit with status 2;
 an interrupted command exits 130 and can be rerun to resume.
