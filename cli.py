@@ -60,8 +60,13 @@ def cli():
 @click.option("--progress/--no-progress", default=None, help="Progress bar.  [default: only on a terminal]")
 @click.option("--threads", default=0,
               help="Torch threads per process; 0: torch's default, or under torchrun the cores shared among a machine's ranks.")
+@click.option("--window-vector", type=click.Choice(["auto", "cls", "mean"]), default="auto",
+              help="One vector per window: mean of its tokens or [CLS]; auto: what the encoder was trained with "
+                   "(a sentence-transformers folder's 1_Pooling), else cls.")
+@click.option("--terms/--no-terms", default=True,
+              help="Also cache each document's hashed unigram+bigram counts (for heads with a term branch).")
 def embed(data, split, out, model, chunk_tokens, stride, batch_tokens, precision, device, categories,
-          remove, data_home, limit, overwrite, block_windows, progress, threads):
+          remove, data_home, limit, overwrite, block_windows, progress, threads, window_vector, terms):
     """Stage one: cache one [CLS] vector per window of every document in HDF5.
 
     Under `torchrun --nproc_per_node N cli.py embed ...` each rank embeds a shard of the
@@ -75,7 +80,8 @@ def embed(data, split, out, model, chunk_tokens, stride, batch_tokens, precision
         out=out or f"data/cache/{split}.h5", data=data, split=split, model=model, chunk_tokens=chunk_tokens,
         stride=stride, batch_tokens=batch_tokens, precision=precision, device=device,
         categories=_split_list(categories), remove=tuple(_split_list(remove) or ()), data_home=data_home,
-        limit=limit, overwrite=overwrite, block_windows=block_windows, progress=progress, threads=threads)
+        limit=limit, overwrite=overwrite, block_windows=block_windows, progress=progress, threads=threads,
+        window_vector=window_vector, terms=terms)
     ranks = Ranks.from_env()  # None unless torchrun started several ranks
     try:
         summary = run_embed(config) if ranks is None else run_embed_sharded(config, ranks)
@@ -156,6 +162,10 @@ def finetune(data, split, out, model, unfreeze_top, chunk_tokens, stride, batch_
               help="Checkpoint to write (atomically); the curve goes to OUT-STEM-curve.png beside it.")
 @click.option("--pooling", type=click.Choice(["mean", "max", "attention", "lstm", "transformer"]),
               default="lstm", help="How window vectors become one document vector (lstm: best on validation).")
+@click.option("--inputs", type=click.Choice(["windows", "terms", "both"]), default=None,
+              help="What the head reads: window vectors, the documents' hashed terms (TF-IDF), or both.  "
+                   "[default: both when the cache has terms, else windows]")
+@click.option("--term-lr", default=1e-2, help="Peak AdamW rate of the term branch (sparse, so larger than --lr).")
 @click.option("--epochs", "max_epochs", default=40, help="Most epochs; early stopping usually ends sooner.")
 @click.option("--patience", default=5, help="Stop after this many epochs without a better validation macro-F1.")
 @click.option("--lr", default=1e-3, help="Peak AdamW learning rate (linear warm-up, cosine decay).")
@@ -171,14 +181,15 @@ def finetune(data, split, out, model, unfreeze_top, chunk_tokens, stride, batch_
               help="Load the cache into RAM when its vectors fit in this; else read it by slices.")
 @click.option("--threads", default=1, help="Torch threads (0: torch's default); one is fastest for a small head.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar per epoch.  [default: only on a terminal]")
-def train_head(train_path, val_path, val_fraction, out, pooling, max_epochs, patience, lr, weight_decay, dropout,
+def train_head(train_path, val_path, val_fraction, out, pooling, inputs, term_lr, max_epochs, patience, lr, weight_decay, dropout,
                inner_dim, transformer_layers, batch_docs, batch_windows, class_weights, seed, memory_budget_mb,
                threads, progress):
     """Stage two: train a pooling head on a window cache; keep the best on validation macro-F1."""
     from stages.train_head import TrainConfig, run_train_head
 
     config = TrainConfig(
-        train=train_path, out=out, val=val_path, val_fraction=val_fraction, pooling=pooling, dropout=dropout,
+        train=train_path, out=out, val=val_path, val_fraction=val_fraction, pooling=pooling, inputs=inputs,
+        term_lr=term_lr, dropout=dropout,
         inner_dim=inner_dim, transformer_layers=transformer_layers, lr=lr, weight_decay=weight_decay,
         max_epochs=max_epochs, patience=patience, batch_docs=batch_docs, batch_windows=batch_windows,
         class_weights=class_weights, seed=seed, memory_budget_mb=memory_budget_mb, threads=threads,
@@ -264,17 +275,11 @@ def predict(head_path, files, as_json, data, out, split, categories, remove, dat
     from stages.predict import predict_corpus
 
     top_windows = explain_windows if explain else 0
-    if explain_terms:
-        from stages.checkpoint import load_checkpoint
-        from stages.explain import require_term_branch
-
-        require_term_branch(load_checkpoint(head_path).head, head_path)
-        raise click.UsageError("--explain-terms: term explanations are not implemented yet")
     if data is None:
         if out is not None:
             raise click.UsageError("--out goes with --data; FILE mode prints to stdout")
         for prediction in run_predict(head_path, list(files), device=device, batch_tokens=batch_tokens,
-                                      threads=threads, explain=top_windows):
+                                      threads=threads, explain=top_windows, explain_terms=explain_terms):
             click.echo(json.dumps(prediction.record(), ensure_ascii=False) if as_json else prediction.line())
         return
     if files:
@@ -285,8 +290,8 @@ def predict(head_path, files, as_json, data, out, split, categories, remove, dat
         summary = predict_corpus(
             head_path, data, out, split=split, categories=_split_list(categories),
             remove=tuple(_split_list(remove) or ()), data_home=data_home, limit=limit, top_k=top_k,
-            explain=top_windows, block_docs=block_docs, overwrite=overwrite, device=device,
-            batch_tokens=batch_tokens, threads=threads, progress=progress)
+            explain=top_windows, explain_terms=explain_terms, block_docs=block_docs, overwrite=overwrite,
+            device=device, batch_tokens=batch_tokens, threads=threads, progress=progress)
     except KeyboardInterrupt:
         click.echo(f"interrupted: finished blocks are kept in {out}.partial/; run the same command again to resume",
                    err=True)

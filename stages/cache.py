@@ -9,6 +9,9 @@ and the reference reader. In short, per split one HDF5 file with
     labels        int64   [n_docs]              index into attrs["label_names"]
     doc_ids       utf-8   [n_docs]              source id or path of each document
     doc_tokens    int64   [n_docs]              document length in tokens (no specials)
+    terms/indptr  int64   [n_docs + 1]          hashed term counts of each whole document,
+    terms/indices int32   [n_terms]             CSR, one row per document (`stages.terms`);
+    terms/counts  int32   [n_terms]             absent when embedded with --no-terms
 
 and root attributes naming the model, its fingerprint, the window settings and the
 data they came from (`CACHE_IDENTITY` plus provenance).
@@ -27,19 +30,28 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 
 from stages.errors import UserError
 from stages.workdir import WorkDir, atomic_write_bytes, differences  # noqa: F401 (re-exported)
 
 FORMAT_NAME = "longdoc-window-cache"
-FORMAT_VERSION = 1
+# 2: adds `terms/` and the `window_vector` and `term_hashing` attributes. Version 1
+# caches are still read: [CLS] window vectors and no terms.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 # The attributes that say what a cache *is*: two caches (or a cache and a head)
 # agree when these agree. Everything else in the attributes is provenance.
-ENCODER_IDENTITY = ("model_fingerprint", "chunk_tokens", "stride")
-CACHE_IDENTITY = (*ENCODER_IDENTITY, "model", "precision", "data_source", "data_fingerprint")
+ENCODER_IDENTITY = ("model_fingerprint", "chunk_tokens", "stride", "window_vector")
+CACHE_IDENTITY = (*ENCODER_IDENTITY, "model", "precision", "data_source", "data_fingerprint", "term_hashing")
+# What a version-1 cache, written before these attributes existed, was made with.
+VERSION_1_DEFAULTS = {"window_vector": "cls", "term_hashing": "{}"}
 
 
 # --- reading -----------------------------------------------------------------------
@@ -56,6 +68,7 @@ class WindowCache:
     doc_offsets: np.ndarray
     labels: np.ndarray
     label_names: list[str]
+    _term_indptr: np.ndarray | None = None
 
     @property
     def embeddings(self) -> h5py.Dataset:
@@ -72,6 +85,40 @@ class WindowCache:
     @property
     def window_counts(self) -> np.ndarray:
         return np.diff(self.doc_offsets)
+
+    @property
+    def has_terms(self) -> bool:
+        return "terms" in self.file
+
+    @property
+    def term_hashing(self) -> str:
+        """JSON of the `stages.terms.TermHashing` the terms were made with; "{}" without terms."""
+        return str(self.attrs.get("term_hashing", "{}"))
+
+    def term_rows(self, docs: np.ndarray) -> "sp.csr_matrix":
+        """Hashed term counts of documents `docs`, one CSR row each, in the order given."""
+        import scipy.sparse as sp
+
+        indptr = self.term_indptr
+        group = self.file["terms"]
+        n_features = self.term_features
+        docs = np.asarray(docs, dtype=np.int64)
+        if len(docs) == self.n_docs and np.array_equal(docs, np.arange(self.n_docs)):  # all: two reads
+            return sp.csr_matrix((group["counts"][:], group["indices"][:], indptr), shape=(self.n_docs, n_features))
+        pieces = [(group["indices"][indptr[d]:indptr[d + 1]], group["counts"][indptr[d]:indptr[d + 1]])
+                  for d in docs.tolist()]
+        return _csr(pieces, n_features)
+
+    @property
+    def term_features(self) -> int:
+        """Width of the hashed term space (n_features of the hashing); 0 without terms."""
+        return int(json.loads(self.term_hashing).get("n_features", 0))
+
+    @property
+    def term_indptr(self) -> np.ndarray:
+        if self._term_indptr is None:
+            self._term_indptr = self.file["terms"]["indptr"][:].astype(np.int64)
+        return self._term_indptr
 
     def doc_ids(self) -> list[str]:
         return [x.decode() if isinstance(x, bytes) else str(x) for x in self.file["doc_ids"][:]]
@@ -104,9 +151,11 @@ def open_cache(path: str | Path) -> WindowCache:
         attrs = {k: _plain(v) for k, v in file.attrs.items()}
         if attrs.get("format") != FORMAT_NAME:
             raise UserError(f"{path}: not a window cache (no format={FORMAT_NAME!r} attribute)")
-        if int(attrs.get("format_version", -1)) != FORMAT_VERSION:
+        if int(attrs.get("format_version", -1)) not in READABLE_VERSIONS:
             raise UserError(f"{path}: cache format version {attrs.get('format_version')}, "
-                            f"this code reads {FORMAT_VERSION}")
+                            f"this code reads {' and '.join(map(str, READABLE_VERSIONS))}")
+        if int(attrs["format_version"]) == 1:
+            attrs = {**VERSION_1_DEFAULTS, **attrs}
         if not attrs.get("complete"):
             raise UserError(f"{path}: cache is incomplete")
         missing = [n for n in ("embeddings", "doc_offsets", "labels", "doc_ids") if n not in file]
@@ -120,6 +169,11 @@ def open_cache(path: str | Path) -> WindowCache:
             raise UserError(f"{path}: doc_offsets do not match embeddings and labels (truncated file?)")
         if len(labels) == 0:
             raise UserError(f"{path}: cache holds no documents")
+        if "terms" in file:
+            indptr = file["terms"]["indptr"]
+            if (indptr.shape != (len(labels) + 1,) or file["terms"]["indices"].shape != file["terms"]["counts"].shape
+                    or int(indptr[-1]) != file["terms"]["indices"].shape[0]):
+                raise UserError(f"{path}: terms/ does not match the documents (truncated file?)")
         label_names = list(json.loads(attrs["label_names"]))
         if labels.min() < 0 or labels.max() >= len(label_names):
             raise UserError(f"{path}: labels outside label_names")
@@ -150,6 +204,7 @@ class Block:
     doc_start: int
     doc_end: int
     embeddings: np.ndarray  # float32 [windows of these docs, hidden]
+    terms: "sp.csr_matrix | None" = None  # hashed term counts of these docs, one row each
 
 
 class PartialCache(WorkDir):
@@ -171,6 +226,8 @@ class PartialCache(WorkDir):
 
     def save(self, block: Block):
         path = self.dir / f"block-{block.doc_start:09d}-{block.doc_end:09d}.npy"
+        if block.terms is not None:  # first: a finished block always has its terms beside it
+            save_terms(terms_path(path), block.terms)
         tmp = path.with_suffix(".tmp")
         with open(tmp, "wb") as f:
             np.save(f, block.embeddings.astype(np.float32, copy=False))
@@ -180,6 +237,65 @@ class PartialCache(WorkDir):
 def load_block(path: Path) -> np.ndarray:
     with open(path, "rb") as f:
         return np.load(f)
+
+
+def terms_path(block_path: Path) -> Path:
+    """Where the term counts of a block's documents live: `terms-START-END.npz` beside it."""
+    return block_path.with_name(block_path.name.replace("block-", "terms-", 1)).with_suffix(".npz")
+
+
+def save_terms(path: Path, matrix: "sp.csr_matrix"):
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, indptr=matrix.indptr.astype(np.int64), indices=matrix.indices.astype(np.int32),
+                 counts=matrix.data.astype(np.int32), n_features=np.int64(matrix.shape[1]))
+    os.replace(tmp, path)
+
+
+def load_terms(path: Path) -> "sp.csr_matrix":
+    """A block's term counts; saved by `save_terms`, read without pickle."""
+    import scipy.sparse as sp
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            indptr, indices, counts, n = z["indptr"], z["indices"], z["counts"], int(z["n_features"])
+        return sp.csr_matrix((counts, indices, indptr), shape=(len(indptr) - 1, n))
+    except (OSError, KeyError, ValueError) as error:
+        raise UserError(f"{path}: unreadable term counts ({error}); pass --overwrite to start again") from None
+
+
+def _csr(pieces, n_features: int) -> "sp.csr_matrix":
+    """One CSR matrix from (indices, counts) per row."""
+    import scipy.sparse as sp
+
+    lengths = [len(i) for i, _ in pieces]
+    indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    indices = np.concatenate([i for i, _ in pieces]).astype(np.int32) if pieces else np.zeros(0, np.int32)
+    counts = np.concatenate([c for _, c in pieces]).astype(np.int32) if pieces else np.zeros(0, np.int32)
+    return sp.csr_matrix((counts, indices, indptr), shape=(len(pieces), n_features))
+
+
+class TermsWriter:
+    """Appends CSR rows to `terms/` of an open HDF5 file, one block of documents at a time."""
+
+    def __init__(self, f: h5py.File):
+        group = f.create_group("terms")
+        self.indptr = [np.zeros(1, dtype=np.int64)]
+        self.indices = group.create_dataset("indices", shape=(0,), maxshape=(None,), dtype="int32", chunks=(65536,))
+        self.counts = group.create_dataset("counts", shape=(0,), maxshape=(None,), dtype="int32", chunks=(65536,))
+        self.group = group
+
+    def append(self, indptr: np.ndarray, indices: np.ndarray, counts: np.ndarray):
+        """Rows given as CSR arrays (`indptr` starting at 0)."""
+        at = self.indices.shape[0]
+        self.indices.resize((at + len(indices),))
+        self.counts.resize((at + len(counts),))
+        self.indices[at:] = indices
+        self.counts[at:] = counts
+        self.indptr.append(np.asarray(indptr[1:], dtype=np.int64) + at)
+
+    def close(self):
+        self.group.create_dataset("indptr", data=np.concatenate(self.indptr))
 
 
 def write_cache(out: Path, attrs: dict, blocks: list[tuple[int, int, Path]], *, labels, doc_ids,
@@ -200,6 +316,15 @@ def write_cache(out: Path, attrs: dict, blocks: list[tuple[int, int, Path]], *, 
                 raise UserError(f"{path}: holds {block.shape}, expected {(hi - lo, hidden)}; "
                                 f"pass --overwrite to start again")
             embeddings[lo:hi] = block
+        if attrs.get("term_hashing", "{}") != "{}":
+            terms = TermsWriter(f)
+            for start, end, path in blocks:
+                matrix = load_terms(terms_path(path))
+                if matrix.shape[0] != end - start:
+                    raise UserError(f"{terms_path(path)}: holds {matrix.shape[0]} documents, expected "
+                                    f"{end - start}; pass --overwrite to start again")
+                terms.append(matrix.indptr, matrix.indices, matrix.data)
+            terms.close()
         _write_the_rest(f, attrs, offsets, window_starts=window_starts, labels=labels, doc_ids=doc_ids,
                         doc_tokens=doc_tokens)
     os.replace(tmp, out)
@@ -230,6 +355,12 @@ def join_caches(out: Path, parts: list[Path], attrs: dict, rows_per_copy: int = 
                     hi = min(lo + rows_per_copy, len(part))
                     embeddings[at + lo:at + hi] = part[lo:hi]
                 at += len(part)
+            if all("terms" in src for src in sources) and sources:
+                terms = TermsWriter(f)
+                for src in sources:
+                    group = src["terms"]
+                    terms.append(group["indptr"][:], group["indices"][:], group["counts"][:])
+                terms.close()
             joined = {name: np.concatenate([src[name][:] for src in sources])
                       for name in ("window_starts", "labels", "doc_tokens")}
             doc_ids = [x for src in sources for x in src["doc_ids"].asstr()[:]]

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from stages.cache import WindowCache
+from stages.term_weights import TermBatch, TermWeights
 
 # 1 GiB of cached vectors is ~700k MiniLM windows, 12x the full 20 Newsgroups; above
 # it, stay on disk so train-head's memory does not grow with the corpus.
@@ -37,6 +38,7 @@ class Batch:
     mask: torch.Tensor  # bool [docs, windows]
     labels: torch.Tensor  # int64 [docs]
     docs: np.ndarray  # indices of these documents
+    terms: TermBatch | None = None  # TF-IDF terms of these documents, for heads with a term branch
 
     def __len__(self) -> int:
         return len(self.docs)
@@ -47,7 +49,10 @@ class CacheDocuments:
     ready to batch. `embeddings` is an h5py dataset or an array; `from_cache` takes a cache's."""
 
     def __init__(self, embeddings, offsets: np.ndarray, labels: np.ndarray, docs: np.ndarray | None = None,
-                 memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB):
+                 memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB, term_rows=None,
+                 term_weights: TermWeights | None = None):
+        """`term_rows(docs)` gives hashed term counts (CSR) of documents; with `term_weights`,
+        every batch carries its documents' TF-IDF terms."""
         self.offsets = np.asarray(offsets, dtype=np.int64)
         self.counts = np.diff(self.offsets)
         self.labels = np.asarray(labels, dtype=np.int64)
@@ -55,13 +60,23 @@ class CacheDocuments:
         self.hidden = int(embeddings.shape[1])
         self.in_memory = isinstance(embeddings, np.ndarray) or embeddings.nbytes <= memory_budget_mb * 2**20
         self.embeddings = embeddings if isinstance(embeddings, np.ndarray) or not self.in_memory else embeddings[:]
+        self.term_rows, self.term_weights = term_rows, term_weights
 
     @classmethod
     def from_cache(cls, cache: WindowCache, docs: np.ndarray | None = None, labels: np.ndarray | None = None,
-                   memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB) -> "CacheDocuments":
-        """`labels` may replace the cache's (evaluation maps them to the head's order by name)."""
+                   memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
+                   term_weights: TermWeights | None = None) -> "CacheDocuments":
+        """`labels` may replace the cache's (evaluation maps them to the head's order by name).
+        With `term_weights`, batches carry terms: the cache's term counts are read whole when
+        they fit in the memory budget, else per batch."""
+        term_rows = None
+        if term_weights is not None:
+            term_rows = cache.term_rows
+            if cache.file["terms"]["indices"].nbytes * 2 <= memory_budget_mb * 2**20:
+                every = cache.term_rows(np.arange(cache.n_docs))
+                term_rows = every.__getitem__
         return cls(cache.embeddings, cache.doc_offsets, cache.labels if labels is None else labels, docs,
-                   memory_budget_mb)
+                   memory_budget_mb, term_rows, term_weights)
 
     def __len__(self) -> int:
         return len(self.docs)
@@ -97,7 +112,8 @@ class CacheDocuments:
             lo, hi = self.offsets[doc], self.offsets[doc + 1]
             x[row, :hi - lo] = self.embeddings[lo:hi]
             mask[row, :hi - lo] = True
-        return Batch(torch.from_numpy(x), torch.from_numpy(mask), torch.from_numpy(self.labels[docs]), docs)
+        terms = None if self.term_weights is None else self.term_weights.batch(self.term_rows(docs))
+        return Batch(torch.from_numpy(x), torch.from_numpy(mask), torch.from_numpy(self.labels[docs]), docs, terms)
 
     def batches(self, batch_docs: int, batch_windows: int, rng: np.random.Generator | None = None):
         for docs in self.plan(batch_docs, batch_windows, rng):
@@ -106,7 +122,7 @@ class CacheDocuments:
 
 def head_logits(head: nn.Module, batch: Batch) -> torch.Tensor:
     """The one place a Batch is fed to a head: every input the head takes comes from the batch."""
-    return head(batch.x, batch.mask)
+    return head(batch.x, batch.mask, batch.terms)
 
 
 # Inference holds no gradients, so batches can be far larger than in training.

@@ -11,6 +11,8 @@ checkpoint never runs code from it):
                              hidden_size of the cache it was trained on
     training                 the training arguments, best epoch, validation scores,
                              per-epoch history (for the record; loading ignores it)
+    terms                    heads with a term branch: the term hashing (JSON), the kept
+                             hashed feature ids and their idf (`stages.term_weights`); else None
 
 It is written to `<out>.tmp` and renamed, so an interrupted save leaves any
 earlier checkpoint intact.
@@ -28,9 +30,12 @@ import stages
 from stages.cache import ENCODER_IDENTITY, WindowCache, differences
 from stages.errors import UserError
 from stages.heads import Head, HeadConfig
+from stages.term_weights import TermWeights
 
 FORMAT_NAME = "longdoc-head"
-FORMAT_VERSION = 1
+# 2: the term branch (`terms`, HeadConfig.inputs) and `window_vector` in `encoder`.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 # What a head records about its cache; ENCODER_IDENTITY decides compatibility.
 ENCODER_KEYS = ("model", *ENCODER_IDENTITY, "precision", "hidden_size")
 
@@ -42,13 +47,15 @@ class Checkpoint:
     encoder: dict
     training: dict
     path: Path | None = None
+    terms: TermWeights | None = None  # TF-IDF statistics of a head with a term branch
 
 
 def encoder_record(cache: WindowCache) -> dict:
     return {k: cache.attrs.get(k) for k in ENCODER_KEYS} | {"hidden_size": cache.hidden_size}
 
 
-def save_checkpoint(path: str | Path, head: Head, label_names: list[str], encoder: dict, training: dict):
+def save_checkpoint(path: str | Path, head: Head, label_names: list[str], encoder: dict, training: dict,
+                    terms: TermWeights | None = None):
     path = Path(path)
     payload = {
         "format": FORMAT_NAME,
@@ -59,6 +66,7 @@ def save_checkpoint(path: str | Path, head: Head, label_names: list[str], encode
         "label_names": list(label_names),
         "encoder": dict(encoder),
         "training": training,
+        "terms": terms.to_dict() if terms is not None else None,
     }
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
@@ -77,18 +85,21 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise UserError(f"{path}: not a head checkpoint ({first[:120]})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
         raise UserError(f"{path}: not a head checkpoint (no format={FORMAT_NAME!r})")
-    if payload.get("format_version") != FORMAT_VERSION:
+    if payload.get("format_version") not in READABLE_VERSIONS:
         raise UserError(f"{path}: head format version {payload.get('format_version')}, "
-                        f"this code reads {FORMAT_VERSION}")
+                        f"this code reads {' and '.join(map(str, READABLE_VERSIONS))}")
     try:
         head = Head(HeadConfig(**payload["head"]))
         head.load_state_dict(payload["state_dict"])
-    except (KeyError, TypeError, RuntimeError, UserError) as error:
+        terms = TermWeights.from_dict(payload["terms"]) if payload.get("terms") is not None else None
+        if head.reads_terms and (terms is None or terms.n_terms != head.config.n_terms):
+            raise ValueError("the term branch's statistics are missing or do not match it")
+        encoder = {"window_vector": "cls", **dict(payload["encoder"])}  # version 1 heads: [CLS] windows
+    except (KeyError, TypeError, RuntimeError, ValueError, AttributeError, UserError) as error:
         raise UserError(f"{path}: damaged head checkpoint ({type(error).__name__}: "
                         f"{str(error).splitlines()[0][:120]})") from None
     head.eval()
-    return Checkpoint(head, list(payload["label_names"]), dict(payload["encoder"]),
-                      dict(payload.get("training", {})), path)
+    return Checkpoint(head, list(payload["label_names"]), encoder, dict(payload.get("training", {})), path, terms)
 
 
 def check_compatible(checkpoint: Checkpoint, cache: WindowCache):
@@ -100,6 +111,12 @@ def check_compatible(checkpoint: Checkpoint, cache: WindowCache):
     if diff:
         raise UserError(f"{cache.path} was not made like the cache {checkpoint.path} was trained on "
                         f"({'; '.join(diff)}); embed it with the head's settings")
+    if checkpoint.terms is not None and not cache.has_terms:
+        raise UserError(f"{cache.path} holds no term counts, which the head {checkpoint.path} reads; embed it "
+                        f"again with terms (the default, not --no-terms), or use a head trained with --inputs windows")
+    if checkpoint.terms is not None and cache.term_hashing != checkpoint.terms.hashing:
+        raise UserError(f"{cache.path} hashed its terms differently from the cache {checkpoint.path} was trained "
+                        f"on ({cache.term_hashing} vs {checkpoint.terms.hashing}); embed it with the head's settings")
 
 
 def labels_by_name(checkpoint: Checkpoint, cache: WindowCache):

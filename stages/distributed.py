@@ -261,7 +261,7 @@ def _run(config: EmbedConfig, ranks: Ranks, store, device_error: str | None, sta
                       "reused": state == "complete"}
             if state == "todo":
                 tokens = _shard_tokens(job, (start, end), counted, counted_tokens)
-                done = embed_documents(job, partial, tokens, config.progress,
+                done = embed_documents(job, partial, tokens, job.corpus.texts[start:end], config.progress,
                                        on_block=lambda: store.add(f"progress/{rank}", 1))
                 write_cache(shard, attrs, partial.finished_blocks(), labels=job.corpus.labels[start:end],
                             doc_ids=job.corpus.doc_ids[start:end], doc_tokens=done.doc_tokens,

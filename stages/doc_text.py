@@ -12,6 +12,9 @@ same fast tokenizer and the same whitespace segmentation as stage one
 span runs from the first character of its first body token to the last character
 of its last one. The recomputed token count must equal the cache's `doc_tokens`;
 a document whose count differs changed since it was embedded and is refused.
+
+Terms are hashed one way; `name_terms` names a term branch's terms by hashing the
+words and bigrams of the text again with the head's recorded hashing.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import numpy as np
 from stages.data import Corpus, load_corpus
 from stages.encoder import load_tokenizer
 from stages.errors import UserError
+from stages.terms import TermHashing
 from stages.windows import SEGMENT_CHARS, SpecialTokens, WindowSpec, split_at_whitespace
 
 
@@ -115,3 +119,26 @@ def cached_geometry(cache, docs: np.ndarray) -> tuple[np.ndarray, list[np.ndarra
         raise UserError(f"{cache.path} lacks doc_tokens or window_starts, needed to map windows to text")
     all_starts = cache.file["window_starts"][:]  # 8 bytes a window: read once, not per document
     return doc_tokens, [all_starts[cache.doc_offsets[d]:cache.doc_offsets[d + 1]] for d in docs.tolist()]
+
+
+def name_terms(explanations, term_weights, texts: list[str]) -> None:
+    """Fill in `term` of each explanation's TermContribution with the word or bigram of its
+    text that hashes to that feature (several, joined by ' | ', where they collide)."""
+    from sklearn.feature_extraction import FeatureHasher
+
+    hashing = TermHashing.from_json(term_weights.hashing)
+    analyzer = hashing.vectorizer().build_analyzer()
+    hasher = FeatureHasher(n_features=hashing.n_features, input_type="string", alternate_sign=False)
+    for explanation, text in zip(explanations, texts):
+        if not explanation.terms:
+            continue
+        grams = sorted(set(analyzer(text)))
+        names: dict[int, list[str]] = {}
+        if grams:
+            rows = hasher.transform([[g] for g in grams]).tocsr()
+            for gram, start, end in zip(grams, rows.indptr[:-1], rows.indptr[1:]):
+                for feature in rows.indices[start:end].tolist():
+                    names.setdefault(feature, []).append(gram)
+        for term in explanation.terms:
+            feature = int(term_weights.features[term.term_id])
+            term.term = " | ".join(names.get(feature, [f"#{feature}"]))

@@ -42,7 +42,7 @@ def run_embed(config: EmbedConfig) -> EmbedSummary:
         return EmbedSummary(out, len(corpus), 0, 0, 0, 0.0, peak_memory_bytes(), already_complete=True)
     with PartialCache(out, job.identity, fresh=config.overwrite) as partial:
         token_ids = tokenize(job.encoder.tokenizer, corpus.texts)
-        done = embed_documents(job, partial, token_ids, config.progress)
+        done = embed_documents(job, partial, token_ids, corpus.texts, config.progress)
         write_cache(out, job.attrs, partial.finished_blocks(), labels=corpus.labels, doc_ids=corpus.doc_ids,
                     doc_tokens=done.doc_tokens, window_counts=done.window_counts,
                     window_starts=done.window_starts, hidden=job.encoder.hidden_size)

@@ -58,7 +58,7 @@ def pad_batch(windows: list[list[int]], batch: np.ndarray, pad_id: int,
 
 def encode_windows(encoder: Encoder, windows: list[list[int]], batch_tokens: int,
                    on_batch=None) -> np.ndarray:
-    """[CLS] vector of each window (float32 [n, hidden]), in the order given."""
+    """One vector per window (float32 [n, hidden], `encoder.window_vector`), in the order given."""
     lengths = np.fromiter((len(w) for w in windows), dtype=np.int64, count=len(windows))
     out = np.empty((len(windows), encoder.hidden_size), dtype=np.float32)
     pad_id = SpecialTokens.of(encoder.tokenizer).pad_id if windows else 0
@@ -67,8 +67,8 @@ def encode_windows(encoder: Encoder, windows: list[list[int]], batch_tokens: int
     with torch.inference_mode(), encoder.autocast():
         for batch in pack_batches(lengths, batch_tokens):
             ids_t, mask_t = pad_batch(windows, batch, pad_id, encoder.device)
-            cls = encoder.cls_vectors(ids_t, mask_t)
-            out[batch] = cls.float().cpu().numpy()
+            vectors = encoder.window_vectors(ids_t, mask_t)
+            out[batch] = vectors.float().cpu().numpy()
             if on_batch is not None:
                 on_batch(len(batch))
     return out

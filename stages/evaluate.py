@@ -69,7 +69,8 @@ def evaluate(head_path: str | Path, cache_path: str | Path, report_dir: str | Pa
         check_compatible(checkpoint, cache)
         labels = labels_by_name(checkpoint, cache)
         texts = load_cache_corpus(cache, **corpus).texts if corpus is not None else None
-        documents = CacheDocuments.from_cache(cache, labels=labels, memory_budget_mb=memory_budget_mb)
+        documents = CacheDocuments.from_cache(cache, labels=labels, memory_budget_mb=memory_budget_mb,
+                                              term_weights=checkpoint.terms)
         logits = predict_logits(checkpoint.head, documents)
         windows = cache.window_counts
         metrics = _metrics(head_path, cache_path, labels, logits.argmax(1), windows, checkpoint.label_names)

@@ -24,9 +24,13 @@ documents of similar length are batched together, at most `batch_windows` padded
 window rows per head call, so memory is bounded whatever the longest document
 (a 900-window document runs as ~100 calls of 9 variants of 899 windows).
 
-Term contributions (a head's hashed TF-IDF term branch) are not computed yet: heads
-have no term branch on this branch. `explain_terms` is the one place to add them;
-`Explanation.terms` stays None until then.
+Term contributions, for heads with a term branch (`inputs` terms or both): the branch
+is linear over the document's TF-IDF terms, so its logit for class c is exactly
+bias_c + sum over terms j of W[j, c] * tfidf_j; each term's contribution is its
+summand. `Explanation.terms` holds the `terms_k` largest, by compact term id;
+`stages.doc_text.name_terms` turns ids back into the words and bigrams of the text
+(hashing is one-way, so naming needs the text). Window leave-one-out keeps the
+document's terms, so a window's contribution is what the window branch loses.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from torch import nn
 
 from stages.cache_dataset import Batch, CacheDocuments, head_logits
 from stages.errors import UserError
+from stages.term_weights import TermBatch
 
 # Padded window rows per head call: 8192 (12 MB of MiniLM vectors) was as fast as or faster
 # than 2048-65536 for the lstm head on 1,560 posts of 20NG's length mix on this 2-core CPU
@@ -46,12 +51,15 @@ from stages.errors import UserError
 EXPLAIN_BATCH_WINDOWS = 8192
 # Documents per group whose variants share calls; bounds the per-group bookkeeping.
 EXPLAIN_GROUP_DOCS = 1024
+# Terms kept per explanation: enough to read what the term branch saw.
+EXPLAIN_TERMS = 10
 
 
 @dataclass
 class TermContribution:
-    term: str
-    contribution: float  # change in the explained class's logit due to this term
+    term_id: int  # compact id in the head's term branch (index into TermWeights.features)
+    contribution: float  # W[term, class] * tfidf: this term's share of the explained class's logit
+    term: str | None = None  # the word or bigram, once named from the text (stages.doc_text.name_terms)
 
 
 @dataclass
@@ -62,7 +70,7 @@ class Explanation:
     target: int  # the class explained (index into the head's label_names)
     logits: np.ndarray  # float32 [n_classes]: the whole document's logits
     windows: np.ndarray  # float32 [n_windows]: contribution of each window, in document order
-    terms: list[TermContribution] | None = None  # heads with a term branch only (none yet)
+    terms: list[TermContribution] | None = None  # heads with a term branch only, largest first
 
     def ranked(self, k: int | None = None) -> np.ndarray:
         """Window indices, largest contribution first (ties: earlier window first)."""
@@ -71,25 +79,38 @@ class Explanation:
 
 
 def has_term_branch(head: nn.Module) -> bool:
-    """Whether the head has a term branch whose terms can be explained (none do yet)."""
-    return getattr(head, "terms", None) is not None
+    """Whether the head has a (linear) term branch whose terms can be explained."""
+    return bool(getattr(head, "reads_terms", False))
 
 
 def require_term_branch(head: nn.Module, head_path) -> None:
     if not has_term_branch(head):
         pooling = getattr(getattr(head, "config", None), "pooling", "?")
-        raise UserError(f"{head_path}: this head ({pooling} pooling) has no term branch, so there are no "
-                        f"terms to explain; leave out the term option or use a head trained with terms")
+        raise UserError(f"{head_path}: this head ({pooling} pooling, windows only) has no term branch, so there "
+                        f"are no terms to explain; train one with --inputs both or terms, or leave out --explain-terms")
 
 
-def explain_terms(head: nn.Module, batch: Batch, targets: np.ndarray, k: int = 10) -> list | None:
-    """Top-k terms per document of `batch` for the term branch; None for heads without one.
+def explain_terms(head: nn.Module, terms: TermBatch, targets: np.ndarray, k: int = EXPLAIN_TERMS) -> list:
+    """The k largest term contributions to class targets[i] of each document i of `terms`."""
+    weight = head.terms.weight.detach()
+    ids, values = terms.ids.numpy(), terms.weights.numpy()
+    ends = np.append(terms.offsets.numpy()[1:], len(ids))
+    out = []
+    for start, end, target in zip(terms.offsets.numpy().tolist(), ends.tolist(), np.asarray(targets).tolist()):
+        contribution = weight[torch.from_numpy(ids[start:end]), target].numpy() * values[start:end]
+        order = np.argsort(-contribution, kind="stable")[:k]
+        out.append([TermContribution(int(ids[start + j]), float(contribution[j])) for j in order.tolist()])
+    return out
 
-    The hook for the fused head with a (linear) term branch: there a term's contribution
-    is its weight for the target class times its TF-IDF value, read off the batch."""
-    if not has_term_branch(head):
-        return None
-    raise NotImplementedError("term explanations: add them with the term branch")
+
+def _take_terms(terms: TermBatch, rows: np.ndarray) -> TermBatch:
+    """The TermBatch of documents `rows` (repeats allowed) of `terms`."""
+    starts = terms.offsets.numpy()
+    lengths = np.diff(np.append(starts, len(terms.ids)))[rows]
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    index = np.arange(int(lengths.sum())) + np.repeat(starts[rows] - offsets, lengths)
+    index = torch.from_numpy(index.astype(np.int64))
+    return TermBatch(terms.ids[index], torch.from_numpy(offsets), terms.weights[index])
 
 
 def _subset(batch: Batch, rows: np.ndarray, x: torch.Tensor, mask: torch.Tensor) -> Batch:
@@ -102,6 +123,8 @@ def _subset(batch: Batch, rows: np.ndarray, x: torch.Tensor, mask: torch.Tensor)
             value = x
         elif field.name == "mask":
             value = mask
+        elif isinstance(value, TermBatch):
+            value = _take_terms(value, rows)
         elif isinstance(value, torch.Tensor) and value.ndim and len(value) == len(batch):
             value = value[torch.as_tensor(rows)]
         elif isinstance(value, np.ndarray) and value.ndim and len(value) == len(batch):
@@ -130,11 +153,12 @@ def _margin(logits: np.ndarray, target: int) -> float:
 
 @torch.inference_mode()
 def explain_documents(head: nn.Module, documents: CacheDocuments, docs: np.ndarray | None = None,
-                      targets: np.ndarray | None = None,
-                      batch_windows: int = EXPLAIN_BATCH_WINDOWS) -> list[Explanation]:
+                      targets: np.ndarray | None = None, batch_windows: int = EXPLAIN_BATCH_WINDOWS,
+                      terms_k: int = EXPLAIN_TERMS) -> list[Explanation]:
     """One Explanation per document of `docs` (default: all of `documents`), in that order.
 
-    `targets`: the class to explain per document (default: the predicted one)."""
+    `targets`: the class to explain per document (default: the predicted one). Heads with
+    a term branch also get their `terms_k` largest term contributions."""
     docs = documents.docs if docs is None else np.asarray(docs, dtype=np.int64)
     if targets is not None and len(targets) != len(docs):
         raise ValueError("targets needs one class per document")
@@ -147,17 +171,17 @@ def explain_documents(head: nn.Module, documents: CacheDocuments, docs: np.ndarr
         n = int(counts[pos])
         rows = n * max(n - 1, 1)
         if group and (cost + rows > batch_windows or len(group) >= EXPLAIN_GROUP_DOCS):
-            _explain_group(head, documents, docs, targets, group, out, batch_windows)
+            _explain_group(head, documents, docs, targets, group, out, batch_windows, terms_k)
             group, cost = [], 0
         group.append(pos)
         cost += rows
     if group:
-        _explain_group(head, documents, docs, targets, group, out, batch_windows)
+        _explain_group(head, documents, docs, targets, group, out, batch_windows, terms_k)
     head.train(was_training)
     return out
 
 
-def _explain_group(head, documents, docs, targets, group, out, batch_windows):
+def _explain_group(head, documents, docs, targets, group, out, batch_windows, terms_k):
     group = np.asarray(group)
     batch = documents.load(docs[group])
     full = head_logits(head, batch).float().numpy()
@@ -180,10 +204,12 @@ def _explain_group(head, documents, docs, targets, group, out, batch_windows):
         for row, window, value in zip(rows.tolist(), drop.tolist(), delta.tolist()):
             contributions[row][window] = value
         at = end
+    terms = (explain_terms(head, batch.terms, target, terms_k)
+             if has_term_branch(head) and batch.terms is not None else [None] * len(group))
     for r, pos in enumerate(group.tolist()):
         if lengths[r] == 1:
             contributions[r][0] = _margin(full[r], int(target[r]))
-        out[pos] = Explanation(int(docs[pos]), int(target[r]), full[r].copy(), contributions[r])
+        out[pos] = Explanation(int(docs[pos]), int(target[r]), full[r].copy(), contributions[r], terms[r])
 
 
 @torch.inference_mode()

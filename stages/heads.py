@@ -18,6 +18,11 @@ A new pooling is one class with `out_dim` and `forward(x, mask)`, added to
 `POOLINGS`. `Head` puts a LayerNorm in front (the cached vectors are not
 standardised), dropout and one linear layer behind. It returns logits: the loss
 applies its own log-softmax.
+
+The term branch (`inputs` "terms" or "both") is a linear layer over the document's
+TF-IDF-weighted hashed terms (`stages.term_weights.TermBatch`), an `nn.EmbeddingBag`
+of one row per kept term. With both inputs the two branches' logits add up: one
+linear model over [pooled windows, terms], trained jointly.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from stages.errors import UserError
+from stages.term_weights import TermBatch
+
+INPUTS = ("windows", "terms", "both")
 
 
 @dataclass
@@ -50,6 +58,9 @@ class HeadConfig:
     # Two layers is ToBERT's setting; one trains faster for the same score on 20NG.
     transformer_layers: int = 1
     transformer_heads: int = 4
+    # What the head reads: the window vectors, the document's terms, or both.
+    inputs: str = "windows"
+    n_terms: int = 0  # kept terms of the term branch (from the training documents)
 
     def __post_init__(self):
         if self.pooling not in POOLINGS:
@@ -62,6 +73,11 @@ class HeadConfig:
             raise UserError(f"--dropout must be in [0, 1); got {self.dropout}")
         if self.transformer_layers not in (1, 2, 3, 4):
             raise UserError(f"--transformer-layers must be 1 to 4; got {self.transformer_layers}")
+        if self.inputs not in INPUTS:
+            raise UserError(f"--inputs is one of {', '.join(INPUTS)}; got {self.inputs!r}")
+        if self.inputs != "windows" and self.n_terms < 1:
+            raise UserError("a head with a term branch needs at least one kept term; the training documents "
+                            "have none that occur in two of them")
         if self.inner_dim % self.transformer_heads:
             raise UserError(f"inner_dim {self.inner_dim} must be a multiple of transformer_heads "
                             f"{self.transformer_heads}")
@@ -171,22 +187,49 @@ POOLINGS: dict[str, type[nn.Module]] = {
 
 
 class Head(nn.Module):
-    """LayerNorm -> pooling -> dropout -> linear. Returns logits [docs, n_classes]."""
+    """Windows: LayerNorm -> pooling -> dropout -> linear; terms: a linear layer over TF-IDF;
+    both: the sum of the two. Returns logits [docs, n_classes]."""
 
     def __init__(self, config: HeadConfig):
         super().__init__()
         self.config = config
-        self.norm = nn.LayerNorm(config.hidden_size) if config.input_norm else nn.Identity()
-        self.pool = POOLINGS[config.pooling](config)
-        self.dropout = nn.Dropout(config.dropout)
-        self.classifier = nn.Linear(self.pool.out_dim, config.n_classes)
+        if self.reads_windows:
+            self.norm = nn.LayerNorm(config.hidden_size) if config.input_norm else nn.Identity()
+            self.pool = POOLINGS[config.pooling](config)
+            self.dropout = nn.Dropout(config.dropout)
+            self.classifier = nn.Linear(self.pool.out_dim, config.n_classes)
+        if self.reads_terms:
+            # One weight row per kept term and class: a linear layer over the sparse TF-IDF vector.
+            self.terms = nn.EmbeddingBag(config.n_terms, config.n_classes, mode="sum")
+            nn.init.zeros_(self.terms.weight)
+            self.terms_bias = nn.Parameter(torch.zeros(config.n_classes))
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    @property
+    def reads_windows(self) -> bool:
+        return self.config.inputs in ("windows", "both")
+
+    @property
+    def reads_terms(self) -> bool:
+        return self.config.inputs in ("terms", "both")
+
+    def window_logits(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if not mask.any(1).all():
             raise ValueError("every document needs at least one window")
         # Zero the padding so no pooling can pick up garbage from it, even via NaN * 0.
         x = self.norm(x).masked_fill(~mask.unsqueeze(-1), 0.0)
         return self.classifier(self.dropout(self.pool(x, mask)))
+
+    def term_logits(self, terms: TermBatch) -> torch.Tensor:
+        return self.terms(terms.ids, terms.offsets, per_sample_weights=terms.weights) + self.terms_bias
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, terms: TermBatch | None = None) -> torch.Tensor:
+        if self.reads_terms and terms is None:
+            raise ValueError("this head needs the documents' terms")
+        logits = self.window_logits(x, mask) if self.reads_windows else None
+        if self.reads_terms:
+            term_logits = self.term_logits(terms)
+            logits = term_logits if logits is None else logits + term_logits
+        return logits
 
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

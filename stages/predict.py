@@ -9,7 +9,8 @@ fingerprint), the window settings and the precision of the cache it was trained
 on. Windowing and encoding are stage one's own code (`stages.windows`,
 `stages.encoding.encode_windows`), so a document is embedded here as it was there.
 `--explain` adds each document's top windows by leave-one-out contribution
-(`stages.explain`), with their character spans and text.
+(`stages.explain`), with their character spans and text; `--explain-terms`, for a
+head with a term branch, its terms with the largest contribution.
 
 Corpus mode (`--data`, any corpus `embed` reads, labels optional) streams: documents
 are read one at a time (`stages.data.iter_documents`) and classified in blocks of
@@ -41,12 +42,13 @@ import torch
 from stages.cache_dataset import CacheDocuments, predict_logits
 from stages.checkpoint import load_checkpoint
 from stages.data import iter_documents
-from stages.doc_text import tokenize_with_offsets, window_spans
+from stages.doc_text import name_terms, tokenize_with_offsets, window_spans
 from stages.encoder import load_encoder
 from stages.encoding import default_batch_tokens, encode_windows
 from stages.errors import UserError
-from stages.explain import explain_documents
+from stages.explain import EXPLAIN_TERMS, explain_documents, require_term_branch
 from stages.runtime import peak_memory_bytes, progress_bar
+from stages.terms import TermHashing
 from stages.windows import SpecialTokens, WindowSpec, tokenize
 from stages.workdir import WorkDir, check_output_path
 
@@ -70,12 +72,15 @@ class Prediction:
     probabilities: dict[str, float] = field(default_factory=dict)  # every class, head order
     top_windows: list[dict] | None = None  # with --explain: window, start, end, contribution, excerpt
     true_label: str | None = None
+    top_terms: list[dict] | None = None  # with --explain-terms: term, contribution
 
     def line(self) -> str:
         text = f"{self.label}\t{self.probability:.4f}\t{self.source}"
         for w in self.top_windows or []:
             text += (f"\n  window {w['window']} [{w['start']}:{w['end']}] {w['contribution']:+.3f} "
                      f"{w['excerpt']}")
+        if self.top_terms:
+            text += "\n  terms " + ", ".join(f"{t['term']} {t['contribution']:+.3f}" for t in self.top_terms)
         return text
 
     def record(self) -> dict:
@@ -83,6 +88,8 @@ class Prediction:
                   "windows": self.windows}
         if self.top_windows is not None:
             record["top_windows"] = self.top_windows
+        if self.top_terms is not None:
+            record["top_terms"] = self.top_terms
         return record
 
 
@@ -95,14 +102,18 @@ class Predictor:
     """A head with the encoder and window geometry it was trained with, ready to classify text."""
 
     def __init__(self, head_path: str | Path, device: str = "auto", batch_tokens: int | None = None,
-                 threads: int = 0):
+                 threads: int = 0, explain_terms: bool = False):
         if batch_tokens is not None and batch_tokens < 1:
             raise UserError(f"--batch-tokens must be positive; got {batch_tokens}")
         if threads:
             torch.set_num_threads(threads)
         self.checkpoint = load_checkpoint(head_path)
+        self.explain_terms = explain_terms
+        if explain_terms:
+            require_term_branch(self.checkpoint.head, head_path)
         recorded = self.checkpoint.encoder
-        self.encoder = load_encoder(recorded["model"], device, recorded.get("precision") or "auto")
+        self.encoder = load_encoder(recorded["model"], device, recorded.get("precision") or "auto",
+                                    recorded["window_vector"])
         if self.encoder.fingerprint != recorded["model_fingerprint"]:
             raise UserError(f"{recorded['model']} here is not the encoder {head_path} was trained with "
                             f"(fingerprint {self.encoder.fingerprint[:12]} vs "
@@ -119,8 +130,9 @@ class Predictor:
         return self.checkpoint.label_names
 
     def classify(self, sources: list[str], texts: list[str], explain: int = 0) -> list[Prediction]:
-        """One Prediction per text; `explain` > 0 adds that many top windows to each."""
-        if explain:
+        """One Prediction per text; `explain` > 0 adds that many top windows to each (and
+        the top terms, when the predictor was made with `explain_terms`)."""
+        if explain or self.explain_terms:
             tokenized = tokenize_with_offsets(self.encoder.tokenizer, texts)
             token_ids = [ids for ids, _ in tokenized]
         else:
@@ -128,15 +140,25 @@ class Predictor:
         windows_per_doc = [self.spec.windows(tokens) for tokens in token_ids]
         counts = np.array([len(w) for w in windows_per_doc], dtype=np.int64)
         vectors = encode_windows(self.encoder, [w for doc in windows_per_doc for w in doc], self.batch_tokens)
-        documents = CacheDocuments(vectors, np.concatenate([[0], np.cumsum(counts)]), np.zeros(len(texts)))
+        term_rows, terms = None, self.checkpoint.terms
+        if terms is not None:  # hashed exactly as stage one hashed the training documents
+            term_rows = TermHashing.from_json(terms.hashing).counts(texts).__getitem__
+        documents = CacheDocuments(vectors, np.concatenate([[0], np.cumsum(counts)]), np.zeros(len(texts)),
+                                   term_rows=term_rows, term_weights=terms)
         head, names = self.checkpoint.head, self.label_names
         probabilities = torch.from_numpy(predict_logits(head, documents)).softmax(-1).numpy()
         best = probabilities.argmax(1)
         predictions = [Prediction(source, names[k], float(p[k]), int(n), dict(zip(names, p.tolist())))
                        for source, k, p, n in zip(sources, best, probabilities, counts)]
+        if explain or self.explain_terms:
+            explanations = explain_documents(head, documents, targets=best, terms_k=EXPLAIN_TERMS)
+            if self.explain_terms:
+                name_terms(explanations, terms, texts)
+                for prediction, explanation in zip(predictions, explanations):
+                    prediction.top_terms = [{"term": t.term, "contribution": round(t.contribution, 5)}
+                                            for t in explanation.terms]
         if explain:
-            for prediction, explanation, text, (ids, offsets) in zip(
-                    predictions, explain_documents(head, documents, targets=best), texts, tokenized):
+            for prediction, explanation, text, (ids, offsets) in zip(predictions, explanations, texts, tokenized):
                 spans = window_spans(offsets, self.spec.starts(len(ids)), self.spec.body, len(text))
                 prediction.top_windows = [
                     {"window": int(i), "start": int(spans[i, 0]), "end": int(spans[i, 1]),
@@ -168,9 +190,9 @@ def read_texts(sources: list[str]) -> list[str]:
 
 
 def predict(head_path: str | Path, sources: list[str], device: str = "auto", batch_tokens: int | None = None,
-            threads: int = 0, explain: int = 0) -> list[Prediction]:
+            threads: int = 0, explain: int = 0, explain_terms: bool = False) -> list[Prediction]:
     """One Prediction per source, in order. `batch_tokens` None: stage one's default for the device."""
-    predictor = Predictor(head_path, device, batch_tokens, threads)
+    predictor = Predictor(head_path, device, batch_tokens, threads, explain_terms)
     return predictor.classify(list(sources), read_texts(list(sources)), explain)
 
 
@@ -194,14 +216,14 @@ class CorpusSummary:
 class RowFormat:
     """Rows of one output format: a header (CSV only) and one row per Prediction."""
 
-    def __init__(self, kind: str, label_names: list[str], top_k: int, explain: int):
-        self.kind, self.names, self.top_k, self.explain = kind, label_names, top_k, explain
+    def __init__(self, kind: str, label_names: list[str], top_k: int, explain: int, terms: bool = False):
+        self.kind, self.names, self.top_k, self.explain, self.terms = kind, label_names, top_k, explain, terms
 
     def columns(self) -> list[str]:
         classes = ([f"p:{n}" for n in self.names] if not self.top_k else
                    [c for i in range(1, self.top_k + 1) for c in (f"top{i}_label", f"top{i}_probability")])
         return ["id", "label", "probability", "true_label", "windows", *classes,
-                *(["top_windows"] if self.explain else [])]
+                *(["top_windows"] if self.explain else []), *(["top_terms"] if self.terms else [])]
 
     def header(self) -> str:
         return self._csv(self.columns()) if self.kind == "csv" else ""
@@ -217,12 +239,16 @@ class RowFormat:
                 record["probabilities"] = {n: round(v, 6) for n, v in p.probabilities.items()}
             if self.explain:
                 record["top_windows"] = p.top_windows
+            if self.terms:
+                record["top_terms"] = p.top_terms
             return json.dumps(record, ensure_ascii=False) + "\n"
         classes = ([f"{p.probabilities[n]:.6f}" for n in self.names] if not self.top_k else
                    [c for n, v in ranked for c in (n, f"{v:.6f}")])
         cells = [p.source, p.label, f"{p.probability:.6f}", p.true_label or "", p.windows, *classes]
         if self.explain:
             cells.append(json.dumps(p.top_windows, ensure_ascii=False))
+        if self.terms:
+            cells.append(json.dumps(p.top_terms, ensure_ascii=False))
         return self._csv(cells)
 
     @staticmethod
@@ -269,7 +295,8 @@ def _finished(folder: Path) -> list[tuple[int, int, Path]]:
 
 def predict_corpus(head_path: str | Path, data: str, out: str | Path, *, split: str = "test",
                    categories: list[str] | None = None, remove: tuple[str, ...] = (), data_home: str | None = None,
-                   limit: int | None = None, top_k: int = 0, explain: int = 0, block_docs: int = BLOCK_DOCS,
+                   limit: int | None = None, top_k: int = 0, explain: int = 0, explain_terms: bool = False,
+                   block_docs: int = BLOCK_DOCS,
                    overwrite: bool = False, device: str = "auto", batch_tokens: int | None = None,
                    threads: int = 0, progress: bool | None = None) -> CorpusSummary:
     """Classify every document of `--data` into `out` (CSV or JSON lines), resumably."""
@@ -286,13 +313,13 @@ def predict_corpus(head_path: str | Path, data: str, out: str | Path, *, split: 
     if out.exists() and not overwrite:
         raise UserError(f"{out} exists; pass --overwrite to replace it, or choose another --out")
     records = iter_documents(data, split, categories, remove, data_home, limit)
-    predictor = Predictor(head_path, device, batch_tokens, threads)
+    predictor = Predictor(head_path, device, batch_tokens, threads, explain_terms)
     if top_k > len(predictor.label_names):
         raise UserError(f"--top-k {top_k} is above the head's {len(predictor.label_names)} classes")
     settings = {"head": str(Path(head_path).resolve()), "head_sha256": _sha256(Path(head_path)), "data": data,
                 "split": split, "categories": categories, "remove": list(remove), "limit": limit, "format": kind,
-                "top_k": top_k, "explain": explain, "block_docs": block_docs}
-    rows = RowFormat(kind, predictor.label_names, top_k, explain)
+                "top_k": top_k, "explain": explain, "explain_terms": explain_terms, "block_docs": block_docs}
+    rows = RowFormat(kind, predictor.label_names, top_k, explain, explain_terms)
     with WorkDir(out, settings, fresh=overwrite) as work:
         done = _finished(work.dir)
         resumed = done[-1][1] if done else 0

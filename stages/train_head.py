@@ -33,12 +33,18 @@ import torch
 from torch import nn
 
 from stages.cache import ENCODER_IDENTITY, WindowCache, differences, open_cache
-from stages.cache_dataset import DEFAULT_MEMORY_BUDGET_MB, CacheDocuments, head_logits, predict_logits
+from stages.cache_dataset import (
+    DEFAULT_MEMORY_BUDGET_MB,
+    CacheDocuments,
+    head_logits,
+    predict_logits,
+)
 from stages.checkpoint import encoder_record, save_checkpoint
 from stages.errors import UserError
-from stages.heads import POOLINGS, Head, HeadConfig
+from stages.heads import INPUTS, POOLINGS, Head, HeadConfig
 from stages.metrics import save_figure, scores
 from stages.runtime import peak_memory_bytes, progress_bar
+from stages.term_weights import TermWeights
 from stages.training import class_weight_tensor, lr_lambda, stratified_split
 from stages.workdir import check_output_path
 
@@ -53,6 +59,12 @@ class TrainConfig:
     # The LSTM (RoBERT) had the best validation macro-F1 on both benchmark settings
     # (docs/BENCHMARKS.md) and trains on all of 20 Newsgroups in about a minute.
     pooling: str = "lstm"
+    # windows, terms or both; None: both when the cache has terms (stage one's default), else windows.
+    inputs: str | None = None
+    # The term branch is a zero-initialised linear layer over sparse TF-IDF: each weight
+    # sees a gradient only in the few batches whose documents hold its term, so it needs a
+    # larger step than the dense window branch to learn within the same epochs.
+    term_lr: float = 1e-2
     dropout: float = 0.1
     input_norm: bool = True
     inner_dim: int = 128
@@ -82,6 +94,10 @@ class TrainConfig:
     def __post_init__(self):
         if self.pooling not in POOLINGS:
             raise UserError(f"--pooling is one of {', '.join(POOLINGS)}; got {self.pooling!r}")
+        if self.inputs is not None and self.inputs not in INPUTS:
+            raise UserError(f"--inputs is one of {', '.join(INPUTS)}; got {self.inputs!r}")
+        if not self.term_lr > 0:
+            raise UserError(f"--term-lr must be positive; got {self.term_lr}")
         if self.val is None and not 0.0 < self.val_fraction < 1.0:
             raise UserError(f"--val-fraction must be between 0 and 1 (exclusive); got {self.val_fraction}")
         for name in ("max_epochs", "patience", "batch_docs", "batch_windows"):
@@ -139,6 +155,10 @@ def _open_validation(config: TrainConfig, train_cache: WindowCache, rng):
     if diff:
         val_cache.close()
         raise UserError(f"--val {config.val} was made differently from --train ({'; '.join(diff)})")
+    if val_cache.term_hashing != train_cache.term_hashing:
+        val_cache.close()
+        raise UserError(f"--val {config.val} holds other term counts than --train (term_hashing differs); "
+                        f"embed both the same way")
     if val_cache.label_names != train_cache.label_names:
         val_cache.close()
         raise UserError(f"--val {config.val} has other label names than --train "
@@ -164,15 +184,31 @@ def run_train_head(config: TrainConfig, log=None) -> TrainSummary:
         if len(present) < 2:
             raise UserError(f"{config.train}: every document is of class {names[present[0]]!r}; "
                             f"a classifier needs at least two classes")
+        inputs = config.inputs or ("both" if train_cache.has_terms else "windows")
+        if inputs != "windows" and not train_cache.has_terms:
+            raise UserError(f"--inputs {inputs}: {config.train} holds no term counts (embedded with --no-terms "
+                            f"or before terms existed); embed it again with terms, or pass --inputs windows")
         train_docs, val, val_cache = _open_validation(config, train_cache, rng)
-        train = CacheDocuments.from_cache(train_cache, train_docs, memory_budget_mb=config.memory_budget_mb)
+        term_weights = None
+        if inputs != "windows":  # TF-IDF statistics from the training documents only
+            term_weights = TermWeights.fit(train_cache.term_hashing, train_cache.term_features, train_cache.term_rows,
+                                           train_docs)
+            val = CacheDocuments.from_cache(val_cache or train_cache, val.docs, memory_budget_mb=config.memory_budget_mb,
+                                            term_weights=term_weights)
+        train = CacheDocuments.from_cache(train_cache, train_docs, memory_budget_mb=config.memory_budget_mb,
+                                          term_weights=term_weights)
         head_config = HeadConfig(pooling=config.pooling, hidden_size=train_cache.hidden_size,
                                  n_classes=len(names), dropout=config.dropout, input_norm=config.input_norm,
-                                 inner_dim=config.inner_dim, transformer_layers=config.transformer_layers)
+                                 inner_dim=config.inner_dim, transformer_layers=config.transformer_layers,
+                                 inputs=inputs, n_terms=term_weights.n_terms if term_weights else 0)
         head = Head(head_config)
         weights = class_weight_tensor(train_cache.labels[train_docs], len(names)) if config.class_weights else None
         loss_fn = nn.CrossEntropyLoss(weight=weights)  # on logits: it applies log-softmax itself
-        optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        term_params = [p for n, p in head.named_parameters() if n.startswith("terms")]
+        other_params = [p for n, p in head.named_parameters() if not n.startswith("terms")]
+        optimizer = torch.optim.AdamW([{"params": other_params, "lr": config.lr},
+                                       {"params": term_params, "lr": config.term_lr}],
+                                      weight_decay=config.weight_decay)
         steps_per_epoch = len(train.plan(config.batch_docs, config.batch_windows))
         total = steps_per_epoch * config.max_epochs
         schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -215,7 +251,7 @@ def run_train_head(config: TrainConfig, log=None) -> TrainSummary:
                     "best_epoch": best["epoch"], "val_accuracy": best["val_accuracy"],
                     "val_macro_f1": best["val_macro_f1"], "history": history,
                     "seconds": time.perf_counter() - started}
-        save_checkpoint(out, head, names, encoder_record(train_cache), training)
+        save_checkpoint(out, head, names, encoder_record(train_cache), training, term_weights)
         if config.curve:
             plot_curve(history, best["epoch"], config.curve_path)
         return TrainSummary(out, config.pooling, head.n_parameters(), len(train), len(val), best["epoch"],

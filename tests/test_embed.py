@@ -13,6 +13,7 @@ from stages.embedding import EmbedConfig, plan_blocks
 from stages.encoder import load_encoder
 from stages.encoding import encode_windows, pack_batches
 from stages.errors import UserError
+from stages.terms import TermHashing
 from stages.windows import SpecialTokens, WindowSpec, tokenize
 
 
@@ -23,8 +24,11 @@ def config(tiny_bert, corpus, out, **overrides):
 
 
 def read_all(path):
+    """Every dataset (by its path, e.g. terms/indptr) and the root attributes."""
+    arrays = {}
     with h5py.File(path, "r") as f:
-        return {name: f[name][:] for name in f}, dict(f.attrs)
+        f.visititems(lambda name, item: arrays.update({name: item[:]}) if isinstance(item, h5py.Dataset) else None)
+        return arrays, dict(f.attrs)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -84,6 +88,29 @@ def test_cache_layout_matches_the_documents(tiny_bert, folder_corpus, tmp_path):
     assert not (tmp_path / "c.h5.partial").exists()
     with open_cache(out) as cache:
         assert cache.n_docs == len(corpus) and cache.label_names == corpus.label_names
+        # Each document's term row is the hashed counts of its own whole text.
+        expected_terms = TermHashing().counts(corpus.texts)
+        assert cache.has_terms and attrs["term_hashing"] == TermHashing().to_json()
+        assert (cache.term_rows(np.arange(len(corpus))) != expected_terms).nnz == 0
+        assert (cache.term_rows([doc, 0]) != expected_terms[[doc, 0]]).nnz == 0
+
+
+def test_no_terms_and_the_window_vector_are_recorded(tiny_bert, folder_corpus, tmp_path):
+    """--no-terms writes no terms/ group; --window-vector mean stores token means, not [CLS]."""
+    out = tmp_path / "c.h5"
+    run_embed(config(tiny_bert, folder_corpus, out, terms=False, window_vector="mean"))
+    with open_cache(out) as cache:
+        assert not cache.has_terms and cache.term_hashing == "{}" and cache.attrs["window_vector"] == "mean"
+        first = cache.embeddings[0]
+    encoder = load_encoder(str(tiny_bert), "cpu", "fp32", "mean")
+    from stages.data import load_corpus
+    tokens = tokenize(encoder.tokenizer, load_corpus(str(folder_corpus)).texts)
+    window = WindowSpec(32, 8, SpecialTokens.of(encoder.tokenizer)).windows(tokens[0])[0]
+    import torch
+    with torch.inference_mode():
+        hidden = encoder.model(input_ids=torch.tensor([window])).last_hidden_state[0]
+    np.testing.assert_allclose(first, hidden.mean(0).numpy(), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(first, hidden[0].numpy(), atol=1e-3)
 
 
 def test_interrupted_run_resumes_to_the_same_file(tiny_bert, folder_corpus, tmp_path, monkeypatch):

@@ -101,6 +101,49 @@ def test_logits_without_drops_the_asked_window():
     assert full[0, t] - less[0, t] == pytest.approx(explanations[0].windows[1], abs=1e-5)
 
 
+def term_documents(counts, n_terms=40, hidden=8, seed=0):
+    import scipy.sparse as sp
+
+    from stages.term_weights import TermWeights
+
+    rng = np.random.default_rng(seed)
+    rows = [np.unique(rng.integers(0, n_terms, rng.integers(1, 12))) for _ in counts]
+    csr = sp.csr_matrix((np.concatenate([rng.integers(1, 4, len(r)) for r in rows]).astype(np.int32),
+                         np.concatenate(rows), np.concatenate([[0], np.cumsum([len(r) for r in rows])])),
+                        shape=(len(counts), n_terms))
+    weights = TermWeights("{}", np.arange(n_terms, dtype=np.int64), rng.uniform(1, 3, n_terms).astype(np.float32))
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    return CacheDocuments(rng.normal(size=(offsets[-1], hidden)).astype(np.float32), offsets,
+                          np.zeros(len(counts), dtype=np.int64), term_rows=csr.__getitem__, term_weights=weights)
+
+
+@pytest.mark.parametrize("pooling", ["lstm", "attention"])
+def test_heads_with_a_term_branch(pooling):
+    """Window contributions still match leave-one-out by hand (terms kept); term contributions
+    add up, with the bias, to the term branch's logit."""
+    counts = [1, 3, 6, 2, 9]
+    documents = term_documents(counts)
+    torch.manual_seed(0)
+    head = Head(HeadConfig(pooling, 8, 3, inner_dim=8, transformer_heads=2, inputs="both", n_terms=40)).eval()
+    with torch.no_grad():
+        head.terms.weight.normal_()
+    explanations = explain_documents(head, documents, terms_k=1000)
+    full = predict_logits(head, documents)
+    batch = documents.load(np.arange(len(counts)))
+    term_logits = head.term_logits(batch.terms).detach().numpy()
+    for doc, explanation in enumerate(explanations):
+        t = explanation.target
+        assert t == full[doc].argmax()
+        total = sum(term.contribution for term in explanation.terms) + float(head.terms_bias.detach()[t])
+        assert total == pytest.approx(term_logits[doc, t], abs=1e-4)
+        alone = explain_documents(head, documents, docs=np.array([doc]), batch_windows=5)[0]
+        np.testing.assert_allclose(explanation.windows, alone.windows, atol=1e-5)
+        if counts[doc] > 1:
+            drop = np.arange(counts[doc])
+            less = logits_without(head, documents, np.full(counts[doc], doc), drop)[:, t]
+            np.testing.assert_allclose(explanation.windows, full[doc, t] - less, atol=1e-5)
+
+
 def test_heads_without_a_term_branch_say_so():
     with pytest.raises(UserError, match="no term branch"):
         require_term_branch(random_head("mean"), "runs/head.pt")

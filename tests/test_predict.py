@@ -33,7 +33,7 @@ def embed_and_train(folder, model, chunk_tokens, stride, pooling="attention"):
 def cache_probabilities(head, cache):
     checkpoint = load_checkpoint(head)
     with open_cache(cache) as c:
-        logits = predict_logits(checkpoint.head, CacheDocuments.from_cache(c))
+        logits = predict_logits(checkpoint.head, CacheDocuments.from_cache(c, term_weights=checkpoint.terms))
         ids = c.doc_ids()
     return ids, torch.from_numpy(logits).softmax(-1).numpy(), checkpoint.label_names
 

@@ -28,6 +28,17 @@ def tiny(tmp_path_factory, tiny_bert):
                            pooling="lstm")
 
 
+@pytest.fixture(scope="module")
+def windows_head(tiny, tmp_path_factory):
+    """A head of the same cache without a term branch."""
+    from stages.train_head import TrainConfig, run_train_head
+
+    out = tmp_path_factory.mktemp("windows-head") / "head.pt"
+    run_train_head(TrainConfig(train=str(tiny[1]), out=str(out), pooling="mean", inputs="windows", max_epochs=1,
+                               val_fraction=0.2, progress=False, curve=False), log=lambda line: None)
+    return out
+
+
 def read_jsonl(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -66,6 +77,23 @@ def test_csv_top_k_and_explanations(tiny, tmp_path):
         for w in windows:
             assert 0 <= w["start"] <= w["end"] <= len(text)
             assert " ".join(text[w["start"]:w["end"]].split())[:100] == w["excerpt"][:100]
+
+
+def test_term_explanations_name_terms_of_the_text(tiny, tmp_path):
+    """A head with a term branch: --explain-terms gives words and bigrams of each document."""
+    corpus, _, head = tiny
+    predict_corpus(head, str(corpus), tmp_path / "t.jsonl", device="cpu", explain_terms=True, progress=False)
+    rows = read_jsonl(tmp_path / "t.jsonl")
+    assert "top_windows" not in rows[0]
+    named = 0
+    for row in rows:
+        text = (corpus / row["id"]).read_text().lower()
+        contributions = [t["contribution"] for t in row["top_terms"]]
+        assert contributions == sorted(contributions, reverse=True)
+        for term in row["top_terms"]:
+            assert any(name in text for name in term["term"].split(" | "))
+            named += 1
+    assert named > 0
 
 
 def test_unlabelled_jsonl_and_file_mode_explain(tiny, tmp_path):
@@ -178,7 +206,7 @@ def test_an_existing_output_needs_overwrite(tiny, tmp_path):
 
 
 @pytest.mark.parametrize("runner", runners())
-def test_bad_corpus_input_is_one_line(runner, tiny, tmp_path):
+def test_bad_corpus_input_is_one_line(runner, tiny, windows_head, tmp_path):
     corpus, _, head = tiny
     (tmp_path / "notext.jsonl").write_text('{"body": "x"}\n')
     (tmp_path / "empty.jsonl").write_text("\n")
@@ -191,9 +219,12 @@ def test_bad_corpus_input_is_one_line(runner, tiny, tmp_path):
         ["--data", tmp_path / "empty.jsonl", "--out", tmp_path / "c.jsonl"],
         ["--data", corpus, "--out", tmp_path / "d.jsonl", "--top-k", "7"],
         ["--out", tmp_path / "e.jsonl", corpus / "space" / "000.txt"],
-        ["--explain", "--explain-terms", corpus / "space" / "000.txt"],
     ]
     for args in cases:
         code, lines = cli_error(runner, "predict", "--head", head, "--device", "cpu", *args)
         assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (args, lines)
+    for args in (["--explain-terms", corpus / "space" / "000.txt"],
+                 ["--explain-terms", "--data", corpus, "--out", tmp_path / "f.jsonl"]):
+        code, lines = cli_error(runner, "predict", "--head", windows_head, "--device", "cpu", *args)
+        assert code == 2 and len(lines) == 1 and "has no term branch" in lines[0], (args, lines)
     assert not (tmp_path / "c.jsonl.partial").exists()
