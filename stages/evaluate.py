@@ -96,7 +96,7 @@ def html_report(checkpoint, cache, documents: CacheDocuments, logits: np.ndarray
         spans = WindowMapper.for_cache(cache).spans([doc_ids[i] for i in shown.tolist()], shown_texts,
                                                     doc_tokens, starts)
     views = build_views(checkpoint.head, documents, shown, logits, labels, checkpoint.label_names, doc_ids,
-                        spans, shown_texts)
+                        spans, shown_texts, checkpoint.terms)
     n_wrong = int((labels != y_pred).sum())
     return render_report(metrics, views, n_wrong, len(labels) - n_wrong, max_wrong, n_correct)
 

@@ -12,7 +12,7 @@ accuracy by length, and documents: the misclassified ones, in cache order, up to
 `max_wrong`, and a seeded random sample of `n_correct` correctly classified ones.
 Each has its true, predicted and top competing class, a strip of its windows
 coloured by contribution to the predicted class (orange: for it, blue: against it),
-and its text with the same shading. Texts longer than `max_chars` keep their first
+its text with the same shading, and, for heads with a term branch, its top terms. Texts longer than `max_chars` keep their first
 `HEAD_CHARS` characters and their top windows; cuts are marked with the number of
 characters left out. The page states these caps. 20 Newsgroups' test set with the
 defaults gives a page of a few MB.
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from stages.doc_text import name_terms
 from stages.explain import explain_documents
 
 MAX_WRONG = 1000  # misclassified documents shown (20NG test: ~1,700 at 0.78 accuracy)
@@ -46,6 +47,7 @@ class DocView:
     contributions: np.ndarray  # [n_windows], to the predicted class
     spans: np.ndarray | None = None  # [n_windows, 2] character spans; None without text
     text: str | None = None
+    terms: list | None = None  # top TermContributions, named (heads with a term branch, with text)
 
     @property
     def correct(self) -> bool:
@@ -64,19 +66,25 @@ def select_documents(labels: np.ndarray, predicted: np.ndarray, max_wrong: int =
 
 def build_views(head, documents, docs: np.ndarray, logits: np.ndarray, labels: np.ndarray, names: list[str],
                 doc_ids: list[str], spans: list[np.ndarray] | None = None,
-                texts: list[str] | None = None) -> list[DocView]:
-    """DocViews of documents `docs` (cache indices); `spans`/`texts` are per entry of `docs`."""
+                texts: list[str] | None = None, term_weights=None) -> list[DocView]:
+    """DocViews of documents `docs` (cache indices); `spans`/`texts` are per entry of `docs`.
+    With texts and the head's `term_weights`, the top terms are named and shown too."""
     probabilities = np.exp(logits - logits.max(1, keepdims=True))
     probabilities /= probabilities.sum(1, keepdims=True)
     views = []
-    for n, explanation in enumerate(explain_documents(head, documents, docs=docs)):
+    explanations = explain_documents(head, documents, docs=docs)
+    named = texts is not None and term_weights is not None
+    if named:
+        name_terms(explanations, term_weights, texts)
+    for n, explanation in enumerate(explanations):
         d = explanation.doc
         order = np.argsort(-probabilities[d], kind="stable")
         runner = int(order[1]) if len(order) > 1 else int(order[0])
         views.append(DocView(d, doc_ids[d], names[labels[d]], names[explanation.target],
                              float(probabilities[d, explanation.target]), names[runner],
                              float(probabilities[d, runner]), explanation.windows,
-                             None if spans is None else spans[n], None if texts is None else texts[n]))
+                             None if spans is None else spans[n], None if texts is None else texts[n],
+                             explanation.terms if named else None))
     return views
 
 
@@ -180,6 +188,11 @@ def _document(view: DocView, opened: bool, max_chars: int) -> str:
             f'window{"s" * (len(view.contributions) != 1)}, top window {top} ({view.contributions[top]:+.3f})'
             f'</summary>')
     body = _strip(view)
+    if view.terms:
+        scale = max(abs(t.contribution) for t in view.terms) or 1.0
+        body += ('<p class="terms">top terms for the predicted class: ' + ", ".join(
+            f'<code style="background:{shade(t.contribution, scale)}">{E(t.term or "?")}</code> '
+            f'{t.contribution:+.3f}' for t in view.terms[:8]) + "</p>")
     if view.text is not None:
         body += f'<pre class="text">{shaded_text(view.text, view.spans, view.contributions, max_chars)}</pre>'
     return (f'<details class="doc {kind}" id="doc-{view.index}" data-true="{E(view.true)}" '

@@ -71,6 +71,21 @@ def test_report_html_with_texts(setup, tmp_path):
     assert result.metrics["accuracy"] == metrics["accuracy"]
 
 
+def test_report_shows_the_terms_of_a_term_head(setup, tmp_path):
+    from stages.train_head import TrainConfig, run_train_head
+
+    corpus, cache, _ = setup
+    head = tmp_path / "both.pt"
+    run_train_head(TrainConfig(train=str(cache), out=str(head), pooling="mean", inputs="both", max_epochs=2,
+                               val_fraction=0.2, progress=False, curve=False), log=lambda line: None)
+    evaluate(head, cache, tmp_path / "r", corpus={"data": str(corpus)}, max_wrong=3, n_correct=3)
+    page = (tmp_path / "r" / "report.html").read_text()
+    terms = re.findall(r'<p class="terms">(.*?)</p>', page)
+    assert terms and all("<code" in t for t in terms)
+    evaluate(head, cache, tmp_path / "r2", max_wrong=3, n_correct=3)  # no text: no names, no terms shown
+    assert 'class="terms"' not in (tmp_path / "r2" / "report.html").read_text()
+
+
 def test_long_texts_are_cut_around_their_top_windows():
     text = "".join(f"w{i:05d} " for i in range(3000))  # 21,000 characters
     spans = np.array([[i * 1000, i * 1000 + 1200] for i in range(21)])
