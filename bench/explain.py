@@ -74,10 +74,10 @@ def main(argv=None) -> dict:
     with open_cache(args.cache) as cache:
         check_compatible(checkpoint, cache)
         labels = labels_by_name(checkpoint, cache)
-        documents = CacheDocuments.from_cache(cache, labels=labels)
+        documents = CacheDocuments.from_cache(cache, labels=labels, term_weights=checkpoint.terms)
         counts = cache.window_counts
         result.update(documents=int(cache.n_docs), windows=int(counts.sum()), longest_document_windows=int(counts.max()),
-                      pooling=checkpoint.head.config.pooling,
+                      pooling=checkpoint.head.config.pooling, inputs=checkpoint.head.config.inputs,
                       rss_before_gib=round(peak_memory_bytes() / 2**30, 3))
 
         started = time.perf_counter()
