@@ -11,8 +11,9 @@ In one process, with the library's own functions:
     (`stages.doc_text`: the corpus checked against the cache, tokenizer offsets);
   * deletion check: accuracy of the head with each document's top-1 window (by the
     explanation) left out, against leaving out a random window (mean over --seeds
-    seeds). One-window documents keep their window in both; figures are given over all
-    documents and over the multi-window ones only;
+    seeds), and how often the prediction changes either way. One-window documents keep
+    their window in both; figures are given over all documents and over the
+    multi-window ones only;
   * with --data and --report-dir: `stages.evaluate.evaluate` writes the full report,
     and the size of report.html is recorded (target: under 20 MB for the test set).
 Writes JSON to --out and prints it.
@@ -101,13 +102,14 @@ def main(argv=None) -> dict:
     multi = counts > 1
     top1 = np.array([int(e.ranked(1)[0]) for e in explanations])
     top1_pred = logits_without(checkpoint.head, documents, docs, top1).argmax(1)
-    random_acc, random_acc_multi = [], []
+    random_acc, random_acc_multi, random_changed = [], [], []
     for seed in range(args.seeds):
         rng = np.random.default_rng(seed)
         drop = (rng.random(len(counts)) * counts).astype(np.int64)
         pred = logits_without(checkpoint.head, documents, docs, drop).argmax(1)
         random_acc.append(float(np.mean(pred == labels)))
         random_acc_multi.append(float(np.mean(pred[multi] == labels[multi])))
+        random_changed.append(float(np.mean(pred[multi] != full[multi])))
     result["deletion"] = {
         "multi_window_documents": int(multi.sum()),
         "accuracy": round(float(np.mean(full == labels)), 4),
@@ -116,6 +118,10 @@ def main(argv=None) -> dict:
         "multi_window_accuracy": round(float(np.mean(full[multi] == labels[multi])), 4),
         "multi_window_accuracy_without_top1_window": round(float(np.mean(top1_pred[multi] == labels[multi])), 4),
         "multi_window_accuracy_without_random_window": round(float(np.mean(random_acc_multi)), 4),
+        # the direct test: how often the prediction changes (misclassified documents can turn
+        # right when their top window goes, which makes accuracy alone understate it)
+        "multi_window_prediction_changed_without_top1_window": round(float(np.mean(top1_pred[multi] != full[multi])), 4),
+        "multi_window_prediction_changed_without_random_window": round(float(np.mean(random_changed)), 4),
         "random_seeds": args.seeds,
     }
     if args.report_dir and corpus_args is not None:
