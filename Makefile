@@ -33,6 +33,9 @@ SEED        ?= 0
 HEAD        ?= $(RUNS)/head$(if $(TAG),-$(TAG)).pt
 REPORT      ?= $(RUNS)/report$(if $(TAG),-$(TAG))
 HEAD_EXTRA  ?=
+# The corpus of the test cache, so report.html shows the documents' text (REPORT_DATA= leaves it out);
+# it must match the cache's data_fingerprint, so give it what embed was given (e.g. a --limit in EXTRA).
+REPORT_DATA ?= --data $(DATA) --split test $(if $(CATEGORIES),--categories $(CATEGORIES)) $(if $(REMOVE),--remove $(REMOVE))
 # Stage one under torchrun: ranks per machine (empty: one process), and torchrun's own
 # options; --standalone picks a free local port, multi-machine runs replace it.
 NPROC       ?=
@@ -76,7 +79,7 @@ train-head: install
 	$(PY) cli.py train-head --train $(CACHE_DIR)/train.h5 --pooling $(POOLING) --seed $(SEED) --out $(HEAD) --overwrite $(HEAD_EXTRA)
 
 evaluate: install
-	$(PY) cli.py evaluate --head $(HEAD) --cache $(CACHE_DIR)/test.h5 --report $(REPORT)
+	$(PY) cli.py evaluate --head $(HEAD) --cache $(CACHE_DIR)/test.h5 --report $(REPORT) $(REPORT_DATA)
 
 test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q

@@ -4,8 +4,10 @@
     torchrun --standalone --nproc_per_node 2 cli.py embed ...         # stage one, sharded
     python cli.py finetune --out runs/finetuned; python cli.py embed --model runs/finetuned ...  # optional
     python cli.py train-head --train data/cache/train.h5 --out runs/head.pt   # stage two
-    python cli.py evaluate --head runs/head.pt --cache data/cache/test.h5 --report runs/report
+    python cli.py evaluate --head runs/head.pt --cache data/cache/test.h5 --report runs/report \
+        --data 20newsgroups --split test                              # report.html with the texts
     python cli.py predict --head runs/head.pt post.txt                # raw text end to end
+    python cli.py predict --head runs/head.pt --data corpus.jsonl --out runs/pred.jsonl --explain
 
 Errors a user can cause print one line (`error: ...`) and exit with status 2;
 an interrupted command exits 130 and can be rerun to resume.
@@ -212,40 +214,98 @@ def train_head(train_path, val_path, val_fraction, out, pooling, inputs, term_lr
 @click.option("--cache", "cache_path", type=click.Path(dir_okay=False), default="data/cache/test.h5",
               help="Window cache to score; it must come from the head's encoder and window settings.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
-              help="Folder for metrics.json, report.md and confusion_matrix.png; these three are replaced without "
-                   "--overwrite (a report is derived, and rerunning rebuilds it), never --head or --cache.  "
+              help="Folder for metrics.json, report.md, confusion_matrix.png and report.html; these are replaced "
+                   "without --overwrite (a report is derived, and rerunning rebuilds it), never --head or --cache.  "
                    "[default: none written]")
+@click.option("--data", default=None,
+              help="For report.html: the corpus the cache was embedded from (embed's --data), to show the texts.")
+@click.option("--split", default="test", help="With --data 20newsgroups: the split the cache holds.")
+@click.option("--categories", default=None, help="With --data: as given to embed.")
+@click.option("--remove", default=None, help="With --data 20newsgroups: as given to embed.")
+@click.option("--data-home", default=None, help="Where to look for 20news-bydate.tar.gz first.")
+@click.option("--limit", type=int, default=None, help="With --data: as given to embed.")
+@click.option("--report-wrong", default=1000, help="Most misclassified documents report.html shows (in cache order).")
+@click.option("--report-correct", default=100, help="Correctly classified documents report.html shows (a sample).")
 @click.option("--memory-budget-mb", default=1024.0,
               help="Load the cache into RAM when its vectors fit in this; else read it by slices.")
 @click.option("--threads", default=1, help="Torch threads (0: torch's default).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object instead of a line.")
-def evaluate(head_path, cache_path, report_dir, memory_budget_mb, threads, as_json):
-    """Score a head on a cache: accuracy, macro-F1, per-class table, confusion matrix."""
+def evaluate(head_path, cache_path, report_dir, data, split, categories, remove, data_home, limit, report_wrong,
+             report_correct, memory_budget_mb, threads, as_json):
+    """Score a head on a cache: accuracy, macro-F1, per-class table, confusion matrix, HTML report."""
     import torch
 
     from stages.evaluate import evaluate as run_evaluate
 
     if threads:
         torch.set_num_threads(threads)
-    _echo_summary(run_evaluate(head_path, cache_path, report_dir, memory_budget_mb), as_json)
+    corpus = None if data is None else dict(
+        data=data, split=split, categories=_split_list(categories), remove=tuple(_split_list(remove) or ()),
+        data_home=data_home, limit=limit)
+    _echo_summary(run_evaluate(head_path, cache_path, report_dir, memory_budget_mb, corpus, report_wrong,
+                               report_correct), as_json)
 
 
 @cli.command()
 @click.option("--head", "head_path", type=click.Path(dir_okay=False), default="runs/head.pt",
               help="Checkpoint written by train-head; its encoder and window settings are used.")
-@click.argument("files", nargs=-1, required=True)
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per document instead of tab-separated lines.")
+@click.argument("files", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="FILE mode: one JSON object per document instead of tab-separated lines.")
+@click.option("--data", default=None,
+              help="Classify a whole corpus instead of FILEs: '20newsgroups', a folder, or a .csv/.jsonl (labels optional); needs --out.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="With --data: the .jsonl or .csv file to write (resumable: rerun the same command after a kill).")
+@click.option("--split", default="test", help="With --data 20newsgroups: train or test.")
+@click.option("--categories", default=None, help="With --data: comma-separated classes to keep.  [default: all]")
+@click.option("--remove", default=None, help="With --data 20newsgroups: any of headers,footers,quotes to strip.")
+@click.option("--data-home", default=None, help="Where to look for 20news-bydate.tar.gz first.")
+@click.option("--limit", type=int, default=None, help="With --data: only the first N documents.")
+@click.option("--top-k", default=0, help="With --data: the K most probable classes per row instead of every class (0).")
+@click.option("--explain", is_flag=True, help="Add each document's top windows: span, text excerpt, contribution.")
+@click.option("--explain-windows", default=3, help="How many top windows --explain shows.")
+@click.option("--explain-terms", is_flag=True,
+              help="Also the terms with the largest contribution (heads with a term branch only).")
+@click.option("--block-docs", default=1000, help="With --data: documents per resumable block; a kill loses at most one.")
+@click.option("--overwrite", is_flag=True, help="With --data: replace an existing --out or an interrupted run.")
+@click.option("--progress/--no-progress", default=None, help="With --data: progress bar.  [default: only on a terminal]")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="auto: CUDA if visible.")
 @click.option("--batch-tokens", type=int, default=None,
               help="Token budget of one encoder batch; bounds activation memory.  [default: 1024 on CPU, 32768 on CUDA]")
-def predict(head_path, files, as_json, device, batch_tokens):
-    """Classify raw text FILES (- for stdin): print label, probability and source per document."""
+@click.option("--threads", default=0, help="Torch threads (0: torch's default).")
+def predict(head_path, files, as_json, data, out, split, categories, remove, data_home, limit, top_k, explain,
+            explain_windows, explain_terms, block_docs, overwrite, progress, device, batch_tokens, threads):
+    """Classify raw text FILES (- for stdin), or every document of --data into --out.
+
+    FILE mode prints label, probability and source per document; --data mode writes one
+    JSON line or CSV row per document (id, label, probabilities, true label if known)."""
     import json
 
     from stages.predict import predict as run_predict
+    from stages.predict import predict_corpus
 
-    for prediction in run_predict(head_path, list(files), device=device, batch_tokens=batch_tokens):
-        click.echo(json.dumps(prediction.record()) if as_json else prediction.line())
+    top_windows = explain_windows if explain else 0
+    if data is None:
+        if out is not None:
+            raise click.UsageError("--out goes with --data; FILE mode prints to stdout")
+        for prediction in run_predict(head_path, list(files), device=device, batch_tokens=batch_tokens,
+                                      threads=threads, explain=top_windows, explain_terms=explain_terms):
+            click.echo(json.dumps(prediction.record(), ensure_ascii=False) if as_json else prediction.line())
+        return
+    if files:
+        raise click.UsageError("give FILEs or --data, not both")
+    if out is None:
+        raise click.UsageError("--data needs --out FILE.jsonl or FILE.csv")
+    try:
+        summary = predict_corpus(
+            head_path, data, out, split=split, categories=_split_list(categories),
+            remove=tuple(_split_list(remove) or ()), data_home=data_home, limit=limit, top_k=top_k,
+            explain=top_windows, explain_terms=explain_terms, block_docs=block_docs, overwrite=overwrite,
+            device=device, batch_tokens=batch_tokens, threads=threads, progress=progress)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: finished blocks are kept in {out}.partial/; run the same command again to resume",
+                   err=True)
+        raise click.exceptions.Exit(130) from None
+    click.echo(summary.line())
 
 
 def _echo_summary(summary, as_json: bool):

@@ -328,3 +328,82 @@ def load_jsonl(path: Path) -> Corpus:
     except OSError as error:
         raise UserError(f"cannot read {path}: {error.strerror}") from None
     return _from_records(records, str(path))
+
+
+# --- streaming: predict --data on corpora of any size --------------------------------
+
+
+def iter_documents(data: str, split: str = "test", categories: list[str] | None = None,
+                   remove: tuple[str, ...] = (), data_home: str | None = None, limit: int | None = None):
+    """(doc_id, text, label name or None) of each document of `--data`, in `load_corpus`'s
+    order, read one at a time: memory does not grow with the corpus (20 Newsgroups,
+    which is small, is loaded whole). Labels are optional here: a CSV/JSONL row without
+    a `label` field, or a file directly inside the folder, yields None. `categories`
+    keeps documents of those labels. Checks the source now; reads lazily."""
+    import itertools
+
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be at least 1, got {limit}")
+    if data == NEWSGROUPS:
+        corpus = load_corpus(data, split, categories, remove, data_home, limit)
+        return ((i, t, corpus.label_names[k]) for i, t, k in zip(corpus.doc_ids, corpus.texts, corpus.labels))
+    path = Path(data)
+    if remove:
+        raise UserError("--remove applies only to --data 20newsgroups")
+    if not path.exists():
+        raise UserError(f"--data {data}: no such file or directory (nor a known dataset name: {NEWSGROUPS})")
+    if path.is_dir():
+        records = _stream_folder(path)
+    elif path.suffix.lower() == ".csv":
+        records = _stream_csv(path)
+    elif path.suffix.lower() == ".jsonl":
+        records = _stream_jsonl(path)
+    else:
+        raise UserError(f"--data {data}: expected a folder of class folders, a .csv or a .jsonl file")
+    if categories:
+        keep = set(categories)
+        records = (r for r in records if r[2] in keep)
+    return itertools.islice(records, limit)
+
+
+def _stream_folder(root: Path):
+    try:
+        entries = sorted(root.iterdir())
+        for post in (p for p in entries if p.is_file()):
+            yield post.name, post.read_bytes().decode("utf-8", "replace"), None
+        for folder in (p for p in entries if p.is_dir()):
+            for post in sorted(p for p in folder.iterdir() if p.is_file()):
+                yield f"{folder.name}/{post.name}", post.read_bytes().decode("utf-8", "replace"), folder.name
+    except OSError as error:
+        raise UserError(f"cannot read {error.filename}: {error.strerror}") from None
+
+
+def _streamed_record(row, where: str, default_id: str) -> tuple[str, str, str | None]:
+    if not isinstance(row, dict) or "text" not in row:
+        raise UserError(f"{where}: each record needs a 'text' field")
+    label = row.get("label")
+    return str(row.get("id", default_id)), str(row["text"] or ""), None if label in (None, "") else str(label)
+
+
+def _stream_csv(path: Path):
+    try:
+        with open(path, newline="", encoding="utf-8", errors="replace") as f:
+            for n, row in enumerate(csv.DictReader(f), start=1):
+                yield _streamed_record(row, f"{path} row {n}", f"row{n}")
+    except (OSError, csv.Error) as error:
+        raise UserError(f"cannot read {path}: {error}") from None
+
+
+def _stream_jsonl(path: Path):
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for n, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise UserError(f"{path} line {n}: not JSON ({error.msg})") from None
+                yield _streamed_record(row, f"{path} line {n}", f"line{n}")
+    except OSError as error:
+        raise UserError(f"cannot read {path}: {error.strerror}") from None

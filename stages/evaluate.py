@@ -1,6 +1,7 @@
 """Evaluation: a trained head on a cache -> accuracy, macro-F1 and a report folder.
 
     python cli.py evaluate --head runs/head.pt --cache data/cache/test.h5 --report runs/report
+    python cli.py evaluate ... --report runs/report --data 20newsgroups --split test   # with texts
 
 The cache must come from the head's encoder and window settings (refused otherwise,
 naming what differs); its classes are matched to the head's by name. The report:
@@ -9,6 +10,13 @@ naming what differs); its classes are matched to the head's by name. The report:
     report.md              the per-class precision / recall / F1 table and accuracy by length
     confusion_matrix.png   rows: true class, columns: predicted, with class names (up to
                            MAX_PLOTTED_CLASSES; beyond, only the numbers in metrics.json)
+    report.html            one self-contained page (`stages.report_html`): the figures above, and
+                           the misclassified documents (plus a sample of correct ones) with their
+                           windows shaded by contribution (`stages.explain`)
+
+The page shows the documents' text only when given the corpus the cache was embedded
+from (`corpus`: the `--data` options of `embed`), which is checked against the cache's
+`data_fingerprint` and read through `stages.doc_text`; the encoder is never run here.
 """
 
 from __future__ import annotations
@@ -26,8 +34,16 @@ from stages.cache_dataset import (
     predict_logits,
 )
 from stages.checkpoint import check_compatible, labels_by_name, load_checkpoint
+from stages.doc_text import WindowMapper, cached_geometry, load_cache_corpus
 from stages.errors import UserError
 from stages.metrics import save_figure, scores
+from stages.report_html import (
+    MAX_WRONG,
+    N_CORRECT,
+    build_views,
+    render_report,
+    select_documents,
+)
 from stages.workdir import atomic_write_bytes, check_not_an_input
 
 # Document length buckets, in windows: one window, a few, many, very many.
@@ -50,21 +66,57 @@ class Evaluation:
 
 
 def evaluate(head_path: str | Path, cache_path: str | Path, report_dir: str | Path | None = None,
-             memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB) -> Evaluation:
-    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
-
-    for name in ("metrics.json", "report.md", "confusion_matrix.png") if report_dir else ():
+             memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB, corpus: dict | None = None,
+             max_wrong: int = MAX_WRONG, n_correct: int = N_CORRECT) -> Evaluation:
+    """`corpus`: keyword arguments of `stages.doc_text.load_cache_corpus` (data, split, ...),
+    for the texts in report.html; needs `report_dir`."""
+    if corpus is not None and report_dir is None:
+        raise UserError("--data is read only for the HTML report: give --report too")
+    if max_wrong < 0 or n_correct < 0:
+        raise UserError("--report-wrong and --report-correct must be 0 or more")
+    for name in ("metrics.json", "report.md", "confusion_matrix.png", "report.html") if report_dir else ():
         check_not_an_input(Path(report_dir) / name, {"--head": head_path, "--cache": cache_path}, what="--report")
     checkpoint = load_checkpoint(head_path)
     with open_cache(cache_path) as cache:
         check_compatible(checkpoint, cache)
         labels = labels_by_name(checkpoint, cache)
+        texts = load_cache_corpus(cache, **corpus).texts if corpus is not None else None
         documents = CacheDocuments.from_cache(cache, labels=labels, memory_budget_mb=memory_budget_mb,
                                               term_weights=checkpoint.terms)
         logits = predict_logits(checkpoint.head, documents)
         windows = cache.window_counts
-    names = checkpoint.label_names
+        metrics = _metrics(head_path, cache_path, labels, logits.argmax(1), windows, checkpoint.label_names)
+        report = Path(report_dir) if report_dir else None
+        if report is not None:
+            write_report(report, metrics)
+            html = html_report(checkpoint, cache, documents, logits, labels, metrics, texts, max_wrong, n_correct)
+            _write_text(report / "report.html", html)
+    return Evaluation(metrics, report)
+
+
+def html_report(checkpoint, cache, documents: CacheDocuments, logits: np.ndarray, labels: np.ndarray,
+                metrics: dict, texts: list[str] | None, max_wrong: int, n_correct: int) -> str:
+    """report.html: explain the documents it shows, map their windows to text when there is text."""
     y_pred = logits.argmax(1)
+    wrong, right = select_documents(labels, y_pred, max_wrong, n_correct)
+    shown = np.concatenate([wrong, right]).astype(np.int64)
+    doc_ids = cache.doc_ids()
+    spans = shown_texts = None
+    if texts is not None:
+        doc_tokens, starts = cached_geometry(cache, shown)
+        shown_texts = [texts[i] for i in shown.tolist()]
+        spans = WindowMapper.for_cache(cache).spans([doc_ids[i] for i in shown.tolist()], shown_texts,
+                                                    doc_tokens, starts)
+    views = build_views(checkpoint.head, documents, shown, logits, labels, checkpoint.label_names, doc_ids,
+                        spans, shown_texts, checkpoint.terms)
+    n_wrong = int((labels != y_pred).sum())
+    return render_report(metrics, views, n_wrong, len(labels) - n_wrong, max_wrong, n_correct)
+
+
+def _metrics(head_path, cache_path, labels: np.ndarray, y_pred: np.ndarray, windows: np.ndarray,
+             names: list[str]) -> dict:
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
     metrics = {"head": str(head_path), "cache": str(cache_path), "documents": int(len(labels)),
                **scores(labels, y_pred)}
     precision, recall, f1, support = precision_recall_fscore_support(
@@ -79,10 +131,7 @@ def evaluate(head_path: str | Path, cache_path: str | Path, report_dir: str | Pa
                                      "accuracy": float(np.mean(labels[pick] == y_pred[pick])) if pick.any() else None})
     metrics["label_names"] = names
     metrics["confusion_matrix"] = confusion_matrix(labels, y_pred, labels=np.arange(len(names))).tolist()
-    report = Path(report_dir) if report_dir else None
-    if report is not None:
-        write_report(report, metrics)
-    return Evaluation(metrics, report)
+    return metrics
 
 
 def write_report(folder: Path, metrics: dict):

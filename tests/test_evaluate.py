@@ -29,7 +29,7 @@ def test_report_files_and_figures(trained, tmp_path):
     head, test, _ = trained
     result = evaluate(head, test, tmp_path / "report")
     files = sorted(p.name for p in (tmp_path / "report").iterdir())
-    assert files == ["confusion_matrix.png", "metrics.json", "report.md"]
+    assert files == ["confusion_matrix.png", "metrics.json", "report.html", "report.md"]
     metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert metrics["accuracy"] == pytest.approx(result.metrics["accuracy"]) and metrics["accuracy"] > 0.8
     assert np.asarray(metrics["confusion_matrix"]).sum() == 60

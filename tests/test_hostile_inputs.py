@@ -113,7 +113,9 @@ def test_hostile_corpora_are_refused_before_the_encoder_runs(command, name, tiny
         (out / "config.json").write_text("{}")
     before = snapshot(tmp_path)
 
+    import stages.embedding  # imported before the patch, so none binds the stand-in for good
     import stages.encoder
+    import stages.finetune  # noqa: F401
 
     def no_encoder(*args, **kwargs):
         raise AssertionError("the encoder was loaded before the corpus was checked")

@@ -1,0 +1,143 @@
+"""Explanations benchmark: explain every document of a cache, and check that they mean something.
+
+    .venv/bin/python bench/explain.py --head runs/head.pt --cache data/cache/test.h5 \\
+        --data 20newsgroups --split test --out docs/bench/explain-20class.json
+
+In one process, with the library's own functions:
+  * time `stages.explain.explain_documents` on every document of the cache, all windows
+    (leave-one-out, the head's predicted class), and the process's peak RSS after it
+    (targets on all of 20 Newsgroups' test set, 7,532 posts: under 2 minutes, under 2 GB);
+  * with --data: time mapping every window of every document back to its characters
+    (`stages.doc_text`: the corpus checked against the cache, tokenizer offsets);
+  * deletion check: accuracy of the head with each document's top-1 window (by the
+    explanation) left out, against leaving out a random window (mean over --seeds
+    seeds), and how often the prediction changes either way. One-window documents keep
+    their window in both; figures are given over all documents and over the
+    multi-window ones only;
+  * with --data and --report-dir: `stages.evaluate.evaluate` writes the full report,
+    and the size of report.html is recorded (target: under 20 MB for the test set).
+Writes JSON to --out and prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from machine import machine_name  # noqa: E402  (bench/machine.py, beside this file)
+
+from stages.cache import open_cache  # noqa: E402
+from stages.cache_dataset import CacheDocuments, predict_logits  # noqa: E402
+from stages.checkpoint import check_compatible, labels_by_name, load_checkpoint  # noqa: E402
+from stages.doc_text import WindowMapper, cached_geometry, load_cache_corpus  # noqa: E402
+from stages.explain import explain_documents, logits_without  # noqa: E402
+from stages.runtime import peak_memory_bytes  # noqa: E402
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--head", default="runs/head.pt")
+    parser.add_argument("--cache", default="data/cache/test.h5")
+    parser.add_argument("--data", default=None, help="the cache's corpus (embed's --data), to time the text mapping")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--categories", default=None)
+    parser.add_argument("--remove", default=None)
+    parser.add_argument("--limit", type=int, default=None, help="as given to embed for this cache")
+    parser.add_argument("--seeds", type=int, default=3, help="random-window deletions to average")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--report-dir", default=None, help="also write the full evaluate report here (needs --data)")
+    parser.add_argument("--out", default="docs/bench/explain.json")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    split_list = (lambda v: [x for x in v.split(",") if x] if v else None)
+    corpus_args = None if args.data is None else dict(
+        data=args.data, split=args.split, categories=split_list(args.categories),
+        remove=tuple(split_list(args.remove) or ()), limit=args.limit)
+    result = {"command": " ".join([sys.executable.rsplit("/", 1)[-1], *sys.argv]), "machine": machine_name(),
+              "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+              "torch_threads": torch.get_num_threads(), "head": args.head, "cache": args.cache}
+    checkpoint = load_checkpoint(args.head)
+    with open_cache(args.cache) as cache:
+        check_compatible(checkpoint, cache)
+        labels = labels_by_name(checkpoint, cache)
+        documents = CacheDocuments.from_cache(cache, labels=labels, term_weights=checkpoint.terms)
+        counts = cache.window_counts
+        result.update(documents=int(cache.n_docs), windows=int(counts.sum()), longest_document_windows=int(counts.max()),
+                      pooling=checkpoint.head.config.pooling, inputs=checkpoint.head.config.inputs,
+                      rss_before_gib=round(peak_memory_bytes() / 2**30, 3))
+
+        started = time.perf_counter()
+        explanations = explain_documents(checkpoint.head, documents)
+        result["explain_seconds"] = round(time.perf_counter() - started, 2)
+        result["peak_rss_after_explain_gib"] = round(peak_memory_bytes() / 2**30, 3)
+
+        if corpus_args is not None:
+            started = time.perf_counter()
+            corpus = load_cache_corpus(cache, **corpus_args)
+            docs = np.arange(cache.n_docs)
+            doc_tokens, starts = cached_geometry(cache, docs)
+            WindowMapper.for_cache(cache).spans(corpus.doc_ids, corpus.texts, doc_tokens, starts)
+            result["map_to_text_seconds"] = round(time.perf_counter() - started, 2)
+            del corpus
+
+    predicted = np.array([e.target for e in explanations])
+    full = predict_logits(checkpoint.head, documents).argmax(1)
+    assert (full == predicted).all()
+    docs = np.arange(len(labels))
+    multi = counts > 1
+    top1 = np.array([int(e.ranked(1)[0]) for e in explanations])
+    top1_pred = logits_without(checkpoint.head, documents, docs, top1).argmax(1)
+    random_acc, random_acc_multi, random_changed = [], [], []
+    for seed in range(args.seeds):
+        rng = np.random.default_rng(seed)
+        drop = (rng.random(len(counts)) * counts).astype(np.int64)
+        pred = logits_without(checkpoint.head, documents, docs, drop).argmax(1)
+        random_acc.append(float(np.mean(pred == labels)))
+        random_acc_multi.append(float(np.mean(pred[multi] == labels[multi])))
+        random_changed.append(float(np.mean(pred[multi] != full[multi])))
+    result["deletion"] = {
+        "multi_window_documents": int(multi.sum()),
+        "accuracy": round(float(np.mean(full == labels)), 4),
+        "accuracy_without_top1_window": round(float(np.mean(top1_pred == labels)), 4),
+        "accuracy_without_random_window": round(float(np.mean(random_acc)), 4),
+        "multi_window_accuracy": round(float(np.mean(full[multi] == labels[multi])), 4),
+        "multi_window_accuracy_without_top1_window": round(float(np.mean(top1_pred[multi] == labels[multi])), 4),
+        "multi_window_accuracy_without_random_window": round(float(np.mean(random_acc_multi)), 4),
+        # the direct test: how often the prediction changes (misclassified documents can turn
+        # right when their top window goes, which makes accuracy alone understate it)
+        "multi_window_prediction_changed_without_top1_window": round(float(np.mean(top1_pred[multi] != full[multi])), 4),
+        "multi_window_prediction_changed_without_random_window": round(float(np.mean(random_changed)), 4),
+        "random_seeds": args.seeds,
+    }
+    if args.report_dir and corpus_args is not None:
+        from stages.evaluate import evaluate
+
+        started = time.perf_counter()
+        evaluate(args.head, args.cache, args.report_dir, corpus=corpus_args)
+        result["report_seconds"] = round(time.perf_counter() - started, 2)
+        result["report_html_mb"] = round((Path(args.report_dir) / "report.html").stat().st_size / 1e6, 2)
+    result["peak_rss_gib"] = round(peak_memory_bytes() / 2**30, 3)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()
