@@ -167,8 +167,8 @@ def finetune(data, split, out, model, unfreeze_top, chunk_tokens, stride, batch_
 @click.option("--inputs", type=click.Choice(["windows", "terms", "both"]), default=None,
               help="What the head reads: window vectors, the documents' hashed terms (TF-IDF), or both.  "
                    "[default: both when the cache has terms, else windows]")
-@click.option("--term-lr", default=1.0, help="Peak SGD (momentum 0.9) rate of the term branch's linear weights.")
-@click.option("--term-weight-decay", default=0.0, help="L2 penalty on the term branch's weights.")
+@click.option("--term-c", default=1.0,
+              help="C of the linear branch's SVM over terms (and the mean window vector): higher fits harder.")
 @click.option("--epochs", "max_epochs", default=40, help="Most epochs; early stopping usually ends sooner.")
 @click.option("--patience", default=5, help="Stop after this many epochs without a better validation macro-F1.")
 @click.option("--lr", default=1e-3, help="Peak AdamW learning rate (linear warm-up, cosine decay).")
@@ -187,7 +187,7 @@ def finetune(data, split, out, model, unfreeze_top, chunk_tokens, stride, batch_
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object instead of a line.")
 @click.option("--overwrite", is_flag=True,
               help="Replace an existing --out and its curve (never --train or --val).")
-def train_head(train_path, val_path, val_fraction, out, pooling, inputs, term_lr, term_weight_decay, max_epochs,
+def train_head(train_path, val_path, val_fraction, out, pooling, inputs, term_c, max_epochs,
                patience, lr, weight_decay, dropout, inner_dim, transformer_layers, batch_docs, batch_windows,
                class_weights, seed, memory_budget_mb, threads, progress, as_json, overwrite):
     """Stage two: train a pooling head on a window cache; keep the best on validation macro-F1."""
@@ -195,7 +195,7 @@ def train_head(train_path, val_path, val_fraction, out, pooling, inputs, term_lr
 
     config = TrainConfig(
         train=train_path, out=out, val=val_path, val_fraction=val_fraction, pooling=pooling, inputs=inputs,
-        term_lr=term_lr, term_weight_decay=term_weight_decay, dropout=dropout,
+        term_c=term_c, dropout=dropout,
         inner_dim=inner_dim, transformer_layers=transformer_layers, lr=lr, weight_decay=weight_decay,
         max_epochs=max_epochs, patience=patience, batch_docs=batch_docs, batch_windows=batch_windows,
         class_weights=class_weights, seed=seed, memory_budget_mb=memory_budget_mb, threads=threads,

@@ -19,11 +19,12 @@ A new pooling is one class with `out_dim` and `forward(x, mask)`, added to
 standardised), dropout and one linear layer behind. It returns logits: the loss
 applies its own log-softmax.
 
-The term branch (`inputs` "terms" or "both") is a linear layer over the document's
-TF-IDF-weighted hashed terms (`stages.term_weights.TermBatch`), an `nn.EmbeddingBag`
-of one row per kept term. With both inputs, each branch is trained on its own loss
-(so neither leans on the other) and the head's logits are `mix[0] * window logits +
-mix[1] * term logits`, the two weights fitted on validation (`fit_mix`): the branches'
+The linear branch (`inputs` "terms" or "both") is a linear model over the document's
+TF-IDF-weighted hashed terms (`stages.term_weights.TermBatch`, an `nn.EmbeddingBag` of
+one row per kept term) and, with both inputs, the standardised mean of its window
+vectors beside them. It is fitted as a linear SVM (`stages.linear_fit`), not by the
+epoch loop. With both inputs the head's logits are `mix[0] * window logits + mix[1] *
+linear logits`, the two weights fitted on validation (`fit_mix`): the two branches'
 logits are stacked, and the more trustworthy one counts for more.
 """
 
@@ -205,6 +206,11 @@ class Head(nn.Module):
             self.terms = nn.EmbeddingBag(config.n_terms, config.n_classes, mode="sum")
             nn.init.zeros_(self.terms.weight)
             self.terms_bias = nn.Parameter(torch.zeros(config.n_classes))
+        if self.reads_windows and self.reads_terms:  # the mean window vector joins the linear model
+            self.terms_dense = nn.Linear(config.hidden_size, config.n_classes, bias=False)
+            nn.init.zeros_(self.terms_dense.weight)
+            self.register_buffer("dense_shift", torch.zeros(config.hidden_size))
+            self.register_buffer("dense_scale", torch.ones(config.hidden_size))
         if self.reads_windows and self.reads_terms:
             self.register_buffer("mix", torch.ones(2))  # weights of (window, term) logits; see fit_mix
 
@@ -223,8 +229,19 @@ class Head(nn.Module):
         x = self.norm(x).masked_fill(~mask.unsqueeze(-1), 0.0)
         return self.classifier(self.dropout(self.pool(x, mask)))
 
-    def term_logits(self, terms: TermBatch) -> torch.Tensor:
-        return self.terms(terms.ids, terms.offsets, per_sample_weights=terms.weights) + self.terms_bias
+    def dense_features(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The linear branch's dense inputs: the mean window vector, standardised and scaled."""
+        weights = mask.unsqueeze(-1).to(x.dtype)
+        mean = (x.masked_fill(~mask.unsqueeze(-1), 0.0) * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        return (mean - self.dense_shift) * self.dense_scale
+
+    def term_logits(self, terms: TermBatch, x: torch.Tensor | None = None,
+                    mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The linear branch: TF-IDF terms (and, with both inputs, the dense mean window vector)."""
+        logits = self.terms(terms.ids, terms.offsets, per_sample_weights=terms.weights) + self.terms_bias
+        if self.reads_windows:
+            logits = logits + self.terms_dense(self.dense_features(x, mask))
+        return logits
 
     def branch_logits(self, x: torch.Tensor, mask: torch.Tensor, terms: TermBatch | None = None) -> torch.Tensor:
         """Each branch's own logits, [docs, branches, n_classes] (windows first)."""
@@ -232,7 +249,7 @@ class Head(nn.Module):
             raise ValueError("this head needs the documents' terms")
         branches = [self.window_logits(x, mask)] if self.reads_windows else []
         if self.reads_terms:
-            branches.append(self.term_logits(terms))
+            branches.append(self.term_logits(terms, x, mask))
         return torch.stack(branches, 1)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, terms: TermBatch | None = None) -> torch.Tensor:

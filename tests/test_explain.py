@@ -125,7 +125,7 @@ def term_documents(counts, n_terms=40, hidden=8, seed=0):
 @pytest.mark.parametrize("pooling", ["lstm", "attention"])
 def test_heads_with_a_term_branch(pooling):
     """Window contributions still match leave-one-out by hand (terms kept); term contributions
-    add up, with the bias, to the term branch's logit."""
+    add up, with the bias, to the terms' part of the linear branch's logit."""
     counts = [1, 3, 6, 2, 9]
     documents = term_documents(counts)
     torch.manual_seed(0)
@@ -135,7 +135,9 @@ def test_heads_with_a_term_branch(pooling):
     explanations = explain_documents(head, documents, terms_k=1000)
     full = predict_logits(head, documents)
     batch = documents.load(np.arange(len(counts)))
-    term_logits = head.term_logits(batch.terms).detach().numpy()
+    terms = batch.terms  # the terms' own part of the linear branch (its dense part is the mean window)
+    term_logits = (head.terms(terms.ids, terms.offsets, per_sample_weights=terms.weights)
+                   + head.terms_bias).detach().numpy()
     for doc, explanation in enumerate(explanations):
         t = explanation.target
         assert t == full[doc].argmax()

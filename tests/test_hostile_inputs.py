@@ -334,8 +334,8 @@ def test_a_diverging_training_saves_nothing(good, tmp_path, capsys, monkeypatch)
     import stages.train_head
 
     cache, _ = good
-    real = stages.train_head.branch_logits
-    monkeypatch.setattr(stages.train_head, "branch_logits", lambda head, batch: real(head, batch) * float("nan"))
+    real = stages.train_head.window_logits
+    monkeypatch.setattr(stages.train_head, "window_logits", lambda head, batch: real(head, batch) * float("nan"))
     out = tmp_path / "head.pt"
     refused(capsys, ["train-head", "--train", cache, "--out", out, "--epochs", "2"], "training diverged at epoch 1")
     assert sorted(os.listdir(tmp_path)) == []

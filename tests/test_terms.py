@@ -24,7 +24,7 @@ def lexical_corpus(n_docs: int, n_classes: int, seed: int) -> tuple[list[str], n
     terms tell the classes apart."""
     rng = np.random.default_rng(seed)
     labels = np.arange(n_docs) % n_classes
-    texts = [" ".join([*rng.choice(FILLER, 40), f"marker{label}x", *rng.choice(FILLER, 40)]) for label in labels]
+    texts = [" ".join([*rng.choice(FILLER, 6), f"marker{label}x", *rng.choice(FILLER, 6)]) for label in labels]
     return texts, labels
 
 
