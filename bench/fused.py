@@ -62,7 +62,7 @@ def cli_json(*args: str) -> dict:
 
 def head_run(train: Path, test: Path, out: Path, inputs: str, pooling: str, seed: int, extra: list[str]) -> dict:
     trained = cli_json("train-head", "--train", str(train), "--out", str(out), "--inputs", inputs,
-                       "--pooling", pooling, "--seed", str(seed), "--no-progress", *extra)
+                       "--pooling", pooling, "--seed", str(seed), "--no-progress", "--overwrite", *extra)
     metrics = cli_json("evaluate", "--head", str(out), "--cache", str(test))["metrics"]
     return {"inputs": inputs, "pooling": pooling if inputs != "terms" else "-", "seed": seed,
             "val_macro_f1": trained["val_macro_f1"], "accuracy": metrics["accuracy"],

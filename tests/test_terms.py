@@ -111,3 +111,23 @@ def test_a_cache_without_terms_trains_a_windows_head_by_default(tmp_path):
     assert load_checkpoint(summary.out).head.config.inputs == "windows"
     with open_cache(plain) as cache:
         assert not cache.has_terms and cache.term_hashing == "{}"
+
+
+def test_the_linear_branch_solves_linear_svc_s_problem():
+    """Same objective as scikit-learn's LinearSVC (squared hinge, one-vs-rest, bias regularised):
+    the same decision function up to solver tolerance."""
+    import scipy.sparse as sp
+    from sklearn.svm import LinearSVC
+
+    from stages.linear_fit import fit_linear_svm
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 200)
+    terms = sp.random(200, 60, density=0.1, random_state=1, format="csr") + sp.csr_matrix(
+        np.hstack([np.eye(3)[labels], np.zeros((200, 57))]))
+    dense = rng.normal(size=(200, 5))
+    fit = fit_linear_svm(terms.tocsr(), dense, labels, 3, c=0.5)
+    both = sp.hstack([terms, sp.csr_matrix(dense)]).tocsr()
+    reference = LinearSVC(C=0.5, tol=1e-8, max_iter=100_000).fit(both, labels)
+    ours = both @ np.vstack([fit.term_weights, fit.dense_weights]) + fit.bias
+    np.testing.assert_allclose(ours, reference.decision_function(both), atol=2e-3)
