@@ -172,7 +172,8 @@ def assert_same_cache(got_path, want_path):
     with h5py.File(got_path, "r") as got, h5py.File(want_path, "r") as want:
         assert set(got) == set(want)
         np.testing.assert_allclose(got["embeddings"][:], want["embeddings"][:], rtol=1e-5, atol=1e-6)
-        for name in ("doc_offsets", "window_starts", "labels", "doc_ids", "doc_tokens"):
+        for name in ("doc_offsets", "window_starts", "labels", "doc_ids", "doc_tokens",
+                     "terms/indptr", "terms/indices", "terms/counts"):  # term rows joined in order
             np.testing.assert_array_equal(got[name][:], want[name][:], err_msg=name)
         assert {k: str(v) for k, v in got.attrs.items() if k != "shards"} == \
             {k: str(v) for k, v in want.attrs.items()}
