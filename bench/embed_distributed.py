@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -36,12 +35,10 @@ import h5py
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-SUMMARY = re.compile(r"embedded ([\d,]+) documents.*?: ([\d,]+) windows, ([\d,]+) tokens in ([\d.,]+) s "
-                     r".*?peak memory (?:per rank )?([\d., ]+) GiB")
 
 
 def commands(docs: int, out: Path, data_home: str | None) -> dict[str, list[str]]:
-    embed = ["cli.py", "embed", "--split", "train", "--limit", str(docs), "--out", str(out), "--no-progress",
+    embed = ["cli.py", "embed", "--split", "train", "--limit", str(docs), "--out", str(out), "--no-progress", "--json",
              *(["--data-home", data_home] if data_home else [])]
     return {
         "1 process x 2 threads": [sys.executable, *embed, "--threads", "2"],
@@ -59,14 +56,11 @@ def run_once(command: list[str], out: Path) -> dict:
     wall = time.perf_counter() - start
     if result.returncode != 0:
         sys.exit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
-    match = SUMMARY.search(result.stdout)
-    if match is None:
-        sys.exit(f"no summary line in:\n{result.stdout}")
-    documents, windows, tokens, seconds = (float(match.group(i).replace(",", "")) for i in range(1, 5))
-    return {"wall_s": wall, "embed_s": seconds, "documents": int(documents), "windows": int(windows),
-            "tokens": int(tokens), "tokens_per_s_wall": tokens / wall,
-            "peak_rss_gib_per_process": [float(x) for x in match.group(5).split(",")],
-            "summary": match.group(0)}
+    summary = json.loads(result.stdout.strip().splitlines()[-1])  # rank 0's `embed --json` summary
+    peaks = summary["rank_peak_memory_bytes"] or [summary["peak_memory_bytes"]]
+    return {"wall_s": wall, "embed_s": summary["seconds"], "documents": summary["documents"],
+            "windows": summary["windows"], "tokens": summary["tokens"], "tokens_per_s_wall": summary["tokens"] / wall,
+            "peak_rss_gib_per_process": [p / 2**30 for p in peaks], "summary": summary}
 
 
 def compare(a: Path, b: Path) -> dict:

@@ -17,7 +17,7 @@ Each step's output is kept under runs/bench-finetune/SETTING/kK/ (`--work`) and 
 output exists is skipped, so a killed benchmark reruns from where it stopped.
 Results merge into docs/bench/finetune-SETTING.json (one entry per K) and a table
 in docs/bench/finetune-SETTING.md; wall times and peak memory come from each
-command's own summary line.
+command's own `--json` summary.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import re
 import subprocess
 import sys
 import time
@@ -40,23 +39,22 @@ SETTINGS = {
 }
 
 
-def run(args: list[str], log: Path) -> tuple[str, float]:
-    """Run `cli.py ARGS`; returns (stdout, seconds). stderr (epoch lines) goes to `log`."""
+def run(args: list[str], log: Path) -> tuple[dict, float]:
+    """Run `cli.py ARGS --json`; returns (its JSON summary, seconds). stderr (epoch lines) goes to `log`."""
     started = time.perf_counter()
     with open(log, "a") as err:
         err.write(f"$ cli.py {' '.join(args)}\n")
         err.flush()
-        result = subprocess.run([sys.executable, "cli.py", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=err,
+        result = subprocess.run([sys.executable, "cli.py", *args, "--json"], cwd=ROOT, stdout=subprocess.PIPE, stderr=err,
                                 text=True)
     if result.returncode != 0:
         sys.exit(f"cli.py {' '.join(args)} failed ({result.returncode}); see {log}")
     print(result.stdout.strip(), flush=True)
-    return result.stdout, time.perf_counter() - started
+    return json.loads(result.stdout.strip().splitlines()[-1]), time.perf_counter() - started
 
 
-def peak_gib(line: str) -> float | None:
-    found = re.search(r"peak memory ([\d.]+) GiB", line)
-    return float(found.group(1)) if found else None
+def peak_gib(summary: dict) -> float | None:
+    return summary["peak_memory_bytes"] / 2**30 if "peak_memory_bytes" in summary else None
 
 
 def bench_k(setting: str, k: str, epochs: int, extra: list[str], work_root: Path) -> dict:
@@ -67,22 +65,22 @@ def bench_k(setting: str, k: str, epochs: int, extra: list[str], work_root: Path
     model = work / "model"
     entry = {"unfreeze_top": k, "epochs_max": epochs, "extra": extra}
     if not model.exists():
-        line, seconds = run(["finetune", *data, "--unfreeze-top", k, "--epochs", str(epochs), "--out", str(model),
+        summary, seconds = run(["finetune", *data, "--unfreeze-top", k, "--epochs", str(epochs), "--out", str(model),
                              "--no-progress", *extra], log)
-        entry.update(finetune_seconds=seconds, finetune_peak_gib=peak_gib(line))
+        entry.update(finetune_seconds=seconds, finetune_peak_gib=peak_gib(summary))
     record = json.loads((model / "finetune.json").read_text())
     entry.update(val_accuracy=record["val_accuracy"], val_macro_f1=record["val_macro_f1"],
                  best_epoch=record["best_epoch"], history=record["history"],
                  epoch_seconds=[round(h["seconds"], 1) for h in record["history"]])
     for split in ("train", "test"):
-        line, seconds = run(["embed", *data, "--split", split, "--model", str(model),
-                             "--out", str(work / f"{split}.h5"), "--no-progress"], log)
-        if "complete already" not in line:
+        summary, seconds = run(["embed", *data, "--split", split, "--model", str(model),
+                                "--out", str(work / f"{split}.h5"), "--no-progress"], log)
+        if not summary["already_complete"]:
             entry[f"embed_{split}_seconds"] = seconds
-            entry[f"embed_{split}_peak_gib"] = peak_gib(line)
+            entry[f"embed_{split}_peak_gib"] = peak_gib(summary)
     head = work / "head.pt"
     if not head.exists():
-        line, seconds = run(["train-head", "--train", str(work / "train.h5"), "--out", str(head), "--seed", "0"], log)
+        _, seconds = run(["train-head", "--train", str(work / "train.h5"), "--out", str(head), "--seed", "0"], log)
         entry.update(train_head_seconds=seconds)
     run(["evaluate", "--head", str(head), "--cache", str(work / "test.h5"), "--report", str(work / "report")], log)
     metrics = json.loads((work / "report" / "metrics.json").read_text())

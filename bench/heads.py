@@ -24,6 +24,7 @@ Writes a markdown table to stdout and to --out.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import subprocess
@@ -85,7 +86,7 @@ def train_head(train: Path, out: Path, pooling: str, seed: int, extra: list[str]
     seconds = time.perf_counter() - start
     if child.returncode != 0:
         raise SystemExit(f"train-head failed:\n{stderr}")
-    peak = float(stdout.split("peak memory ")[1].split(" GiB")[0])
+    peak = json.loads(stdout.strip().splitlines()[-1])["peak_memory_bytes"] / 2**30
     print(stdout.strip(), file=sys.stderr)
     return {"seconds": seconds, "peak_gib": peak}
 
