@@ -131,3 +131,37 @@ def test_the_linear_branch_solves_linear_svc_s_problem():
     reference = LinearSVC(C=0.5, tol=1e-8, max_iter=100_000).fit(both, labels)
     ours = both @ np.vstack([fit.term_weights, fit.dense_weights]) + fit.bias
     np.testing.assert_allclose(ours, reference.decision_function(both), atol=2e-3)
+
+
+@pytest.mark.slow
+def test_odd_documents_all_embed_and_get_their_term_rows(tiny_bert, tmp_path):
+    """Empty, one word repeated, binary junk and a 150,000-token post: each keeps all its
+    windows and a term row of its own whole text; nothing is truncated or dropped."""
+    from stages.embed import run_embed
+    from stages.embedding import EmbedConfig
+    from stages.encoder import load_tokenizer
+    from stages.windows import SpecialTokens, WindowSpec, tokenize
+
+    rng = np.random.default_rng(0)
+    texts = {"a/empty.txt": "", "a/repeated.txt": "spam " * 5000,
+             "b/junk.txt": rng.integers(0, 256, 20_000, dtype=np.uint8).tobytes().decode("latin-1"),
+             "b/long.txt": " ".join(rng.choice(FILLER, 150_000))}
+    for name, text in texts.items():
+        (tmp_path / "corpus" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "corpus" / name).write_text(text, encoding="utf-8")
+    out = tmp_path / "odd.h5"
+    run_embed(EmbedConfig(out=out, data=str(tmp_path / "corpus"), model=str(tiny_bert), chunk_tokens=64, stride=8,
+                          precision="fp32", device="cpu", progress=False))
+    with open_cache(out) as cache:
+        ids = cache.doc_ids()
+        written = [texts[i].encode("utf-8").decode("utf-8") for i in ids]
+        tokens = tokenize(load_tokenizer(str(tiny_bert)), written)
+        spec = WindowSpec(64, 8, SpecialTokens.of(load_tokenizer(str(tiny_bert))))
+        assert cache.window_counts.tolist() == [spec.count(len(t)) for t in tokens]
+        assert max(len(t) for t in tokens) >= 150_000
+        rows = cache.term_rows(np.arange(cache.n_docs))
+        assert (rows != TermHashing().counts(written)).nnz == 0
+        by_id = dict(zip(ids, range(len(ids))))
+        assert rows[by_id["a/empty.txt"]].nnz == 0
+        assert sorted(rows[by_id["a/repeated.txt"]].data.tolist()) == [4999, 5000]  # "spam spam", "spam"
+        assert rows[by_id["b/long.txt"]].sum() > 150_000
