@@ -263,71 +263,50 @@ def _visible(path: Path) -> bool:
 
 def load_class_folders(root: Path) -> Corpus:
     """One sub-folder per class, one document per file, in sorted order; hidden ones skipped."""
-    try:
-        records = [
-            _checked(repr(str(post)), f"{folder.name}/{post.name}", post.read_bytes().decode("utf-8", "replace"),
-                     folder.name, from_file_names=True)
-            for folder in sorted(p for p in root.iterdir() if p.is_dir() and _visible(p))
-            for post in sorted(p for p in folder.iterdir() if p.is_file() and _visible(p))
-        ]
-    except OSError as error:
-        raise UserError(f"cannot read {error.filename!r}: {error.strerror}") from None
-    return _from_records(records, str(root))
+    return _from_records(list(_stream_folder(root, labelled=True)), str(root))
 
 
-def _checked(where: str, doc_id: str, text: str, label: str, from_file_names: bool = False) -> tuple[str, str, str]:
-    """The record, once it is safe to embed and to print; a UserError naming `where` if not."""
+def load_csv(path: Path) -> Corpus:
+    return _from_records(list(_stream_csv(path, labelled=True)), str(path))
+
+
+def load_jsonl(path: Path) -> Corpus:
+    return _from_records(list(_stream_jsonl(path, labelled=True)), str(path))
+
+
+def _checked(where: str, doc_id: str, text: str, label: str | None,
+             from_file_names: bool = False) -> tuple[str, str, str | None]:
+    """The record, once it is safe to embed and to print; a UserError naming `where` if not.
+    A label of None (an unlabelled record, where labels are optional) is not checked."""
     for name, value in (("id", doc_id), ("label", label), ("text", text)):
+        if value is None:
+            continue
         try:
             value.encode("utf-8")
         except UnicodeEncodeError as error:
             what = "a file name that is not UTF-8" if from_file_names and name != "text" else "a lone surrogate"
             raise UserError(f"{where}: the {name} holds {what} ({value[error.start:error.end]!r} at "
                             f"character {error.start})") from None
-    if not label.strip():
+    if label is not None and not label.strip():
         raise UserError(f"{where}: the label is empty")
-    if not label.isprintable():
+    if label is not None and not label.isprintable():
         raise UserError(f"{where}: the label {label!r} holds a control character such as a newline or tab")
     return doc_id, text, label
 
 
-def _record(row: dict, where: str, default_id: str) -> tuple[str, str, str]:
-    if not isinstance(row, dict) or "text" not in row or "label" not in row:
-        raise UserError(f"{where}: each record needs 'text' and 'label' fields")
-    if row["label"] is None:
+def _record(row, where: str, default_id: str, labelled: bool) -> tuple[str, str, str | None]:
+    """A CSV row or JSON object as a checked record. `labelled`: a label is required (training
+    corpora); otherwise a missing or empty label is None (`predict --data`)."""
+    if not isinstance(row, dict) or "text" not in row or (labelled and "label" not in row):
+        raise UserError(f"{where}: each record needs " + ("'text' and 'label' fields" if labelled else "a 'text' field"))
+    label = row.get("label")
+    if labelled and label is None:
         raise UserError(f"{where}: the label is missing")
+    if not labelled and label in (None, ""):
+        label = None
     doc_id = row.get("id")
-    return _checked(where, default_id if doc_id is None else str(doc_id), str(row["text"] or ""), str(row["label"]))
-
-
-def load_csv(path: Path) -> Corpus:
-    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
-    try:
-        with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, csv.Error) as error:
-        raise UserError(f"cannot read {path}: {error}") from None
-    records = [_record(row, f"{path} row {n}", f"row{n}") for n, row in enumerate(rows, start=1)]
-    return _from_records(records, str(path))
-
-
-def load_jsonl(path: Path) -> Corpus:
-    records = []
-    try:
-        with open(path, encoding="utf-8-sig", errors="replace") as f:
-            for n, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except RecursionError:
-                    raise UserError(f"{path} line {n}: JSON nested too deeply") from None
-                except ValueError as error:  # JSONDecodeError, or an integer of thousands of digits
-                    raise UserError(f"{path} line {n}: not JSON ({getattr(error, 'msg', None) or error})") from None
-                records.append(_record(row, f"{path} line {n}", f"line{n}"))
-    except OSError as error:
-        raise UserError(f"cannot read {path}: {error.strerror}") from None
-    return _from_records(records, str(path))
+    return _checked(where, default_id if doc_id is None else str(doc_id), str(row["text"] or ""),
+                    None if label is None else str(label))
 
 
 # --- streaming: predict --data on corpora of any size --------------------------------
@@ -353,11 +332,11 @@ def iter_documents(data: str, split: str = "test", categories: list[str] | None 
     if not path.exists():
         raise UserError(f"--data {data}: no such file or directory (nor a known dataset name: {NEWSGROUPS})")
     if path.is_dir():
-        records = _stream_folder(path)
+        records = _stream_folder(path, labelled=False)
     elif path.suffix.lower() == ".csv":
-        records = _stream_csv(path)
+        records = _stream_csv(path, labelled=False)
     elif path.suffix.lower() == ".jsonl":
-        records = _stream_jsonl(path)
+        records = _stream_jsonl(path, labelled=False)
     else:
         raise UserError(f"--data {data}: expected a folder of class folders, a .csv or a .jsonl file")
     if categories:
@@ -366,44 +345,45 @@ def iter_documents(data: str, split: str = "test", categories: list[str] | None 
     return itertools.islice(records, limit)
 
 
-def _stream_folder(root: Path):
+def _stream_folder(root: Path, labelled: bool):
+    """Files of the visible class folders (hidden files and folders skipped), sorted; without
+    `labelled`, files directly inside `root` come first, unlabelled."""
     try:
-        entries = sorted(root.iterdir())
-        for post in (p for p in entries if p.is_file()):
-            yield post.name, post.read_bytes().decode("utf-8", "replace"), None
+        entries = sorted(p for p in root.iterdir() if _visible(p))
+        if not labelled:
+            for post in (p for p in entries if p.is_file()):
+                yield _checked(repr(str(post)), post.name, post.read_bytes().decode("utf-8", "replace"), None,
+                               from_file_names=True)
         for folder in (p for p in entries if p.is_dir()):
-            for post in sorted(p for p in folder.iterdir() if p.is_file()):
-                yield f"{folder.name}/{post.name}", post.read_bytes().decode("utf-8", "replace"), folder.name
+            for post in sorted(p for p in folder.iterdir() if p.is_file() and _visible(p)):
+                yield _checked(repr(str(post)), f"{folder.name}/{post.name}",
+                               post.read_bytes().decode("utf-8", "replace"), folder.name, from_file_names=True)
     except OSError as error:
-        raise UserError(f"cannot read {error.filename}: {error.strerror}") from None
+        raise UserError(f"cannot read {error.filename!r}: {error.strerror}") from None
 
 
-def _streamed_record(row, where: str, default_id: str) -> tuple[str, str, str | None]:
-    if not isinstance(row, dict) or "text" not in row:
-        raise UserError(f"{where}: each record needs a 'text' field")
-    label = row.get("label")
-    return str(row.get("id", default_id)), str(row["text"] or ""), None if label in (None, "") else str(label)
-
-
-def _stream_csv(path: Path):
+def _stream_csv(path: Path, labelled: bool):
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))  # long documents are the point
     try:
-        with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:  # -sig: a BOM is not text
             for n, row in enumerate(csv.DictReader(f), start=1):
-                yield _streamed_record(row, f"{path} row {n}", f"row{n}")
+                yield _record(row, f"{path} row {n}", f"row{n}", labelled)
     except (OSError, csv.Error) as error:
         raise UserError(f"cannot read {path}: {error}") from None
 
 
-def _stream_jsonl(path: Path):
+def _stream_jsonl(path: Path, labelled: bool):
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
+        with open(path, encoding="utf-8-sig", errors="replace") as f:
             for n, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
                 try:
                     row = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise UserError(f"{path} line {n}: not JSON ({error.msg})") from None
-                yield _streamed_record(row, f"{path} line {n}", f"line{n}")
+                except RecursionError:
+                    raise UserError(f"{path} line {n}: JSON nested too deeply") from None
+                except ValueError as error:  # JSONDecodeError, or an integer of thousands of digits
+                    raise UserError(f"{path} line {n}: not JSON ({getattr(error, 'msg', None) or error})") from None
+                yield _record(row, f"{path} line {n}", f"line{n}", labelled)
     except OSError as error:
         raise UserError(f"cannot read {path}: {error.strerror}") from None
