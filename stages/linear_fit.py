@@ -39,27 +39,34 @@ class LinearFit:
 
 
 def fit_linear_svm(terms: sp.csr_matrix, dense: np.ndarray | None, labels: np.ndarray, n_classes: int,
-                   c: float = DEFAULT_C, max_iterations: int = MAX_ITERATIONS) -> LinearFit:
-    """One-vs-rest squared-hinge SVM on [terms, dense] (rows: documents)."""
+                   c: float = DEFAULT_C, max_iterations: int = MAX_ITERATIONS,
+                   start: LinearFit | None = None) -> LinearFit:
+    """One-vs-rest squared-hinge SVM on [terms, dense] (rows: documents). Products run in
+    float32 (the features are float32 already); `start` warm-starts from an earlier fit."""
     from scipy.optimize import minimize
 
-    x = terms.tocsr().astype(np.float64)
+    x = terms.tocsr().astype(np.float32)
     if dense is not None:
-        x = sp.hstack([x, sp.csr_matrix(dense.astype(np.float64))], format="csr")
+        x = sp.hstack([x, sp.csr_matrix(dense.astype(np.float32))], format="csr")
     n, d = x.shape
-    y = -np.ones((n, n_classes))
+    y = -np.ones((n, n_classes), dtype=np.float32)
     y[np.arange(n), labels] = 1.0
     xt = x.T.tocsr()
 
     def objective(flat: np.ndarray):
-        w, b = flat[:d * n_classes].reshape(d, n_classes), flat[d * n_classes:]
+        w, b = flat[:d * n_classes].reshape(d, n_classes).astype(np.float32), flat[d * n_classes:].astype(np.float32)
         slack = np.maximum(0.0, 1.0 - y * (x @ w + b))
-        loss = 0.5 * (w * w).sum() + 0.5 * (b * b).sum() + c * (slack * slack).sum()
+        loss = 0.5 * float((w * w).sum()) + 0.5 * float((b * b).sum()) + c * float((slack * slack).sum())
         g = -2.0 * c * y * slack  # d loss / d margin
-        grad = np.concatenate([(w + xt @ g).ravel(), b + g.sum(0)])
+        grad = np.concatenate([(w + xt @ g).ravel(), b + g.sum(0)]).astype(np.float64)
         return loss, grad
 
-    result = minimize(objective, np.zeros(d * n_classes + n_classes), jac=True, method="L-BFGS-B",
+    x0 = np.zeros(d * n_classes + n_classes)
+    if start is not None and start.term_weights.shape[0] + (0 if start.dense_weights is None
+                                                             else start.dense_weights.shape[0]) == d:
+        parts = [start.term_weights] + ([start.dense_weights] if start.dense_weights is not None else [])
+        x0 = np.concatenate([np.vstack(parts).ravel(), start.bias]).astype(np.float64)
+    result = minimize(objective, x0, jac=True, method="L-BFGS-B",
                       options={"maxiter": max_iterations, "gtol": TOLERANCE})
     w, b = result.x[:d * n_classes].reshape(d, n_classes), result.x[d * n_classes:]
     n_terms = terms.shape[1]
@@ -90,11 +97,11 @@ def fit_linear_branch(head, train, val, c: float = DEFAULT_C, dense_weights=DENS
     else:
         shift, spread = train_dense.mean(0), train_dense.std(0) + 1e-6
         train_dense, val_dense = (train_dense - shift) / spread, (val_dense - shift) / spread
-    best = None
+    best, fit = None, None
     for weight in dense_weights:
         scale = None if weight is None else weight / np.sqrt(train_dense.shape[1])
         fit = fit_linear_svm(train_terms, None if weight is None else train_dense * scale, train_labels,
-                             head.config.n_classes, c)
+                             head.config.n_classes, c, start=fit)  # the last scale's solution is close
         margins = val_terms @ fit.term_weights + fit.bias
         if weight is not None:
             margins = margins + (val_dense * scale) @ fit.dense_weights
