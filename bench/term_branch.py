@@ -9,7 +9,9 @@ Rows, same data, same machine, one invocation (bydate test set, 20 classes, full
   * the cache's hashing (`stages.terms.TermHashing`, unigrams + bigrams) + `stages.term_weights`
     TF-IDF + scikit-learn's LinearSVC;
   * the same features + `stages.linear_fit.fit_linear_svm`, what `train-head --inputs terms` fits
-    (here on every training post: train-head holds out 10% for validation).
+    (here on every training post: train-head holds out 10% for validation). Until commit
+    "linear_fit: liblinear" this was an L-BFGS solver of the same objective (same accuracy,
+    16x slower: docs/bench/term-branch-20class.md); it now calls liblinear like the row above.
 Writes OUT.json and OUT.md.
 """
 
@@ -78,7 +80,7 @@ def main():
     start = time.perf_counter()
     fit = fit_linear_svm(x_train, None, train.labels, len(train.label_names), c=1.0)
     predicted = (x_test @ fit.term_weights + fit.bias).argmax(1)
-    rows.append({"method": f"same features, stages.linear_fit L-BFGS SVM C=1 ({fit.iterations} steps)",
+    rows.append({"method": f"same features, stages.linear_fit.fit_linear_svm C=1 ({fit.iterations} iterations)",
                  **scores(test.labels, predicted), "seconds": time.perf_counter() - start + features_seconds})
 
     command = shlex.join([".venv/bin/python", *sys.argv])

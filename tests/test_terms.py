@@ -113,24 +113,27 @@ def test_a_cache_without_terms_trains_a_windows_head_by_default(tmp_path):
         assert not cache.has_terms and cache.term_hashing == "{}"
 
 
-def test_the_linear_branch_solves_linear_svc_s_problem():
-    """Same objective as scikit-learn's LinearSVC (squared hinge, one-vs-rest, bias regularised):
-    the same decision function up to solver tolerance."""
+def test_the_linear_branch_gives_every_class_a_score_even_two_or_absent_ones():
+    """liblinear keeps one row for two classes and none for a class absent from training:
+    the fit still scores every class, and agrees with LinearSVC's own predictions."""
     import scipy.sparse as sp
     from sklearn.svm import LinearSVC
 
     from stages.linear_fit import fit_linear_svm
 
     rng = np.random.default_rng(0)
-    labels = rng.integers(0, 3, 200)
-    terms = sp.random(200, 60, density=0.1, random_state=1, format="csr") + sp.csr_matrix(
-        np.hstack([np.eye(3)[labels], np.zeros((200, 57))]))
-    dense = rng.normal(size=(200, 5))
-    fit = fit_linear_svm(terms.tocsr(), dense, labels, 3, c=0.5)
-    both = sp.hstack([terms, sp.csr_matrix(dense)]).tocsr()
-    reference = LinearSVC(C=0.5, tol=1e-8, max_iter=100_000).fit(both, labels)
-    ours = both @ np.vstack([fit.term_weights, fit.dense_weights]) + fit.bias
-    np.testing.assert_allclose(ours, reference.decision_function(both), atol=2e-3)
+    for present in ([0, 1], [0, 2, 3]):  # two classes; three of four (class 1 never seen)
+        labels = rng.choice(present, 200)
+        terms = sp.random(200, 60, density=0.1, random_state=1, format="csr") + sp.csr_matrix(
+            np.hstack([np.eye(4)[labels], np.zeros((200, 56))]))
+        dense = rng.normal(size=(200, 5))
+        fit = fit_linear_svm(terms.tocsr(), dense, labels, 4, c=0.5)
+        both = sp.hstack([terms, sp.csr_matrix(dense)]).tocsr()
+        scores = both @ np.vstack([fit.term_weights, fit.dense_weights]) + fit.bias
+        assert scores.shape == (200, 4)
+        reference = LinearSVC(C=0.5).fit(both, labels).predict(both)
+        assert (scores.argmax(1) == reference).mean() >= 0.99
+        assert set(scores.argmax(1).tolist()) <= set(present)
 
 
 @pytest.mark.slow
