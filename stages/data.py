@@ -102,19 +102,7 @@ def load_corpus(
     if data == NEWSGROUPS:
         corpus = load_20newsgroups(split, categories, remove, data_home)
     else:
-        path = Path(data)
-        if remove:
-            raise UserError("--remove applies only to --data 20newsgroups")
-        if not path.exists():
-            raise UserError(f"--data {data}: no such file or directory (nor a known dataset name: {NEWSGROUPS})")
-        if path.is_dir():
-            corpus = load_class_folders(path)
-        elif path.suffix.lower() == ".csv":
-            corpus = load_csv(path)
-        elif path.suffix.lower() == ".jsonl":
-            corpus = load_jsonl(path)
-        else:
-            raise UserError(f"--data {data}: expected a folder of class folders, a .csv or a .jsonl file")
+        corpus = _from_records(list(_user_records(data, remove, labelled=True)), str(Path(data)))
         if categories:
             corpus = keep_categories(corpus, categories)
     corpus = corpus.head(limit)
@@ -261,17 +249,21 @@ def _visible(path: Path) -> bool:
     return not path.name.startswith(".")
 
 
-def load_class_folders(root: Path) -> Corpus:
-    """One sub-folder per class, one document per file, in sorted order; hidden ones skipped."""
-    return _from_records(list(_stream_folder(root, labelled=True)), str(root))
-
-
-def load_csv(path: Path) -> Corpus:
-    return _from_records(list(_stream_csv(path, labelled=True)), str(path))
-
-
-def load_jsonl(path: Path) -> Corpus:
-    return _from_records(list(_stream_jsonl(path, labelled=True)), str(path))
+def _user_records(data: str, remove, labelled: bool):
+    """The (doc_id, text, label) records of a user corpus (folder, .csv, .jsonl), streamed;
+    the path is checked now, the records as they are read."""
+    path = Path(data)
+    if remove:
+        raise UserError("--remove applies only to --data 20newsgroups")
+    if not path.exists():
+        raise UserError(f"--data {data}: no such file or directory (nor a known dataset name: {NEWSGROUPS})")
+    if path.is_dir():
+        return _stream_folder(path, labelled)
+    if path.suffix.lower() == ".csv":
+        return _stream_csv(path, labelled)
+    if path.suffix.lower() == ".jsonl":
+        return _stream_jsonl(path, labelled)
+    raise UserError(f"--data {data}: expected a folder of class folders, a .csv or a .jsonl file")
 
 
 def _checked(where: str, doc_id: str, text: str, label: str | None,
@@ -326,19 +318,7 @@ def iter_documents(data: str, split: str = "test", categories: list[str] | None 
     if data == NEWSGROUPS:
         corpus = load_corpus(data, split, categories, remove, data_home, limit)
         return ((i, t, corpus.label_names[k]) for i, t, k in zip(corpus.doc_ids, corpus.texts, corpus.labels))
-    path = Path(data)
-    if remove:
-        raise UserError("--remove applies only to --data 20newsgroups")
-    if not path.exists():
-        raise UserError(f"--data {data}: no such file or directory (nor a known dataset name: {NEWSGROUPS})")
-    if path.is_dir():
-        records = _stream_folder(path, labelled=False)
-    elif path.suffix.lower() == ".csv":
-        records = _stream_csv(path, labelled=False)
-    elif path.suffix.lower() == ".jsonl":
-        records = _stream_jsonl(path, labelled=False)
-    else:
-        raise UserError(f"--data {data}: expected a folder of class folders, a .csv or a .jsonl file")
+    records = _user_records(data, remove, labelled=False)
     if categories:
         keep = set(categories)
         records = (r for r in records if r[2] in keep)

@@ -71,3 +71,22 @@ def runners():
     import pytest
 
     return ["in-process", pytest.param("subprocess", marks=pytest.mark.slow)]
+
+
+def tiny_embed_config(tiny_bert, corpus, out, **overrides):
+    """Stage one's settings for the tiny BERT: small windows, small blocks, fp32 on the CPU."""
+    from stages.embedding import EmbedConfig
+
+    settings = dict(out=out, data=str(corpus), model=str(tiny_bert), chunk_tokens=32, stride=8,
+                    batch_tokens=256, precision="fp32", device="cpu", block_windows=16, progress=False)
+    return EmbedConfig(**{**settings, **overrides})
+
+
+def read_all(path):
+    """Every dataset of an HDF5 file (by its path, e.g. terms/indptr) and its root attributes."""
+    import h5py
+
+    arrays = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, item: arrays.update({name: item[:]}) if isinstance(item, h5py.Dataset) else None)
+        return arrays, {k: f.attrs[k] for k in f.attrs}

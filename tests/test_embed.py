@@ -2,33 +2,20 @@
 
 import fcntl
 
-import h5py
 import numpy as np
 import pytest
 import torch
+from synthetic import read_all
+from synthetic import tiny_embed_config as config
 
 from stages.cache import PartialCache, open_cache
 from stages.embed import run_embed
-from stages.embedding import EmbedConfig, plan_blocks
+from stages.embedding import plan_blocks
 from stages.encoder import load_encoder
 from stages.encoding import encode_windows, pack_batches
 from stages.errors import UserError
 from stages.terms import TermHashing
 from stages.windows import SpecialTokens, WindowSpec, tokenize
-
-
-def config(tiny_bert, corpus, out, **overrides):
-    settings = dict(out=out, data=str(corpus), model=str(tiny_bert), chunk_tokens=32, stride=8,
-                    batch_tokens=256, precision="fp32", device="cpu", block_windows=16, progress=False)
-    return EmbedConfig(**{**settings, **overrides})
-
-
-def read_all(path):
-    """Every dataset (by its path, e.g. terms/indptr) and the root attributes."""
-    arrays = {}
-    with h5py.File(path, "r") as f:
-        f.visititems(lambda name, item: arrays.update({name: item[:]}) if isinstance(item, h5py.Dataset) else None)
-        return arrays, dict(f.attrs)
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -10,26 +10,13 @@ import h5py
 import numpy as np
 import pytest
 from conftest import ROOT
+from synthetic import read_all
+from synthetic import tiny_embed_config as config
 
 from stages.cache import PartialCache, write_cache
 from stages.embed import run_embed
-from stages.embedding import EmbedConfig
 from stages.errors import UserError
 from stages.workdir import WorkDir, atomic_path, atomic_write_bytes, check_output_path
-
-
-def config(tiny_bert, corpus, out, **overrides):
-    settings = dict(out=out, data=str(corpus), model=str(tiny_bert), chunk_tokens=32, stride=8,
-                    batch_tokens=256, precision="fp32", device="cpu", block_windows=16, progress=False)
-    return EmbedConfig(**{**settings, **overrides})
-
-
-def read_all(path):
-    """Every dataset (by its path, e.g. terms/indptr) and the root attributes."""
-    arrays = {}
-    with h5py.File(path, "r") as f:
-        f.visititems(lambda name, item: arrays.update({name: item[:]}) if isinstance(item, h5py.Dataset) else None)
-        return arrays, {k: f.attrs[k] for k in f.attrs}
 
 
 def assert_same_cache(got_path, want_path):
