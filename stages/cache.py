@@ -39,6 +39,14 @@ if TYPE_CHECKING:
     import scipy.sparse as sp
 
 from stages.errors import UserError
+from stages.term_files import (
+    TermsWriter,
+    csr_of_rows,
+    load_terms,
+    save_terms,
+    terms_path,
+    terms_rows_in,
+)
 from stages.workdir import (  # noqa: F401 (re-exported)
     WorkDir,
     WriteGuard,
@@ -113,7 +121,7 @@ class WindowCache:
             return sp.csr_matrix((group["counts"][:], group["indices"][:], indptr), shape=(self.n_docs, n_features))
         pieces = [(group["indices"][indptr[d]:indptr[d + 1]], group["counts"][indptr[d]:indptr[d + 1]])
                   for d in docs.tolist()]
-        return _csr(pieces, n_features)
+        return csr_of_rows(pieces, n_features)
 
     @property
     def term_features(self) -> int:
@@ -255,7 +263,7 @@ class PartialCache(WorkDir):
                                              and rows == int(window_counts[start:end].sum()))
             if start != expected or end <= start or rows is None or not fits:
                 break
-            if self.keeps_terms and _terms_rows(terms_path(path)) != end - start:
+            if self.keeps_terms and terms_rows_in(terms_path(path)) != end - start:
                 break
             blocks.append((start, end, path))
             expected = end
@@ -298,71 +306,6 @@ def _block_rows(path: Path) -> int | None:
 def load_block(path: Path) -> np.ndarray:
     with open(path, "rb") as f:
         return np.load(f)
-
-
-def terms_path(block_path: Path) -> Path:
-    """Where the term counts of a block's documents live: `terms-START-END.npz` beside it."""
-    return block_path.with_name(block_path.name.replace("block-", "terms-", 1)).with_suffix(".npz")
-
-
-def save_terms(path: Path, matrix: "sp.csr_matrix"):
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, indptr=matrix.indptr.astype(np.int64), indices=matrix.indices.astype(np.int32),
-                 counts=matrix.data.astype(np.int32), n_features=np.int64(matrix.shape[1]))
-
-
-def _terms_rows(path: Path) -> int | None:
-    """Documents in a complete term-count file, or None when it is missing or damaged."""
-    try:
-        return load_terms(path).shape[0]
-    except UserError:
-        return None
-
-
-def load_terms(path: Path) -> "sp.csr_matrix":
-    """A block's term counts; saved by `save_terms`, read without pickle."""
-    import scipy.sparse as sp
-
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            indptr, indices, counts, n = z["indptr"], z["indices"], z["counts"], int(z["n_features"])
-        return sp.csr_matrix((counts, indices, indptr), shape=(len(indptr) - 1, n))
-    except (OSError, KeyError, ValueError, EOFError, TypeError) as error:
-        raise UserError(f"{path}: unreadable term counts ({error}); pass --overwrite to start again") from None
-
-
-def _csr(pieces, n_features: int) -> "sp.csr_matrix":
-    """One CSR matrix from (indices, counts) per row."""
-    import scipy.sparse as sp
-
-    lengths = [len(i) for i, _ in pieces]
-    indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    indices = np.concatenate([i for i, _ in pieces]).astype(np.int32) if pieces else np.zeros(0, np.int32)
-    counts = np.concatenate([c for _, c in pieces]).astype(np.int32) if pieces else np.zeros(0, np.int32)
-    return sp.csr_matrix((counts, indices, indptr), shape=(len(pieces), n_features))
-
-
-class TermsWriter:
-    """Appends CSR rows to `terms/` of an open HDF5 file, one block of documents at a time."""
-
-    def __init__(self, f: h5py.File):
-        group = f.create_group("terms")
-        self.indptr = [np.zeros(1, dtype=np.int64)]
-        self.indices = group.create_dataset("indices", shape=(0,), maxshape=(None,), dtype="int32", chunks=(65536,))
-        self.counts = group.create_dataset("counts", shape=(0,), maxshape=(None,), dtype="int32", chunks=(65536,))
-        self.group = group
-
-    def append(self, indptr: np.ndarray, indices: np.ndarray, counts: np.ndarray):
-        """Rows given as CSR arrays (`indptr` starting at 0)."""
-        at = self.indices.shape[0]
-        self.indices.resize((at + len(indices),))
-        self.counts.resize((at + len(counts),))
-        self.indices[at:] = indices
-        self.counts[at:] = counts
-        self.indptr.append(np.asarray(indptr[1:], dtype=np.int64) + at)
-
-    def close(self):
-        self.group.create_dataset("indptr", data=np.concatenate(self.indptr))
 
 
 def write_cache(out: Path, attrs: dict, blocks: list[tuple[int, int, Path]], *, labels, doc_ids,

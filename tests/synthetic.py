@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.cache import save_terms, terms_path, write_cache
+from stages.cache import write_cache
+from stages.term_files import save_terms, terms_path
 from stages.terms import TermHashing
 
 ATTRS = {"model": "synthetic", "model_fingerprint": "f" * 64, "chunk_tokens": 256, "stride": 32,
