@@ -7,6 +7,7 @@ appends rows to an open HDF5 file; `stages.cache` is its one user.
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,7 +48,7 @@ def load_terms(path: Path) -> "sp.csr_matrix":
         with np.load(path, allow_pickle=False) as z:
             indptr, indices, counts, n = z["indptr"], z["indices"], z["counts"], int(z["n_features"])
         return sp.csr_matrix((counts, indices, indptr), shape=(len(indptr) - 1, n))
-    except (OSError, KeyError, ValueError, EOFError, TypeError) as error:
+    except (OSError, KeyError, ValueError, EOFError, TypeError, zipfile.BadZipFile) as error:  # damaged: not fatal
         raise UserError(f"{path}: unreadable term counts ({error}); pass --overwrite to start again") from None
 
 

@@ -106,6 +106,32 @@ def test_a_damaged_block_is_recomputed_on_resume(tiny_bert, reference, tmp_path,
     assert_same_cache(out, want)
 
 
+@pytest.mark.parametrize("damage", ["missing", "truncated", "wrong rows"])
+def test_a_block_whose_terms_are_damaged_is_recomputed_on_resume(tiny_bert, reference, tmp_path, monkeypatch,
+                                                                  damage):
+    """A finished block needs its term counts beside it: without them (or with damaged
+    ones) it is recomputed with every block after it, and the cache still equals the reference."""
+    from stages.term_files import save_terms
+    from stages.terms import TermHashing
+
+    corpus, want = reference
+    out = tmp_path / "c.h5"
+    real_save = interrupt_after(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        run_embed(config(tiny_bert, corpus, out))
+    monkeypatch.setattr(PartialCache, "save", real_save)
+    terms = sorted((tmp_path / "c.h5.partial").glob("terms-*.npz"))[1]
+    if damage == "missing":
+        terms.unlink()
+    elif damage == "truncated":
+        terms.write_bytes(terms.read_bytes()[:-20])
+    else:
+        save_terms(terms, TermHashing().counts(["one document too few"]))
+    summary = run_embed(config(tiny_bert, corpus, out))
+    assert 0 < summary.resumed_documents
+    assert_same_cache(out, want)
+
+
 # --- 10. an existing cache is checked again under the lock -----------------------------------
 
 
