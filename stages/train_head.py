@@ -222,12 +222,13 @@ def run_train_head(config: TrainConfig, log=None) -> TrainSummary:
         linear = None
         if head.reads_terms:  # the convex part first, then frozen: the epochs train the windows only
             linear = fit_linear_branch(head, train, val, config.term_c, log=log)
-        window_params = [p for p in head.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(window_params or [torch.zeros(1)], lr=config.lr, weight_decay=config.weight_decay)
         steps_per_epoch = len(train.plan(config.batch_docs, config.batch_windows))
-        total = steps_per_epoch * config.max_epochs
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lr_lambda(total, max(1, int(config.warmup_fraction * total))))
+        if head.reads_windows:
+            optimizer = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=config.lr,
+                                          weight_decay=config.weight_decay)
+            total = steps_per_epoch * config.max_epochs
+            schedule = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lr_lambda(total, max(1, int(config.warmup_fraction * total))))
 
         history, best, best_state, stale = [], None, None, 0
         # A terms-only head has nothing left to train: one scoring pass ("epoch 0").
