@@ -42,6 +42,17 @@ def interrupt_after(monkeypatch, n_blocks):
     return real_save
 
 
+def embed_killed_after_three_blocks(tiny_bert, corpus, tmp_path, monkeypatch):
+    """Embed `corpus` into tmp_path/c.h5, interrupted after its third block; saving works
+    normally again afterwards. Returns the output path (its work folder holds 3 blocks)."""
+    out = tmp_path / "c.h5"
+    real_save = interrupt_after(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        run_embed(config(tiny_bert, corpus, out))
+    monkeypatch.setattr(PartialCache, "save", real_save)
+    return out
+
+
 @pytest.fixture(scope="module")
 def reference(tiny_bert, tmp_path_factory):
     from conftest import make_class_folders
@@ -90,11 +101,7 @@ def test_write_cache_refuses_blocks_that_do_not_cover_every_document(tmp_path):
 @pytest.mark.parametrize("damage", ["empty", "truncated", "wrong rows", "garbage"])
 def test_a_damaged_block_is_recomputed_on_resume(tiny_bert, reference, tmp_path, monkeypatch, damage):
     corpus, want = reference
-    out = tmp_path / "c.h5"
-    real_save = interrupt_after(monkeypatch, 3)
-    with pytest.raises(KeyboardInterrupt):
-        run_embed(config(tiny_bert, corpus, out))
-    monkeypatch.setattr(PartialCache, "save", real_save)
+    out = embed_killed_after_three_blocks(tiny_bert, corpus, tmp_path, monkeypatch)
     block = sorted((tmp_path / "c.h5.partial").glob("block-*.npy"))[1]
     data = block.read_bytes()
     block.write_bytes({"empty": b"", "truncated": data[:len(data) - 7], "garbage": b"\x93NUMPY nonsense",
@@ -115,11 +122,7 @@ def test_a_block_whose_terms_are_damaged_is_recomputed_on_resume(tiny_bert, refe
     from stages.terms import TermHashing
 
     corpus, want = reference
-    out = tmp_path / "c.h5"
-    real_save = interrupt_after(monkeypatch, 3)
-    with pytest.raises(KeyboardInterrupt):
-        run_embed(config(tiny_bert, corpus, out))
-    monkeypatch.setattr(PartialCache, "save", real_save)
+    out = embed_killed_after_three_blocks(tiny_bert, corpus, tmp_path, monkeypatch)
     terms = sorted((tmp_path / "c.h5.partial").glob("terms-*.npz"))[1]
     if damage == "missing":
         terms.unlink()
