@@ -109,20 +109,29 @@ def test_unlabelled_jsonl_and_file_mode_explain(tiny, tmp_path):
     assert [s.top_windows for s in singles] == [r["top_windows"] for r in rows]
 
 
-def test_resume_after_an_interruption_in_process(tiny, tmp_path, monkeypatch):
-    corpus, _, head = tiny
+def interrupt_classify_after(monkeypatch, n_blocks: int):
+    """Make predict's Predictor.classify raise KeyboardInterrupt once it has classified
+    `n_blocks` blocks; returns (the real classify, the sizes of the blocks it classified)."""
     from stages import predict as predict_module
 
-    predict_corpus(head, str(corpus), tmp_path / "whole.csv", device="cpu", block_docs=4, progress=False)
     original, calls = predict_module.Predictor.classify, []
 
     def interrupted(self, sources, texts, explain=0):
-        if len(calls) == 2:
+        if len(calls) == n_blocks:
             raise KeyboardInterrupt
         calls.append(len(texts))
         return original(self, sources, texts, explain)
 
     monkeypatch.setattr(predict_module.Predictor, "classify", interrupted)
+    return original, calls
+
+
+def test_resume_after_an_interruption_in_process(tiny, tmp_path, monkeypatch):
+    corpus, _, head = tiny
+    from stages import predict as predict_module
+
+    predict_corpus(head, str(corpus), tmp_path / "whole.csv", device="cpu", block_docs=4, progress=False)
+    original, calls = interrupt_classify_after(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         predict_corpus(head, str(corpus), tmp_path / "p.csv", device="cpu", block_docs=4, progress=False)
     monkeypatch.setattr(predict_module.Predictor, "classify", original)
@@ -173,18 +182,8 @@ def test_a_million_lines_are_streamed(tmp_path, tiny, monkeypatch):
     assert tracemalloc.get_traced_memory()[1] < 2 * 2**20
     tracemalloc.stop()
 
-    from stages import predict as predict_module
 
-    calls = []
-    original = predict_module.Predictor.classify
-
-    def classify_three_blocks(self, sources, texts, explain=0):
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        calls.append(len(texts))
-        return original(self, sources, texts, explain)
-
-    monkeypatch.setattr(predict_module.Predictor, "classify", classify_three_blocks)
+    original, calls = interrupt_classify_after(monkeypatch, 3)
     _, _, head = tiny
     tracemalloc.start()
     with pytest.raises(KeyboardInterrupt):
