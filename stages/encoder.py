@@ -30,6 +30,7 @@ DEVICES = ("auto", "cpu", "cuda")
 # MiniLM (all-MiniLM-L6-v2) was trained for mean pooling: on a held-out review corpus
 # logistic regression scored 0.745 on mean-pooled windows against 0.685 on [CLS].
 WINDOW_VECTORS = ("auto", "cls", "mean")
+POOLING_FILE = Path("1_Pooling") / "config.json"  # where sentence-transformers states its pooling
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -83,12 +84,34 @@ def resolve_window_vector(choice: str, model: str) -> str:
     if choice != "auto":
         return choice
     try:
-        config = json.loads((Path(resolve_model_path(model)) / "1_Pooling" / "config.json").read_text())
+        config = json.loads((Path(resolve_model_path(model)) / POOLING_FILE).read_text())
     except (OSError, ValueError):
         return "cls"
     if isinstance(config, dict) and config.get("pooling_mode_mean_tokens") and not config.get("pooling_mode_cls_token"):
         return "mean"
     return "cls"
+
+
+def write_pooling_config(folder: Path, window_vector: str, hidden_size: int):
+    """State `window_vector` in `folder` as sentence-transformers does, so that
+    --window-vector auto (`resolve_window_vector`) picks it when the folder is loaded."""
+    path = Path(folder) / POOLING_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"word_embedding_dimension": hidden_size,
+                                "pooling_mode_cls_token": window_vector == "cls",
+                                "pooling_mode_mean_tokens": window_vector == "mean",
+                                "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False},
+                               indent=1))
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean of token vectors [B, T, H] over each window's tokens, special tokens included,
+    padding excluded (sentence-transformers' mean pooling), [B, H] float32."""
+    hidden = hidden.float()
+    if attention_mask is None:
+        return hidden.mean(1)
+    weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
 
 
 def autocast(device: torch.device, precision: str):
@@ -165,11 +188,8 @@ class Encoder:
     def mean_vectors(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """Mean of the last layer over each window's tokens, special tokens included, padding
         excluded (sentence-transformers' mean pooling), [batch, hidden] float32."""
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state.float()
-        if attention_mask is None:
-            return hidden.mean(1)
-        weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        return mean_pool(self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state,
+                         attention_mask)
 
     def window_vectors(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """One vector per window, as `window_vector` says."""

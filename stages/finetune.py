@@ -47,7 +47,7 @@ from stages.errors import UserError
 from stages.metrics import scores
 from stages.runtime import peak_memory_bytes, progress_bar
 from stages.training import lr_lambda, stratified_split
-from stages.window_model import WindowModel, encoder_depth, parse_unfreeze_top
+from stages.window_model import WindowModel, build_window_model, encoder_depth, parse_unfreeze_top
 from stages.windows import PackedWindows, SpecialTokens, WindowSpec, tokenize
 from stages.workdir import WorkDir, atomic_path, check_not_an_input
 
@@ -233,7 +233,8 @@ class WindowTrainer:
             self.optimizer, lr_lambda(total_steps, max(1, int(config.warmup_fraction * total_steps))))
         self.scaler = torch.amp.GradScaler(encoder.device.type, enabled=encoder.precision == "fp16")
         store_dtype = {"fp32": torch.float32, "fp16": torch.float16}.get(encoder.precision, torch.bfloat16)
-        self.store = FeatureStore(config.feature_cache_gb * 2**30, windows.lengths, encoder.hidden_size,
+        self.store = FeatureStore(config.feature_cache_gb * 2**30 if model.stores_features else 0,
+                                  windows.lengths, encoder.hidden_size,
                                   store_dtype, per_token=model.unfreeze_top > 0)
         self.pad_id = SpecialTokens.of(encoder.tokenizer).pad_id
 
@@ -241,6 +242,8 @@ class WindowTrainer:
         return sum(p.numel() for p in self.parameters)
 
     def features(self, batch: np.ndarray):
+        if not self.model.stores_features:  # generic encoders: the whole model runs in model.top
+            return pad_batch(self.windows.windows, batch, self.pad_id, self.encoder.device)
         return self.store.get(self.model, self.windows, batch, self.pad_id, self.encoder.device)
 
     def step(self, batch: np.ndarray) -> float:
@@ -310,7 +313,7 @@ def run_finetune(config: FinetuneConfig, log=None) -> FinetuneSummary:
         only = corpus.label_names[present[0]] if len(present) else "none"
         raise UserError(f"--data {config.data}: every document is of class {only!r}; "
                         f"fine-tuning a classifier needs at least two classes")
-    encoder = load_encoder(config.model, config.device, config.precision)
+    encoder = load_encoder(config.model, config.device, config.precision, window_vector="auto")
     k = parse_unfreeze_top(config.unfreeze_top, encoder_depth(encoder.model), config.model)
     if config.chunk_tokens > encoder.max_tokens:
         raise UserError(f"--chunk-tokens {config.chunk_tokens} is above the {encoder.max_tokens} "
@@ -322,7 +325,8 @@ def run_finetune(config: FinetuneConfig, log=None) -> FinetuneSummary:
                         f"validation documents; raise it or add documents")
 
     torch.manual_seed(config.seed)
-    model = WindowModel(encoder.model, len(corpus.label_names), k, config.dropout, config.gradient_checkpointing)
+    model = build_window_model(encoder.model, len(corpus.label_names), k, config.dropout,
+                               config.gradient_checkpointing, encoder.window_vector)
     model.to(encoder.device)
     data_fingerprint = corpus.fingerprint()  # sha256 over every text: computed once
     settings = _settings(config, encoder.fingerprint, data_fingerprint, k)
@@ -370,7 +374,8 @@ def run_finetune(config: FinetuneConfig, log=None) -> FinetuneSummary:
             "format": "longdoc-finetune", "package_version": stages.__version__,
             "base_model": config.model, "base_fingerprint": encoder.fingerprint,
             "fingerprint": fingerprint_model(encoder.model, encoder.tokenizer),
-            "unfreeze_top": k, "label_names": corpus.label_names, "data_source": corpus.source,
+            "unfreeze_top": k, "window_vector": model.window_vector, "label_names": corpus.label_names,
+            "data_source": corpus.source,
             "data_fingerprint": data_fingerprint, "n_train_docs": int(len(train_docs)),
             "n_val_docs": int(len(val_docs)), "n_train_windows": int(len(train_windows)),
             "best_epoch": progress.best_epoch, "val_accuracy": best["val_accuracy"],
@@ -499,7 +504,7 @@ def save_model_folder(out: Path, model: WindowModel, tokenizer, record: dict):
     hf_logging.disable_progress_bar()  # a per-shard writing bar is noise in a CLI
     with atomic_path(out, folder=True) as tmp:
         try:
-            model.encoder.save_pretrained(tmp)
+            model.save_pretrained(tmp)  # the encoder; on the generic path its pooling too
             tokenizer.save_pretrained(tmp)
         except RuntimeError as error:  # safetensors / torch writers report failed writes so
             raise UserError(f"cannot write {out}: {_first_line(error)}") from None
