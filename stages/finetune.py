@@ -11,13 +11,16 @@ train on them (`stages.window_model`), everything below stays frozen.
 Writes `--out`, a Hugging Face model folder (config, weights, tokenizer) that
 `AutoModel.from_pretrained(out)` and `embed --model out` load as is, plus
 `finetune.json`: the settings, the base model and its fingerprint, the fine-tuned
-fingerprint, validation scores per epoch. `embed` copies that lineage into caches.
+fingerprint, the window vector trained (cls or mean), validation scores per epoch.
+`embed` copies that lineage into caches. On the generic path the folder also holds
+`1_Pooling/config.json`, so `embed --window-vector auto` pools as it was trained.
 
 How it stays small and resumable:
 * batches are packed to a token budget, so memory is bounded by `batch_tokens`
   (and `unfreeze_top`), never by a document's length;
 * the frozen bottom's features of each window are computed once and kept in memory
-  up to `feature_cache_gb`; later epochs run only the top layers;
+  up to `feature_cache_gb`; later epochs run only the top layers (BERT layout; on
+  the generic path the whole encoder runs every step, the bottom without gradients);
 * validation is a seeded, stratified split of *documents*, so no document has
   windows on both sides; the score is document-level macro-F1 from the mean of
   its windows' probabilities; the best epoch is kept, early stopping after
@@ -25,6 +28,12 @@ How it stays small and resumable:
 * every `checkpoint_steps` steps and at each epoch's end, the trainable weights,
   optimizer, schedule, random state and history go to `<out>.partial/` (atomically);
   a killed run continues from there. `--out` appears only once training is done.
+
+Supported: BERT-layout encoders (BERT, RoBERTa, MiniLM, ELECTRA, ...) on the fast
+path above, trained on [CLS]; any other encoder whose layers form a list (DistilBERT,
+MPNet, DeBERTa, ModernBERT, ...) on the generic path, pooled as it was trained
+(`stages.window_model`). Not supported: encoders without a layer list (one-line
+error); training the embedding tables.
 """
 
 from __future__ import annotations
