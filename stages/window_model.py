@@ -30,8 +30,9 @@ is pooled as the encoder was trained (`stages.encoder.resolve_window_vector` wit
 `auto`: mean where a sentence-transformers folder says so, else [CLS]), and the saved
 folder says so (`1_Pooling/config.json`), so `embed --model` pools the same way.
 With k = 0 the encoder is frozen whole and its window vectors are stored as above.
-Modules after the last layer (ModernBERT's final norm) stay frozen: a per-dimension
-affine map that the linear classifier, and stage two's head, absorb exactly.
+Modules after the last layer (ModernBERT's final norm) stay frozen: their per-dimension
+scale and shift is absorbed by the linear classifier (exactly, without dropout), so
+training them would add nothing but a rule per family to find them.
 
 The embedding tables stay frozen even with k = all layers: they are over half of
 MiniLM's parameters (30,522 x 384 word pieces), and a word piece rare in the
