@@ -267,3 +267,17 @@ def test_a_model_without_a_layer_list_is_one_line(tiny_bert, corpus, tmp_path, c
     assert err.count("\n") == 1 and err.startswith("error: fine-tuning needs an encoder whose layers form a list")
     assert "DistilBertModel has none" in err
     assert not (tmp_path / "ft").exists()
+
+
+def test_the_bert_path_still_saves_a_cls_folder(tiny_bert, corpus, tmp_path, capsys):
+    """The fast path trains [CLS] and writes no 1_Pooling, so `auto` embeds with cls, even
+    when the base folder says mean (as the packaged MiniLM's does)."""
+    base = tmp_path / "bert-mean"
+    base.mkdir()
+    for path in tiny_bert.iterdir():
+        (base / path.name).write_bytes(path.read_bytes())
+    write_pooling_config(base, "mean", 32)
+    out = tmp_path / "ft"
+    assert cli.main(finetune_args(base, corpus, out, "--unfreeze-top", "1", "--epochs", "1")) == 0
+    assert not (out / "1_Pooling").exists() and resolve_window_vector("auto", str(out)) == "cls"
+    assert json.loads((out / "finetune.json").read_text())["window_vector"] == "cls"
