@@ -56,7 +56,12 @@ from stages.errors import UserError
 from stages.metrics import scores
 from stages.runtime import peak_memory_bytes, progress_bar
 from stages.training import lr_lambda, stratified_split
-from stages.window_model import WindowModel, build_window_model, encoder_depth, parse_unfreeze_top
+from stages.window_model import (
+    WindowModel,
+    build_window_model,
+    encoder_depth,
+    parse_unfreeze_top,
+)
 from stages.windows import PackedWindows, SpecialTokens, WindowSpec, tokenize
 from stages.workdir import WorkDir, atomic_path, check_not_an_input
 
