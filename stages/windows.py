@@ -85,6 +85,10 @@ class WindowSpec:
             return 1
         return 1 + -(-(n_tokens - self.body) // self.step)
 
+    def counts(self, doc_tokens) -> np.ndarray:
+        """Number of windows of each document (int64), given their lengths in tokens."""
+        return np.fromiter((self.count(int(n)) for n in doc_tokens), dtype=np.int64, count=len(doc_tokens))
+
     def starts(self, n_tokens: int) -> np.ndarray:
         """Start offset of each window's body in the document's tokens."""
         return np.arange(self.count(n_tokens), dtype=np.int64) * self.step

@@ -8,7 +8,8 @@ import torch
 from synthetic import read_all
 from synthetic import tiny_embed_config as config
 
-from stages.cache import PartialCache, open_cache
+from stages.cache import open_cache
+from stages.cache_writer import PartialCache
 from stages.embed import run_embed
 from stages.embedding import plan_blocks
 from stages.encoder import load_encoder
