@@ -29,9 +29,9 @@ The run, as every rank sees it (`_run`):
 Failures: an error in steps 1-2 is gathered, and rank 0 prints one line naming each
 failing rank and its cause (`error: rank 1 failed: ...`); every rank exits 2
 (`stages.ranks.Group.agree`). An error in step 3 is printed by the rank that hit it,
-which exits 2; torchrun then stops the others (and adds its own report below that line). A killed rank loses at most the block
-it was computing. Only renamed files count as finished, so nothing half-written is ever
-taken for complete.
+which exits 2; torchrun then stops the others (and adds its own report below that
+line). A killed rank loses at most the block it was computing. Only renamed files count
+as finished, so nothing half-written is ever taken for complete.
 
 Not supported: changing the number of ranks in the middle of a run (refused, naming
 the earlier count; --overwrite starts again), and more ranks on a machine than it has
