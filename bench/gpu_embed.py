@@ -12,7 +12,8 @@ document (the longest 20 Newsgroups post has 138,677 tokens) two ways:
     512 and run as one batch in fp32 (reported as OOM when it does not fit).
 Token ids are random (seeded) in the vocabulary: throughput does not depend on which
 tokens they are, and the script then needs no dataset on the GPU machine.
-Prints one JSON object; copy its figures into docs/BENCHMARKS.md.
+Reads MiniLM's tokenizer only; writes nothing: prints one JSON object, whose figures
+go into docs/BENCHMARKS.md by hand.
 """
 
 from __future__ import annotations

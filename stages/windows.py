@@ -12,6 +12,8 @@ least one vector and nothing downstream needs a special case.
                         [---- body ----]          stride = overlap
                                     [---- body ----]
                                                 [-- last --]
+
+Reads texts (`tokenize`, through the tokenizer) and token ids; writes nothing.
 """
 
 from __future__ import annotations
