@@ -103,6 +103,7 @@ class _Setup:
 
 
 def _run(config: EmbedConfig, group: Group, device_error: str | None, started: float) -> EmbedSummary | None:
+    """The four steps of the module docstring, as every rank runs them; rank 0 joins."""
     out = Path(config.out)
     setup, doc_tokens = _set_up(config, group, device_error)
     job = setup.job

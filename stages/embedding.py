@@ -2,8 +2,8 @@
 loading, and embedding a run of documents block by block into a work folder.
 
 Reads a corpus (`stages.data`) and an encoder (`stages.encoder`); writes finished
-blocks into a `stages.cache_writer.PartialCache`. `stages.embed` (one process) and
-`stages.distributed` (torchrun) assemble caches from it.
+blocks into a `stages.cache_writer.PartialCache`, and `publish` assembles them into a
+cache. `stages.embed` (one process) and `stages.distributed` (torchrun) run these steps.
 """
 
 from __future__ import annotations
