@@ -7,6 +7,7 @@
   * default: [CLS]-only last layer, 1024-token batches;
   * full last layer (every token through every layer);
   * 16384-token batches.
+Reads the 20 Newsgroups train split and MiniLM; writes nothing, prints a Markdown table.
 """
 
 from __future__ import annotations

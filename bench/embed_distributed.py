@@ -16,6 +16,9 @@ Reports wall time of the whole command (start-up, loading and the join included)
 tokens/s over that wall time, the command's own embedding time, peak resident memory
 of each process (from the summary line), and how close the two caches are (they run
 the same windows; only batch composition and thread count differ).
+Reads the 20 Newsgroups train split and MiniLM (through the commands); writes the
+caches in `--workdir` (a temporary folder, deleted, by default), the results as JSON
+to `--json` and as a Markdown table to `--markdown`, and prints both.
 """
 
 from __future__ import annotations

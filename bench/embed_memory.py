@@ -6,6 +6,9 @@ Each measurement runs `run_embed` (the code behind `cli.py embed`, default setti
 on a one-document JSONL corpus in a fresh process and reports that process's peak
 resident memory (ru_maxrss). The long document is real 20 Newsgroups text, cut to
 the requested token count.
+Reads the 20 Newsgroups train split and MiniLM; writes the one-document corpora and
+their caches in a temporary folder (deleted), and the results as JSON to `--json`;
+prints them.
 """
 
 from __future__ import annotations

@@ -8,19 +8,20 @@ window settings, MiniLM):
     and at bf16 autocast (the default on this CPU);
   * sentence-transformers `encode()` on the same windows as text (its defaults:
     batch 32, fp32), also under bf16 autocast and with bf16 weights;
-  * the original prototype's approach: each document's windows padded to 512 and run
-    as one batch, fp32 (as it ran) and under bf16 autocast;
+  * the original prototype's approach (bench/prototype.py): each document's windows
+    padded to 512 and run as one batch, fp32 (as it ran) and under bf16 autocast;
 and reports tokens/s, the speed-ups the stage-one issue asks for, and model FLOP
 utilisation: tokens/s x encoder FLOPs per token / measured matmul FLOP/s, same dtype
 (with the FLOPs stage one executes; see stages/cls_forward.py).
 Every method embeds exactly the same token windows; tokens/s counts real (unpadded)
 window tokens, special tokens included.
+Reads the 20 Newsgroups train split and MiniLM (ours and sentence-transformers' copy of
+the same folder); writes the results as JSON to `--json` and prints them.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -34,12 +35,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import prototype  # noqa: E402  (bench/prototype.py, beside this file)
+
 from stages.data import load_corpus  # noqa: E402
 from stages.encoder import DEFAULT_MODEL, load_encoder, resolve_model_path  # noqa: E402
 from stages.encoding import encode_windows  # noqa: E402
 from stages.windows import SpecialTokens, WindowSpec, tokenize  # noqa: E402
 
-BF16 = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
+
+def bf16_autocast(fn, *args, **kwargs):
+    """`fn(*args, **kwargs)` under bf16 autocast on the CPU."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        return fn(*args, **kwargs)
 
 
 def best_times(methods: dict, rounds: int) -> dict:
@@ -86,18 +93,6 @@ def encoder_flops_per_token(config, window_lengths: np.ndarray, cls_only_last_la
     return (layers - 1) * (dense + attention) + last_every_token + last_per_window.sum() / tokens
 
 
-def prototype_forward(model, windows_by_doc, precision_ctx, pad_id, width=512):
-    """The original prototype: every window of one document, padded to 512, one batch."""
-    for windows in windows_by_doc:
-        ids = torch.full((len(windows), width), pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, window in enumerate(windows):
-            ids[row, :len(window)] = torch.tensor(window)
-            mask[row, :len(window)] = 1
-        with torch.inference_mode(), precision_ctx():
-            model(input_ids=ids, attention_mask=mask).last_hidden_state[:, 0].float()
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--docs", type=int, default=200)
@@ -136,12 +131,13 @@ def main():
         "ours fp32": lambda: encode_windows(fp32, windows, args.batch_tokens),
         "ours bf16 autocast (default)": lambda: encode_windows(bf16, windows, args.batch_tokens),
         "sentence-transformers encode fp32 (its defaults)": lambda: st.encode(texts, show_progress_bar=False),
-        "sentence-transformers encode bf16 autocast": lambda: _under(BF16, st.encode, texts),
+        "sentence-transformers encode bf16 autocast":
+            lambda: bf16_autocast(st.encode, texts, show_progress_bar=False),
         "sentence-transformers encode bf16 weights": lambda: st_bf16.encode(texts, show_progress_bar=False),
         "original prototype fp32 (doc = one batch, pad 512)":
-            lambda: prototype_forward(fp32.model, windows_by_doc, contextlib.nullcontext, spec.special.pad_id),
+            lambda: prototype.embed_documents(fp32.model, windows_by_doc, spec.special.pad_id),
         "original prototype bf16 autocast":
-            lambda: prototype_forward(fp32.model, windows_by_doc, BF16, spec.special.pad_id),
+            lambda: bf16_autocast(prototype.embed_documents, fp32.model, windows_by_doc, spec.special.pad_id),
     }
     # warm-up: first calls allocate, pick kernels and fill caches
     encode_windows(fp32, windows[:64], args.batch_tokens)
@@ -158,38 +154,29 @@ def main():
     executed = encoder_flops_per_token(fp32.model.config, lengths, supports_cls_shortcut(fp32.model))
     full = encoder_flops_per_token(fp32.model.config, lengths, False)
     peak = {"fp32": matmul_flops(torch.float32), "bf16": matmul_flops(torch.bfloat16)}
+    default, st_encode = "ours bf16 autocast (default)", "sentence-transformers encode"
+    ours = {"fp32": rates["ours fp32"], "bf16": rates[default]}
+    speedups = {  # name: (faster, slower), two methods of `rates`
+        "ours fp32 / sentence-transformers fp32": ("ours fp32", f"{st_encode} fp32 (its defaults)"),
+        "ours bf16 autocast / sentence-transformers bf16 autocast": (default, f"{st_encode} bf16 autocast"),
+        "ours bf16 autocast / sentence-transformers bf16 weights": (default, f"{st_encode} bf16 weights"),
+        "ours default / sentence-transformers defaults": (default, f"{st_encode} fp32 (its defaults)"),
+        "ours default / original prototype (fp32)": (default, "original prototype fp32 (doc = one batch, pad 512)"),
+        "ours bf16 / original prototype bf16": (default, "original prototype bf16 autocast"),
+    }
     results = {
         "docs": len(corpus), "windows": len(windows), "tokens": n_tokens,
         "window_settings": {"chunk_tokens": args.chunk_tokens, "stride": args.stride,
                             "batch_tokens": args.batch_tokens},
         "st_retokenization_identical_fraction": float(same_ids),
         "tokens_per_s": rates,
-        "speedups": {
-            "ours fp32 / sentence-transformers fp32":
-                rates["ours fp32"] / rates["sentence-transformers encode fp32 (its defaults)"],
-            "ours bf16 autocast / sentence-transformers bf16 autocast":
-                rates["ours bf16 autocast (default)"] / rates["sentence-transformers encode bf16 autocast"],
-            "ours bf16 autocast / sentence-transformers bf16 weights":
-                rates["ours bf16 autocast (default)"] / rates["sentence-transformers encode bf16 weights"],
-            "ours default / sentence-transformers defaults":
-                rates["ours bf16 autocast (default)"] / rates["sentence-transformers encode fp32 (its defaults)"],
-            "ours default / original prototype (fp32)":
-                rates["ours bf16 autocast (default)"] / rates["original prototype fp32 (doc = one batch, pad 512)"],
-            "ours bf16 / original prototype bf16":
-                rates["ours bf16 autocast (default)"] / rates["original prototype bf16 autocast"],
-        },
+        "speedups": {name: rates[faster] / rates[slower] for name, (faster, slower) in speedups.items()},
         "flops_per_token": {"executed": executed, "full_encoder": full},
         "matmul_flops_per_s": peak,
         # executed FLOPs: what the hardware really did (the conservative figure)
-        "model_flops_utilisation": {
-            "fp32": rates["ours fp32"] * executed / peak["fp32"],
-            "bf16": rates["ours bf16 autocast (default)"] * executed / peak["bf16"],
-        },
+        "model_flops_utilisation": {dtype: ours[dtype] * executed / peak[dtype] for dtype in peak},
         # full-encoder FLOPs: useful work, as if every token went through every layer
-        "model_flops_utilisation_full_encoder": {
-            "fp32": rates["ours fp32"] * full / peak["fp32"],
-            "bf16": rates["ours bf16 autocast (default)"] * full / peak["bf16"],
-        },
+        "model_flops_utilisation_full_encoder": {dtype: ours[dtype] * full / peak[dtype] for dtype in peak},
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                    f"{torch.get_num_threads()} threads",
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
@@ -198,11 +185,6 @@ def main():
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
-
-
-def _under(ctx, fn, texts):
-    with ctx():
-        return fn(texts, show_progress_bar=False)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ In one process, with the library's own functions:
     multi-window ones only;
   * with --data and --report-dir: `stages.evaluate.evaluate` writes the full report,
     and the size of report.html is recorded (target: under 20 MB for the test set).
-Writes JSON to --out and prints it.
+Reads the head (--head), its cache (--cache) and, with --data, the corpus and the
+tokenizer; writes JSON to --out (and the report to --report-dir) and prints it.
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ Each step's output is kept under runs/bench-finetune/SETTING/kK/ (`--work`) and 
 output exists is skipped, so a killed benchmark reruns from where it stopped.
 Results merge into docs/bench/finetune-SETTING.json (one entry per K) and a table
 in docs/bench/finetune-SETTING.md; wall times and peak memory come from each
-command's own `--json` summary.
+command's own `--json` summary. Reads 20 Newsgroups and the base encoder (through the
+commands) and the earlier results it merges into.
 """
 
 from __future__ import annotations

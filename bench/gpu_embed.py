@@ -8,11 +8,12 @@ not depend on the values) embeds the windows of a 512-token and a 138,000-token
 document (the longest 20 Newsgroups post has 138,677 tokens) two ways:
   * ours: `stages.encoding.encode_windows`, length-sorted batches of at most
     `--batch-tokens` tokens (the CUDA default), bf16 autocast (fp16 where bf16 is missing);
-  * the original prototype: all windows of the document padded to 512 and run as one
-    batch in fp32 (reported as OOM when it does not fit).
+  * the original prototype (bench/prototype.py): all windows of the document padded to
+    512 and run as one batch in fp32 (reported as OOM when it does not fit).
 Token ids are random (seeded) in the vocabulary: throughput does not depend on which
 tokens they are, and the script then needs no dataset on the GPU machine.
-Prints one JSON object; copy its figures into docs/BENCHMARKS.md.
+Reads MiniLM's tokenizer only; writes nothing: prints one JSON object, whose figures
+go into docs/BENCHMARKS.md by hand.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import prototype  # noqa: E402  (bench/prototype.py, beside this file)
 
 from stages.encoder import DEFAULT_MODEL, Encoder, load_tokenizer  # noqa: E402
 from stages.encoding import default_batch_tokens, encode_windows  # noqa: E402
@@ -70,19 +73,13 @@ def run_ours(encoder, windows, batch_tokens, device):
     return time.perf_counter() - start
 
 
-def run_prototype(encoder, windows, device, width=512):
-    ids = torch.zeros((len(windows), width), dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, window in enumerate(windows):
-        ids[row, :len(window)] = torch.tensor(window)
-        mask[row, :len(window)] = 1
-    with torch.inference_mode():  # warm-up, as for ours: the first call pays for kernel selection
-        encoder.model(input_ids=ids[:2].to(device), attention_mask=mask[:2].to(device))
+def run_prototype(encoder, windows, pad_id, device):
+    ids, mask = prototype.pad_document(windows, pad_id)
+    prototype.embed_padded(encoder.model, ids[:2], mask[:2], device)  # warm-up, as for ours: kernel selection
     reset_peak(device)
     synchronize(device)
     start = time.perf_counter()
-    with torch.inference_mode():
-        encoder.model(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state[:, 0].float()
+    prototype.embed_padded(encoder.model, ids, mask, device)
     synchronize(device)
     return time.perf_counter() - start
 
@@ -116,7 +113,7 @@ def main():
         seconds = run_ours(encoder, windows, batch_tokens, device)
         row["ours"] = {"tokens_per_s": n_window_tokens / seconds, "peak_gpu_gib": peak_gib(device)}
         try:
-            seconds = run_prototype(encoder, windows, device)
+            seconds = run_prototype(encoder, windows, spec.special.pad_id, device)
             row["prototype"] = {"tokens_per_s": n_window_tokens / seconds, "peak_gpu_gib": peak_gib(device)}
         except torch.OutOfMemoryError:
             row["prototype"] = {"out_of_memory": True, "peak_gpu_gib_before_failing": peak_gib(device)}

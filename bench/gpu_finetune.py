@@ -9,9 +9,9 @@ One training step over every window of a document of `--tokens` tokens, two ways
     runs without gradients; windows go in batches of at most `--batch-tokens` tokens,
     each window labelled with the document's class; bf16/fp16 autocast where the
     device has it; one AdamW step;
-  * the original prototype: every window of the document, padded to the window
-    size, through the whole encoder with gradients at once, the [CLS] vectors
-    averaged, a linear classifier, fp32, one AdamW step over every weight.
+  * the original prototype (bench/prototype.py): every window of the document, padded
+    to the window size, through the whole encoder with gradients at once, the [CLS]
+    vectors averaged, a linear classifier, fp32, one AdamW step over every weight.
 Each runs in its own process, so peak memory (peak CUDA allocation on a GPU, peak
 resident memory on a CPU) is that method's alone. A method that runs out of memory
 is reported as such (on a CPU the child is capped at `--cpu-memory-cap-gib`).
@@ -85,21 +85,10 @@ def step_ours(model, windows, args, device):
 
 
 def step_prototype(model, windows, args, device):
-    width = args.chunk_tokens
-    ids = torch.zeros((len(windows), width), dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, window in enumerate(windows):
-        ids[row, :len(window)] = torch.tensor(window)
-        mask[row, :len(window)] = 1
-    classifier = torch.nn.Linear(model.config.hidden_size, 20).to(device)
-    model.train()
-    optimizer = torch.optim.AdamW([*model.parameters(), *classifier.parameters()], lr=2e-5)
-    cls = model(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state[:, 0]
-    loss = torch.nn.functional.cross_entropy(classifier(cls.mean(0, keepdim=True)), torch.tensor([3], device=device))
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return {"precision": "fp32", "trainable_parameters": sum(p.numel() for p in model.parameters())}
+    import prototype  # bench/prototype.py, beside this file
+
+    # pad id 0 as in step_ours: padded positions are masked, their id changes nothing
+    return prototype.train_step(model, windows, pad_id=0, device=device, width=args.chunk_tokens)
 
 
 def child(args):

@@ -1,4 +1,7 @@
-"""What a benchmark ran on, for the record beside its figures."""
+"""What a benchmark ran on, for the record beside its figures.
+
+Reads /proc/cpuinfo and asks torch for its GPU; writes nothing.
+"""
 
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ Where the embeddings live:
   document per epoch).
 
 Batching is deterministic given the `numpy.random.Generator` passed in.
+Reads an open cache (`stages.cache.WindowCache`: vectors, labels, term rows); writes nothing.
 """
 
 from __future__ import annotations

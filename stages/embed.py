@@ -19,13 +19,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from stages.cache import PartialCache, write_cache
+from stages.cache_writer import PartialCache
 from stages.embedding import (
     EmbedConfig,
     EmbedSummary,
     complete_already,
     embed_documents,
     prepare,
+    publish,
 )
 from stages.runtime import peak_memory_bytes
 from stages.windows import tokenize
@@ -48,10 +49,7 @@ def run_embed(config: EmbedConfig) -> EmbedSummary:
             return EmbedSummary(out, len(corpus), 0, 0, 0, 0.0, peak_memory_bytes(), already_complete=True)
         token_ids = tokenize(job.encoder.tokenizer, corpus.texts)
         done = embed_documents(job, partial, token_ids, corpus.texts, config.progress)
-        write_cache(out, job.attrs, partial.finished_blocks(), labels=corpus.labels, doc_ids=corpus.doc_ids,
-                    doc_tokens=done.doc_tokens, window_counts=done.window_counts,
-                    window_starts=done.window_starts, hidden=job.encoder.hidden_size)
-        partial.discard()
+        publish(job, partial, out, job.attrs, done)
     return EmbedSummary(out, len(corpus), int((done.doc_tokens == 0).sum()), int(done.window_counts.sum()),
                         done.tokens_encoded, time.perf_counter() - started, peak_memory_bytes(job.encoder.device),
                         resumed_documents=done.resumed_documents)

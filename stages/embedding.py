@@ -2,8 +2,8 @@
 loading, and embedding a run of documents block by block into a work folder.
 
 Reads a corpus (`stages.data`) and an encoder (`stages.encoder`); writes finished
-blocks into a `stages.cache.PartialCache`. `stages.embed` (one process) and
-`stages.distributed` (torchrun) assemble caches from it.
+blocks into a `stages.cache_writer.PartialCache`, and `publish` assembles them into a
+cache. `stages.embed` (one process) and `stages.distributed` (torchrun) run these steps.
 """
 
 from __future__ import annotations
@@ -16,13 +16,8 @@ import numpy as np
 import torch
 
 import stages
-from stages.cache import (
-    CACHE_IDENTITY,
-    Block,
-    PartialCache,
-    differences,
-    read_attrs,
-)
+from stages.cache import CACHE_IDENTITY, differences, read_attrs
+from stages.cache_writer import Block, PartialCache, write_cache
 from stages.data import NEWSGROUPS, Corpus, load_corpus
 from stages.encoder import DEFAULT_MODEL, Encoder, load_encoder, read_lineage
 from stages.encoding import default_batch_tokens, encode_windows
@@ -224,7 +219,7 @@ def embed_documents(job: Job, partial: PartialCache, token_ids: list[np.ndarray]
     `texts` when the job keeps terms. `on_block()` is called after each save."""
     spec = job.spec
     doc_tokens = np.fromiter((len(t) for t in token_ids), dtype=np.int64, count=len(token_ids))
-    window_counts = np.fromiter((spec.count(n) for n in doc_tokens), dtype=np.int64, count=len(doc_tokens))
+    window_counts = spec.counts(doc_tokens)
     window_starts = (np.concatenate([spec.starts(n) for n in doc_tokens]) if len(doc_tokens)
                      else np.zeros(0, dtype=np.int64))
     done = partial.finished_blocks(window_counts)
@@ -242,3 +237,13 @@ def embed_documents(job: Job, partial: PartialCache, token_ids: list[np.ndarray]
             if on_block is not None:
                 on_block()
     return Embedded(doc_tokens, window_counts, window_starts, tokens_encoded, resumed_docs)
+
+
+def publish(job: Job, partial: PartialCache, out: Path, attrs: dict, done: Embedded, docs: slice = slice(None)):
+    """Assemble the finished blocks in `partial` (documents `docs` of the corpus, as
+    `embed_documents` left them) into the cache `out` with root attributes `attrs`,
+    atomically; then delete the work area."""
+    write_cache(out, attrs, partial.finished_blocks(), labels=job.corpus.labels[docs],
+                doc_ids=job.corpus.doc_ids[docs], doc_tokens=done.doc_tokens, window_counts=done.window_counts,
+                window_starts=done.window_starts, hidden=job.encoder.hidden_size)
+    partial.discard()

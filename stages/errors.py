@@ -2,7 +2,7 @@
 
 Anything a user can cause (a bad path, a bad option value, a file that is not a
 cache) raises `UserError` with a sentence that names the problem and, where there
-is one, the fix. Anything else is a bug and keeps its traceback.
+is one, the fix. Anything else is a bug and keeps its traceback. Reads and writes nothing.
 """
 
 

@@ -26,6 +26,8 @@ vectors beside them. It is fitted as a linear SVM (`stages.linear_fit`), not by 
 epoch loop. With both inputs the head's logits are `mix[0] * window logits + mix[1] *
 linear logits`, the two weights fitted on validation (`fit_mix`): the two branches'
 logits are stacked, and the more trustworthy one counts for more.
+
+Reads and writes no files: `stages.checkpoint` saves a head and loads it back.
 """
 
 from __future__ import annotations

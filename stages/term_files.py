@@ -2,7 +2,7 @@
 the `terms/` group of a cache, both CSR, one row per document (docs/cache-format.md).
 
 Reads and writes numpy `.npz` files (never pickled: loaded with `allow_pickle=False`) and
-appends rows to an open HDF5 file; `stages.cache` is its one user.
+appends rows to an open HDF5 file; `stages.cache_writer` writes them and `stages.cache` reads them.
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ least one vector and nothing downstream needs a special case.
                         [---- body ----]          stride = overlap
                                     [---- body ----]
                                                 [-- last --]
+
+Reads texts (`tokenize`, through the tokenizer) and token ids; writes nothing.
 """
 
 from __future__ import annotations
@@ -84,6 +86,10 @@ class WindowSpec:
         if n_tokens <= self.body:
             return 1
         return 1 + -(-(n_tokens - self.body) // self.step)
+
+    def counts(self, doc_tokens) -> np.ndarray:
+        """Number of windows of each document (int64), given their lengths in tokens."""
+        return np.fromiter((self.count(int(n)) for n in doc_tokens), dtype=np.int64, count=len(doc_tokens))
 
     def starts(self, n_tokens: int) -> np.ndarray:
         """Start offset of each window's body in the document's tokens."""

@@ -1,4 +1,4 @@
-"""Small synthetic window caches, written with the real writer (`stages.cache.write_cache`)."""
+"""Small synthetic window caches, written with the real writer (`stages.cache_writer.write_cache`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.cache import write_cache
+from stages.cache_writer import write_cache
 from stages.term_files import save_terms, terms_path
 from stages.terms import TermHashing
 

@@ -1,6 +1,6 @@
-"""Stage one under torchrun: the shard plan, the rank bookkeeping, and two CPU ranks
-end to end on the tiny random BERT (joined cache == one-process cache, after a kill
-and after a failing rank too)."""
+"""Stage one under torchrun: the shard plan (stages/shards.py), the rank bookkeeping
+(stages/ranks.py), and two CPU ranks end to end on the tiny random BERT (joined cache ==
+one-process cache, after a kill and after a failing rank too)."""
 
 import json
 import os
@@ -18,20 +18,17 @@ import torch.distributed as dist
 from conftest import ROOT, make_class_folders
 
 from stages.cache import read_attrs
-from stages.distributed import (
-    Ranks,
-    describe_failures,
+from stages.embed import run_embed
+from stages.embedding import EmbedConfig
+from stages.errors import ReportedElsewhere, UserError
+from stages.ranks import Ranks, describe_failures, thread_count, wait_for_reports
+from stages.shards import (
     encoded_tokens,
     even_slice,
     plan_shards,
     shard_path,
     shards_of_other_runs,
-    thread_count,
-    wait_for_reports,
 )
-from stages.embed import run_embed
-from stages.embedding import EmbedConfig
-from stages.errors import ReportedElsewhere, UserError
 from stages.windows import SpecialTokens, WindowSpec
 
 # --- the shard plan ------------------------------------------------------------------

@@ -8,7 +8,8 @@ import torch
 from synthetic import read_all
 from synthetic import tiny_embed_config as config
 
-from stages.cache import PartialCache, open_cache
+from stages.cache import open_cache
+from stages.cache_writer import PartialCache
 from stages.embed import run_embed
 from stages.embedding import plan_blocks
 from stages.encoder import load_encoder
@@ -29,11 +30,23 @@ def test_pack_batches_respects_the_budget_and_takes_each_window_once(seed):
     assert np.all(np.diff(lengths[seen]) <= 0)  # longest first: padding only within equal-ish lengths
 
 
-def test_plan_blocks_is_contiguous():
+def test_plan_blocks_closes_a_block_as_soon_as_it_holds_the_budget():
     counts = np.array([1, 5, 1, 1, 40, 2, 2, 2, 1])
-    blocks = plan_blocks(counts, 4)
-    assert blocks[0][0] == 0 and blocks[-1][1] == len(counts)
-    assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))
+    assert plan_blocks(counts, 4) == [(0, 2), (2, 5), (5, 7), (7, 9)]  # a 40-window document ends its block
+    assert plan_blocks(np.array([3, 1]), 4) == [(0, 2)]
+    assert plan_blocks(np.zeros(0, dtype=np.int64), 4) == []
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_plan_blocks_is_contiguous_covers_every_document_once_and_fills_each_block(seed):
+    counts = np.random.default_rng(seed).integers(1, 50, size=300)
+    blocks = plan_blocks(counts, 64)
+    assert [start for start, _ in blocks] == [0, *(end for _, end in blocks[:-1])]  # contiguous, from 0
+    assert blocks[-1][1] == len(counts) and all(start < end for start, end in blocks)
+    for start, end in blocks:
+        assert counts[start:end - 1].sum() < 64  # not closed before the budget ...
+    for start, end in blocks[:-1]:
+        assert counts[start:end].sum() >= 64  # ... and closed once it is reached; the last takes what is left
 
 
 def test_encode_windows_keeps_order_and_ignores_padding(tiny_bert):

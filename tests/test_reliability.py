@@ -13,7 +13,7 @@ from conftest import ROOT
 from synthetic import read_all
 from synthetic import tiny_embed_config as config
 
-from stages.cache import PartialCache, write_cache
+from stages.cache_writer import Block, PartialCache, write_cache
 from stages.embed import run_embed
 from stages.errors import UserError
 from stages.workdir import WorkDir, atomic_path, atomic_write_bytes, check_output_path
@@ -205,7 +205,7 @@ def test_planted_symlinks_are_never_written_through(tmp_path):
         WorkDir(out, {"a": 1}).__enter__()
     (partial / "lock").unlink()
     with WorkDir(out, {"a": 1}) as work:
-        PartialCache.save(work, __import__("stages.cache", fromlist=["Block"]).Block(0, 1, np.ones((1, 2))))
+        PartialCache.save(work, Block(0, 1, np.ones((1, 2))))
     (tmp_path / f".{out.name}.write-test-{os.getpid()}").symlink_to(victim)
     check_output_path(out)
     shutil.rmtree(partial)

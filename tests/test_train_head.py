@@ -11,7 +11,7 @@ import torch
 from synthetic import cli_error, runners, write_synthetic_cache
 
 from stages.cache import open_cache
-from stages.cache_dataset import CacheDocuments
+from stages.cache_dataset import CacheDocuments, predict_logits
 from stages.checkpoint import load_checkpoint
 from stages.errors import UserError
 from stages.train_head import TrainConfig, run_train_head
@@ -111,9 +111,28 @@ def test_validation_cache_must_match(tmp_path, toy):
     assert summary.n_val == 60 and summary.n_train == 150
 
 
-def test_class_weights_train(tmp_path):
-    cache = write_synthetic_cache(tmp_path / "skew.h5", n_docs=80, labels=[0] * 70 + [1] * 6 + [2] * 4)
-    assert train(tmp_path, cache, class_weights=True, max_epochs=2).n_train > 0
+def test_class_weights_train_on_inverse_frequency_weighted_loss(tmp_path):
+    """On pure noise with 7 documents in 8 of one class, the plain loss teaches the head
+    to answer that class; weighted by n / (k * count), it stops doing so. The reported
+    validation loss is the one training minimised: weighted or not."""
+    labels = np.array([0] * 70 + [1] * 6 + [2] * 4)
+    skewed = write_synthetic_cache(tmp_path / "skew.h5", n_docs=80, labels=labels, separable=False, max_windows=3)
+    val = write_synthetic_cache(tmp_path / "val.h5", n_docs=80, labels=labels, separable=False, max_windows=3,
+                                seed=1)
+    weights = torch.tensor(len(labels) / (3 * np.bincount(labels)), dtype=torch.float32)  # 0.38, 4.4, 6.7
+    majority = {}
+    for weighted in (False, True):
+        summary = train(tmp_path, skewed, name=f"weighted-{weighted}.pt", val=str(val), class_weights=weighted,
+                        pooling="mean", batch_docs=8, lr=1e-2, max_epochs=10, patience=10)
+        checkpoint = load_checkpoint(summary.out)
+        with open_cache(val) as cache:
+            logits = torch.from_numpy(predict_logits(checkpoint.head, CacheDocuments.from_cache(cache)))
+        reported = checkpoint.training["history"][checkpoint.training["best_epoch"] - 1]["val_loss"]
+        expected = torch.nn.functional.cross_entropy(logits, torch.from_numpy(labels),
+                                                     weight=weights if weighted else None)
+        assert reported == pytest.approx(float(expected), rel=1e-5)
+        majority[weighted] = float((logits.argmax(1) == 0).float().mean())
+    assert majority[False] > 0.85 and majority[True] < 0.7, majority
 
 
 def test_interrupted_training_leaves_the_earlier_checkpoint(tmp_path, toy):
