@@ -17,8 +17,8 @@ from transformers import AutoModel
 import cli
 from stages.encoder import load_encoder
 from stages.errors import UserError
-from stages.finetune import FeatureStore, WindowSet, epoch_batches
 from stages.window_model import WindowModel, parse_unfreeze_top
+from stages.window_training import FeatureStore, WindowSet, epoch_batches
 from stages.windows import SpecialTokens, WindowSpec, tokenize
 
 

@@ -282,7 +282,7 @@ def test_the_finetune_state_round_trips_with_weights_only(tiny_bert, tmp_path):
     import torch
 
     from stages.encoder import load_encoder
-    from stages.finetune import TrainingProgress
+    from stages.train_loop import TrainingProgress
     from stages.training import lr_lambda
     from stages.window_model import WindowModel
 
