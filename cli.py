@@ -203,7 +203,7 @@ def train_head(train_path, val_path, val_fraction, out, pooling, inputs, term_c,
     try:
         summary = run_train_head(config, log=lambda line: click.echo(line, err=True))
     except KeyboardInterrupt:
-        click.echo(f"interrupted: {out} is as it was before this run", err=True)
+        click.echo(f"interrupted: finished epochs are in {out}.partial/; rerun the same command to resume", err=True)
         raise click.exceptions.Exit(130) from None
     _echo_summary(summary, as_json)
 

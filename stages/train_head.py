@@ -14,15 +14,25 @@ generator seeds the split, the batch order and the tie-breaks; torch's seed the
 initial weights and dropout). Memory: see `stages.cache_dataset` (the cache is
 loaded whole below `memory_budget_mb`, else read per batch by h5py slices).
 
+The epochs are `stages.train_loop`'s (the loop `finetune` runs too); `HeadTask` is what
+is particular to a head. Resumable: after each epoch, `<out>.partial/state.pt` holds the
+head (its fitted linear branch and mix weights included), optimizer, schedule, the
+generator's and torch's random states, the history and the best state; the same command
+run again continues from the last finished epoch to the same head as an uninterrupted
+run. Other settings (or other caches) against that folder are refused, naming the
+difference; `--overwrite` starts afresh. A diverged run removes the folder.
+
 Writes the checkpoint (`stages.checkpoint`, atomically: an interrupted run leaves
 an earlier file intact) and `<out stem>-curve.png`, loss and validation accuracy
-per epoch. Not supported: fine-tuning the encoder, multi-label targets, GPUs
-beyond what `--device` gives torch for the (small) head.
+per epoch; `<out>.partial/` goes once they are written. Not supported: fine-tuning
+the encoder, multi-label targets, GPUs beyond what `--device` gives torch for the
+(small) head.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -32,7 +42,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from stages.cache import ENCODER_IDENTITY, WindowCache, differences, open_cache
+from stages.cache import (
+    CACHE_IDENTITY,
+    ENCODER_IDENTITY,
+    WindowCache,
+    differences,
+    open_cache,
+)
 from stages.cache_dataset import (
     DEFAULT_MEMORY_BUDGET_MB,
     CacheDocuments,
@@ -42,11 +58,12 @@ from stages.checkpoint import encoder_record, save_checkpoint
 from stages.errors import UserError
 from stages.heads import INPUTS, POOLINGS, Head, HeadConfig
 from stages.linear_fit import DEFAULT_C, fit_linear_branch
-from stages.metrics import save_figure, scores
-from stages.runtime import peak_memory_bytes, progress_bar
+from stages.metrics import scores
+from stages.runtime import peak_memory_bytes
 from stages.term_weights import TermWeights
+from stages.train_loop import LoopSettings, best_entry, plot_curve, resume, run_epochs
 from stages.training import class_weight_tensor, lr_lambda, stratified_split
-from stages.workdir import check_not_an_input, check_output_path
+from stages.workdir import WorkDir, check_not_an_input, check_output_path
 
 
 @dataclass
@@ -176,6 +193,84 @@ def window_logits(head: Head, batch) -> torch.Tensor:
     return head.window_logits(batch.x, batch.mask)
 
 
+class Diverged(UserError):
+    """The training loss became NaN or infinite: nothing is saved, the work folder goes too."""
+
+
+class HeadTask:
+    """Stage two as a `stages.train_loop.TrainingTask`: batches of documents drawn by the
+    seeded generator, the window branch's loss, validation scores of the whole head."""
+
+    def __init__(self, head: Head, train: CacheDocuments, val: CacheDocuments, config: TrainConfig,
+                 rng: np.random.Generator, loss_fn: nn.Module, steps_per_epoch: int):
+        self.head, self.train, self.val, self.config, self.rng, self.loss_fn = head, train, val, config, rng, loss_fn
+        self.linear = None  # what fit_linear_branch chose, for the record
+        self.optimizer = self.schedule = None
+        if head.reads_windows:
+            self.optimizer = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=config.lr,
+                                               weight_decay=config.weight_decay)
+            total = steps_per_epoch * config.max_epochs
+            self.schedule = torch.optim.lr_scheduler.LambdaLR(
+                self.optimizer, lr_lambda(total, max(1, int(config.warmup_fraction * total))))
+
+    def start_epoch(self, epoch: int) -> list[np.ndarray]:
+        self.head.train()
+        return self.train.plan(self.config.batch_docs, self.config.batch_windows, self.rng) if epoch else []
+
+    def step(self, docs: np.ndarray) -> tuple[float, int]:
+        batch = self.train.load(docs)
+        # The window branch learns on its own loss, so it never leans on the linear one.
+        loss = self.loss_fn(window_logits(self.head, batch), batch.labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.schedule.step()
+        return loss.item(), len(batch)
+
+    def validate(self, epoch: int, train_loss: float) -> dict:
+        if not np.isfinite(train_loss):
+            raise Diverged(f"training diverged at epoch {epoch} (loss {train_loss}); nothing saved; lower --lr")
+        val, head = self.val, self.head
+        val_labels = torch.from_numpy(val.labels[val.docs])
+        if head.reads_windows and head.reads_terms:  # weigh the branches on validation, then score
+            head.fit_mix(torch.from_numpy(predict_logits(head, val, branch_logits)), val_labels)
+        logits = predict_logits(head, val)
+        val_loss = float(nn.functional.cross_entropy(torch.from_numpy(logits), val_labels, weight=self.loss_fn.weight))
+        result = {"val_loss": val_loss,
+                  **{f"val_{k}": v for k, v in scores(val.labels[val.docs], logits.argmax(1)).items()}}
+        if head.reads_windows and head.reads_terms:
+            result["mix"] = head.mix.tolist()
+        return result
+
+    def describe(self, entry: dict) -> str:
+        return (f"epoch {entry['epoch']:3d}  train loss {entry['train_loss']:.4f}  val loss {entry['val_loss']:.4f}  "
+                f"val accuracy {entry['val_accuracy']:.4f}  macro-F1 {entry['val_macro_f1']:.4f}")
+
+    def trainable_state(self) -> dict:
+        return copy.deepcopy(self.head.state_dict())  # the fitted linear branch and the mix included
+
+    def load_trainable_state(self, state: dict):
+        self.head.load_state_dict(state)
+
+    def state(self) -> dict:
+        return {"rng": json.dumps(self.rng.bit_generator.state), "linear": self.linear}
+
+    def load_state(self, state: dict):
+        if state:
+            self.rng.bit_generator.state = json.loads(state["rng"])
+            self.linear = state["linear"]
+
+
+def _settings(config: TrainConfig, caches: dict) -> dict:
+    """What a resumed run must share with the interrupted one: every setting that changes
+    the numbers, and what the caches hold."""
+    ignore = ("out", "overwrite", "progress", "curve", "threads", "memory_budget_mb")
+    settings = {key: value for key, value in asdict(config).items() if key not in ignore}
+    for name, cache in caches.items():
+        settings[name] = {**{key: str(cache.attrs.get(key)) for key in CACHE_IDENTITY}, "n_docs": cache.n_docs}
+    return json.loads(json.dumps(settings, default=str))
+
+
 def run_train_head(config: TrainConfig, log=None) -> TrainSummary:
     started = time.perf_counter()
     log = log or (lambda line: print(line, file=sys.stderr))
@@ -217,100 +312,42 @@ def run_train_head(config: TrainConfig, log=None) -> TrainSummary:
                                  inner_dim=config.inner_dim, transformer_layers=config.transformer_layers,
                                  inputs=inputs, n_terms=term_weights.n_terms if term_weights else 0)
         head = Head(head_config)
+        for name, parameter in head.named_parameters():  # the linear branch is fitted, not trained by steps
+            if name.startswith("terms"):
+                parameter.requires_grad_(False)
         weights = class_weight_tensor(train_cache.labels[train_docs], len(names)) if config.class_weights else None
         loss_fn = nn.CrossEntropyLoss(weight=weights)  # on logits: it applies log-softmax itself
-        linear = None
-        if head.reads_terms:  # the convex part first, then frozen: the epochs train the windows only
-            linear = fit_linear_branch(head, train, val, config.term_c, log=log)
         steps_per_epoch = len(train.plan(config.batch_docs, config.batch_windows))
-        if head.reads_windows:
-            optimizer = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=config.lr,
-                                          weight_decay=config.weight_decay)
-            total = steps_per_epoch * config.max_epochs
-            schedule = torch.optim.lr_scheduler.LambdaLR(
-                optimizer, lr_lambda(total, max(1, int(config.warmup_fraction * total))))
-
-        history, best, best_state, stale = [], None, None, 0
+        task = HeadTask(head, train, val, config, rng, loss_fn, steps_per_epoch)
         # A terms-only head has nothing left to train: one scoring pass ("epoch 0").
-        for epoch in range(1, config.max_epochs + 1) if head.reads_windows else [0]:
-            head.train()
-            loss_sum, seen = 0.0, 0
-            with progress_bar(steps_per_epoch if epoch else 0, config.progress, f"epoch {epoch}", leave=False) as bar:
-                for batch in train.batches(config.batch_docs, config.batch_windows, rng) if epoch else ():
-                    # The window branch learns on its own loss, so it never leans on the linear one.
-                    loss = loss_fn(window_logits(head, batch), batch.labels)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    schedule.step()
-                    loss_sum += loss.item() * len(batch)
-                    seen += len(batch)
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss_sum / seen:.4f}", refresh=False)
-            seen = max(seen, 1)
-            if not np.isfinite(loss_sum):
-                raise UserError(f"training diverged at epoch {epoch} (loss {loss_sum / seen}); nothing saved; "
-                                f"lower --lr")
-            val_labels = torch.from_numpy(val.labels[val.docs])
-            if head.reads_windows and head.reads_terms:  # weigh the branches on validation, then score
-                head.fit_mix(torch.from_numpy(predict_logits(head, val, branch_logits)), val_labels)
-            logits = predict_logits(head, val)
-            val_loss = float(nn.functional.cross_entropy(torch.from_numpy(logits), val_labels, weight=weights))
-            result = {"epoch": epoch, "train_loss": loss_sum / seen, "val_loss": val_loss,
-                      **{f"val_{k}": v for k, v in scores(val.labels[val.docs], logits.argmax(1)).items()}}
-            history.append(result)
-            improved = best is None or result["val_macro_f1"] > best["val_macro_f1"] + 1e-6
-            if improved:
-                best, best_state, stale = result, copy.deepcopy(head.state_dict()), 0
-            else:
-                stale += 1
-            if head.reads_windows and head.reads_terms:
-                result["mix"] = head.mix.tolist()
-            log(f"epoch {epoch:3d}  train loss {result['train_loss']:.4f}  val loss {val_loss:.4f}  "
-                f"val accuracy {result['val_accuracy']:.4f}  macro-F1 {result['val_macro_f1']:.4f}"
-                f"{'  *' if improved else ''}")
-            if stale >= config.patience:
-                break
-        head.load_state_dict(best_state)
-        training = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
-                    "train_cache": str(config.train), "n_train": int(len(train)), "n_val": int(len(val)),
-                    "best_epoch": best["epoch"], "val_accuracy": best["val_accuracy"],
-                    "val_macro_f1": best["val_macro_f1"], "history": history, "linear_branch": linear,
-                    "seconds": time.perf_counter() - started}
-        save_checkpoint(out, head, names, encoder_record(train_cache), training, term_weights)
-        if config.curve:
-            plot_curve(history, best["epoch"], config.curve_path)
-        return TrainSummary(out, config.pooling, head.n_parameters(), len(train), len(val), best["epoch"],
-                            len(history), best["val_accuracy"], best["val_macro_f1"],
-                            time.perf_counter() - started, peak_memory_bytes())
+        loop = LoopSettings(max_epochs=config.max_epochs if head.reads_windows else 0, patience=config.patience,
+                            first_epoch=1 if head.reads_windows else 0, progress=config.progress, unit="batch",
+                            leave_bar=False)
+        caches = {"train_cache": train_cache, **({"val_cache": val_cache} if val_cache is not None else {})}
+        with WorkDir(out, _settings(config, caches), fresh=config.overwrite) as work:
+            progress = resume(work.dir, task, loop)
+            if head.reads_terms and not progress.resumed:  # the convex part first, then frozen
+                task.linear = fit_linear_branch(head, train, val, config.term_c, log=log)
+            try:
+                progress = run_epochs(task, progress, work.dir, loop, log)
+            except Diverged:
+                work.discard()  # resuming would diverge again
+                raise
+            best = best_entry(progress)
+            training = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+                        "train_cache": str(config.train), "n_train": len(train), "n_val": len(val),
+                        "best_epoch": best["epoch"], "val_accuracy": best["val_accuracy"],
+                        "val_macro_f1": best["val_macro_f1"], "history": progress.history, "linear_branch": task.linear,
+                        "seconds": time.perf_counter() - started}
+            save_checkpoint(out, head, names, encoder_record(train_cache), training, term_weights)
+            if config.curve:
+                plot_curve(progress.history, best["epoch"], config.curve_path)
+            work.discard()
+        return TrainSummary(out=out, pooling=config.pooling, parameters=head.n_parameters(), n_train=len(train),
+                            n_val=len(val), best_epoch=best["epoch"], epochs_run=len(progress.history),
+                            val_accuracy=best["val_accuracy"], val_macro_f1=best["val_macro_f1"],
+                            seconds=time.perf_counter() - started, peak_memory_bytes=peak_memory_bytes())
     finally:
         train_cache.close()
         if val_cache is not None:
             val_cache.close()
-
-
-def plot_curve(history: list[dict], best_epoch: int, path: Path):
-    """Training and validation loss (left axis) and validation accuracy (right) per epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [h["epoch"] for h in history]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(epochs, [h["train_loss"] for h in history], label="train loss")
-    ax.plot(epochs, [h["val_loss"] for h in history], label="validation loss")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("cross-entropy")
-    right = ax.twinx()
-    right.plot(epochs, [h["val_accuracy"] for h in history], color="tab:green", label="validation accuracy")
-    right.set_ylabel("accuracy")
-    ax.axvline(best_epoch, color="grey", linestyle=":", label=f"kept (epoch {best_epoch})")
-    lines = ax.get_legend_handles_labels()
-    more = right.get_legend_handles_labels()
-    ax.legend(lines[0] + more[0], lines[1] + more[1], loc="center right", fontsize=8)
-    fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
-
-

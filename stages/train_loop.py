@@ -33,7 +33,7 @@ import torch
 from stages.errors import UserError
 from stages.metrics import save_figure
 from stages.runtime import progress_bar
-from stages.workdir import atomic_path
+from stages.workdir import WriteGuard, atomic_path
 
 STATE_FILE = "state.pt"
 
@@ -134,11 +134,16 @@ class TrainingProgress:
                  "optimizer": None if optimizer is None else optimizer.state_dict(),
                  "schedule": None if schedule is None else schedule.state_dict(), "torch_rng": torch.get_rng_state()}
         path = folder / STATE_FILE
-        with atomic_path(path) as tmp:
+        with atomic_path(path) as tmp, open(tmp, "wb") as file:
+            # torch's writer turns a failed write into an opaque RuntimeError; the guard keeps
+            # the OSError (disk full, file too large), which atomic_path reports in one line.
+            guard = WriteGuard(file)
             try:
-                torch.save(state, tmp)
-            except RuntimeError as error:  # torch's writer reports a failed write (disk full) so
-                raise UserError(f"cannot write {path}: {first_line(error)}") from None
+                torch.save(state, guard)
+            except RuntimeError as error:
+                raise guard.error or UserError(f"cannot write {path}: {first_line(error)}") from None
+            if guard.error is not None:
+                raise guard.error
 
     @classmethod
     def load(cls, folder: Path, model, optimizer, schedule, **fresh) -> TrainingProgress:

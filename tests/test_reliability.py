@@ -406,9 +406,11 @@ def test_file_too_large_while_saving_a_head_is_one_line_and_keeps_the_previous_h
                                       "--epochs", "1", "--no-progress", "--overwrite")
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.strip().splitlines() if not line.startswith("epoch")]
-    assert lines == [f"error: cannot write {out}: File too large"], result.stderr
+    # the first file over the limit is the work folder's state after epoch 1; the head is never reached
+    assert lines == [f"error: cannot write {out}.partial/state.pt: File too large"], result.stderr
     assert out.read_bytes() == b"previous head"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["head.pt", "train.h5"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["head.pt", "head.pt.partial", "train.h5"]
+    assert sorted(p.name for p in (tmp_path / "head.pt.partial").iterdir()) == ["lock", "settings.json"]
 
 
 # --- fault injection: SIGKILL at random moments, resume with random block sizes ---------------

@@ -152,7 +152,11 @@ def test_failed_save_leaves_the_earlier_checkpoint(tmp_path, toy, monkeypatch):
     first = train(tmp_path, toy[0], max_epochs=1)
     before = first.out.read_bytes()
 
+    real_save = torch.save
+
     def half_written(obj, path):
+        if "progress" in obj:  # the work folder's state.pt: written as usual
+            return real_save(obj, path)
         (open(path, "wb") if isinstance(path, (str, Path)) else path).write(b"PK\x03\x04 half")
         raise KeyboardInterrupt
 
@@ -160,7 +164,81 @@ def test_failed_save_leaves_the_earlier_checkpoint(tmp_path, toy, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         train(tmp_path, toy[0], max_epochs=1, seed=5, overwrite=True)
     assert first.out.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == [first.out.name]  # no temporary left
+    partial = first.out.name + ".partial"  # the finished epochs, to resume from
+    assert sorted(p.name for p in tmp_path.iterdir()) == [first.out.name, partial]  # no temporary left
+    assert sorted(p.name for p in (tmp_path / partial).iterdir()) == ["lock", "settings.json", "state.pt"]
+
+
+# --- resuming ------------------------------------------------------------------------
+
+
+def lexical_cache(path, n_docs=90, seed=0):
+    """Noise windows; each document's class is one word of its text: a head with both branches."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n_docs) % 3
+    filler = ["the", "a", "of", "and", "to", "in", "is", "it", "that", "for", "on", "with"]
+    texts = [" ".join([*rng.choice(filler, 5), f"marker{label}x", *rng.choice(filler, 5)]) for label in labels]
+    return write_synthetic_cache(path, n_docs=n_docs, seed=seed, separable=False, labels=labels, texts=texts)
+
+
+def interrupted_after(epoch: int, monkeypatch):
+    """Stop a run with KeyboardInterrupt just after epoch `epoch` is saved to the work folder."""
+    import stages.train_loop
+
+    real_save = stages.train_loop.TrainingProgress.save
+
+    def save_then_stop(progress, *args):
+        real_save(progress, *args)
+        if progress.epoch - 1 == epoch:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(stages.train_loop.TrainingProgress, "save", save_then_stop)
+
+
+@pytest.mark.parametrize("case", ["windows", "both"])
+def test_an_interrupted_run_resumes_to_the_same_head(tmp_path, toy, monkeypatch, case):
+    cache = toy[0] if case == "windows" else lexical_cache(tmp_path / "lexical.h5")
+    settings = {"pooling": "lstm" if case == "windows" else "mean", "max_epochs": 6, "patience": 3, "lr": 3e-3,
+                "seed": 4}
+
+    def run(name, log=lambda line: None, **extra):
+        np.random.seed(0)  # LinearSVC (the linear branch) draws from numpy's global generator
+        return run_train_head(TrainConfig(train=str(cache), out=str(tmp_path / name), **QUIET, **settings, **extra),
+                              log=log)
+
+    reference = load_checkpoint(run("reference.pt").out)
+    assert len(reference.training["history"]) >= 4  # the interruption falls inside the run
+
+    with monkeypatch.context() as patch:
+        interrupted_after(2, patch)
+        with pytest.raises(KeyboardInterrupt):
+            run("head.pt")
+    assert not (tmp_path / "head.pt").exists() and (tmp_path / "head.pt.partial" / "state.pt").exists()
+    lines = []
+    summary = run("head.pt", log=lines.append)
+    assert lines[0].startswith(f"resuming from {tmp_path / 'head.pt.partial'} at epoch 3, step 0 of ")
+    assert not any(line.startswith("linear branch") for line in lines)  # fitted once, restored
+    assert not (tmp_path / "head.pt.partial").exists()
+    resumed = load_checkpoint(summary.out)
+    for key in ("history", "best_epoch", "val_macro_f1", "linear_branch"):
+        assert resumed.training[key] == reference.training[key], key
+    want = reference.head.state_dict()
+    assert resumed.head.state_dict().keys() == want.keys()
+    for name, value in resumed.head.state_dict().items():
+        assert torch.equal(value, want[name]), name
+
+
+def test_an_interrupted_run_with_other_settings_is_refused_and_overwrite_starts_afresh(tmp_path, toy, monkeypatch):
+    with monkeypatch.context() as patch:
+        interrupted_after(1, patch)
+        with pytest.raises(KeyboardInterrupt):
+            train(tmp_path, toy[0], max_epochs=3)
+    with pytest.raises(UserError, match=r"holds an interrupted run with other settings \(lr: 0.01"):
+        train(tmp_path, toy[0], max_epochs=3, lr=1e-2)
+    fresh = train(tmp_path, toy[0], name="head.pt", max_epochs=3, lr=1e-2, overwrite=True)
+    reference = train(tmp_path, toy[0], name="reference.pt", max_epochs=3, lr=1e-2)
+    assert load_checkpoint(fresh.out).training["history"] == load_checkpoint(reference.out).training["history"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["head.pt", "reference.pt"]
 
 
 # --- bad input, through the CLI -------------------------------------------------------
