@@ -5,8 +5,10 @@
 A full 20-class epoch on a 2-core CPU takes 15 minutes to over an hour, so this times
 `--steps` training steps of the real run instead and multiplies by the epoch's step
 count. Per K, in its own process (so its peak memory is its own):
-  * the training set's windows and the epoch-1 batches exactly as `cli.py finetune`
-    builds them (defaults: 256-token windows, stride 32, 8192-token batches, seed 0);
+  * the training set's windows, the model, its trainer (`WindowTrainer.step`: AdamW,
+    schedule, clipping) and the epoch-1 batches, built by the functions `cli.py
+    finetune` calls (`load_inputs`, `FinetuneInputs.task`; defaults: 256-token windows,
+    stride 32, 8192-token batches, seed 0);
   * 2 warm-up steps, then `--steps` steps that compute the frozen bottom ("first
     epoch": the bottom runs and its outputs go to the feature store);
   * the same steps again, now reading the bottom's outputs from the store ("later
@@ -27,8 +29,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -36,29 +36,15 @@ sys.path.insert(0, str(ROOT))
 def child(k: str, n_steps: int, categories: list[str] | None) -> dict:
     import torch
 
-    from stages.data import load_corpus
-    from stages.encoder import load_encoder
-    from stages.finetune import FinetuneConfig, WindowSet, WindowTrainer, epoch_batches
+    from stages.finetune import FinetuneConfig, load_inputs
     from stages.runtime import peak_memory_bytes
-    from stages.training import stratified_split
-    from stages.window_model import WindowModel, encoder_depth, parse_unfreeze_top
-    from stages.windows import SpecialTokens, WindowSpec, tokenize
 
-    config = FinetuneConfig(out=Path("unused"))
-    corpus = load_corpus(config.data, "train", categories, ())
-    labels = np.asarray(corpus.labels, dtype=np.int64)
-    encoder = load_encoder(config.model, config.device, config.precision)
-    depth = parse_unfreeze_top(k, encoder_depth(encoder.model), config.model)
-    spec = WindowSpec(config.chunk_tokens, config.stride, SpecialTokens.of(encoder.tokenizer))
-    train_docs, _ = stratified_split(labels, config.val_fraction, np.random.default_rng(config.seed))
-    windows = WindowSet.build(tokenize(encoder.tokenizer, corpus.texts), spec)
-    train_windows = windows.of_docs(train_docs)
-    batches = epoch_batches(train_windows, windows.lengths, config.batch_tokens, config.seed, 1)
-    torch.manual_seed(config.seed)
-    model = WindowModel(encoder.model, len(corpus.label_names), depth, config.dropout).to(encoder.device)
-    trainer = WindowTrainer(model, encoder, windows, labels[windows.doc_of_window], config,
-                            len(batches) * config.max_epochs)
-    model.train()
+    # The library's own wiring: the inputs, model and trainer `cli.py finetune` builds.
+    config = FinetuneConfig(out=Path("unused"), unfreeze_top=k, categories=categories)
+    inputs = load_inputs(config)
+    task = inputs.task(config)
+    encoder, trainer = inputs.encoder, task.trainer
+    batches = task.start_epoch(1)
     for batch in batches[:2]:
         trainer.step(batch)
 
@@ -72,7 +58,7 @@ def child(k: str, n_steps: int, categories: list[str] | None) -> dict:
     computing = timed(steps)
     from_store = timed(steps)
     return {"unfreeze_top": k, "precision": encoder.precision, "threads": torch.get_num_threads(),
-            "train_windows": int(len(train_windows)), "steps_per_epoch": len(batches), "steps_timed": len(steps),
+            "train_windows": len(task.train_windows), "steps_per_epoch": len(batches), "steps_timed": len(steps),
             "s_per_step_computing_bottom": round(computing, 3), "s_per_step_from_store": round(from_store, 3),
             "epoch_s_computing_bottom": round(computing * len(batches)),
             "epoch_s_from_store": round(from_store * len(batches)),

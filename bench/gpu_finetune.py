@@ -5,10 +5,11 @@
         --chunk-tokens 256 --stride 32 --tokens 20000 --batch-tokens 8192   # this machine
 
 One training step over every window of a document of `--tokens` tokens, two ways:
-  * ours (`stages.window_model`): the top `--unfreeze-top` layers train, the bottom
-    runs without gradients; windows go in batches of at most `--batch-tokens` tokens,
-    each window labelled with the document's class; bf16/fp16 autocast where the
-    device has it; one AdamW step;
+  * ours: the library's fine-tuning step (`stages.window_training`, as `finetune` builds
+    it): the top `--unfreeze-top` layers train, the bottom runs without gradients;
+    windows go in batches of at most `--batch-tokens` tokens, each window labelled with
+    the document's class; bf16/fp16 autocast where the device has it; one AdamW step
+    per batch with gradient clipping;
   * the original prototype (bench/prototype.py): every window of the document, padded
     to the window size, through the whole encoder with gradients at once, the [CLS]
     vectors averaged, a linear classifier, fp32, one AdamW step over every weight.
@@ -38,14 +39,14 @@ sys.path.insert(0, str(ROOT))
 
 from stages.encoder import (  # noqa: E402
     DEFAULT_MODEL,
-    autocast,
+    Encoder,
     load_encoder,
     load_tokenizer,
     resolve_precision,
 )
-from stages.encoding import pack_batches, pad_batch
+from stages.finetune import FinetuneConfig  # noqa: E402
 from stages.runtime import peak_memory_bytes  # noqa: E402
-from stages.window_model import WindowModel  # noqa: E402
+from stages.window_training import WindowTask  # noqa: E402
 from stages.windows import SpecialTokens, WindowSpec  # noqa: E402
 
 
@@ -62,26 +63,23 @@ def build_model(args, device):
     return BertModel(config).to(device), load_tokenizer(DEFAULT_MODEL)
 
 
-def step_ours(model, windows, args, device):
-    net = WindowModel(model, n_classes=20, unfreeze_top=args.unfreeze_top,
-                      gradient_checkpointing=args.gradient_checkpointing).to(device)
-    net.train()
-    trainable = [p for p in net.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=1e-4)
-    precision = resolve_precision("auto", device)  # what `finetune` picks on this device
-    lengths = np.array([len(w) for w in windows])
-    label = torch.tensor(3, device=device)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    for batch in pack_batches(lengths, args.batch_tokens):  # one epoch over the document's windows
-        ids, mask = pad_batch(windows, batch, 0, device)
-        with autocast(device, precision):
-            logits = net(ids, mask)
-        loss = torch.nn.functional.cross_entropy(logits.float(), label.expand(len(batch)))
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-    return {"precision": precision, "trainable_parameters": sum(p.numel() for p in trainable)}
+def step_ours(model, tokenizer, tokens, args, device):
+    """An epoch over the document's windows with the library's fine-tuning step
+    (`WindowTask.build`, `WindowTrainer.step`: AdamW, schedule, clipping, fp16 scaler)."""
+    encoder = Encoder(name=args.model or "random", model=model, tokenizer=tokenizer, device=device,
+                      precision=resolve_precision("auto", device),  # what `finetune` picks on this device
+                      fingerprint="", max_tokens=args.chunk_tokens)
+    # feature_cache_gb 0: every step runs the frozen bottom, as a first epoch does, and
+    # nothing is kept between steps, so the peak is the step's own.
+    config = FinetuneConfig(out=Path("unused"), chunk_tokens=args.chunk_tokens, stride=args.stride,
+                            batch_tokens=args.batch_tokens, gradient_checkpointing=args.gradient_checkpointing,
+                            max_epochs=1, feature_cache_gb=0.0)
+    task = WindowTask.build(encoder, [tokens], np.array([3]), 20, args.unfreeze_top, np.array([0]),
+                            np.array([], dtype=np.int64), config)
+    for batch in task.start_epoch(1):  # one epoch over the document's windows
+        task.step(batch)
+    return {"precision": encoder.precision, "windows": len(task.train_windows),
+            "trainable_parameters": task.trainer.trainable_parameters()}
 
 
 def step_prototype(model, windows, args, device):
@@ -100,13 +98,15 @@ def child(args):
     model, tokenizer = build_model(args, device)
     spec = WindowSpec(args.chunk_tokens, args.stride, SpecialTokens.of(tokenizer))
     tokens = np.random.default_rng(0).integers(1000, 29000, size=args.tokens).astype(np.int32)
-    windows = spec.windows(tokens)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
-    row = {"method": args.child, "windows": len(windows)}
+    row = {"method": args.child, "windows": spec.count(len(tokens))}
     try:
-        row.update((step_ours if args.child == "ours" else step_prototype)(model, windows, args, device))
+        if args.child == "ours":
+            row.update(step_ours(model, tokenizer, tokens, args, device))
+        else:
+            row.update(step_prototype(model, spec.windows(tokens), args, device))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         row["seconds"] = time.perf_counter() - start

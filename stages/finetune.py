@@ -51,8 +51,14 @@ import numpy as np
 import torch
 
 import stages
-from stages.data import NEWSGROUPS, load_corpus
-from stages.encoder import DEFAULT_MODEL, LINEAGE_FILE, fingerprint_model, load_encoder
+from stages.data import NEWSGROUPS, Corpus, load_corpus
+from stages.encoder import (
+    DEFAULT_MODEL,
+    LINEAGE_FILE,
+    Encoder,
+    fingerprint_model,
+    load_encoder,
+)
 from stages.errors import UserError
 from stages.runtime import peak_memory_bytes
 from stages.train_loop import (
@@ -66,6 +72,7 @@ from stages.train_loop import (
 from stages.training import stratified_split
 from stages.window_model import WindowClassifier, encoder_depth, parse_unfreeze_top
 from stages.window_training import WindowTask
+from stages.windows import tokenize
 from stages.workdir import WorkDir, atomic_path, check_not_an_input
 
 CURVE_FILE = "curve.png"  # inside --out, beside finetune.json
@@ -175,21 +182,34 @@ def check_out_folder(out: Path, overwrite: bool, inputs: dict | None = None):
         raise UserError(f"--out {out}: cannot create {out.parent}: {error.strerror}") from None
 
 
-def run_finetune(config: FinetuneConfig, log=None) -> FinetuneSummary:
-    started = time.perf_counter()
-    log = log or (lambda line: print(line, file=sys.stderr))
-    out = Path(config.out)
-    check_out_folder(out, config.overwrite, {"--data": config.data if config.data != NEWSGROUPS else None,
-                                             "--model": config.model})
+@dataclass
+class FinetuneInputs:
+    """What a fine-tuning run trains on, checked: the corpus, the encoder, how many of its
+    layers train, and the seeded, stratified split of documents."""
+
+    corpus: Corpus
+    labels: np.ndarray
+    encoder: Encoder
+    unfreeze_top: int
+    train_docs: np.ndarray
+    val_docs: np.ndarray
+
+    def task(self, config: FinetuneConfig) -> WindowTask:
+        """The training task `run_finetune` runs (and bench/ times): every window labelled
+        with its document's class, the model initialised from `config.seed`."""
+        return WindowTask.build(self.encoder, tokenize(self.encoder.tokenizer, self.corpus.texts), self.labels,
+                                len(self.corpus.label_names), self.unfreeze_top, self.train_docs, self.val_docs,
+                                config)
+
+
+def load_inputs(config: FinetuneConfig) -> FinetuneInputs:
+    """Read the corpus, then load the encoder; each refused in one line when unusable."""
     if config.batch_tokens < config.chunk_tokens:
         raise UserError(f"--batch-tokens {config.batch_tokens} must be at least --chunk-tokens {config.chunk_tokens}")
     if not 0 < config.val_fraction < 1:
         raise UserError(f"--val-fraction must be between 0 and 1; got {config.val_fraction}")
     if config.max_epochs < 1 or config.checkpoint_steps < 1:
         raise UserError("--epochs and --checkpoint-steps must be at least 1")
-    if config.threads:
-        torch.set_num_threads(config.threads)
-
     corpus = load_corpus(config.data, config.split, config.categories, config.remove, config.data_home,
                          config.limit)
     labels = np.asarray(corpus.labels, dtype=np.int64)
@@ -207,14 +227,24 @@ def run_finetune(config: FinetuneConfig, log=None) -> FinetuneSummary:
     if len(val_docs) == 0:
         raise UserError(f"--val-fraction {config.val_fraction} of {len(labels)} documents leaves no "
                         f"validation documents; raise it or add documents")
+    return FinetuneInputs(corpus, labels, encoder, k, train_docs, val_docs)
 
+
+def run_finetune(config: FinetuneConfig, log=None) -> FinetuneSummary:
+    started = time.perf_counter()
+    log = log or (lambda line: print(line, file=sys.stderr))
+    out = Path(config.out)
+    check_out_folder(out, config.overwrite, {"--data": config.data if config.data != NEWSGROUPS else None,
+                                             "--model": config.model})
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    inputs = load_inputs(config)
+    corpus, encoder, k = inputs.corpus, inputs.encoder, inputs.unfreeze_top
     data_fingerprint = corpus.fingerprint()  # sha256 over every text: computed once
-    settings = _settings(config, encoder.fingerprint, data_fingerprint, k)
     loop = LoopSettings(max_epochs=config.max_epochs, patience=config.patience,
                         checkpoint_steps=config.checkpoint_steps, timed=True, progress=config.progress)
-    with WorkDir(out, settings, fresh=config.overwrite) as work:
-        task = WindowTask.build(encoder, corpus.texts, labels, len(corpus.label_names), k, train_docs, val_docs,
-                                config)
+    with WorkDir(out, _settings(config, encoder.fingerprint, data_fingerprint, k), fresh=config.overwrite) as work:
+        task = inputs.task(config)
         progress = resume(work.dir, task, loop)
         resumed_step = progress.global_step
         progress = run_epochs(task, progress, work.dir, loop, log)
@@ -225,8 +255,8 @@ def run_finetune(config: FinetuneConfig, log=None) -> FinetuneSummary:
             "fingerprint": fingerprint_model(encoder.model, encoder.tokenizer),
             "unfreeze_top": k, "window_vector": task.model.window_vector, "label_names": corpus.label_names,
             "data_source": corpus.source,
-            "data_fingerprint": data_fingerprint, "n_train_docs": len(train_docs),
-            "n_val_docs": len(val_docs), "n_train_windows": len(task.train_windows),
+            "data_fingerprint": data_fingerprint, "n_train_docs": len(inputs.train_docs),
+            "n_val_docs": len(inputs.val_docs), "n_train_windows": len(task.train_windows),
             "best_epoch": progress.best_epoch, "val_accuracy": best["val_accuracy"],
             "val_macro_f1": best["val_macro_f1"], "history": progress.history,
             "settings": {key: (str(v) if isinstance(v, Path) else v) for key, v in asdict(config).items()},
@@ -235,7 +265,7 @@ def run_finetune(config: FinetuneConfig, log=None) -> FinetuneSummary:
         work.discard()
     return FinetuneSummary(
         out=out, unfreeze_top=k, trainable_parameters=task.trainer.trainable_parameters(),
-        n_train_docs=len(train_docs), n_val_docs=len(val_docs), n_train_windows=len(task.train_windows),
+        n_train_docs=len(inputs.train_docs), n_val_docs=len(inputs.val_docs), n_train_windows=len(task.train_windows),
         best_epoch=progress.best_epoch, epochs_run=len(progress.history), val_accuracy=best["val_accuracy"],
         val_macro_f1=best["val_macro_f1"], seconds=time.perf_counter() - started,
         peak_memory_bytes=peak_memory_bytes(encoder.device), resumed_from_step=resumed_step)

@@ -1,6 +1,7 @@
 """Training on windows: the pieces `finetune` (and its benchmarks) build a run from.
 
-    task = WindowTask.build(encoder, texts, labels, n_classes, k, train_docs, val_docs, config)
+    task = WindowTask.build(encoder, tokenize(encoder.tokenizer, texts), labels, n_classes, k,
+                            train_docs, val_docs, config)
     batches = task.start_epoch(1); task.step(batches[0])     # what bench/ times
     run_epochs(task, ...)                                      # what `finetune` runs (stages.train_loop)
 
@@ -31,7 +32,7 @@ from stages.encoding import pack_batches, pad_batch
 from stages.metrics import scores
 from stages.training import lr_lambda
 from stages.window_model import WindowClassifier, build_window_model
-from stages.windows import PackedWindows, SpecialTokens, WindowSpec, tokenize
+from stages.windows import PackedWindows, SpecialTokens, WindowSpec
 
 
 @dataclass
@@ -204,17 +205,18 @@ class WindowTask:
         self.optimizer, self.schedule = trainer.optimizer, trainer.schedule
 
     @classmethod
-    def build(cls, encoder, texts: list[str], labels: np.ndarray, n_classes: int, unfreeze_top: int,
+    def build(cls, encoder, token_ids: list[np.ndarray], labels: np.ndarray, n_classes: int, unfreeze_top: int,
               train_docs: np.ndarray, val_docs: np.ndarray, config) -> WindowTask:
-        """What `finetune` trains: the windows of `texts`, a window model (`build_window_model`) whose top
-        `unfreeze_top` layers train (initialised from `config.seed`), its trainer over
+        """What `finetune` trains: the windows of the documents `token_ids` (`tokenize`), the
+        window model (`build_window_model`: the BERT fast path or the generic one) whose top
+        `unfreeze_top` layers train, initialised from `config.seed`, and its trainer over
         `config.max_epochs` epochs of the windows of `train_docs`."""
         torch.manual_seed(config.seed)
         model = build_window_model(encoder.model, n_classes, unfreeze_top, config.dropout,
                                    config.gradient_checkpointing, encoder.window_vector)
         model.to(encoder.device)
         spec = WindowSpec(config.chunk_tokens, config.stride, SpecialTokens.of(encoder.tokenizer))
-        windows = WindowSet.build(tokenize(encoder.tokenizer, texts), spec)
+        windows = WindowSet.build(token_ids, spec)
         steps_per_epoch = len(epoch_batches(windows.of_docs(train_docs), windows.lengths, config.batch_tokens,
                                             config.seed, 0))
         trainer = WindowTrainer(model, encoder, windows, labels[windows.doc_of_window], config,
