@@ -156,6 +156,7 @@ def test_finetune_trains_the_top_layers_only_and_saves_a_loadable_model(tiny_ber
     assert losses[-1] < losses[0]  # it learns
     assert record["unfreeze_top"] == 1 and record["base_fingerprint"] != record["fingerprint"]
     assert not (tmp_path / "ft.partial").exists() and not (tmp_path / "ft.tmp").exists()
+    assert (out / "curve.png").stat().st_size > 1000  # loss and accuracy per epoch, published with the model
 
     # Reloads as a plain Hugging Face model; stage one's loader sees the same weights.
     reloaded = load_encoder(str(out), "cpu", "fp32")
