@@ -228,6 +228,39 @@ def test_an_interrupted_run_resumes_to_the_same_head(tmp_path, toy, monkeypatch,
         assert torch.equal(value, want[name]), name
 
 
+@pytest.mark.slow
+def test_a_killed_process_resumes_to_the_same_head(tmp_path, toy):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT, run_cli
+
+    def args(out):
+        return ["train-head", "--train", str(toy[0]), "--out", str(out), "--pooling", "transformer", "--epochs", "8",
+                "--patience", "8", "--batch-docs", "4", "--seed", "3", "--no-progress"]
+
+    run_cli(*args(tmp_path / "reference.pt"), check=True)
+    out, state = tmp_path / "head.pt", tmp_path / "head.pt.partial" / "state.pt"
+    process = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), *args(out)], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
+    deadline = time.time() + 300
+    while not state.exists() and process.poll() is None:
+        assert time.time() < deadline
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not out.exists(), "killed before the end, nothing may look complete"
+    result = run_cli(*args(out), check=True)
+    assert "resuming from" in result.stderr
+    want, got = load_checkpoint(tmp_path / "reference.pt"), load_checkpoint(out)
+    assert got.training["history"] == want.training["history"]
+    for name, value in got.head.state_dict().items():
+        assert torch.equal(value, want.head.state_dict()[name]), name
+
+
 def test_an_interrupted_run_with_other_settings_is_refused_and_overwrite_starts_afresh(tmp_path, toy, monkeypatch):
     with monkeypatch.context() as patch:
         interrupted_after(1, patch)
