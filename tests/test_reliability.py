@@ -278,6 +278,24 @@ def test_a_planted_finetune_checkpoint_runs_no_code(tiny_bert, reference, tmp_pa
     assert not marker.exists() and not out.exists()
 
 
+def test_a_planted_train_head_state_runs_no_code(tmp_path, monkeypatch, capsys):
+    import torch
+    from synthetic import write_synthetic_cache
+
+    import cli
+
+    train = write_synthetic_cache(tmp_path / "train.h5", n_docs=30)
+    marker = tmp_path / "marker"
+    monkeypatch.setenv("PLANTED_MARKER", str(marker))
+    (tmp_path / "head.pt.partial").mkdir()
+    torch.save({"progress": Planted()}, tmp_path / "head.pt.partial" / "state.pt")
+    assert cli.main(["train-head", "--train", str(train), "--out", str(tmp_path / "head.pt"), "--epochs", "1",
+                     "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "cannot be read as a checkpoint" in err, err
+    assert not marker.exists() and not (tmp_path / "head.pt").exists()
+
+
 def test_the_finetune_state_round_trips_with_weights_only(tiny_bert, tmp_path):
     import torch
 
