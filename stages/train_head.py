@@ -19,8 +19,9 @@ is particular to a head. Resumable: after each epoch, `<out>.partial/state.pt` h
 head (its fitted linear branch and mix weights included), optimizer, schedule, the
 generator's and torch's random states, the history and the best state; the same command
 run again continues from the last finished epoch to the same head as an uninterrupted
-run. Other settings (or other caches) against that folder are refused, naming the
-difference; `--overwrite` starts afresh. A diverged run removes the folder.
+run, with or without `--overwrite` (so `make train-head`, which passes it, resumes too).
+Other settings (or other caches) against that folder are refused, naming the
+difference; with `--overwrite` they start afresh. A diverged run removes the folder.
 
 Writes the checkpoint (`stages.checkpoint`, atomically: an interrupted run leaves
 an earlier file intact) and `<out stem>-curve.png`, loss and validation accuracy
@@ -324,7 +325,9 @@ def run_train_head(config: TrainConfig, log=None) -> TrainSummary:
                             first_epoch=1 if head.reads_windows else 0, progress=config.progress, unit="batch",
                             leave_bar=False)
         caches = {"train_cache": train_cache, **({"val_cache": val_cache} if val_cache is not None else {})}
-        with WorkDir(out, _settings(config, caches), fresh=config.overwrite) as work:
+        # --overwrite replaces an earlier head and an interrupted run of other settings; an
+        # interrupted run of these settings resumes either way (it ends in the same head).
+        with WorkDir(out, _settings(config, caches), replace_other_settings=config.overwrite) as work:
             progress = resume(work.dir, task, loop)
             if head.reads_terms and not progress.resumed:  # the convex part first, then frozen
                 task.linear = fit_linear_branch(head, train, val, config.term_c, log=log)

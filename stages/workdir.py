@@ -33,11 +33,15 @@ from stages.errors import UserError
 class WorkDir:
     """`<out>.partial/` as a context manager: entering takes the lock and checks settings."""
 
-    def __init__(self, out: Path, settings: dict, fresh: bool = False):
+    def __init__(self, out: Path, settings: dict, fresh: bool = False, replace_other_settings: bool = False):
         self.out = Path(out)
         self.dir = Path(f"{out}.partial")
         self.settings = settings
         self.fresh = fresh  # drop an earlier run's work (--overwrite) once the lock is ours
+        # Drop an earlier run's work only when its settings differ (or its record is damaged);
+        # work of the same settings is resumed. For commands whose resumed result equals an
+        # uninterrupted one, so keeping it is never wrong (train-head --overwrite).
+        self.replace_other_settings = replace_other_settings
         self._lock_file = None
 
     def __enter__(self):
@@ -65,12 +69,25 @@ class WorkDir:
         # A SIGKILL skips atomic_path's cleanup: its temporaries are ours to remove, under our lock.
         remove_temporaries(self.out.parent, self.out.name)
         remove_temporaries(self.dir)
-        if self.fresh:
-            for path in self.dir.iterdir():
-                if path.name != "lock":
-                    shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        if self.fresh or (self.replace_other_settings and not self._holds_these_settings()):
+            self._clear()
         self._check_settings()
         return self
+
+    def _clear(self):
+        for path in self.dir.iterdir():
+            if path.name != "lock":
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+
+    def _holds_these_settings(self) -> bool:
+        """True when the folder is empty or its recorded settings are exactly this run's."""
+        path = self.dir / "settings.json"
+        if not path.exists():
+            return not any(p.name != "lock" for p in self.dir.iterdir())
+        try:
+            return json.loads(path.read_text()) == self.settings
+        except (OSError, ValueError, RecursionError):
+            return False
 
     def __exit__(self, *exc):
         if self._lock_file is not None:

@@ -20,9 +20,9 @@ from stages.training import stratified_split
 QUIET = dict(progress=False, curve=False)
 
 
-def train(tmp_path, cache, name="head.pt", **kwargs):
+def train(tmp_path, cache, name="head.pt", log=lambda line: None, **kwargs):
     config = TrainConfig(train=str(cache), out=str(tmp_path / name), **{**QUIET, **kwargs})
-    return run_train_head(config, log=lambda line: None)
+    return run_train_head(config, log=log)
 
 
 @pytest.fixture(scope="module")
@@ -272,6 +272,22 @@ def test_an_interrupted_run_with_other_settings_is_refused_and_overwrite_starts_
     reference = train(tmp_path, toy[0], name="reference.pt", max_epochs=3, lr=1e-2)
     assert load_checkpoint(fresh.out).training["history"] == load_checkpoint(reference.out).training["history"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["head.pt", "reference.pt"]
+
+
+
+def test_overwrite_resumes_an_interrupted_run_of_the_same_settings(tmp_path, toy, monkeypatch):
+    """`make train-head` always passes --overwrite: a killed run of the same settings must
+    still resume (to the same head), while an earlier finished head is replaced."""
+    train(tmp_path, toy[0], max_epochs=1, seed=5)  # an earlier head at head.pt
+    with monkeypatch.context() as patch:
+        interrupted_after(2, patch)
+        with pytest.raises(KeyboardInterrupt):
+            train(tmp_path, toy[0], max_epochs=4, overwrite=True)
+    lines = []
+    resumed = train(tmp_path, toy[0], max_epochs=4, overwrite=True, log=lines.append)
+    assert lines[0].startswith("resuming from") and " at epoch 3," in lines[0]
+    reference = train(tmp_path, toy[0], name="reference.pt", max_epochs=4)
+    assert load_checkpoint(resumed.out).training["history"] == load_checkpoint(reference.out).training["history"]
 
 
 # --- bad input, through the CLI -------------------------------------------------------
