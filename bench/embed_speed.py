@@ -8,6 +8,9 @@ window settings, MiniLM):
     and at bf16 autocast (the default on this CPU);
   * sentence-transformers `encode()` on the same windows as text (its defaults:
     batch 32, fp32), also under bf16 autocast and with bf16 weights;
+  * stage one as `embed` now runs it for MiniLM: mean window vectors (`--window-vector
+    auto`: the full last layer) plus each document's hashed term counts, at fp32 and bf16;
+    [CLS] plus hashing; hashing alone (what the terms add to stage one);
   * the original prototype's approach (bench/prototype.py): each document's windows
     padded to 512 and run as one batch, fp32 (as it ran) and under bf16 autocast;
 and reports tokens/s, the speed-ups the stage-one issue asks for, and model FLOP
@@ -40,6 +43,7 @@ import prototype  # noqa: E402  (bench/prototype.py, beside this file)
 from stages.data import load_corpus  # noqa: E402
 from stages.encoder import DEFAULT_MODEL, load_encoder, resolve_model_path  # noqa: E402
 from stages.encoding import encode_windows  # noqa: E402
+from stages.terms import TermHashing  # noqa: E402
 from stages.windows import SpecialTokens, WindowSpec, tokenize  # noqa: E402
 
 
@@ -105,8 +109,13 @@ def main():
     args = parser.parse_args()
 
     corpus = load_corpus("20newsgroups", "train", data_home=args.data_home, limit=args.docs)
-    fp32 = load_encoder(DEFAULT_MODEL, "cpu", "fp32")
+    fp32 = load_encoder(DEFAULT_MODEL, "cpu", "fp32")  # [CLS] window vectors: the [CLS]-only fast path
     bf16 = load_encoder(DEFAULT_MODEL, "cpu", "bf16")
+    # What `embed --window-vector auto` caches for MiniLM: the mean of each window's tokens
+    # (the full last layer runs), plus each document's hashed term counts.
+    fp32_mean = load_encoder(DEFAULT_MODEL, "cpu", "fp32", window_vector="mean")
+    bf16_mean = load_encoder(DEFAULT_MODEL, "cpu", "bf16", window_vector="mean")
+    hashing = TermHashing()
     spec = WindowSpec(args.chunk_tokens, args.stride, SpecialTokens.of(fp32.tokenizer))
     tokens = tokenize(fp32.tokenizer, corpus.texts)
     windows_by_doc = [spec.windows(t) for t in tokens]
@@ -130,6 +139,13 @@ def main():
     methods = {
         "ours fp32": lambda: encode_windows(fp32, windows, args.batch_tokens),
         "ours bf16 autocast (default)": lambda: encode_windows(bf16, windows, args.batch_tokens),
+        "ours fp32, [CLS] + term hashing": lambda: (encode_windows(fp32, windows, args.batch_tokens),
+                                                    hashing.counts(corpus.texts)),
+        "ours fp32, mean window vector + term hashing (embed's default)":
+            lambda: (encode_windows(fp32_mean, windows, args.batch_tokens), hashing.counts(corpus.texts)),
+        "ours bf16 autocast, mean window vector + term hashing":
+            lambda: (encode_windows(bf16_mean, windows, args.batch_tokens), hashing.counts(corpus.texts)),
+        "term hashing alone (HashingVectorizer, unigrams + bigrams)": lambda: hashing.counts(corpus.texts),
         "sentence-transformers encode fp32 (its defaults)": lambda: st.encode(texts, show_progress_bar=False),
         "sentence-transformers encode bf16 autocast":
             lambda: bf16_autocast(st.encode, texts, show_progress_bar=False),
@@ -142,6 +158,8 @@ def main():
     # warm-up: first calls allocate, pick kernels and fill caches
     encode_windows(fp32, windows[:64], args.batch_tokens)
     encode_windows(bf16, windows[:64], args.batch_tokens)
+    encode_windows(fp32_mean, windows[:64], args.batch_tokens)
+    encode_windows(bf16_mean, windows[:64], args.batch_tokens)
     st.encode(texts[:64], show_progress_bar=False)
     st_bf16.encode(texts[:64], show_progress_bar=False)
 
@@ -156,13 +174,16 @@ def main():
     peak = {"fp32": matmul_flops(torch.float32), "bf16": matmul_flops(torch.bfloat16)}
     default, st_encode = "ours bf16 autocast (default)", "sentence-transformers encode"
     ours = {"fp32": rates["ours fp32"], "bf16": rates[default]}
-    speedups = {  # name: (faster, slower), two methods of `rates`
+    speedups = {  # name: (a, b), two methods of `rates`: a's speed over b's
         "ours fp32 / sentence-transformers fp32": ("ours fp32", f"{st_encode} fp32 (its defaults)"),
         "ours bf16 autocast / sentence-transformers bf16 autocast": (default, f"{st_encode} bf16 autocast"),
         "ours bf16 autocast / sentence-transformers bf16 weights": (default, f"{st_encode} bf16 weights"),
         "ours default / sentence-transformers defaults": (default, f"{st_encode} fp32 (its defaults)"),
         "ours default / original prototype (fp32)": (default, "original prototype fp32 (doc = one batch, pad 512)"),
         "ours bf16 / original prototype bf16": (default, "original prototype bf16 autocast"),
+        # stage one's cost of the terms, and of the mean vector over [CLS] (both at fp32)
+        "[CLS] + terms / [CLS]": ("ours fp32, [CLS] + term hashing", "ours fp32"),
+        "mean + terms / [CLS]": ("ours fp32, mean window vector + term hashing (embed's default)", "ours fp32"),
     }
     results = {
         "docs": len(corpus), "windows": len(windows), "tokens": n_tokens,
