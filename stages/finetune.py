@@ -95,6 +95,12 @@ from stages.workdir import WorkDir, atomic_path, check_not_an_input
 CURVE_FILE = "curve.png"  # inside --out, beside finetune.json
 
 
+def _layers(value: str) -> str | int:
+    """--unfreeze-top from the command line: a count as an int, 'all' (or a mistake) as given;
+    `window_model.parse_unfreeze_top` checks it against the model's depth."""
+    return int(value) if value.strip().isdigit() else value
+
+
 @dataclass
 class FinetuneConfig(CorpusSettings):
     """Fine-tuning's settings; every field with help text is an option of `cli.py finetune`."""
@@ -107,7 +113,7 @@ class FinetuneConfig(CorpusSettings):
     # benchmarks (20 classes: head macro-F1 0.925 against 0.890-0.904 for 2), but
     # on 2 CPU cores its epochs take ~1 hour against ~13 minutes (docs/BENCHMARKS.md).
     unfreeze_top: str | int = setting(2, "Top encoder layers to train: 0 (classifier only) up to the model's "
-                                         "depth, or 'all'.")
+                                         "depth, or 'all'.", parse=_layers)
     # The same window geometry as stage one's defaults: fine-tune on what you embed.
     chunk_tokens: int = chunk_tokens_setting("Tokens per window, special tokens included (use embed's).")
     stride: int = stride_setting("Tokens shared by consecutive windows (use embed's).")

@@ -158,9 +158,11 @@ def click_option(f, hint):
                             show_default=show_default)
     kwargs = {"type": _click_type(f, hint), "help": help_text, "show_default": show_default}
     parse = meta.get("parse")
-    if parse is not None:  # the string is parsed; nothing given keeps the field's default
+    if parse is not None:  # the string is parsed; an empty default (None, ()) is kept as it is
+        empty = f.default in (None, (), [])
         default = f.default
-        kwargs.update(default=None, callback=lambda ctx, param, value: default if value is None else parse(value))
+        kwargs.update(default=None if empty else f.default,
+                      callback=lambda ctx, param, value: default if value is None else parse(value))
     else:
         kwargs.update(default=f.default)
     return click.option(f"--{name}", f.name, **kwargs)
