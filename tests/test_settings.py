@@ -89,31 +89,32 @@ def test_help_keeps_flags_and_choices(capsys):
 
 def test_group_help_does_not_import_torch():
     code = "import sys, cli; cli.main(['--help']); assert 'torch' not in sys.modules, 'torch imported'"
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            check=False)
     assert result.returncode == 0, result.stderr
     assert "train-head" in result.stdout and "Stage two" in result.stdout
 
 
 @pytest.mark.parametrize("config,bad,message", [
-    (TrainConfig, dict(patience=0), "--patience must be at least 1; got 0"),
-    (TrainConfig, dict(max_epochs=0), "--epochs must be at least 1"),
-    (TrainConfig, dict(pooling="median"), "--pooling is one of mean, max"),
-    (TrainConfig, dict(dropout=1.0), "--dropout must be in [0, 1)"),
-    (TrainConfig, dict(transformer_layers=5), "--transformer-layers must be 1 to 4"),
-    (TrainConfig, dict(threads=-1), "--threads must be at least 0"),
-    (FinetuneConfig, dict(val_fraction=1.5), "--val-fraction must be between 0 and 1"),
-    (FinetuneConfig, dict(batch_tokens=16, chunk_tokens=32), "--batch-tokens 16 must be at least --chunk-tokens 32"),
-    (FinetuneConfig, dict(checkpoint_steps=0), "--checkpoint-steps must be at least 1"),
-    (FinetuneConfig, dict(limit=0), "--limit must be at least 1"),
-    (EmbedConfig, dict(block_windows=0), "--block-windows must be positive"),
-    (EmbedConfig, dict(batch_tokens=0), "--batch-tokens must be positive"),
-    (EmbedConfig, dict(precision="fp8"), "--precision is one of auto, fp32, bf16, fp16"),
-    (EmbedConfig, dict(window_vector="max"), "--window-vector is one of auto, cls, mean"),
-    (EvaluateConfig, dict(report_wrong=-1), "--report-wrong must be at least 0"),
-    (PredictConfig, dict(top_k=-1), "--top-k must be at least 0"),
-    (PredictConfig, dict(block_docs=0), "--block-docs must be positive"),
-    (PredictConfig, dict(out="x.jsonl"), "--out goes with --data"),
-    (PredictConfig, dict(data="corpus.jsonl"), "--data needs --out"),
+    (TrainConfig, {"patience": 0}, "--patience must be at least 1; got 0"),
+    (TrainConfig, {"max_epochs": 0}, "--epochs must be at least 1"),
+    (TrainConfig, {"pooling": "median"}, "--pooling is one of mean, max"),
+    (TrainConfig, {"dropout": 1.0}, "--dropout must be in [0, 1)"),
+    (TrainConfig, {"transformer_layers": 5}, "--transformer-layers must be 1 to 4"),
+    (TrainConfig, {"threads": -1}, "--threads must be at least 0"),
+    (FinetuneConfig, {"val_fraction": 1.5}, "--val-fraction must be between 0 and 1"),
+    (FinetuneConfig, {"batch_tokens": 16, "chunk_tokens": 32}, "--batch-tokens 16 must be at least --chunk-tokens 32"),
+    (FinetuneConfig, {"checkpoint_steps": 0}, "--checkpoint-steps must be at least 1"),
+    (FinetuneConfig, {"limit": 0}, "--limit must be at least 1"),
+    (EmbedConfig, {"block_windows": 0}, "--block-windows must be positive"),
+    (EmbedConfig, {"batch_tokens": 0}, "--batch-tokens must be positive"),
+    (EmbedConfig, {"precision": "fp8"}, "--precision is one of auto, fp32, bf16, fp16"),
+    (EmbedConfig, {"window_vector": "max"}, "--window-vector is one of auto, cls, mean"),
+    (EvaluateConfig, {"report_wrong": -1}, "--report-wrong must be at least 0"),
+    (PredictConfig, {"top_k": -1}, "--top-k must be at least 0"),
+    (PredictConfig, {"block_docs": 0}, "--block-docs must be positive"),
+    (PredictConfig, {"out": "x.jsonl"}, "--out goes with --data"),
+    (PredictConfig, {"data": "corpus.jsonl"}, "--data needs --out"),
 ])
 def test_post_init_names_the_option(config, bad, message):
     with pytest.raises(UserError) as error:
@@ -154,12 +155,12 @@ def make_n(*args) -> str:
     """`make -n` (print, run nothing) with the install step marked as done (-o)."""
     venv = "/nonexistent-venv"
     result = subprocess.run(["make", "-n", "-s", "-C", str(ROOT), f"VENV={venv}", "-o", f"{venv}/.installed",
-                             *args], capture_output=True, text=True, timeout=60)
+                             *args], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     return " ".join(result.stdout.split())
 
 
-needs_make = pytest.mark.skipif(subprocess.run(["which", "make"], capture_output=True).returncode != 0,
+needs_make = pytest.mark.skipif(subprocess.run(["which", "make"], capture_output=True, check=False).returncode != 0,
                                 reason="needs make")
 
 
