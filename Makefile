@@ -3,7 +3,7 @@
 #   make finetune   optional: fine-tune the encoder's top layers, then embed with it:
 #                   make finetune && make all MODEL=runs/finetuned
 #   make test       the whole test suite (what CI runs); make test-fast skips slow tests
-# Settings pass through as variables: make embed MODEL=bert-base-uncased CHUNK=512 STRIDE=64
+# Settings pass through as variables, only when set: make embed MODEL=bert-base-uncased CHUNK=512 STRIDE=64
 #   make embed NPROC=2  stage one under torchrun, 2 ranks on this machine (one per GPU on a GPU machine);
 #   across machines: make embed NPROC=8 TORCHRUN_ARGS="--nnodes 2 --node-rank 0 --rdzv-backend c10d
 #   --rdzv-endpoint HOST:29400 --rdzv-id embed-1" on each machine (node-rank 0, 1, ...)
