@@ -19,7 +19,13 @@ import stages
 from stages.cache import CACHE_IDENTITY, differences, read_attrs
 from stages.cache_writer import Block, PartialCache, write_cache
 from stages.data import NEWSGROUPS, Corpus, load_corpus
-from stages.encoder import DEFAULT_MODEL, Encoder, load_encoder, read_lineage
+from stages.encoder import (
+    DEFAULT_MODEL,
+    WINDOW_VECTORS,
+    Encoder,
+    load_encoder,
+    read_lineage,
+)
 from stages.encoding import default_batch_tokens, encode_windows
 from stages.errors import UserError
 from stages.runtime import progress_bar
@@ -71,7 +77,7 @@ class EmbedConfig(CorpusSettings):
     # folder does not say). cls keeps the [CLS]-only last layer, ~14% fewer FLOPs.
     window_vector: str = setting("auto", "One vector per window: mean of its tokens or [CLS]; auto: what the "
                                          "encoder was trained with (a sentence-transformers folder's 1_Pooling), "
-                                         "else cls.", choices=("auto", "cls", "mean"))
+                                         "else cls.", choices=WINDOW_VECTORS)
     # Hashed term counts of each whole document beside its vectors: the lexical signal
     # (rare names, numbers, jargon) a window vector drops; ~0.5% of stage one's time.
     terms: bool = setting(True, "Also cache each document's hashed unigram+bigram counts (for heads with a "

@@ -23,7 +23,7 @@ What a field's metadata may say (all optional but `help`):
     check     a function value -> None or what is wrong ("must be at least 1"); see at_least, ...
     shown     the default as `--help` states it, for a default that is computed or None
     parse     turns the command line's string into the field's value (comma-separated lists)
-    path      "file" or "folder": a path that must not be the other kind (click.Path); the
+    path      "file", "folder" or "any": a path, refused as the wrong kind (click.Path); the
               type is otherwise read from the annotation (int, float, str, bool, Path)
     negatable a boolean that is `--x/--no-x` rather than a plain `--x` flag (the default for
               booleans whose default is not False)
