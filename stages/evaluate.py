@@ -44,6 +44,13 @@ from stages.report_html import (
     render_report,
     select_documents,
 )
+from stages.settings import (
+    CorpusSettings,
+    at_least,
+    check_settings,
+    setting,
+    threads_setting,
+)
 from stages.workdir import atomic_write_bytes, check_not_an_input
 
 # Document length buckets, in windows: one window, a few, many, very many.
@@ -51,6 +58,33 @@ LENGTH_BUCKETS = (("1", 1, 1), ("2-4", 2, 4), ("5-16", 5, 16), (">16", 17, None)
 # Past 60 classes the names are unreadable and the canvas grows with the square of the
 # count (500 classes: a 27,000-pixel square, ~3 GB): keep the numbers, skip the picture.
 MAX_PLOTTED_CLASSES = 60
+
+
+@dataclass
+class EvaluateConfig(CorpusSettings):
+    """evaluate's settings; every field with help text is an option of `cli.py evaluate`. The
+    corpus options are only for report.html's texts, given exactly as to `embed`."""
+
+    head: str = setting("runs/head.pt", "Checkpoint written by train-head.", path="file")
+    cache: str = setting("data/cache/test.h5", "Window cache to score; it must come from the head's encoder and "
+                                               "window settings.", path="file")
+    report: str | None = setting(None, "Folder for metrics.json, report.md, confusion_matrix.png and report.html; "
+                                       "these are replaced without --overwrite (a report is derived, and rerunning "
+                                       "rebuilds it), never --head or --cache.", shown="none written", path="folder")
+    data: str | None = setting(None, "For report.html: the corpus the cache was embedded from (embed's --data and "
+                                     "the other corpus options as given to embed), to show the texts.")
+    split: str = setting("test", "With --data 20newsgroups: the split the cache holds.")
+    # The page's caps: see stages.report_html.MAX_WRONG and N_CORRECT.
+    report_wrong: int = setting(MAX_WRONG, "Most misclassified documents report.html shows (in cache order).",
+                                check=at_least(0))
+    report_correct: int = setting(N_CORRECT, "Correctly classified documents report.html shows (a sample).",
+                                  check=at_least(0))
+    memory_budget_mb: float = setting(float(DEFAULT_MEMORY_BUDGET_MB), "Load the cache into RAM when its vectors fit in "
+                                                                "this; else read it by slices.", check=at_least(0))
+    threads: int = threads_setting(1)
+
+    def __post_init__(self):
+        check_settings(self)
 
 
 @dataclass
@@ -69,11 +103,10 @@ def evaluate(head_path: str | Path, cache_path: str | Path, report_dir: str | Pa
              memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB, corpus: dict | None = None,
              max_wrong: int = MAX_WRONG, n_correct: int = N_CORRECT) -> Evaluation:
     """`corpus`: keyword arguments of `stages.doc_text.load_cache_corpus` (data, split, ...),
-    for the texts in report.html; needs `report_dir`."""
+    for the texts in report.html; needs `report_dir`. The settings' ranges are checked by
+    `EvaluateConfig`."""
     if corpus is not None and report_dir is None:
         raise UserError("--data is read only for the HTML report: give --report too")
-    if max_wrong < 0 or n_correct < 0:
-        raise UserError("--report-wrong and --report-correct must be 0 or more")
     for name in ("metrics.json", "report.md", "confusion_matrix.png", "report.html") if report_dir else ():
         check_not_an_input(Path(report_dir) / name, {"--head": head_path, "--cache": cache_path}, what="--report")
     checkpoint = load_checkpoint(head_path)

@@ -40,6 +40,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from stages.errors import UserError
+from stages.settings import check_settings, in_range, one_to, positive, setting
 from stages.term_weights import TermBatch
 
 INPUTS = ("windows", "terms", "both")
@@ -53,15 +54,16 @@ class HeadConfig:
     hidden_size: int  # width of the cached window vectors (from the cache)
     n_classes: int  # len(label_names) of the training cache, never the number of documents
     # 0.1 is the usual BERT classifier dropout; the heads are small, so more hurts on 20 classes.
-    dropout: float = 0.1
+    dropout: float = setting(0.1, "Dropout before the classifier (and inside the transformer).",
+                             check=in_range(0, 1))
     # Normalise each window vector first: frozen [CLS] vectors have a few large dimensions
     # that otherwise dominate the attention scores and the LSTM gates.
     input_norm: bool = True
     # Width of the attention scorer and of the LSTM/transformer: well under hidden_size
     # keeps the heads at ~0.1-1M parameters, enough for 11k documents.
-    inner_dim: int = 128
+    inner_dim: int = setting(128, "Width of the attention scorer / LSTM / transformer.", check=positive)
     # Two layers is ToBERT's setting; one trains faster for the same score on 20NG.
-    transformer_layers: int = 1
+    transformer_layers: int = setting(1, "Encoder layers of --pooling transformer (1-4).", check=one_to(4))
     transformer_heads: int = 4
     # What the head reads: the window vectors, the document's terms, or both.
     inputs: str = "windows"
@@ -72,12 +74,9 @@ class HeadConfig:
             raise UserError(f"--pooling is one of {', '.join(POOLINGS)}; got {self.pooling!r}")
         if self.n_classes < 2:
             raise UserError(f"a classifier needs at least 2 classes; got {self.n_classes}")
-        if self.hidden_size < 1 or self.inner_dim < 1:
-            raise UserError(f"hidden_size and inner_dim must be positive; got {self.hidden_size}, {self.inner_dim}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise UserError(f"--dropout must be in [0, 1); got {self.dropout}")
-        if self.transformer_layers not in (1, 2, 3, 4):
-            raise UserError(f"--transformer-layers must be 1 to 4; got {self.transformer_layers}")
+        if self.hidden_size < 1:
+            raise UserError(f"hidden_size must be positive; got {self.hidden_size}")
+        check_settings(self)  # --dropout, --inner-dim, --transformer-layers
         if self.inputs not in INPUTS:
             raise UserError(f"--inputs is one of {', '.join(INPUTS)}; got {self.inputs!r}")
         if self.inputs != "windows" and self.n_terms < 1:

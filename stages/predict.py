@@ -48,6 +48,16 @@ from stages.encoding import default_batch_tokens, encode_windows
 from stages.errors import UserError
 from stages.explain import EXPLAIN_TERMS, explain_documents, require_term_branch
 from stages.runtime import peak_memory_bytes, progress_bar
+from stages.settings import (
+    CorpusSettings,
+    at_least,
+    check_settings,
+    device_setting,
+    positive,
+    progress_setting,
+    setting,
+    threads_setting,
+)
 from stages.terms import TermHashing
 from stages.windows import SpecialTokens, WindowSpec, tokenize
 from stages.workdir import WorkDir, check_output_path
@@ -103,8 +113,6 @@ class Predictor:
 
     def __init__(self, head_path: str | Path, device: str = "auto", batch_tokens: int | None = None,
                  threads: int = 0, explain_terms: bool = False):
-        if batch_tokens is not None and batch_tokens < 1:
-            raise UserError(f"--batch-tokens must be positive; got {batch_tokens}")
         if threads:
             torch.set_num_threads(threads)
         self.checkpoint = load_checkpoint(head_path)
@@ -198,6 +206,51 @@ def predict(head_path: str | Path, sources: list[str], device: str = "auto", bat
     texts = read_texts(list(sources))  # bad files are refused before any encoder is loaded
     predictor = Predictor(head_path, device, batch_tokens, threads, explain_terms)
     return predictor.classify(list(sources), texts, explain)
+
+
+# --- settings ----------------------------------------------------------------------------
+
+
+@dataclass
+class PredictConfig(CorpusSettings):
+    """predict's settings; every field with help text is an option of `cli.py predict`. FILE
+    mode (text files as arguments) uses the head, --explain* and the encoder's options;
+    --data mode all of them."""
+
+    head: str = setting("runs/head.pt", "Checkpoint written by train-head; its encoder and window settings are "
+                                        "used.", path="file")
+    data: str | None = setting(None, "Classify a whole corpus instead of FILEs: '20newsgroups', a folder, or a "
+                                     ".csv/.jsonl (labels optional); needs --out.")
+    out: str | None = setting(None, "With --data: the .jsonl or .csv file to write (resumable: rerun the same "
+                                    "command after a kill).", path="file")
+    split: str = setting("test", "With --data 20newsgroups: train or test.")
+    top_k: int = setting(0, "With --data: the K most probable classes per row instead of every class (0).",
+                         check=at_least(0))
+    explain: bool = setting(False, "Add each document's top windows: span, text excerpt, contribution.")
+    explain_windows: int = setting(3, "How many top windows --explain shows.", check=at_least(0))
+    explain_terms: bool = setting(False, "Also the terms with the largest contribution (heads with a term "
+                                         "branch only).")
+    block_docs: int = setting(BLOCK_DOCS, "With --data: documents per resumable block; a kill loses at most one.",
+                              check=positive)
+    overwrite: bool = setting(False, "With --data: replace an existing --out or an interrupted run.")
+    progress: bool | None = progress_setting("With --data: progress bar.")
+    device: str = device_setting()
+    # None: stage one's default for the device (stages.encoding.default_batch_tokens).
+    batch_tokens: int | None = setting(None, "Token budget of one encoder batch; bounds activation memory.",
+                                       shown="1024 on CPU, 32768 on CUDA", check=positive)
+    threads: int = threads_setting(0)
+
+    def __post_init__(self):
+        check_settings(self)
+        if self.data is None and self.out is not None:
+            raise UserError("--out goes with --data; FILE mode prints to stdout")
+        if self.data is not None and self.out is None:
+            raise UserError("--data needs --out FILE.jsonl or FILE.csv")
+
+    @property
+    def top_windows(self) -> int:
+        """Windows to explain per document: --explain-windows with --explain, else 0."""
+        return self.explain_windows if self.explain else 0
 
 
 # --- corpus mode -----------------------------------------------------------------------
@@ -303,16 +356,13 @@ def predict_corpus(head_path: str | Path, data: str, out: str | Path, *, split: 
                    block_docs: int = BLOCK_DOCS,
                    overwrite: bool = False, device: str = "auto", batch_tokens: int | None = None,
                    threads: int = 0, progress: bool | None = None) -> CorpusSummary:
-    """Classify every document of `--data` into `out` (CSV or JSON lines), resumably."""
+    """Classify every document of `--data` into `out` (CSV or JSON lines), resumably. The
+    settings' ranges are checked by `PredictConfig`."""
     started = time.perf_counter()
     out = Path(out)
     kind = OUTPUT_FORMATS.get(out.suffix.lower())
     if kind is None:
         raise UserError(f"--out {out}: name it .jsonl (JSON lines) or .csv")
-    if block_docs < 1:
-        raise UserError(f"--block-docs must be positive; got {block_docs}")
-    if top_k < 0 or explain < 0:
-        raise UserError("--top-k and --explain-windows must be 0 or more")
     check_output_path(out)
     if out.exists() and not overwrite:
         raise UserError(f"{out} exists; pass --overwrite to replace it, or choose another --out")

@@ -61,6 +61,16 @@ from stages.heads import INPUTS, POOLINGS, Head, HeadConfig
 from stages.linear_fit import DEFAULT_C, fit_linear_branch
 from stages.metrics import scores
 from stages.runtime import peak_memory_bytes
+from stages.settings import (
+    at_least,
+    check_settings,
+    fraction,
+    like,
+    positive,
+    progress_setting,
+    setting,
+    threads_setting,
+)
 from stages.term_weights import TermWeights
 from stages.train_loop import LoopSettings, best_entry, plot_curve, resume, run_epochs
 from stages.training import class_weight_tensor, lr_lambda, stratified_split
@@ -69,69 +79,66 @@ from stages.workdir import WorkDir, check_not_an_input, check_output_path
 
 @dataclass
 class TrainConfig:
-    train: str = "data/cache/train.h5"
-    out: str = "runs/head.pt"
-    val: str | None = None  # a second cache; None: hold out val_fraction of train
+    """Stage two's settings; every field with help text is an option of `cli.py train-head`."""
+
+    train: str = setting("data/cache/train.h5", "Window cache to train on (from `embed`).", path="file")
+    # A second cache; None: hold out val_fraction of train.
+    val: str | None = setting(None, "A second cache to validate on.", shown="hold out --val-fraction of --train",
+                              path="file")
     # 10% of 20NG train is ~1,100 documents: macro-F1 moves by ~0.5 points between epochs.
-    val_fraction: float = 0.1
+    val_fraction: float = setting(0.1, "Stratified share of --train held out for validation (0 to 1).",
+                                  check=fraction)
+    out: str = setting("runs/head.pt", "Checkpoint to write (atomically); the curve goes to OUT-STEM-curve.png "
+                                       "beside it.", path="file")
     # The LSTM (RoBERT) had the best validation macro-F1 on both benchmark settings
     # (docs/BENCHMARKS.md) and trains on all of 20 Newsgroups in about a minute.
-    pooling: str = "lstm"
+    pooling: str = setting("lstm", "How window vectors become one document vector (lstm: best on validation).",
+                           choices=POOLINGS)
     # windows, terms or both; None: both when the cache has terms (stage one's default), else windows.
-    inputs: str | None = None
+    inputs: str | None = setting(None, "What the head reads: window vectors, the documents' hashed terms "
+                                       "(TF-IDF), or both.", choices=INPUTS,
+                                 shown="both when the cache has terms, else windows")
     # C of the linear branch's SVM (stages.linear_fit): LinearSVC's default, the reference
     # setting at which TF-IDF + LinearSVC scores 0.8585 on 20 Newsgroups.
-    term_c: float = DEFAULT_C
-    dropout: float = 0.1
+    term_c: float = setting(DEFAULT_C, "C of the linear branch's SVM over terms (and the mean window vector): "
+                                       "higher fits harder.", check=positive)
+    # The head's own settings: default, reason and check in stages.heads.HeadConfig.
+    dropout: float = like(HeadConfig, "dropout")
     input_norm: bool = True
-    inner_dim: int = 128
-    transformer_layers: int = 1
+    inner_dim: int = like(HeadConfig, "inner_dim")
+    transformer_layers: int = like(HeadConfig, "transformer_layers")
     # 1e-3 is AdamW's usual rate for a freshly initialised small head.
-    lr: float = 1e-3
+    lr: float = setting(1e-3, "Peak AdamW learning rate (linear warm-up, cosine decay).", check=positive)
     # Decoupled weight decay as in BERT fine-tuning; biases and norms included (tiny head).
-    weight_decay: float = 0.01
+    weight_decay: float = setting(0.01, "AdamW decoupled weight decay.", check=at_least(0))
     # Early stopping usually fires at 10-20 epochs; the cap bounds the worst case.
-    max_epochs: int = 40
-    patience: int = 5
+    max_epochs: int = setting(40, "Most epochs; early stopping usually ends sooner.", option="epochs",
+                              check=at_least(1))
+    patience: int = setting(5, "Stop after this many epochs without a better validation macro-F1.",
+                            check=at_least(1))
     # Warm-up over the first 5% of steps keeps the first updates of a fresh head small.
     warmup_fraction: float = 0.05
     # 32 documents per step: ~320 steps per epoch on 20NG, stable AdamW statistics.
-    batch_docs: int = 32
+    batch_docs: int = setting(32, "Documents per training step.", check=at_least(1))
     # At most 4096 padded windows (6 MB of MiniLM vectors) per batch bounds memory.
-    batch_windows: int = 4096
-    class_weights: bool = False  # inverse-frequency weights in the loss (for skewed classes)
-    seed: int = 0
-    memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB
+    batch_windows: int = setting(4096, "Most padded windows per batch (bounds memory).", check=at_least(1))
+    # Inverse-frequency weights in the loss (for skewed classes).
+    class_weights: bool = setting(False, "Weight the loss by inverse class frequency.", negatable=True)
+    seed: int = setting(0, "Seeds the split, the batch order, the weights and dropout.")
+    memory_budget_mb: float = setting(float(DEFAULT_MEMORY_BUDGET_MB), "Load the cache into RAM when its vectors fit in "
+                                                                "this; else read it by slices.", check=at_least(0))
     # The head's matrices are small: one thread avoids OpenMP hand-offs, which cost
     # 50x on this 2-core machine when the other core is busy (0 = torch's default).
-    threads: int = 1
-    progress: bool | None = None  # None: a bar on a terminal, quiet in logs
+    threads: int = threads_setting(1, "Torch threads (0: torch's default); one is fastest for a small head.")
+    progress: bool | None = progress_setting("Progress bar per epoch.")
     curve: bool = True  # also write <out stem>-curve.png
     # An existing --out (and its curve) is replaced only when asked; never --train or --val.
-    overwrite: bool = False
+    overwrite: bool = setting(False, "Replace an existing --out and its curve (never --train or --val).")
 
     def __post_init__(self):
-        if self.pooling not in POOLINGS:
-            raise UserError(f"--pooling is one of {', '.join(POOLINGS)}; got {self.pooling!r}")
-        if self.inputs is not None and self.inputs not in INPUTS:
-            raise UserError(f"--inputs is one of {', '.join(INPUTS)}; got {self.inputs!r}")
-        if not self.term_c > 0:
-            raise UserError(f"--term-c must be positive; got {self.term_c}")
-        if self.val is None and not 0.0 < self.val_fraction < 1.0:
-            raise UserError(f"--val-fraction must be between 0 and 1 (exclusive); got {self.val_fraction}")
-        for name in ("max_epochs", "patience", "batch_docs", "batch_windows"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be at least 1; got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise UserError(f"--lr must be positive; got {self.lr}")
-        if self.weight_decay < 0:
-            raise UserError(f"--weight-decay must be at least 0; got {self.weight_decay}")
+        check_settings(self)
         if not 0.0 <= self.warmup_fraction < 1.0:
             raise UserError(f"--warmup-fraction must be in [0, 1); got {self.warmup_fraction}")
-        if self.threads < 0:
-            raise UserError(f"--threads must be at least 0; got {self.threads}")
-        if self.memory_budget_mb < 0:
-            raise UserError(f"--memory-budget-mb must be at least 0; got {self.memory_budget_mb}")
 
     @property
     def curve_path(self) -> Path:
