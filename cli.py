@@ -228,7 +228,11 @@ def _echo_summary(summary, as_json: bool):
 
 def main(argv=None) -> int:
     try:
-        cli.main(args=argv, prog_name="cli.py", standalone_mode=False)
+        # Without standalone mode click *returns* an Exit's code (130 after an interrupt)
+        # instead of raising it; a command's own return value is None.
+        code = cli.main(args=argv, prog_name="cli.py", standalone_mode=False)
+        if isinstance(code, int) and not isinstance(code, bool):
+            return code
     except click.exceptions.Exit as done:
         return done.exit_code
     except click.ClickException as error:

@@ -121,3 +121,24 @@ def test_sigkill_at_any_moment_then_rerun_equals_an_uninterrupted_run(tmp_path):
             elif name != "terms":
                 np.testing.assert_array_equal(got[name][:], want[name][:], err_msg=name)
     assert not partial.exists()
+
+
+@pytest.mark.parametrize("command, runner", [("embed", "stages.embed.run_embed"),
+                                             ("finetune", "stages.finetune.run_finetune"),
+                                             ("train-head", "stages.train_head.run_train_head")])
+def test_an_interrupted_command_exits_130(command, runner, monkeypatch, tmp_path, capsys):
+    """Ctrl-C inside a command: its 'interrupted: ... resume' line and exit status 130,
+    which scripts and make read (click hands the code back instead of raising it)."""
+    import importlib
+
+    module, name = runner.rsplit(".", 1)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib.import_module(module), name, interrupted)
+    out = ["--out", str(tmp_path / ("x.h5" if command == "embed" else "x"))]
+    if command == "train-head":
+        out = ["--train", str(tmp_path / "t.h5"), "--out", str(tmp_path / "h.pt")]
+    assert cli.main([command, *out]) == 130
+    assert capsys.readouterr().err.startswith("interrupted")
