@@ -15,6 +15,7 @@ an interrupted command exits 130 and can be rerun to resume.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -63,6 +64,22 @@ def cli():
     """Classify documents far longer than a BERT window: embed windows once, then pool."""
 
 
+@contextlib.contextmanager
+def on_interrupt(kept: str | None):
+    """Ctrl-C inside a command: one line saying what was kept and how to resume, exit 130."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if kept:
+            click.echo(f"interrupted: {kept}", err=True)
+        raise click.exceptions.Exit(130) from None
+
+
+def log_line(line: str):
+    """A command's progress lines go to stderr; stdout is for its summary."""
+    click.echo(line, err=True)
+
+
 def json_option(help: str):
     return click.option("--json", "as_json", is_flag=True, help=help)
 
@@ -85,12 +102,9 @@ def build_embed():
 
         config = EmbedConfig(**settings)
         ranks = Ranks.from_env()  # None unless torchrun started several ranks
-        try:
+        said_by = ranks is None or ranks.rank == 0  # one line for a torchrun job, not one per rank
+        with on_interrupt("finished blocks are kept; run the same command again to resume" if said_by else None):
             summary = run_embed(config) if ranks is None else run_embed_sharded(config, ranks)
-        except KeyboardInterrupt:
-            if ranks is None or ranks.rank == 0:
-                click.echo("interrupted: finished blocks are kept; run the same command again to resume", err=True)
-            raise click.exceptions.Exit(130) from None
         if summary is not None:  # only rank 0 of a torchrun job has one
             _echo_summary(summary, as_json)
     return embed
@@ -108,12 +122,8 @@ def build_finetune():
         from stages.finetune import run_finetune
 
         config = FinetuneConfig(**settings)
-        try:
-            summary = run_finetune(config, log=lambda line: click.echo(line, err=True))
-        except KeyboardInterrupt:
-            click.echo(f"interrupted: the last checkpoint is in {config.out}.partial/; run the same command "
-                       f"again to resume", err=True)
-            raise click.exceptions.Exit(130) from None
+        with on_interrupt(f"the last checkpoint is in {config.out}.partial/; run the same command again to resume"):
+            summary = run_finetune(config, log=log_line)
         _echo_summary(summary, as_json)
     return finetune
 
@@ -130,12 +140,8 @@ def build_train_head():
         from stages.train_head import run_train_head
 
         config = TrainConfig(**settings)
-        try:
-            summary = run_train_head(config, log=lambda line: click.echo(line, err=True))
-        except KeyboardInterrupt:
-            click.echo(f"interrupted: finished epochs are in {config.out}.partial/; rerun the same command to "
-                       f"resume", err=True)
-            raise click.exceptions.Exit(130) from None
+        with on_interrupt(f"finished epochs are in {config.out}.partial/; rerun the same command to resume"):
+            summary = run_train_head(config, log=log_line)
         _echo_summary(summary, as_json)
     return train_head
 
@@ -189,16 +195,12 @@ def build_predict():
                 click.echo(json.dumps(prediction.record(), ensure_ascii=False) if as_json else prediction.line())
             return
         corpus = config.corpus()
-        try:
+        with on_interrupt(f"finished blocks are kept in {config.out}.partial/; run the same command again to resume"):
             summary = predict_corpus(
                 config.head, corpus.pop("data"), config.out, **corpus, top_k=config.top_k,
                 explain=config.top_windows, explain_terms=config.explain_terms, block_docs=config.block_docs,
                 overwrite=config.overwrite, device=config.device, batch_tokens=config.batch_tokens,
                 threads=config.threads, progress=config.progress)
-        except KeyboardInterrupt:
-            click.echo(f"interrupted: finished blocks are kept in {config.out}.partial/; run the same command "
-                       f"again to resume", err=True)
-            raise click.exceptions.Exit(130) from None
         click.echo(summary.line())
     return predict
 

@@ -79,6 +79,7 @@ from stages.settings import (
     threads_setting,
 )
 from stages.train_loop import (
+    LoopOutcome,
     LoopSettings,
     best_entry,
     first_line,
@@ -163,27 +164,20 @@ class FinetuneConfig(CorpusSettings):
 
 
 @dataclass
-class FinetuneSummary:
+class FinetuneSummary(LoopOutcome):
     out: Path
     unfreeze_top: int
     trainable_parameters: int
     n_train_docs: int
     n_val_docs: int
     n_train_windows: int
-    best_epoch: int
-    epochs_run: int
-    val_accuracy: float
-    val_macro_f1: float
-    seconds: float
-    peak_memory_bytes: int
     resumed_from_step: int = 0
 
     def line(self) -> str:
         resumed = f" (resumed at step {self.resumed_from_step:,})" if self.resumed_from_step else ""
         return (f"fine-tuned the top {self.unfreeze_top} layers ({self.trainable_parameters:,} trainable "
                 f"parameters) on {self.n_train_windows:,} windows of {self.n_train_docs:,} documents{resumed}: "
-                f"best epoch {self.best_epoch}/{self.epochs_run}, validation accuracy {self.val_accuracy:.4f}, "
-                f"macro-F1 {self.val_macro_f1:.4f} ({self.n_val_docs:,} documents); {self.seconds:,.1f} s, "
+                f"{self.outcome(self.n_val_docs)}; {self.seconds:,.1f} s, "
                 f"peak memory {self.peak_memory_bytes / 2**30:.2f} GiB -> {self.out}")
 
 

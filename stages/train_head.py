@@ -72,7 +72,14 @@ from stages.settings import (
     threads_setting,
 )
 from stages.term_weights import TermWeights
-from stages.train_loop import LoopSettings, best_entry, plot_curve, resume, run_epochs
+from stages.train_loop import (
+    LoopOutcome,
+    LoopSettings,
+    best_entry,
+    plot_curve,
+    resume,
+    run_epochs,
+)
 from stages.training import class_weight_tensor, lr_lambda, stratified_split
 from stages.workdir import WorkDir, check_not_an_input, check_output_path
 
@@ -147,23 +154,16 @@ class TrainConfig:
 
 
 @dataclass
-class TrainSummary:
+class TrainSummary(LoopOutcome):
     out: Path
     pooling: str
     parameters: int
     n_train: int
     n_val: int
-    best_epoch: int
-    epochs_run: int
-    val_accuracy: float
-    val_macro_f1: float
-    seconds: float
-    peak_memory_bytes: int
 
     def line(self) -> str:
         return (f"trained {self.pooling} head ({self.parameters:,} parameters) on {self.n_train:,} documents: "
-                f"best epoch {self.best_epoch}/{self.epochs_run}, validation accuracy {self.val_accuracy:.4f}, "
-                f"macro-F1 {self.val_macro_f1:.4f} ({self.n_val:,} documents); {self.seconds:.1f} s, "
+                f"{self.outcome(self.n_val)}; {self.seconds:.1f} s, "
                 f"peak memory {self.peak_memory_bytes / 2**30:.2f} GiB -> {self.out}")
 
 

@@ -69,6 +69,22 @@ class TrainingTask(Protocol):
 
 
 @dataclass
+class LoopOutcome:
+    """What every training command's summary says of its loop (its JSON fields too)."""
+
+    best_epoch: int
+    epochs_run: int
+    val_accuracy: float
+    val_macro_f1: float
+    seconds: float
+    peak_memory_bytes: int
+
+    def outcome(self, n_val: int) -> str:
+        return (f"best epoch {self.best_epoch}/{self.epochs_run}, validation accuracy {self.val_accuracy:.4f}, "
+                f"macro-F1 {self.val_macro_f1:.4f} ({n_val:,} documents)")
+
+
+@dataclass
 class LoopSettings:
     max_epochs: int
     patience: int  # stop after this many epochs without a better validation macro-F1
