@@ -106,6 +106,9 @@ def main():
     parser.add_argument("--batch-tokens", type=int, default=1024, help="ours: the CPU default")
     parser.add_argument("--data-home", default=None)
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--no-bf16", action="store_true",
+                        help="skip every bf16 method: on a CPU without native bf16 (no AVX-512 BF16) "
+                             "`--precision auto` runs fp32, and emulated bf16 is several times slower")
     args = parser.parse_args()
 
     corpus = load_corpus("20newsgroups", "train", data_home=args.data_home, limit=args.docs)
@@ -155,13 +158,13 @@ def main():
         "original prototype bf16 autocast":
             lambda: bf16_autocast(prototype.embed_documents, fp32.model, windows_by_doc, spec.special.pad_id),
     }
+    if args.no_bf16:
+        methods = {name: fn for name, fn in methods.items() if "bf16" not in name}
     # warm-up: first calls allocate, pick kernels and fill caches
-    encode_windows(fp32, windows[:64], args.batch_tokens)
-    encode_windows(bf16, windows[:64], args.batch_tokens)
-    encode_windows(fp32_mean, windows[:64], args.batch_tokens)
-    encode_windows(bf16_mean, windows[:64], args.batch_tokens)
-    st.encode(texts[:64], show_progress_bar=False)
-    st_bf16.encode(texts[:64], show_progress_bar=False)
+    for encoder in (fp32, fp32_mean) if args.no_bf16 else (fp32, bf16, fp32_mean, bf16_mean):
+        encode_windows(encoder, windows[:64], args.batch_tokens)
+    for model in (st,) if args.no_bf16 else (st, st_bf16):
+        model.encode(texts[:64], show_progress_bar=False)
 
     rates = {name: n_tokens / seconds for name, seconds in best_times(methods, args.repeats).items()}
     for name, rate in rates.items():
@@ -171,11 +174,15 @@ def main():
 
     executed = encoder_flops_per_token(fp32.model.config, lengths, supports_cls_shortcut(fp32.model))
     full = encoder_flops_per_token(fp32.model.config, lengths, False)
-    peak = {"fp32": matmul_flops(torch.float32), "bf16": matmul_flops(torch.bfloat16)}
+    peak = {"fp32": matmul_flops(torch.float32)}
+    if not args.no_bf16:
+        peak["bf16"] = matmul_flops(torch.bfloat16)
     default, st_encode = "ours bf16 autocast (default)", "sentence-transformers encode"
-    ours = {"fp32": rates["ours fp32"], "bf16": rates[default]}
+    ours = {"fp32": rates["ours fp32"], "bf16": rates.get(default)}
+    ours = {dtype: rate for dtype, rate in ours.items() if rate is not None}
     speedups = {  # name: (a, b), two methods of `rates`: a's speed over b's
         "ours fp32 / sentence-transformers fp32": ("ours fp32", f"{st_encode} fp32 (its defaults)"),
+        "ours fp32 / original prototype fp32": ("ours fp32", "original prototype fp32 (doc = one batch, pad 512)"),
         "ours bf16 autocast / sentence-transformers bf16 autocast": (default, f"{st_encode} bf16 autocast"),
         "ours bf16 autocast / sentence-transformers bf16 weights": (default, f"{st_encode} bf16 weights"),
         "ours default / sentence-transformers defaults": (default, f"{st_encode} fp32 (its defaults)"),
@@ -191,13 +198,14 @@ def main():
                             "batch_tokens": args.batch_tokens},
         "st_retokenization_identical_fraction": float(same_ids),
         "tokens_per_s": rates,
-        "speedups": {name: rates[faster] / rates[slower] for name, (faster, slower) in speedups.items()},
+        "speedups": {name: rates[faster] / rates[slower] for name, (faster, slower) in speedups.items()
+                     if faster in rates and slower in rates},
         "flops_per_token": {"executed": executed, "full_encoder": full},
         "matmul_flops_per_s": peak,
         # executed FLOPs: what the hardware really did (the conservative figure)
-        "model_flops_utilisation": {dtype: ours[dtype] * executed / peak[dtype] for dtype in peak},
+        "model_flops_utilisation": {dtype: ours[dtype] * executed / peak[dtype] for dtype in ours},
         # full-encoder FLOPs: useful work, as if every token went through every layer
-        "model_flops_utilisation_full_encoder": {dtype: ours[dtype] * full / peak[dtype] for dtype in peak},
+        "model_flops_utilisation_full_encoder": {dtype: ours[dtype] * full / peak[dtype] for dtype in ours},
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                    f"{torch.get_num_threads()} threads",
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
