@@ -106,3 +106,19 @@ def run_cli(*args, check=False, timeout=600, env=None) -> subprocess.CompletedPr
     if check and result.returncode != 0:
         raise AssertionError(f"cli.py {' '.join(map(str, args))} failed:\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def kill_cli_once_written(path: Path, *args, timeout=300):
+    """Start `python cli.py ARGS`, SIGKILL it as soon as `path` exists (or let it end if it
+    finishes first): a crash at a moment the test chooses by the file it waits for."""
+    import signal
+    import time
+
+    process = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), *map(str, args)], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
+    deadline = time.time() + timeout
+    while not path.exists() and process.poll() is None:
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()

@@ -1,16 +1,11 @@
 """Window-level fine-tuning: what trains, what stays frozen, what is saved, resuming."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, make_class_folders, run_cli
+from conftest import kill_cli_once_written, make_class_folders, run_cli
 from safetensors.torch import load_file
 from transformers import AutoModel
 
@@ -224,14 +219,7 @@ def test_a_killed_run_resumes_to_the_same_model(tiny_bert, corpus, tmp_path):
     out = tmp_path / "killed"
     args = [a if a != str(tmp_path / "OUT") else str(out) for a in args]
     state = tmp_path / "killed.partial" / "state.pt"
-    process = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), *args], cwd=ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
-    deadline = time.time() + 300
-    while not state.exists() and process.poll() is None:
-        assert time.time() < deadline
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_cli_once_written(state, *args)
     assert not out.exists(), "killed before the end, nothing may look complete"
     result = run_cli(*args, check=True)
     assert "resuming from" in result.stderr

@@ -230,13 +230,7 @@ def test_an_interrupted_run_resumes_to_the_same_head(tmp_path, toy, monkeypatch,
 
 @pytest.mark.slow
 def test_a_killed_process_resumes_to_the_same_head(tmp_path, toy):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from conftest import ROOT, run_cli
+    from conftest import kill_cli_once_written, run_cli
 
     def args(out):
         return ["train-head", "--train", str(toy[0]), "--out", str(out), "--pooling", "transformer", "--epochs", "8",
@@ -244,14 +238,7 @@ def test_a_killed_process_resumes_to_the_same_head(tmp_path, toy):
 
     run_cli(*args(tmp_path / "reference.pt"), check=True)
     out, state = tmp_path / "head.pt", tmp_path / "head.pt.partial" / "state.pt"
-    process = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), *args(out)], cwd=ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
-    deadline = time.time() + 300
-    while not state.exists() and process.poll() is None:
-        assert time.time() < deadline
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_cli_once_written(state, *args(out))
     assert not out.exists(), "killed before the end, nothing may look complete"
     result = run_cli(*args(out), check=True)
     assert "resuming from" in result.stderr
