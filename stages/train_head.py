@@ -140,7 +140,8 @@ class TrainConfig:
     progress: bool | None = progress_setting("Progress bar per epoch.")
     curve: bool = True  # also write <out stem>-curve.png
     # An existing --out (and its curve) is replaced only when asked; never --train or --val.
-    overwrite: bool = setting(False, "Replace an existing --out and its curve (never --train or --val).")
+    overwrite: bool = setting(False, "Replace an existing --out and its curve (never --train or --val), and an "
+                                     "interrupted run of other settings; one of these settings still resumes.")
 
     def __post_init__(self):
         check_settings(self)
