@@ -241,7 +241,7 @@ def test_an_interrupted_run_resumes_to_the_same_model(encoders, corpus, tmp_path
 
     monkeypatch.setattr(LayerListWindowModel, "top", interrupted_at_step_5)
     capsys.readouterr()
-    cli.main(args(out))  # its exit code is cli.py's business (tests/test_finetune.py kills a real process)
+    assert cli.main(args(out)) == 130  # an interrupt's status, as scripts and make read it
     assert "interrupted: the last checkpoint is in" in capsys.readouterr().err
     assert (tmp_path / "ft.partial" / "state.pt").exists() and not out.exists()
     monkeypatch.undo()
