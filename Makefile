@@ -48,6 +48,10 @@ REPORT_DATA ?= --data $(or $(DATA),20newsgroups) --split test $(if $(CATEGORIES)
 NPROC       ?=
 TORCHRUN_ARGS ?= --standalone
 EMBED_RUN   = $(if $(NPROC),$(VENV)/bin/torchrun --nproc_per_node $(NPROC) $(TORCHRUN_ARGS),$(PY))
+# Validation of finetune and train-head: VAL_SPLIT=latest holds out each class's newest documents
+# (the ids that sort last) instead of a random draw; give it to both so they hold out the same ones.
+VAL_SPLIT   ?=
+VAL_ARGS    = $(if $(VAL_SPLIT),--val-split $(VAL_SPLIT))
 # Fine-tuning: make finetune UNFREEZE_TOP=all FT_OUT=runs/ft-all FT_EXTRA="--epochs 2"
 FT_OUT      ?= $(RUNS)/finetuned
 UNFREEZE_TOP ?=
@@ -77,7 +81,7 @@ install: $(VENV)/.installed
 
 finetune: install
 	$(PY) cli.py finetune --out $(FT_OUT) $(CORPUS_ARGS) $(ENCODER_ARGS) \
-		$(if $(UNFREEZE_TOP),--unfreeze-top $(UNFREEZE_TOP)) $(FT_EXTRA)
+		$(if $(UNFREEZE_TOP),--unfreeze-top $(UNFREEZE_TOP)) $(VAL_ARGS) $(FT_EXTRA)
 
 embed: install
 	$(EMBED_RUN) cli.py embed --split train --out $(CACHE_DIR)/train.h5 $(EMBED_ARGS)
@@ -85,7 +89,7 @@ embed: install
 
 train-head: install
 	$(PY) cli.py train-head --train $(CACHE_DIR)/train.h5 --out $(HEAD) --overwrite \
-		$(if $(POOLING),--pooling $(POOLING)) $(if $(SEED),--seed $(SEED)) $(HEAD_EXTRA)
+		$(if $(POOLING),--pooling $(POOLING)) $(if $(SEED),--seed $(SEED)) $(VAL_ARGS) $(HEAD_EXTRA)
 
 evaluate: install
 	$(PY) cli.py evaluate --head $(HEAD) --cache $(CACHE_DIR)/test.h5 --report $(REPORT) $(REPORT_DATA)

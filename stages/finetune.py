@@ -69,8 +69,8 @@ from stages.settings import (
     check_window_fits,
     chunk_tokens_setting,
     device_setting,
-    fraction,
     in_range,
+    like,
     positive,
     precision_setting,
     progress_setting,
@@ -87,7 +87,7 @@ from stages.train_loop import (
     resume,
     run_epochs,
 )
-from stages.training import stratified_split
+from stages.training import ValidationSettings, validation_split
 from stages.window_model import WindowClassifier, encoder_depth, parse_unfreeze_top
 from stages.window_training import WindowTask
 from stages.windows import tokenize
@@ -139,8 +139,9 @@ class FinetuneConfig(CorpusSettings):
     warmup_fraction: float = 0.1
     dropout: float = setting(0.1, "Dropout before the window classifier.", check=in_range(0, 1))
     max_grad_norm: float = 1.0
-    # 10% of 20NG's training posts (1,131) score validation; stratified by class.
-    val_fraction: float = setting(0.1, "Stratified share of documents held out for validation.", check=fraction)
+    # The split train-head makes too: stages.training.ValidationSettings.
+    val_fraction: float = like(ValidationSettings, "val_fraction")
+    val_split: str = like(ValidationSettings, "val_split")
     seed: int = setting(0, "Seeds the split, the batch order, the classifier's weights and dropout.")
     gradient_checkpointing: bool = setting(False, "Recompute the trained layers' activations in backward: "
                                                   "less memory, ~30%% more time.")
@@ -187,8 +188,8 @@ class FinetuneSummary(LoopOutcome):
 def _settings(config: FinetuneConfig, base_fingerprint: str, data_fingerprint: str, k: int) -> dict:
     """What a resumed run must share with the interrupted one."""
     keep = ("data", "split", "model", "chunk_tokens", "stride", "batch_tokens", "max_epochs", "patience", "lr",
-            "head_lr", "weight_decay", "warmup_fraction", "dropout", "max_grad_norm", "val_fraction", "seed",
-            "precision", "categories", "remove", "limit")
+            "head_lr", "weight_decay", "warmup_fraction", "dropout", "max_grad_norm", "val_fraction", "val_split",
+            "seed", "precision", "categories", "remove", "limit")
     settings = {key: getattr(config, key) for key in keep}
     settings.update(unfreeze_top=k, base_fingerprint=base_fingerprint, data_fingerprint=data_fingerprint,
                     remove=list(config.remove))
@@ -241,7 +242,7 @@ def load_inputs(config: FinetuneConfig) -> FinetuneInputs:
     encoder = load_encoder(config.model, config.device, config.precision, window_vector="auto")
     k = parse_unfreeze_top(config.unfreeze_top, encoder_depth(encoder.model), config.model)
     check_window_fits(config.chunk_tokens, encoder.max_tokens, config.model)
-    train_docs, val_docs = stratified_split(labels, config.val_fraction, np.random.default_rng(config.seed))
+    train_docs, val_docs = validation_split(labels, corpus.doc_ids, config, np.random.default_rng(config.seed))
     if len(val_docs) == 0:
         raise UserError(f"--val-fraction {config.val_fraction} of {len(labels)} documents leaves no "
                         f"validation documents; raise it or add documents")

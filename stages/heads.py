@@ -254,7 +254,10 @@ class Head(nn.Module):
         return torch.stack(branches, 1)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, terms: TermBatch | None = None) -> torch.Tensor:
-        branches = self.branch_logits(x, mask, terms)
+        return self.combine(self.branch_logits(x, mask, terms))
+
+    def combine(self, branches: torch.Tensor) -> torch.Tensor:
+        """The head's logits [docs, n_classes] from its branches' [docs, branches, n_classes]."""
         if branches.shape[1] == 1:
             return branches[:, 0]
         return torch.einsum("b,dbc->dc", self.mix, branches)

@@ -15,7 +15,7 @@ from stages.cache_dataset import CacheDocuments, predict_logits
 from stages.checkpoint import load_checkpoint
 from stages.errors import UserError
 from stages.train_head import TrainConfig, run_train_head
-from stages.training import stratified_split
+from stages.training import latest_split, natural_key, stratified_split
 
 QUIET = dict(progress=False, curve=False)
 
@@ -77,6 +77,40 @@ def test_stratified_split_is_seeded_disjoint_and_proportional():
     assert np.array_equal(val_a, val_b) and np.array_equal(train_a, train_b)
     assert not set(train_a) & set(val_a) and len(train_a) + len(val_a) == len(labels)
     assert np.bincount(labels[val_a], minlength=3).tolist() == [10, 6, 0]  # a lone document stays in train
+
+
+def test_natural_key_compares_digit_runs_as_numbers():
+    ids = ["sci.space/10000", "sci.space/9999", "a/2024-10-1", "a/2024-5-1", "b", "a"]
+    assert sorted(ids, key=natural_key) == ["a", "a/2024-5-1", "a/2024-10-1", "b", "sci.space/9999",
+                                             "sci.space/10000"]
+
+
+def test_latest_split_holds_out_each_class_newest_ids():
+    labels = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 2])
+    ids = ["g0/8", "g0/10", "g0/9", "g0/100", "g0/11", "g1/5", "g1/3", "g1/4", "g1/1", "g1/2", "lone/1"]
+    train, val = latest_split(labels, ids, 0.4)
+    assert sorted(ids[i] for i in val) == ["g0/100", "g0/11", "g1/4", "g1/5"]  # 100 > 11 as numbers
+    assert sorted(train.tolist() + val.tolist()) == list(range(len(labels)))
+    # As many per class as the random split holds out, whatever the generator.
+    _, random_val = stratified_split(labels, 0.4, np.random.default_rng(0))
+    assert np.bincount(labels[val]).tolist() == np.bincount(labels[random_val]).tolist() == [2, 2]
+
+
+def test_val_split_latest_validates_on_the_newest_documents(tmp_path):
+    """Documents doc96 to doc119 of this cache are noise: only the latest split validates on them."""
+    import h5py
+
+    shape = dict(n_docs=120, n_classes=2, labels=np.arange(120) % 2, window_counts=np.arange(120) % 5 + 1)
+    cache = write_synthetic_cache(tmp_path / "c.h5", seed=0, **shape)
+    noise = write_synthetic_cache(tmp_path / "n.h5", seed=1, separable=False, **shape)
+    with h5py.File(cache, "r+") as target, h5py.File(noise, "r") as source:
+        start = target["doc_offsets"][96]
+        target["embeddings"][start:] = source["embeddings"][start:]
+    latest = train(tmp_path, cache, "latest.pt", val_split="latest", val_fraction=0.2, max_epochs=3, patience=1)
+    random = train(tmp_path, cache, "random.pt", val_fraction=0.2, max_epochs=3, patience=1)
+    assert latest.n_val == random.n_val == 24
+    assert latest.val_accuracy < 0.7 < 0.8 < random.val_accuracy, (latest.val_accuracy, random.val_accuracy)
+    assert load_checkpoint(tmp_path / "latest.pt").training["config"]["val_split"] == "latest"
 
 
 def test_batches_bound_padded_windows_and_keep_long_documents(tmp_path):
