@@ -110,7 +110,8 @@ class CacheDocuments:
             batches = [batches[i] for i in rng.permutation(len(batches))]
         return batches
 
-    def load(self, docs: np.ndarray) -> Batch:
+    def load(self, docs: np.ndarray, terms: bool = True) -> Batch:
+        """The batch of `docs`; `terms=False` leaves out their terms (a step that reads none)."""
         counts = self.counts[docs]
         width = int(counts.max())
         x = np.zeros((len(docs), width, self.hidden), dtype=np.float32)
@@ -124,8 +125,11 @@ class CacheDocuments:
         if not self.in_memory:
             for row, doc in enumerate(docs.tolist()):
                 self._check_finite(x[row, :counts[row]], int(self.offsets[doc]))
-        terms = None if self.term_weights is None else self.term_weights.batch(self.term_rows(docs))
-        return Batch(torch.from_numpy(x), torch.from_numpy(mask), torch.from_numpy(self.labels[docs]), docs, terms)
+        term_batch = None
+        if terms and self.term_weights is not None:
+            term_batch = self.term_weights.batch(self.term_rows(docs))
+        return Batch(torch.from_numpy(x), torch.from_numpy(mask), torch.from_numpy(self.labels[docs]), docs,
+                     term_batch)
 
     @contextmanager
     def _reading(self):

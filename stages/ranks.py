@@ -22,6 +22,7 @@ import torch.distributed as dist
 
 from stages.encoder import resolve_device
 from stages.errors import ReportedElsewhere, UserError
+from stages.runtime import usable_cores
 
 # Setup collectives wait at most this long for the slowest rank. Every rank does the
 # same work before them (load the corpus and the encoder, tokenize an N-th), so the
@@ -69,7 +70,7 @@ def thread_count(requested: int, local_world_size: int, environ=os.environ, core
     omp = environ.get("OMP_NUM_THREADS", "")
     if omp.isdigit() and int(omp) > 1:
         return int(omp)
-    cores = cores or len(os.sched_getaffinity(0))
+    cores = cores or usable_cores()
     return max(1, cores // local_world_size)
 
 

@@ -5,6 +5,7 @@ Reads nothing from disk but /proc-style resource counters; writes only to stderr
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 
@@ -17,6 +18,13 @@ def peak_memory_bytes(device: torch.device | None = None) -> int:
     if device is not None and device.type == "cuda":
         peak += torch.cuda.max_memory_allocated(device)
     return peak
+
+
+def usable_cores() -> int:
+    """Cores this process may run on: its CPU affinity where the OS has one (Linux), else all."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def progress_bar(total: int, enabled: bool | None, desc: str | None = None, unit: str = "batch",

@@ -232,8 +232,9 @@ class HeadTask:
         return self.train.plan(self.config.batch_docs, self.config.batch_windows, self.rng) if epoch else []
 
     def step(self, docs: np.ndarray) -> tuple[float, int]:
-        batch = self.train.load(docs)
-        # The window branch learns on its own loss, so it never leans on the linear one.
+        # The window branch learns on its own loss, so it never leans on the linear one
+        # (and the batch needs no terms).
+        batch = self.train.load(docs, terms=False)
         loss = self.loss_fn(window_logits(self.head, batch), batch.labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

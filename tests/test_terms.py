@@ -73,6 +73,20 @@ def test_tf_idf_matches_scikit_learn_on_the_kept_terms():
     np.testing.assert_allclose(got, expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("slack", [0, 65_536], ids=["document-by-document", "one-span"])
+def test_term_rows_of_any_documents_in_the_order_given(lexical, slack, monkeypatch):
+    import stages.cache
+
+    monkeypatch.setattr(stages.cache, "SPAN_SLACK", slack)
+    picks = [[5, 3, 100, 0], sorted(np.random.default_rng(0).choice(120, 60, replace=False)), [119], [7, 7], []]
+    with open_cache(lexical[0]) as cache:
+        every = cache.term_rows(np.arange(cache.n_docs))
+        assert every.nnz > 0
+        for docs in picks:
+            rows = cache.term_rows(np.asarray(docs, dtype=np.int64))
+            assert rows.shape == (len(docs), every.shape[1]) and (rows != every[docs]).nnz == 0, docs
+
+
 def test_the_term_branch_learns_what_the_windows_cannot_see(tmp_path, lexical):
     train_cache, test_cache = lexical
     scores = {}
