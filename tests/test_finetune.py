@@ -32,6 +32,21 @@ def weights(folder):
     return load_file(str(folder / "model.safetensors"))
 
 
+@pytest.mark.parametrize("val_split", ["random", "latest"])
+def test_validation_documents_are_held_out_as_asked(tiny_bert, corpus, val_split):
+    from stages.finetune import FinetuneConfig, load_inputs
+    from stages.training import natural_key
+
+    inputs = load_inputs(FinetuneConfig(data=str(corpus), model=str(tiny_bert), out="unused", val_fraction=0.25,
+                                        val_split=val_split, chunk_tokens=32, stride=4, precision="fp32",
+                                        progress=False))
+    ids, labels = inputs.corpus.doc_ids, inputs.labels
+    assert np.bincount(labels[inputs.val_docs]).tolist() == [2] * len(inputs.corpus.label_names)
+    newest = all(max(natural_key(ids[i]) for i in inputs.train_docs if labels[i] == c)
+                 < min(natural_key(ids[i]) for i in inputs.val_docs if labels[i] == c) for c in np.unique(labels))
+    assert newest == (val_split == "latest")
+
+
 # --- the split model --------------------------------------------------------------
 
 
