@@ -12,13 +12,11 @@ telling terms learn (on a synthetic lexical task it stayed at chance on validati
 SGD converges slowly on TF-IDF. Why liblinear rather than our own solver: an L-BFGS fit
 of the same objective reached the same test accuracy (0.8647) but took 16x as long
 (bench/term_branch.py). Memory: the training documents' TF-IDF rows (and dense vectors)
-are held while fitting, about 12 bytes per kept term occurrence: ~40 MB for 20 Newsgroups,
-and a copy per fit running (the dense scales are fitted side by side, one per core).
+are held while fitting, about 12 bytes per kept term occurrence: ~40 MB for 20 Newsgroups.
 """
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,7 +82,6 @@ def fit_linear_branch(head, train, val, c: float = DEFAULT_C, dense_weights=DENS
     import torch
 
     from stages.metrics import scores
-    from stages.runtime import usable_cores
 
     train_terms, train_dense, train_labels = _design(head, train)
     val_terms, val_dense, val_labels = _design(head, val)
@@ -93,16 +90,14 @@ def fit_linear_branch(head, train, val, c: float = DEFAULT_C, dense_weights=DENS
     else:
         shift, spread = train_dense.mean(0), train_dense.std(0) + 1e-6
         train_dense, val_dense = (train_dense - shift) / spread, (val_dense - shift) / spread
-    def fit_at(weight):
-        scale = None if weight is None else weight / np.sqrt(train_dense.shape[1])
-        return scale, fit_linear_svm(train_terms, None if weight is None else train_dense * scale, train_labels,
-                                     head.config.n_classes, c)
-
-    # The fits are independent and liblinear releases the GIL: one thread per core.
-    with ThreadPoolExecutor(max_workers=max(1, min(len(dense_weights), usable_cores()))) as pool:
-        fits = list(pool.map(fit_at, dense_weights))
     best = None
-    for weight, (scale, fit) in zip(dense_weights, fits):
+    # One after another, in this thread: on 20 Newsgroups two fits side by side in threads
+    # took train-head from 99 s to 77 s, but its peak from 1.08 to 1.50 GiB (each fit holds
+    # ~0.4 GB, and a thread's allocations do not reuse what the main thread freed).
+    for weight in dense_weights:
+        scale = None if weight is None else weight / np.sqrt(train_dense.shape[1])
+        fit = fit_linear_svm(train_terms, None if weight is None else train_dense * scale, train_labels,
+                             head.config.n_classes, c)
         margins = val_terms @ fit.term_weights + fit.bias
         if weight is not None:
             margins = margins + (val_dense * scale) @ fit.dense_weights
