@@ -73,7 +73,8 @@ def parse_unfreeze_top(value: str | int, depth: int, model: str) -> int:
 def find_layer_list(model: nn.Module) -> nn.ModuleList:
     """The encoder's layers: its longest `nn.ModuleList` of one layer class with weights
     (`encoder.layer` in BERT, MPNet, DeBERTa; `transformer.layer` in DistilBERT; `layers`
-    in ModernBERT); the first one found wins a tie."""
+    in ModernBERT); the first one found wins a tie. Refused where the model's config runs
+    another number of layers than that list holds (ALBERT, Funnel)."""
     found = None
     for module in model.modules():
         if (isinstance(module, nn.ModuleList) and len(module) > 0 and len({type(m) for m in module}) == 1
@@ -82,6 +83,11 @@ def find_layer_list(model: nn.Module) -> nn.ModuleList:
     if found is None:
         raise UserError(f"fine-tuning needs an encoder whose layers form a list (an nn.ModuleList of identical "
                         f"layers); {type(model).__name__} has none")
+    depth = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    if isinstance(depth, int) and depth != len(found):  # ALBERT shares layers, Funnel nests them in blocks
+        raise UserError(f"{type(model).__name__} runs {depth} layers but its longest list holds {len(found)} "
+                        f"(shared or nested layers), so its top layers cannot be told apart; fine-tuning it "
+                        f"is not supported")
     return found
 
 

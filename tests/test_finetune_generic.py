@@ -119,6 +119,21 @@ def test_no_layer_list_is_a_user_error():
         encoder_depth(Flat())
 
 
+@pytest.mark.parametrize("family", ["albert", "funnel"])
+def test_shared_or_nested_layers_are_refused(family):
+    from transformers import AlbertConfig, AlbertModel, FunnelConfig, FunnelModel
+
+    sizes = dict(vocab_size=64, hidden_size=32, num_attention_heads=4, intermediate_size=64)
+    if family == "albert":  # one layer module run 3 times
+        model = AlbertModel(AlbertConfig(embedding_size=16, num_hidden_layers=3, **sizes))
+    else:  # blocks of 2 layers each
+        model = FunnelModel(FunnelConfig(vocab_size=64, d_model=32, n_head=4, d_head=8, d_inner=64,
+                                         block_sizes=[2, 2], block_repeats=[1, 1]))
+    runs = 3 if family == "albert" else 4
+    with pytest.raises(UserError, match=f"runs {runs} layers but its longest list holds (1|2) .*not supported"):
+        encoder_depth(model)
+
+
 @pytest.mark.parametrize("family", sorted(LAYERS))
 @pytest.mark.parametrize("k", [0, 1])
 def test_window_vectors_are_stage_ones(encoders, family, k):
