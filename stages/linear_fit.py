@@ -109,16 +109,41 @@ def fit_linear_branch(head, train, val, c: float = DEFAULT_C, dense_weights=DENS
             best = (f1, weight, scale, fit)
     f1, weight, scale, fit = best
     with torch.no_grad():
-        head.terms.weight.copy_(torch.from_numpy(fit.term_weights))
-        head.terms_bias.copy_(torch.from_numpy(fit.bias))
         if weight is not None:
-            head.terms_dense.weight.copy_(torch.from_numpy(fit.dense_weights.T.copy()))
             head.dense_shift.copy_(torch.from_numpy(shift.astype(np.float32)))
             head.dense_scale.copy_(torch.from_numpy((scale / spread).astype(np.float32)))
+    _load_fit(head, fit)
+    return {"c": c, "dense_weight": weight, "val_macro_f1": f1, "iterations": fit.iterations}
+
+
+def refit_linear_branch(head, documents: list, c: float = DEFAULT_C) -> dict:
+    """Fit `head`'s linear branch again on all of `documents` (CacheDocuments with terms:
+    training and validation), keeping what `fit_linear_branch` chose (the dense block's
+    shift and scale) and the TF-IDF statistics. For after validation has made its last choice."""
+    designs = [_design(head, part) for part in documents]
+    terms = sp.vstack([design[0] for design in designs], format="csr")
+    labels = np.concatenate([design[2] for design in designs])
+    dense = None
+    if head.reads_windows:  # the head's own transform of the mean window vector
+        dense = np.concatenate([design[1] for design in designs])
+        dense = (dense - head.dense_shift.double().numpy()) * head.dense_scale.double().numpy()
+    fit = fit_linear_svm(terms, dense, labels, head.config.n_classes, c)
+    _load_fit(head, fit)
+    return {"documents": len(labels), "iterations": fit.iterations}
+
+
+def _load_fit(head, fit: LinearFit):
+    """Copy a fit into the head's linear branch and freeze it."""
+    import torch
+
+    with torch.no_grad():
+        head.terms.weight.copy_(torch.from_numpy(fit.term_weights))
+        head.terms_bias.copy_(torch.from_numpy(fit.bias))
+        if fit.dense_weights is not None:
+            head.terms_dense.weight.copy_(torch.from_numpy(fit.dense_weights.T.copy()))
     for name, parameter in head.named_parameters():
         if name.startswith("terms"):
             parameter.requires_grad_(False)
-    return {"c": c, "dense_weight": weight, "val_macro_f1": f1, "iterations": fit.iterations}
 
 
 def _design(head, documents) -> tuple[sp.csr_matrix, np.ndarray | None, np.ndarray]:

@@ -108,6 +108,24 @@ def test_both_is_the_default_on_a_cache_with_terms_and_the_head_records_its_stat
     assert payload["terms"]["features"].dtype == torch.int64
 
 
+@pytest.mark.parametrize("inputs", ["terms", "both"])
+def test_refit_terms_fits_the_linear_branch_again_on_validation_too(tmp_path, lexical, inputs):
+    plain = train(tmp_path, lexical[0], "plain.pt", inputs=inputs, max_epochs=2, refit_terms=False)
+    refit = train(tmp_path, lexical[0], "refit.pt", inputs=inputs, max_epochs=2)  # the default
+    before, after = load_checkpoint(tmp_path / "plain.pt"), load_checkpoint(tmp_path / "refit.pt")
+    assert after.training["linear_branch"]["refit"]["documents"] == refit.n_train + refit.n_val == 120
+    assert "refit" not in before.training["linear_branch"]
+    # Validation chose the same things: the epoch's scores and the window branch are the plain run's.
+    untimed = [[{k: v for k, v in entry.items() if k != "seconds"} for entry in run.training["history"]]
+               for run in (before, after)]
+    assert untimed[0] == untimed[1]
+    assert not torch.equal(after.head.state_dict()["terms.weight"], before.head.state_dict()["terms.weight"])
+    for name, value in before.head.state_dict().items():
+        if not name.startswith("terms"):
+            assert torch.equal(after.head.state_dict()[name], value), name
+    assert evaluate(tmp_path / "refit.pt", lexical[1]).metrics["accuracy"] > 0.9
+
+
 def test_a_term_head_refuses_a_cache_without_terms(tmp_path, lexical):
     plain = write_synthetic_cache(tmp_path / "plain.h5", n_docs=30)
     summary = train(tmp_path, lexical[0], inputs="terms", max_epochs=1)

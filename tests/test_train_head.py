@@ -251,7 +251,7 @@ def test_an_interrupted_run_resumes_to_the_same_head(tmp_path, toy, monkeypatch,
     lines = []
     summary = run("head.pt", log=lines.append)
     assert lines[0].startswith(f"resuming from {tmp_path / 'head.pt.partial'} at epoch 3, step 0 of ")
-    assert not any(line.startswith("linear branch") for line in lines)  # fitted once, restored
+    assert not any(line.startswith("linear branch: C") for line in lines)  # chosen once, restored
     assert not (tmp_path / "head.pt.partial").exists()
     resumed = load_checkpoint(summary.out)
     for key in ("history", "best_epoch", "val_macro_f1", "linear_branch"):
