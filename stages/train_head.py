@@ -5,14 +5,15 @@
 
 Validation is a second cache (`--val`) or a `--val-fraction` of each class of the
 training cache: a seeded random draw, or with `--val-split latest` the documents whose
-ids sort last (`stages.training`), as `finetune` holds them out. A head with a term
-branch fits it first (`stages.linear_fit`), trains the window branch, and, once
-validation has chosen the epoch and the branch weights, fits the linear branch again on
-all of `--train` (`--refit-terms`, the default); the history's validation scores are
-those of the head before that fit. AdamW with linear warm-up then cosine decay; after each epoch
-the head is scored on validation and the best macro-F1 is kept; training stops
-after `patience` epochs without improvement. Cross-entropy on logits, optionally
-weighted by inverse class frequency.
+ids sort last (`stages.training`), as `finetune` holds them out. AdamW with linear
+warm-up then cosine decay; after each epoch the head is scored on validation and the
+best macro-F1 is kept; training stops after `patience` epochs without improvement.
+Cross-entropy on logits, optionally weighted by inverse class frequency.
+
+A head with a term branch fits it first (`stages.linear_fit`), then trains the window
+branch; once validation has chosen the epoch and the weights of the two branches, the
+linear branch is fitted again on all of `--train` (`--refit-terms`, the default). The
+history's validation scores are those of the head before that last fit.
 
 Reproducible: the same seed on the same machine gives the same numbers (the
 generator seeds the split, the batch order and the tie-breaks; torch's seed the
