@@ -15,6 +15,7 @@ import torch
 from stages.settings import fraction, setting
 
 VAL_SPLITS = ("random", "latest")
+_DIGITS = frozenset("0123456789")
 
 
 @dataclass
@@ -64,8 +65,16 @@ def stratified_split(labels: np.ndarray, fraction: float, rng: np.random.Generat
 
 def natural_key(doc_id: str) -> tuple:
     """Sort key of an id with its digit runs compared as numbers: `sci.space/9999` before
-    `sci.space/10000`, `2024-5-1` before `2024-10-1`."""
-    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", doc_id) if part)
+    `sci.space/10000`, `2024-5-1` before `2024-10-1`. Numbers are compared by length, then
+    digit by digit, never converted: an id from a cache may hold any number of digits."""
+    key = []
+    for part in re.split(r"([0-9]+)", doc_id):
+        if part[:1] in _DIGITS:
+            number = part.lstrip("0")
+            key.append((0, len(number), number, part))
+        elif part:
+            key.append((1, 0, part, ""))
+    return tuple(key)
 
 
 def latest_split(labels: np.ndarray, doc_ids: list[str], fraction: float) -> tuple[np.ndarray, np.ndarray]:

@@ -83,6 +83,10 @@ def test_natural_key_compares_digit_runs_as_numbers():
     ids = ["sci.space/10000", "sci.space/9999", "a/2024-10-1", "a/2024-5-1", "b", "a"]
     assert sorted(ids, key=natural_key) == ["a", "a/2024-5-1", "a/2024-10-1", "b", "sci.space/9999",
                                              "sci.space/10000"]
+    # From a planted cache: numbers too long for int(), other digits, leading zeros.
+    huge = ["g/" + "9" * 5000, "g/1" + "0" * 5000, "g/²", "g/٣", "g/007", "g/7", "g/8"]
+    assert sorted(huge, key=natural_key) == ["g/007", "g/7", "g/8", "g/" + "9" * 5000, "g/1" + "0" * 5000,
+                                             "g/²", "g/٣"]
 
 
 def test_latest_split_holds_out_each_class_newest_ids():
