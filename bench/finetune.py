@@ -89,6 +89,10 @@ def bench_k(setting: str, k: str, epochs: int, extra: list[str], work_root: Path
     return entry
 
 
+def _gib(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
 def write_table(results: dict, path: Path, setting: str):
     lines = [f"# Fine-tuning benchmark: {setting}", "",
              f"`.venv/bin/python bench/finetune.py --setting {setting} ...`; machine and dates per row in the JSON.", "",
@@ -98,7 +102,7 @@ def write_table(results: dict, path: Path, setting: str):
     for k, e in sorted(results.items()):
         lines.append(f"| {k} | {e['best_epoch']}/{len(e['history'])} | {e['val_accuracy']:.4f} | "
                      f"{e['val_macro_f1']:.4f} | {e['test_accuracy']:.4f} | {e['test_macro_f1']:.4f} | "
-                     f"{', '.join(f'{s:,.0f}' for s in e['epoch_seconds'])} | {e.get('finetune_peak_gib', '')} |")
+                     f"{', '.join(f'{s:,.0f}' for s in e['epoch_seconds'])} | {_gib(e.get('finetune_peak_gib'))} |")
     path.write_text("\n".join(lines) + "\n")
 
 

@@ -380,3 +380,31 @@ def test_train_head_cli_writes_checkpoint_and_curve(tmp_path, toy):
                             "--epochs", "2", "--no-progress")
     assert code == 0 and any(line.startswith("epoch   1") for line in lines)
     assert (tmp_path / "h.pt").exists() and (tmp_path / "h-curve.png").exists()
+
+
+def test_a_fine_tuned_encoders_cache_is_validated_on_the_documents_finetune_held_out(tmp_path):
+    """Whatever the head's seed, its validation documents are those `finetune` held out
+    (seed 7 here), never ones the encoder trained on; a cache of other data is split as usual."""
+    import json
+
+    from stages.train_head import _held_out_by_finetune
+    from stages.training import validation_split
+
+    def lineage(data_fingerprint, **settings):
+        return json.dumps({"data_fingerprint": data_fingerprint,
+                           "settings": {"seed": 7, "val_fraction": 0.1, "val_split": "random", **settings}})
+
+    tuned = write_synthetic_cache(tmp_path / "tuned.h5", n_docs=150, encoder_lineage=lineage("0" * 64))
+    other = write_synthetic_cache(tmp_path / "other.h5", n_docs=150, encoder_lineage=lineage("1" * 64))
+    cache = open_cache(tuned)
+    expected = validation_split(cache.labels, cache.doc_ids(), TrainConfig(train=str(tuned)),
+                                np.random.default_rng(7))
+    for seed in (0, 1):
+        train_docs, val_docs = _held_out_by_finetune(TrainConfig(train=str(tuned), seed=seed), cache)
+        assert val_docs.tolist() == expected[1].tolist() and train_docs.tolist() == expected[0].tolist()
+    assert _held_out_by_finetune(TrainConfig(train=str(other)), open_cache(other)) is None
+    assert train(tmp_path, tuned, seed=1, max_epochs=1).n_val == len(expected[1])
+
+    code, lines = cli_error("in-process", "train-head", "--train", tuned, "--out", tmp_path / "h.pt",
+                            "--val-fraction", "0.2")
+    assert code != 0 and len(lines) == 1 and "--val-fraction 0.1 --val-split random" in lines[0], lines
