@@ -5,7 +5,9 @@
 
 Validation is a second cache (`--val`) or a `--val-fraction` of each class of the
 training cache: a seeded random draw, or with `--val-split latest` the documents whose
-ids sort last (`stages.training`), as `finetune` holds them out. AdamW with linear
+ids sort last (`stages.training`), as `finetune` holds them out. On a cache whose
+encoder was fine-tuned on these same documents, the ones `finetune` held out, whatever
+the head's seed (`_held_out_by_finetune`). AdamW with linear
 warm-up then cosine decay; after each epoch the head is scored on validation and the
 best macro-F1 is kept; training stops after `patience` epochs without improvement.
 Cross-entropy on logits, optionally weighted by inverse class frequency.
@@ -189,7 +191,7 @@ def _held_out_by_finetune(config: TrainConfig, train_cache: WindowCache) -> tupl
     """(train, val) as `finetune` split these very documents, when the cache's encoder was
     fine-tuned on them; else None. A head validated on documents the encoder trained on
     trusts its windows more than test does: with seeds 1 and 2 (finetune used 0), the
-    20-class fused head scored 0.863 instead of 0.879 (docs/BENCHMARKS.md). So the head
+    20-class fused head scored 0.863 and 0.872, seed 0 0.879 (docs/BENCHMARKS.md). So the head
     holds out finetune's documents whatever its own seed; a different fraction or kind of
     split is refused, since no split could then keep both promises."""
     lineage = json.loads(str(train_cache.attrs.get("encoder_lineage") or "{}"))
