@@ -194,10 +194,16 @@ def _held_out_by_finetune(config: TrainConfig, train_cache: WindowCache) -> tupl
     20-class fused head scored 0.863 and 0.872, seed 0 0.879 (docs/BENCHMARKS.md). So the head
     holds out finetune's documents whatever its own seed; a different fraction or kind of
     split is refused, since no split could then keep both promises."""
-    lineage = json.loads(str(train_cache.attrs.get("encoder_lineage") or "{}"))
+    try:
+        lineage = json.loads(str(train_cache.attrs.get("encoder_lineage") or "{}"))
+    except ValueError:
+        lineage = None
+    tuned = lineage.get("settings", {}) if isinstance(lineage, dict) else None
+    if not isinstance(tuned, dict) or type(tuned.get("seed", 0)) is not int or tuned.get("seed", 0) < 0:
+        raise UserError(f"{config.train}: its encoder_lineage attribute is damaged (not a JSON object); "
+                        f"embed it again")
     if not lineage or lineage.get("data_fingerprint") != train_cache.attrs.get("data_fingerprint"):
         return None
-    tuned = lineage.get("settings", {})
     tuned_fraction, tuned_split = tuned.get("val_fraction", 0.1), tuned.get("val_split", "random")
     if (tuned_fraction, tuned_split) != (config.val_fraction, config.val_split):
         raise UserError(f"{config.train}: its encoder was fine-tuned on these documents holding out "

@@ -408,3 +408,11 @@ def test_a_fine_tuned_encoders_cache_is_validated_on_the_documents_finetune_held
     code, lines = cli_error("in-process", "train-head", "--train", tuned, "--out", tmp_path / "h.pt",
                             "--val-fraction", "0.2")
     assert code != 0 and len(lines) == 1 and "--val-fraction 0.1 --val-split random" in lines[0], lines
+
+
+@pytest.mark.parametrize("lineage", ["{not json", "[1, 2]", '{"settings": 3}', '{"settings": {"seed": "x"}}',
+                                     '{"settings": {"seed": -1}}'])
+def test_a_damaged_encoder_lineage_is_one_line(tmp_path, lineage):
+    cache = write_synthetic_cache(tmp_path / "c.h5", n_docs=30, encoder_lineage=lineage)
+    code, lines = cli_error("in-process", "train-head", "--train", cache, "--out", tmp_path / "h.pt")
+    assert code != 0 and len(lines) == 1 and "encoder_lineage" in lines[0], lines
