@@ -199,9 +199,10 @@ def _held_out_by_finetune(config: TrainConfig, train_cache: WindowCache) -> tupl
     except ValueError:
         lineage = None
     tuned = lineage.get("settings", {}) if isinstance(lineage, dict) else None
-    if not isinstance(tuned, dict) or type(tuned.get("seed", 0)) is not int or tuned.get("seed", 0) < 0:
-        raise UserError(f"{config.train}: its encoder_lineage attribute is damaged (not a JSON object); "
-                        f"embed it again")
+    seed = tuned.get("seed", 0) if isinstance(tuned, dict) else None
+    if type(seed) is not int or seed < 0:
+        raise UserError(f"{config.train}: its encoder_lineage attribute is damaged (not a JSON object with "
+                        f"a seed of 0 or more); embed it again")
     if not lineage or lineage.get("data_fingerprint") != train_cache.attrs.get("data_fingerprint"):
         return None
     tuned_fraction, tuned_split = tuned.get("val_fraction", 0.1), tuned.get("val_split", "random")
@@ -210,7 +211,7 @@ def _held_out_by_finetune(config: TrainConfig, train_cache: WindowCache) -> tupl
                         f"--val-fraction {tuned_fraction} --val-split {tuned_split}; pass the same, or a --val "
                         f"cache of other documents")
     return validation_split(train_cache.labels, train_cache.doc_ids(), config,
-                            np.random.default_rng(tuned.get("seed", 0)))
+                            np.random.default_rng(seed))
 
 
 def _open_validation(config: TrainConfig, train_cache: WindowCache, rng):
