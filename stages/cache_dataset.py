@@ -159,6 +159,12 @@ def head_logits(head: nn.Module, batch: Batch) -> torch.Tensor:
     return head(batch.x, batch.mask, batch.terms)
 
 
+def head_branch_logits(head: nn.Module, batch: Batch) -> torch.Tensor:
+    """Each branch's own logits [docs, branches, n_classes] (`Head.branch_logits`); the head's
+    are `head.combine` of them."""
+    return head.branch_logits(batch.x, batch.mask, batch.terms)
+
+
 # Inference holds no gradients, so batches can be far larger than in training.
 EVAL_BATCH_DOCS, EVAL_BATCH_WINDOWS = 256, 16384
 

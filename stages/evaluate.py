@@ -6,8 +6,9 @@
 The cache must come from the head's encoder and window settings (refused otherwise,
 naming what differs); its classes are matched to the head's by name. The report:
 
-    metrics.json           accuracy, macro-F1, per-class and per-length figures, confusion matrix
-    report.md              the per-class precision / recall / F1 table and accuracy by length
+    metrics.json           accuracy, macro-F1, per-class and per-length figures, confusion matrix;
+                           for a head of both inputs, each branch scored alone and its weight
+    report.md              the per-class precision / recall / F1 table, the branches, accuracy by length
     confusion_matrix.png   rows: true class, columns: predicted, with class names (up to
                            MAX_PLOTTED_CLASSES; beyond, only the numbers in metrics.json)
     report.html            one self-contained page (`stages.report_html`): the figures above, and
@@ -26,11 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from stages.cache import open_cache
 from stages.cache_dataset import (
     DEFAULT_MEMORY_BUDGET_MB,
     CacheDocuments,
+    head_branch_logits,
     predict_logits,
 )
 from stages.checkpoint import check_compatible, labels_by_name, load_checkpoint
@@ -95,8 +98,10 @@ class Evaluation:
     def line(self) -> str:
         m = self.metrics
         where = f" -> {self.report_dir}" if self.report_dir else ""
+        alone = "".join(f"; {name.split()[0]} alone {value['accuracy']:.4f}"
+                        for name, value in m.get("branches", {}).items() if name != "mix")
         return (f"accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  "
-                f"on {m['documents']:,} documents of {m['cache']}{where}")
+                f"on {m['documents']:,} documents of {m['cache']}{alone}{where}")
 
 
 def evaluate(head_path: str | Path, cache_path: str | Path, report_dir: str | Path | None = None,
@@ -116,9 +121,12 @@ def evaluate(head_path: str | Path, cache_path: str | Path, report_dir: str | Pa
         texts = load_cache_corpus(cache, **corpus).texts if corpus is not None else None
         documents = CacheDocuments.from_cache(cache, labels=labels, memory_budget_mb=memory_budget_mb,
                                               term_weights=checkpoint.terms)
-        logits = predict_logits(checkpoint.head, documents)
+        branches = predict_logits(checkpoint.head, documents, head_branch_logits)
+        logits = checkpoint.head.combine(torch.from_numpy(branches)).numpy()
         windows = cache.window_counts
         metrics = _metrics(head_path, cache_path, labels, logits.argmax(1), windows, checkpoint.label_names)
+        if branches.shape[1] > 1:
+            metrics["branches"] = branch_scores(checkpoint.head, branches, labels)
         report = Path(report_dir) if report_dir else None
         if report is not None:
             write_report(report, metrics)
@@ -167,6 +175,14 @@ def _metrics(head_path, cache_path, labels: np.ndarray, y_pred: np.ndarray, wind
     return metrics
 
 
+def branch_scores(head, branches: np.ndarray, labels: np.ndarray) -> dict:
+    """Each branch of a fused head scored alone, and the weights that combine them: where
+    the head's answers come from (on 20 Newsgroups almost all from the linear branch)."""
+    names = (f"windows ({head.config.pooling} pooling)", "linear (terms and the mean window vector)")
+    return {"mix": head.mix.tolist(),
+            **{name: scores(labels, branches[:, i].argmax(1)) for i, name in enumerate(names)}}
+
+
 def write_report(folder: Path, metrics: dict):
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -190,6 +206,11 @@ def markdown_report(m: dict) -> str:
              "| class | precision | recall | F1 | support |", "| --- | ---: | ---: | ---: | ---: |"]
     lines += [f"| {c['class']} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |"
               for c in m["per_class"]]
+    if "branches" in m:
+        alone = [(name, value) for name, value in m["branches"].items() if name != "mix"]
+        lines += ["", "| branch alone | accuracy | macro-F1 | weight in the head |", "| --- | ---: | ---: | ---: |"]
+        lines += [f"| {name} | {value['accuracy']:.4f} | {value['macro_f1']:.4f} | {weight:.3f} |"
+                  for (name, value), weight in zip(alone, m["branches"]["mix"])]
     lines += ["", "| windows per document | documents | accuracy |", "| --- | ---: | ---: |"]
     lines += [f"| {b['windows']} | {b['documents']} | {_fmt(b['accuracy'])} |" for b in m["by_length"]]
     return "\n".join(lines) + "\n"

@@ -61,6 +61,7 @@ from stages.cache import (
 from stages.cache_dataset import (
     DEFAULT_MEMORY_BUDGET_MB,
     CacheDocuments,
+    head_branch_logits,
     predict_logits,
 )
 from stages.checkpoint import encoder_record, save_checkpoint
@@ -241,10 +242,6 @@ def _open_validation(config: TrainConfig, train_cache: WindowCache, rng):
     return np.arange(train_cache.n_docs), CacheDocuments.from_cache(val_cache, memory_budget_mb=budget), val_cache
 
 
-def branch_logits(head: Head, batch) -> torch.Tensor:
-    return head.branch_logits(batch.x, batch.mask, batch.terms)
-
-
 def window_logits(head: Head, batch) -> torch.Tensor:
     return head.window_logits(batch.x, batch.mask)
 
@@ -289,7 +286,7 @@ class HeadTask:
             raise Diverged(f"training diverged at epoch {epoch} (loss {train_loss}); nothing saved; lower --lr")
         val, head = self.val, self.head
         val_labels = torch.from_numpy(val.labels[val.docs])
-        branches = torch.from_numpy(predict_logits(head, val, branch_logits))  # one pass over validation
+        branches = torch.from_numpy(predict_logits(head, val, head_branch_logits))  # one pass over validation
         if head.reads_windows and head.reads_terms:  # weigh the branches on validation, then score
             head.fit_mix(branches, val_labels)
         logits = head.combine(branches)

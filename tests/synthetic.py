@@ -49,6 +49,15 @@ def write_synthetic_cache(path: Path, n_docs: int = 60, n_classes: int = 3, hidd
     return Path(path)
 
 
+def lexical_cache(path, n_docs=90, seed=0):
+    """Noise windows; each document's class is one word of its text: a head with both branches."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n_docs) % 3
+    filler = ["the", "a", "of", "and", "to", "in", "is", "it", "that", "for", "on", "with"]
+    texts = [" ".join([*rng.choice(filler, 5), f"marker{label}x", *rng.choice(filler, 5)]) for label in labels]
+    return write_synthetic_cache(path, n_docs=n_docs, seed=seed, separable=False, labels=labels, texts=texts)
+
+
 def cli_error(runner: str, *args) -> tuple[int, list[str]]:
     """(exit code, stderr lines) of `cli.py ARGS`, in this process or in a subprocess."""
     if runner == "subprocess":

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from synthetic import cli_error, runners, write_synthetic_cache
+from synthetic import cli_error, lexical_cache, runners, write_synthetic_cache
 
 from stages.errors import UserError
 from stages.evaluate import evaluate
@@ -52,6 +52,37 @@ def test_macro_f1_matches_sklearn(trained):
         pred = predict_logits(load_checkpoint(head).head, CacheDocuments.from_cache(cache)).argmax(1)
         truth = cache.labels
     assert evaluate(head, test).metrics["macro_f1"] == pytest.approx(f1_score(truth, pred, average="macro"))
+
+
+def test_a_fused_head_reports_each_branch_alone(tmp_path):
+    """The marker word decides the class and the windows are noise: the report says the
+    linear branch carries the head, and the head's answers are its branches combined."""
+    from stages.cache import open_cache
+    from stages.cache_dataset import CacheDocuments, predict_logits
+    from stages.checkpoint import load_checkpoint
+
+    train, test = lexical_cache(tmp_path / "train.h5", seed=0), lexical_cache(tmp_path / "test.h5", seed=1)
+    run_train_head(TrainConfig(train=str(train), out=str(tmp_path / "head.pt"), pooling="mean", max_epochs=3,
+                               progress=False, curve=False), log=lambda line: None)
+    result = evaluate(tmp_path / "head.pt", test, tmp_path / "report")
+    branches = result.metrics["branches"]
+    checkpoint = load_checkpoint(tmp_path / "head.pt")
+    assert branches["mix"] == pytest.approx(checkpoint.head.mix.tolist())
+    assert branches["linear (terms and the mean window vector)"]["accuracy"] == 1.0
+    assert branches["windows (mean pooling)"]["accuracy"] < 0.7  # noise windows: near chance (1/3)
+    with open_cache(test) as cache:
+        logits = predict_logits(checkpoint.head, CacheDocuments.from_cache(cache, term_weights=checkpoint.terms))
+        assert result.metrics["accuracy"] == pytest.approx(np.mean(logits.argmax(1) == cache.labels))
+    assert "linear alone 1.0000" in result.line() and "windows alone" in result.line()
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "| linear (terms and the mean window vector) | 1.0000 |" in report
+    assert json.loads((tmp_path / "report" / "metrics.json").read_text())["branches"] == branches
+
+
+def test_a_head_of_one_input_reports_no_branches(trained):
+    head, test, _ = trained
+    result = evaluate(head, test)
+    assert "branches" not in result.metrics and "alone" not in result.line()
 
 
 @pytest.mark.parametrize("change, named", [

@@ -110,7 +110,7 @@ def test_both_is_the_default_on_a_cache_with_terms_and_the_head_records_its_stat
 
 @pytest.mark.parametrize("inputs", ["terms", "both"])
 def test_refit_terms_fits_the_linear_branch_again_on_validation_too(tmp_path, lexical, inputs):
-    plain = train(tmp_path, lexical[0], "plain.pt", inputs=inputs, max_epochs=2, refit_terms=False)
+    train(tmp_path, lexical[0], "plain.pt", inputs=inputs, max_epochs=2, refit_terms=False)
     refit = train(tmp_path, lexical[0], "refit.pt", inputs=inputs, max_epochs=2)  # the default
     before, after = load_checkpoint(tmp_path / "plain.pt"), load_checkpoint(tmp_path / "refit.pt")
     assert after.training["linear_branch"]["refit"]["documents"] == refit.n_train + refit.n_val == 120

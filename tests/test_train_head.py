@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from synthetic import cli_error, runners, write_synthetic_cache
+from synthetic import cli_error, lexical_cache, runners, write_synthetic_cache
 
 from stages.cache import open_cache
 from stages.cache_dataset import CacheDocuments, predict_logits
@@ -208,15 +208,6 @@ def test_failed_save_leaves_the_earlier_checkpoint(tmp_path, toy, monkeypatch):
 
 
 # --- resuming ------------------------------------------------------------------------
-
-
-def lexical_cache(path, n_docs=90, seed=0):
-    """Noise windows; each document's class is one word of its text: a head with both branches."""
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n_docs) % 3
-    filler = ["the", "a", "of", "and", "to", "in", "is", "it", "that", "for", "on", "with"]
-    texts = [" ".join([*rng.choice(filler, 5), f"marker{label}x", *rng.choice(filler, 5)]) for label in labels]
-    return write_synthetic_cache(path, n_docs=n_docs, seed=seed, separable=False, labels=labels, texts=texts)
 
 
 def interrupted_after(epoch: int, monkeypatch):
