@@ -68,33 +68,56 @@ def fit_linear_svm(terms: sp.csr_matrix, dense: np.ndarray | None, labels: np.nd
 
 
 # Scales of the dense block (the standardised mean window vector, whose norm is then about
-# this) tried beside the unit-norm TF-IDF vector; validation macro-F1 picks one. The
-# lexical signal should dominate: at 0.02 per standardised MiniLM feature (norm ~0.4), a
-# joint LinearSVC scored 0.872 on 20 Newsgroups (scale picked on test: indicative only).
-DENSE_WEIGHTS = (0.2, 0.4, 0.8)
+# this) beside the unit-norm TF-IDF vector; validation macro-F1 picks one. The lexical
+# signal should dominate: at 0.02 per standardised MiniLM feature (norm ~0.4), a joint
+# LinearSVC scored 0.872 on 20 Newsgroups (scale picked on test: indicative only). The
+# search starts at these three, the first (the centre) winning ties, and while the best is
+# at an end of what was tried, goes on past it, halving or doubling, at most
+# MAX_WIDENING more fits: the chosen scale always scored above a smaller and a larger one,
+# or is the last the search could try. (A fixed grid 0.2, 0.4, 0.8 chose its smallest
+# end for the fine-tuned 20-class encoder, where 0.1 scored higher on validation:
+# docs/BENCHMARKS.md, bench/dense_weight.py.)
+DENSE_WEIGHTS = (0.2, 0.1, 0.4)
+MAX_WIDENING = 3
 
 
-def fit_linear_branch(head, train, val, c: float = DEFAULT_C, dense_weights=DENSE_WEIGHTS, log=None) -> dict:
+def bracketing_search(score, start=DENSE_WEIGHTS, max_widening: int = MAX_WIDENING) -> tuple[float, dict]:
+    """(best weight, {weight: score} of every one tried): `score(weight)` for each of `start`
+    (the earlier wins a tie), then, while the best is the smallest or largest tried, for
+    half or twice it, at most `max_widening` more times."""
+    tried = {}
+    for weight in start:
+        tried[weight] = score(weight)
+    while True:
+        best = max(tried, key=tried.get)  # the first of equal scores, in the order tried
+        if len(tried) - len(start) >= max_widening or min(tried) < best < max(tried):
+            return best, tried
+        wider = best / 2 if best == min(tried) else best * 2
+        tried[wider] = score(wider)
+
+
+def fit_linear_branch(head, train, val, c: float = DEFAULT_C, dense_weights=DENSE_WEIGHTS,
+                      max_widening: int = MAX_WIDENING, log=None) -> dict:
     """Fit `head`'s linear branch on `train` (CacheDocuments with terms) and freeze it.
 
-    With window inputs too, the dense block's scale is chosen among `dense_weights` by the
-    branch's own macro-F1 on `val`. Returns what was chosen, for the training record."""
+    With window inputs too, the dense block's scale is searched from `dense_weights`
+    (`bracketing_search`) by the branch's own macro-F1 on `val`. Returns what was chosen,
+    for the training record."""
     import torch
 
     from stages.metrics import scores
 
     train_terms, train_dense, train_labels = _design(head, train)
     val_terms, val_dense, val_labels = _design(head, val)
-    if train_dense is None:
-        dense_weights = (None,)
-    else:
+    if train_dense is not None:
         shift, spread = train_dense.mean(0), train_dense.std(0) + 1e-6
         train_dense, val_dense = (train_dense - shift) / spread, (val_dense - shift) / spread
-    best = None
-    # One after another, in this thread: on 20 Newsgroups two fits side by side in threads
+    fits = {}
+
+    # One fit after another, in this thread: on 20 Newsgroups two fits side by side in threads
     # took train-head from 99 s to 77 s, but its peak from 1.08 to 1.50 GiB (each fit holds
     # ~0.4 GB, and a thread's allocations do not reuse what the main thread freed).
-    for weight in dense_weights:
+    def validation_f1(weight) -> float:
         scale = None if weight is None else weight / np.sqrt(train_dense.shape[1])
         fit = fit_linear_svm(train_terms, None if weight is None else train_dense * scale, train_labels,
                              head.config.n_classes, c)
@@ -103,17 +126,27 @@ def fit_linear_branch(head, train, val, c: float = DEFAULT_C, dense_weights=DENS
             margins = margins + (val_dense * scale) @ fit.dense_weights
         f1 = scores(val_labels, margins.argmax(1))["macro_f1"]
         if log is not None:
-            log(f"linear branch: C {c:g}, dense weight {weight}: {fit.iterations} liblinear passes, "
-                f"validation macro-F1 {f1:.4f}")
-        if best is None or f1 > best[0] + 1e-6:
-            best = (f1, weight, scale, fit)
-    f1, weight, scale, fit = best
+            log(f"linear branch: C {c:g}, dense weight {weight:g}: {fit.iterations} liblinear passes, "
+                f"validation macro-F1 {f1:.4f}" if weight is not None else
+                f"linear branch: C {c:g}: {fit.iterations} liblinear passes, validation macro-F1 {f1:.4f}")
+        best = max(fits.values(), key=lambda kept: kept[0], default=None)
+        if best is None or f1 > best[0]:  # keep only the best fit's weights (~80 MB each on 20 classes)
+            fits.clear()
+            fits[weight] = (f1, scale, fit)
+        return f1
+
+    if train_dense is None:
+        weight, tried = None, {None: validation_f1(None)}
+    else:
+        weight, tried = bracketing_search(validation_f1, dense_weights, max_widening)
+    f1, scale, fit = fits[weight]
     with torch.no_grad():
         if weight is not None:
             head.dense_shift.copy_(torch.from_numpy(shift.astype(np.float32)))
             head.dense_scale.copy_(torch.from_numpy((scale / spread).astype(np.float32)))
     _load_fit(head, fit)
-    return {"c": c, "dense_weight": weight, "val_macro_f1": f1, "iterations": fit.iterations}
+    return {"c": c, "dense_weight": weight, "val_macro_f1": f1, "iterations": fit.iterations,
+            "tried": [[w, f] for w, f in sorted(tried.items(), key=lambda item: item[0] or 0.0)]}
 
 
 def refit_linear_branch(head, documents: list, c: float = DEFAULT_C) -> dict:

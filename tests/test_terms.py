@@ -106,6 +106,31 @@ def test_both_is_the_default_on_a_cache_with_terms_and_the_head_records_its_stat
     assert checkpoint.terms.n_terms == checkpoint.head.config.n_terms > 0
     payload = torch.load(summary.out, weights_only=True)
     assert payload["terms"]["features"].dtype == torch.int64
+    linear = checkpoint.training["linear_branch"]  # the dense weight chosen, and every one tried
+    tried = dict(linear["tried"])
+    assert {0.1, 0.2, 0.4} <= set(tried) and linear["dense_weight"] in tried
+    assert tried[linear["dense_weight"]] == max(tried.values()) == linear["val_macro_f1"]
+
+
+@pytest.mark.parametrize("peak, chosen, order", [
+    (0.2, 0.2, [0.2, 0.1, 0.4]),  # bracketed at once: as many fits as a fixed grid of three
+    (0.05, 0.05, [0.2, 0.1, 0.4, 0.05, 0.025]),  # the small end wins: halve until it loses
+    (0.8, 0.8, [0.2, 0.1, 0.4, 0.8, 1.6]),  # the large end wins: double until it loses
+    (0.001, 0.0125, [0.2, 0.1, 0.4, 0.05, 0.025, 0.0125]),  # at most MAX_WIDENING more fits
+    (None, 0.2, [0.2, 0.1, 0.4]),  # all equal: the centre, tried first
+])
+def test_the_dense_weight_search_brackets_the_best(peak, chosen, order):
+    from stages.linear_fit import MAX_WIDENING, bracketing_search
+
+    calls = []
+
+    def score(weight):  # validation macro-F1 peaking at `peak` on a log scale
+        calls.append(weight)
+        return 0.9 if peak is None else 0.9 - abs(np.log2(weight / peak)) / 100
+
+    best, tried = bracketing_search(score)
+    assert best == pytest.approx(chosen) and calls == pytest.approx(order) and list(tried) == calls
+    assert len(calls) <= 3 + MAX_WIDENING
 
 
 @pytest.mark.parametrize("inputs", ["terms", "both"])
