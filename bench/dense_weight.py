@@ -40,7 +40,7 @@ from machine import machine_name  # noqa: E402  (bench/machine.py, beside this f
 
 from stages.cache import open_cache  # noqa: E402
 from stages.cache_dataset import CacheDocuments  # noqa: E402
-from stages.linear_fit import _design, bracketing_search, fit_linear_svm  # noqa: E402
+from stages.linear_fit import bracketing_search, design_rows, fit_linear_svm  # noqa: E402
 from stages.metrics import scores  # noqa: E402
 from stages.term_weights import TermWeights  # noqa: E402
 from stages.training import validation_split  # noqa: E402
@@ -61,7 +61,7 @@ def study(train_path: str, test_path: str, seeds: list[int], weights: list[float
             statistics = TermWeights.fit(train_cache.term_hashing, train_cache.term_features, train_cache.term_rows,
                                          train_docs)
             head = SimpleNamespace(config=SimpleNamespace(n_terms=statistics.n_terms), reads_windows=True)
-            parts = {name: _design(head, CacheDocuments.from_cache(cache, docs, term_weights=statistics))
+            parts = {name: design_rows(head, CacheDocuments.from_cache(cache, docs, term_weights=statistics))
                      for name, cache, docs in (("train", train_cache, train_docs), ("val", train_cache, val_docs),
                                                ("test", test_cache, None))}
             shift, spread = parts["train"][1].mean(0), parts["train"][1].std(0) + 1e-6

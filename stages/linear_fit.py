@@ -107,8 +107,8 @@ def fit_linear_branch(head, train, val, c: float = DEFAULT_C, dense_weights=DENS
 
     from stages.metrics import scores
 
-    train_terms, train_dense, train_labels = _design(head, train)
-    val_terms, val_dense, val_labels = _design(head, val)
+    train_terms, train_dense, train_labels = design_rows(head, train)
+    val_terms, val_dense, val_labels = design_rows(head, val)
     if train_dense is not None:
         shift, spread = train_dense.mean(0), train_dense.std(0) + 1e-6
         train_dense, val_dense = (train_dense - shift) / spread, (val_dense - shift) / spread
@@ -153,7 +153,7 @@ def refit_linear_branch(head, documents: list, c: float = DEFAULT_C) -> dict:
     """Fit `head`'s linear branch again on all of `documents` (CacheDocuments with terms:
     training and validation), keeping what `fit_linear_branch` chose (the dense block's
     shift and scale) and the TF-IDF statistics. For after validation has made its last choice."""
-    designs = [_design(head, part) for part in documents]
+    designs = [design_rows(head, part) for part in documents]
     terms = sp.vstack([design[0] for design in designs], format="csr")
     labels = np.concatenate([design[2] for design in designs])
     dense = None
@@ -179,7 +179,7 @@ def _load_fit(head, fit: LinearFit):
             parameter.requires_grad_(False)
 
 
-def _design(head, documents) -> tuple[sp.csr_matrix, np.ndarray | None, np.ndarray]:
+def design_rows(head, documents) -> tuple[sp.csr_matrix, np.ndarray | None, np.ndarray]:
     """(TF-IDF rows, raw mean window vectors or None, labels) of `documents`, in their order."""
     terms, dense, labels = [], [], []
     for batch in documents.batches(256, 16384):
