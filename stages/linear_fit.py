@@ -126,9 +126,8 @@ def fit_linear_branch(head, train, val, c: float = DEFAULT_C, dense_weights=DENS
             margins = margins + (val_dense * scale) @ fit.dense_weights
         f1 = scores(val_labels, margins.argmax(1))["macro_f1"]
         if log is not None:
-            log(f"linear branch: C {c:g}, dense weight {weight:g}: {fit.iterations} liblinear passes, "
-                f"validation macro-F1 {f1:.4f}" if weight is not None else
-                f"linear branch: C {c:g}: {fit.iterations} liblinear passes, validation macro-F1 {f1:.4f}")
+            dense = "" if weight is None else f", dense weight {weight:g}"
+            log(f"linear branch: C {c:g}{dense}: {fit.iterations} liblinear passes, validation macro-F1 {f1:.4f}")
         best = max(fits.values(), key=lambda kept: kept[0], default=None)
         if best is None or f1 > best[0]:  # keep only the best fit's weights (~80 MB each on 20 classes)
             fits.clear()
