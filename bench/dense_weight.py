@@ -46,10 +46,6 @@ from stages.term_weights import TermWeights  # noqa: E402
 from stages.training import validation_split  # noqa: E402
 
 
-def margins(fit, terms, dense, scale):
-    return terms @ fit.term_weights + fit.bias + (dense * scale) @ fit.dense_weights
-
-
 def study(train_path: str, test_path: str, seeds: list[int], weights: list[float]) -> list[dict]:
     rows = []
     with open_cache(train_path) as train_cache, open_cache(test_path) as test_cache:
@@ -72,13 +68,13 @@ def study(train_path: str, test_path: str, seeds: list[int], weights: list[float
                 fit = fit_linear_svm(parts["train"][0], dense["train"] * scale, parts["train"][2], n_classes)
                 row = {"seed": seed, "weight": weight}
                 for name in ("val", "test"):
-                    predicted = margins(fit, parts[name][0], dense[name], scale).argmax(1)
+                    predicted = fit.margins(parts[name][0], dense[name] * scale).argmax(1)
                     row.update({f"{name}_{key}": value for key, value in scores(parts[name][2], predicted).items()})
                 if seed == seeds[0]:  # fitted again on all training documents, as --refit-terms does
                     refit = fit_linear_svm(sp.vstack([parts["train"][0], parts["val"][0]], format="csr"),
                                            np.concatenate([dense["train"], dense["val"]]) * scale,
                                            np.concatenate([parts["train"][2], parts["val"][2]]), n_classes)
-                    predicted = margins(refit, parts["test"][0], dense["test"], scale).argmax(1)
+                    predicted = refit.margins(parts["test"][0], dense["test"] * scale).argmax(1)
                     row["refit_test_accuracy"] = scores(parts["test"][2], predicted)["accuracy"]
                 row["seconds"] = time.perf_counter() - started
                 rows.append(row)

@@ -36,6 +36,11 @@ class LinearFit:
     bias: np.ndarray  # float32 [n_classes]
     iterations: int
 
+    def margins(self, terms: sp.csr_matrix, dense: np.ndarray | None = None) -> np.ndarray:
+        """One-vs-rest margins [documents, n_classes] of TF-IDF rows (and the scaled dense block)."""
+        margins = terms @ self.term_weights + self.bias
+        return margins if dense is None else margins + dense @ self.dense_weights
+
 
 def fit_linear_svm(terms: sp.csr_matrix, dense: np.ndarray | None, labels: np.ndarray, n_classes: int,
                    c: float = DEFAULT_C, max_iterations: int = MAX_ITERATIONS) -> LinearFit:
@@ -121,9 +126,7 @@ def fit_linear_branch(head, train, val, c: float = DEFAULT_C, dense_weights=DENS
         scale = None if weight is None else weight / np.sqrt(train_dense.shape[1])
         fit = fit_linear_svm(train_terms, None if weight is None else train_dense * scale, train_labels,
                              head.config.n_classes, c)
-        margins = val_terms @ fit.term_weights + fit.bias
-        if weight is not None:
-            margins = margins + (val_dense * scale) @ fit.dense_weights
+        margins = fit.margins(val_terms, None if weight is None else val_dense * scale)
         f1 = scores(val_labels, margins.argmax(1))["macro_f1"]
         if log is not None:
             dense = "" if weight is None else f", dense weight {weight:g}"

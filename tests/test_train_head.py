@@ -387,13 +387,14 @@ def test_a_fine_tuned_encoders_cache_is_validated_on_the_documents_finetune_held
 
     tuned = write_synthetic_cache(tmp_path / "tuned.h5", n_docs=150, encoder_lineage=lineage("0" * 64))
     other = write_synthetic_cache(tmp_path / "other.h5", n_docs=150, encoder_lineage=lineage("1" * 64))
-    cache = open_cache(tuned)
-    expected = validation_split(cache.labels, cache.doc_ids(), TrainConfig(train=str(tuned)),
-                                np.random.default_rng(7))
-    for seed in (0, 1):
-        train_docs, val_docs = _held_out_by_finetune(TrainConfig(train=str(tuned), seed=seed), cache)
-        assert val_docs.tolist() == expected[1].tolist() and train_docs.tolist() == expected[0].tolist()
-    assert _held_out_by_finetune(TrainConfig(train=str(other)), open_cache(other)) is None
+    with open_cache(tuned) as cache:
+        expected = validation_split(cache.labels, cache.doc_ids(), TrainConfig(train=str(tuned)),
+                                    np.random.default_rng(7))
+        for seed in (0, 1):
+            train_docs, val_docs = _held_out_by_finetune(TrainConfig(train=str(tuned), seed=seed), cache)
+            assert val_docs.tolist() == expected[1].tolist() and train_docs.tolist() == expected[0].tolist()
+    with open_cache(other) as cache:
+        assert _held_out_by_finetune(TrainConfig(train=str(other)), cache) is None
     assert train(tmp_path, tuned, seed=1, max_epochs=1).n_val == len(expected[1])
 
     code, lines = cli_error("in-process", "train-head", "--train", tuned, "--out", tmp_path / "h.pt",
