@@ -68,7 +68,8 @@ def head_run(train: Path, test: Path, out: Path, inputs: str, pooling: str, seed
             "val_macro_f1": trained["val_macro_f1"], "accuracy": metrics["accuracy"],
             "macro_f1": metrics["macro_f1"], "seconds": trained["seconds"],
             "peak_gib": trained["peak_memory_bytes"] / 2**30, "parameters": trained["parameters"],
-            "best_epoch": trained["best_epoch"], "epochs_run": trained["epochs_run"]}
+            "best_epoch": trained["best_epoch"], "epochs_run": trained["epochs_run"],
+            "branches": metrics.get("branches")}  # a fused head's branches scored alone (evaluate)
 
 
 def svc_rows(setting: dict, train: Path, test: Path) -> list[dict]:
