@@ -149,9 +149,10 @@ class CacheDocuments:
             raise UserError(f"{self.source}: document {doc} has vectors that are NaN or infinite (damaged cache); "
                             f"embed it again")
 
-    def batches(self, batch_docs: int, batch_windows: int, rng: np.random.Generator | None = None):
+    def batches(self, batch_docs: int, batch_windows: int, rng: np.random.Generator | None = None,
+                terms: bool = True):
         for docs in self.plan(batch_docs, batch_windows, rng):
-            yield self.load(docs)
+            yield self.load(docs, terms)
 
 
 def head_logits(head: nn.Module, batch: Batch) -> torch.Tensor:
@@ -171,14 +172,15 @@ EVAL_BATCH_DOCS, EVAL_BATCH_WINDOWS = 256, 16384
 
 @torch.inference_mode()
 def predict_logits(head: nn.Module, documents: CacheDocuments, logits_of=head_logits,
-                   batch_docs: int = EVAL_BATCH_DOCS, batch_windows: int = EVAL_BATCH_WINDOWS) -> np.ndarray:
+                   batch_docs: int = EVAL_BATCH_DOCS, batch_windows: int = EVAL_BATCH_WINDOWS,
+                   terms: bool = True) -> np.ndarray:
     """Logits [len(documents), n_classes] (or whatever `logits_of(head, batch)` gives per
-    document), in the order of `documents.docs`."""
+    document), in the order of `documents.docs`; `terms=False` for a `logits_of` that reads none."""
     was_training = head.training
     head.eval()
     position = {doc: i for i, doc in enumerate(documents.docs.tolist())}
     out = None
-    for batch in documents.batches(batch_docs, batch_windows):
+    for batch in documents.batches(batch_docs, batch_windows, terms=terms):
         logits = logits_of(head, batch).float().numpy()
         if out is None:
             out = np.empty((len(documents), *logits.shape[1:]), dtype=np.float32)

@@ -281,5 +281,19 @@ class Head(nn.Module):
         if torch.isfinite(log_mix).all():
             self.mix.copy_(log_mix.detach().exp())
 
+    # The window branch's modules: what the epoch loop trains (the linear branch and `mix` are fitted).
+    WINDOW_BRANCH = ("norm", "pool", "classifier")
+
+    def window_branch_state(self) -> dict[str, torch.Tensor]:
+        """A copy of the window branch's weights, by state_dict name."""
+        return {name: value.detach().clone() for name, value in self.state_dict().items()
+                if name.split(".")[0] in self.WINDOW_BRANCH}
+
+    def load_window_branch_state(self, state: dict[str, torch.Tensor]):
+        want = set(self.window_branch_state())
+        if set(state) != want:
+            raise KeyError(f"not this head's window branch: {sorted(set(state) ^ want)[:3]} differ")
+        self.load_state_dict(state, strict=False)
+
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -101,27 +101,52 @@ def bracketing_search(score, start=DENSE_WEIGHTS, max_widening: int = MAX_WIDENI
         tried[wider] = score(wider)
 
 
+@dataclass
+class LinearBranch:
+    """A fitted linear branch, not yet in any head: the SVM's weights, the dense block's
+    standardisation (None without window inputs) and the record of what was chosen. Fitting
+    never touches the head, so it can run beside the window branch's epochs (`stages.train_head`)."""
+
+    fit: LinearFit
+    dense_shift: np.ndarray | None  # float32 [hidden]: the training documents' mean of the mean window vector
+    dense_scale: np.ndarray | None  # float32 [hidden]: the chosen dense weight / sqrt(hidden) / their spread
+    record: dict
+
+    def load_into(self, head):
+        """Copy the branch into `head` (its term weights, dense weights and standardisation), frozen."""
+        import torch
+
+        with torch.no_grad():
+            if self.dense_shift is not None:
+                head.dense_shift.copy_(torch.from_numpy(self.dense_shift))
+                head.dense_scale.copy_(torch.from_numpy(self.dense_scale))
+            head.terms.weight.copy_(torch.from_numpy(self.fit.term_weights))
+            head.terms_bias.copy_(torch.from_numpy(self.fit.bias))
+            if self.fit.dense_weights is not None:
+                head.terms_dense.weight.copy_(torch.from_numpy(self.fit.dense_weights.T.copy()))
+        for name, parameter in head.named_parameters():
+            if name.startswith("terms"):
+                parameter.requires_grad_(False)
+
+
 def fit_linear_branch(head, train, val, c: float = DEFAULT_C, dense_weights=DENSE_WEIGHTS,
-                      max_widening: int = MAX_WIDENING, log=None) -> dict:
-    """Fit `head`'s linear branch on `train` (CacheDocuments with terms) and freeze it.
-
-    With window inputs too, the dense block's scale is searched from `dense_weights`
-    (`bracketing_search`) by the branch's own macro-F1 on `val`. Returns what was chosen,
-    for the training record."""
-    import torch
-
+                      max_widening: int = MAX_WIDENING, log=None) -> LinearBranch:
+    """The linear branch of `head` (read for its configuration only) fitted on `train`
+    (CacheDocuments with terms). With window inputs too, the dense block's scale is searched
+    from `dense_weights` (`bracketing_search`) by the branch's own macro-F1 on `val`."""
     from stages.metrics import scores
 
     train_terms, train_dense, train_labels = design_rows(head, train)
     val_terms, val_dense, val_labels = design_rows(head, val)
+    shift = spread = None
     if train_dense is not None:
         shift, spread = train_dense.mean(0), train_dense.std(0) + 1e-6
         train_dense, val_dense = (train_dense - shift) / spread, (val_dense - shift) / spread
     fits = {}
 
-    # One fit after another, in this thread: on 20 Newsgroups two fits side by side in threads
-    # took train-head from 99 s to 77 s, but its peak from 1.08 to 1.50 GiB (each fit holds
-    # ~0.4 GB, and a thread's allocations do not reuse what the main thread freed).
+    # One fit after another: on 20 Newsgroups two fits side by side in threads took train-head
+    # from 99 s to 77 s, but its peak from 1.08 to 1.50 GiB (each fit holds ~0.4 GB, and a
+    # thread's allocations did not reuse what the main thread had freed).
     def validation_f1(weight) -> float:
         scale = None if weight is None else weight / np.sqrt(train_dense.shape[1])
         fit = fit_linear_svm(train_terms, None if weight is None else train_dense * scale, train_labels,
@@ -142,43 +167,27 @@ def fit_linear_branch(head, train, val, c: float = DEFAULT_C, dense_weights=DENS
     else:
         weight, tried = bracketing_search(validation_f1, dense_weights, max_widening)
     f1, scale, fit = fits[weight]
-    with torch.no_grad():
-        if weight is not None:
-            head.dense_shift.copy_(torch.from_numpy(shift.astype(np.float32)))
-            head.dense_scale.copy_(torch.from_numpy((scale / spread).astype(np.float32)))
-    _load_fit(head, fit)
-    return {"c": c, "dense_weight": weight, "val_macro_f1": f1, "iterations": fit.iterations,
-            "tried": [[w, f] for w, f in sorted(tried.items(), key=lambda item: item[0] or 0.0)]}
+    record = {"c": c, "dense_weight": weight, "val_macro_f1": f1, "iterations": fit.iterations,
+              "tried": [[w, f] for w, f in sorted(tried.items(), key=lambda item: item[0] or 0.0)]}
+    if weight is None:
+        return LinearBranch(fit, None, None, record)
+    return LinearBranch(fit, shift.astype(np.float32), (scale / spread).astype(np.float32), record)
 
 
-def refit_linear_branch(head, documents: list, c: float = DEFAULT_C) -> dict:
-    """Fit `head`'s linear branch again on all of `documents` (CacheDocuments with terms:
-    training and validation), keeping what `fit_linear_branch` chose (the dense block's
+def refit_linear_branch(head, documents: list, chosen: LinearBranch, c: float = DEFAULT_C) -> LinearBranch:
+    """The linear branch fitted again on all of `documents` (CacheDocuments with terms:
+    training and validation), keeping what validation chose in `chosen` (the dense block's
     shift and scale) and the TF-IDF statistics. For after validation has made its last choice."""
     designs = [design_rows(head, part) for part in documents]
     terms = sp.vstack([design[0] for design in designs], format="csr")
     labels = np.concatenate([design[2] for design in designs])
     dense = None
-    if head.reads_windows:  # the head's own transform of the mean window vector
+    if chosen.dense_shift is not None:  # the head's own transform of the mean window vector
         dense = np.concatenate([design[1] for design in designs])
-        dense = (dense - head.dense_shift.double().numpy()) * head.dense_scale.double().numpy()
+        dense = (dense - chosen.dense_shift.astype(np.float64)) * chosen.dense_scale.astype(np.float64)
     fit = fit_linear_svm(terms, dense, labels, head.config.n_classes, c)
-    _load_fit(head, fit)
-    return {"documents": len(labels), "iterations": fit.iterations}
-
-
-def _load_fit(head, fit: LinearFit):
-    """Copy a fit into the head's linear branch and freeze it."""
-    import torch
-
-    with torch.no_grad():
-        head.terms.weight.copy_(torch.from_numpy(fit.term_weights))
-        head.terms_bias.copy_(torch.from_numpy(fit.bias))
-        if fit.dense_weights is not None:
-            head.terms_dense.weight.copy_(torch.from_numpy(fit.dense_weights.T.copy()))
-    for name, parameter in head.named_parameters():
-        if name.startswith("terms"):
-            parameter.requires_grad_(False)
+    return LinearBranch(fit, chosen.dense_shift, chosen.dense_scale,
+                        {"documents": len(labels), "iterations": fit.iterations})
 
 
 def design_rows(head, documents) -> tuple[sp.csr_matrix, np.ndarray | None, np.ndarray]:

@@ -1,4 +1,4 @@
-"""What a command needs from the process it runs in: peak memory, a progress bar.
+"""What a command needs from the process it runs in: peak memory, a progress bar, work in the background.
 
 Reads nothing from disk but /proc-style resource counters; writes only to stderr.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import resource
 import sys
+import threading
 
 import torch
 
@@ -35,3 +36,28 @@ def progress_bar(total: int, enabled: bool | None, desc: str | None = None, unit
     return tqdm(total=total, desc=desc, unit=unit, initial=initial, leave=leave,
                 disable=None if enabled is None else not enabled, smoothing=0.1, dynamic_ncols=True,
                 file=sys.stderr)
+
+
+class Background:
+    """`work()` started at once in a thread beside the caller's; `result()` waits for it and
+    returns its value or raises its exception. For work that releases the GIL (liblinear,
+    torch): on two cores it runs at full speed beside a one-thread torch loop. A daemon
+    thread, so an interrupted command exits without waiting for it."""
+
+    def __init__(self, work, name: str = "background"):
+        self._outcome: tuple[bool, object] | None = None
+        self._thread = threading.Thread(target=self._run, args=(work,), name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self, work):
+        try:
+            self._outcome = (True, work())
+        except BaseException as error:  # noqa: BLE001 - handed to the caller of result()
+            self._outcome = (False, error)
+
+    def result(self):
+        self._thread.join()
+        finished, value = self._outcome
+        if not finished:
+            raise value
+        return value

@@ -7,8 +7,9 @@
 What the loop does, the same for both commands: epochs of steps (the task's optimizer
 and its warm-up + cosine schedule, `stages.training.lr_lambda`, step inside the task's
 `step`), a progress bar per epoch (`stages.runtime.progress_bar`), validation after each
-epoch, the best epoch by validation macro-F1 kept (its `trainable_state`), early stopping
-after `patience` epochs without improvement, and at the end the best state loaded back.
+epoch, the best epoch by a validation score kept (its `trainable_state`; macro-F1 unless the
+task monitors another), early stopping after `patience` epochs without improvement, and at
+the end the best state loaded back.
 What differs between the commands is passed in as a `TrainingTask`: the batches of an
 epoch, a step's loss, how validation scores, the epoch's log line.
 
@@ -52,7 +53,7 @@ class TrainingTask(Protocol):
         """One optimizer step on `batch`; (mean loss, number of examples)."""
 
     def validate(self, epoch: int, train_loss: float) -> dict:
-        """Validation scores of the model now, `val_macro_f1` among them (it picks the best epoch)."""
+        """Validation scores of the model now, the loop's `monitor` among them (it picks the best epoch)."""
 
     def describe(self, entry: dict) -> str:
         """The log line of a finished epoch (its history entry)."""
@@ -87,7 +88,10 @@ class LoopOutcome:
 @dataclass
 class LoopSettings:
     max_epochs: int
-    patience: int  # stop after this many epochs without a better validation macro-F1
+    patience: int  # stop after this many epochs without a better monitored score
+    # The validation score that picks the best epoch and stops early, and whether lower is better.
+    monitor: str = "val_macro_f1"
+    minimize: bool = False
     first_epoch: int = 1  # 0 (with max_epochs 0): one scoring pass without steps
     checkpoint_steps: int | None = None  # also save every this many steps inside an epoch; None: at epoch ends
     timed: bool = False  # history entries hold each epoch's training seconds (else they depend on the seed only)
@@ -108,7 +112,7 @@ class TrainingProgress:
     epoch_seconds: float = 0.0
     history: list[dict] = field(default_factory=list)
     best_epoch: int = 0
-    best_score: float = -1.0
+    best_score: float = float("-inf")  # the monitored score, negated where lower is better
     best_state: dict | None = None
     stale_epochs: int = 0
     stopped: bool = False
@@ -127,19 +131,20 @@ class TrainingProgress:
     def epoch_loss(self) -> float:
         return self.loss_sum / max(1, self.windows_seen)
 
-    def end_epoch(self, scores: dict, task, patience: int, timed: bool = True) -> bool:
-        """Record the epoch; keep the task's state when validation macro-F1 improved."""
+    def end_epoch(self, scores: dict, task, settings: LoopSettings) -> bool:
+        """Record the epoch; keep the task's state when the monitored score improved."""
         entry = {"epoch": self.epoch, "train_loss": self.epoch_loss()}
-        if timed:
+        if settings.timed:
             entry["seconds"] = self.epoch_seconds
         self.history.append({**entry, **scores})
-        improved = scores["val_macro_f1"] > self.best_score + 1e-6
+        score = -scores[settings.monitor] if settings.minimize else scores[settings.monitor]
+        improved = score > self.best_score + 1e-6
         if improved:
-            self.best_epoch, self.best_score, self.stale_epochs = self.epoch, scores["val_macro_f1"], 0
+            self.best_epoch, self.best_score, self.stale_epochs = self.epoch, score, 0
             self.best_state = task.trainable_state()
         else:
             self.stale_epochs += 1
-        self.stopped = self.stale_epochs >= patience
+        self.stopped = self.stale_epochs >= settings.patience
         self.epoch += 1
         self.step_in_epoch, self.loss_sum, self.windows_seen, self.epoch_seconds = 0, 0.0, 0, 0.0
         return improved
@@ -225,7 +230,7 @@ def run_epochs(task: TrainingTask, progress: TrainingProgress, folder: Path, set
                     _save(progress, task, folder)
         progress.epoch_seconds += time.perf_counter() - started
         scores = task.validate(epoch, progress.epoch_loss())
-        improved = progress.end_epoch(scores, task, settings.patience, settings.timed)
+        improved = progress.end_epoch(scores, task, settings)
         log(task.describe(progress.history[-1]) + ("  *" if improved else ""))
         _save(progress, task, folder)
     task.load_trainable_state(progress.best_state)

@@ -112,6 +112,27 @@ def test_both_is_the_default_on_a_cache_with_terms_and_the_head_records_its_stat
     assert tried[linear["dense_weight"]] == max(tried.values()) == linear["val_macro_f1"]
 
 
+def test_a_fused_head_stacks_a_window_branch_chosen_by_its_own_validation_loss(tmp_path, lexical):
+    """Both inputs: the history is the window branch's, its epoch the one of lowest validation
+    loss; the record's validation scores are the whole head's, the branches weighed there."""
+    lines = []
+    summary = run_train_head(TrainConfig(train=str(lexical[0]), val=str(lexical[1]), out=str(tmp_path / "head.pt"),
+                                         pooling="mean", max_epochs=6, patience=6, lr=3e-2, **QUIET),
+                             log=lines.append)
+    checkpoint = load_checkpoint(summary.out)
+    history = checkpoint.training["history"]
+    assert len(history) == 6 and checkpoint.training["best_epoch"] == 1 + int(np.argmin([h["val_loss"] for h in history]))
+    assert max(h["val_accuracy"] for h in history) <= 0.7  # noise windows alone: near chance
+    # With --val there is no refit: the saved head is the one validation scored.
+    metrics = evaluate(summary.out, lexical[1]).metrics
+    assert checkpoint.training["val_accuracy"] == pytest.approx(metrics["accuracy"]) == summary.val_accuracy
+    assert metrics["accuracy"] >= 0.95
+    mix = checkpoint.head.mix.tolist()
+    assert mix[1] > mix[0] and lines[-1] == (f"head: window branch x {mix[0]:.3f} + linear branch x {mix[1]:.3f}: "
+                                             f"validation accuracy {metrics['accuracy']:.4f}, "
+                                             f"macro-F1 {metrics['macro_f1']:.4f}")
+
+
 @pytest.mark.parametrize("peak, chosen, order", [
     (0.2, 0.2, [0.2, 0.1, 0.4]),  # bracketed at once: as many fits as a fixed grid of three
     (0.05, 0.05, [0.2, 0.1, 0.4, 0.05, 0.025]),  # the small end wins: halve until it loses
