@@ -14,14 +14,14 @@ training stops after `patience` epochs without improvement. Cross-entropy on log
 optionally weighted by inverse class frequency.
 
 A head with both inputs is a stack of two branches. Its linear branch (`stages.linear_fit`,
-liblinear) is fitted in a second thread while the window branch trains its epochs, and then,
-when `--refit-terms` (the default) allows, fitted again on all of `--train`. The window
-branch's epoch is chosen by its own validation loss, the quantity the stack reads (its
-logits, weighed by cross-entropy); once both are done, the weights of the two branches are
-fitted on validation (`Head.fit_mix`, with the linear branch fitted without validation),
-and the refitted linear branch goes into the head. The history is the window branch's;
-the record's validation scores are the whole head's before the refit. A terms-only head
-fits its branch and scores it once ("epoch 0").
+liblinear) is fitted on the training share in a second thread while the window branch
+trains its epochs; the window branch's epoch is the one of lowest validation loss, the
+quantity the stack reads (its logits, weighed by cross-entropy). Once both are done, the
+weights of the two branches are fitted on validation (`Head.fit_mix`), and then, where
+`--refit-terms` (the default) allows, the linear branch is fitted again on all of
+`--train`. The history is the window branch's; the record's validation scores are the
+whole head's before the refit. A terms-only head fits its branch and scores it once
+("epoch 0").
 
 Reproducible: the same seed on the same machine gives the same numbers (the
 generator seeds the split, the batch order and the tie-breaks; torch's seed the

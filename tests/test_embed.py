@@ -108,7 +108,7 @@ def test_no_terms_and_the_window_vector_are_recorded(tiny_bert, folder_corpus, t
     window = WindowSpec(32, 8, SpecialTokens.of(encoder.tokenizer)).windows(tokens[0])[0]
     import torch
     with torch.inference_mode():
-        hidden = encoder.model(input_ids=torch.tensor([window])).last_hidden_state[0]
+        hidden = encoder.model(input_ids=torch.from_numpy(np.asarray(window)[None])).last_hidden_state[0]
     np.testing.assert_allclose(first, hidden.mean(0).numpy(), rtol=1e-4, atol=1e-5)
     assert not np.allclose(first, hidden[0].numpy(), atol=1e-3)
 
