@@ -41,8 +41,8 @@ def progress_bar(total: int, enabled: bool | None, desc: str | None = None, unit
 class Background:
     """`work()` started at once in a thread beside the caller's; `result()` waits for it and
     returns its value or raises its exception. For work that releases the GIL (liblinear,
-    torch): on two cores it runs at full speed beside a one-thread torch loop. A daemon
-    thread, so an interrupted command exits without waiting for it."""
+    torch), so that it runs on another core than the caller's. A daemon thread, so an
+    interrupted command exits without waiting for it."""
 
     def __init__(self, work, name: str = "background"):
         self._outcome: tuple[bool, object] | None = None

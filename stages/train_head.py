@@ -303,7 +303,6 @@ class HeadTask:
         branches = torch.from_numpy(predict_logits(head, self.val, head_branch_logits))  # one pass
         if head.reads_windows and head.reads_terms:
             head.fit_mix(branches, labels)
-            return {**self._scores(head.combine(branches).numpy()), "mix": head.mix.tolist()}
         return self._scores(head.combine(branches).numpy())
 
     def _scores(self, logits: np.ndarray) -> dict:
