@@ -40,6 +40,12 @@ from stages.train_head import TrainConfig  # noqa: E402
 
 IMPLEMENTATIONS = {"loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
 WIDTHS = ((1, 1), (2, 2), (3, 4), (5, 16), (17, None))  # batch widths, in windows, reported apart
+BANDS = [f"{lo}-{hi or 'more'}" for lo, hi in WIDTHS]
+
+
+def band(width: int) -> str:
+    """The WIDTHS band of a batch `width` windows wide."""
+    return next(name for name, (_, hi) in zip(BANDS, WIDTHS) if hi is None or width <= hi)
 
 
 def epoch_phases(documents: CacheDocuments, hidden: int, n_classes: int, implementation: str) -> dict:
@@ -51,7 +57,7 @@ def epoch_phases(documents: CacheDocuments, hidden: int, n_classes: int, impleme
                                   **IMPLEMENTATIONS[implementation])
     plan = documents.plan(defaults.batch_docs, defaults.batch_windows, np.random.default_rng(0))
     phases = dict.fromkeys(("load", "forward", "backward", "optimizer"), 0.0)
-    by_width = {f"{lo}-{hi or 'more'}": 0.0 for lo, hi in WIDTHS}
+    by_width = dict.fromkeys(BANDS, 0.0)
     for docs in plan:
         t0 = time.perf_counter()
         batch = documents.load(docs, terms=False)
@@ -65,9 +71,7 @@ def epoch_phases(documents: CacheDocuments, hidden: int, n_classes: int, impleme
         t4 = time.perf_counter()
         for phase, seconds in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
             phases[phase] += seconds
-        width = batch.x.shape[1]
-        band = next(f"{lo}-{hi or 'more'}" for lo, hi in WIDTHS if hi is None or width <= hi)
-        by_width[band] += t4 - t0
+        by_width[band(batch.x.shape[1])] += t4 - t0
     return {"implementation": implementation, "steps": len(plan), **phases, "total": sum(phases.values()),
             "by_width": by_width, "final_loss": float(loss)}
 
@@ -83,10 +87,9 @@ def main():
         documents = CacheDocuments.from_cache(cache)
         hidden, n_classes, n_windows = cache.hidden_size, len(cache.label_names), int(cache.doc_offsets[-1])
         plan = documents.plan(TrainConfig().batch_docs, TrainConfig().batch_windows)
-        counts = {band: 0 for band in (f"{lo}-{hi or 'more'}" for lo, hi in WIDTHS)}
+        counts = dict.fromkeys(BANDS, 0)
         for docs in plan:
-            width = int(documents.counts[docs].max())
-            counts[next(f"{lo}-{hi or 'more'}" for lo, hi in WIDTHS if hi is None or width <= hi)] += 1
+            counts[band(int(documents.counts[docs].max()))] += 1
         rows = []
         for _ in range(args.repeats):
             for implementation in IMPLEMENTATIONS:
@@ -97,13 +100,13 @@ def main():
     command = " ".join([".venv/bin/python bench/head_step.py", *sys.argv[1:]])
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     lines = ["| AdamW | steps | load s | forward s | backward s | optimizer s | epoch s | "
-             + " | ".join(f"width {band} s" for band in counts) + " |",
+             + " | ".join(f"width {name} s" for name in counts) + " |",
              "| --- |" + " ---: |" * (6 + len(counts)),
              "| batches of that width | | | | | | | " + " | ".join(str(n) for n in counts.values()) + " |"]
     for name, row in best.items():
         lines.append(f"| {name} | {row['steps']} | {row['load']:.2f} | {row['forward']:.2f} | {row['backward']:.2f} | "
                      f"{row['optimizer']:.2f} | {row['total']:.2f} | "
-                     + " | ".join(f"{row['by_width'][band]:.2f}" for band in counts) + " |")
+                     + " | ".join(f"{row['by_width'][name]:.2f}" for name in counts) + " |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"command": command, "machine": machine_name(), "date": when,

@@ -290,7 +290,7 @@ class Head(nn.Module):
                 if name.split(".")[0] in self.WINDOW_BRANCH}
 
     def load_window_branch_state(self, state: dict[str, torch.Tensor]):
-        want = set(self.window_branch_state())
+        want = {name for name in self.state_dict() if name.split(".")[0] in self.WINDOW_BRANCH}
         if set(state) != want:
             raise KeyError(f"not this head's window branch: {sorted(set(state) ^ want)[:3]} differ")
         self.load_state_dict(state, strict=False)
