@@ -5,7 +5,8 @@
 
 For each K: `cli.py finetune` on the training split (validation: its own 10% of
 training documents) -> `embed --model <fine-tuned>` of train and test -> `train-head`
-(lstm, seed 0, the project defaults) -> `evaluate` on the test set. Settings are
+(lstm, seed 0, the project defaults) -> `evaluate` on the test set (`--no-head` stops after
+embedding, for heads of several seeds and inputs from bench/fused.py). Settings are
 chosen on validation only; the test set is scored once per K, never used to choose.
 
 Settings:
@@ -58,7 +59,7 @@ def peak_gib(summary: dict) -> float | None:
     return summary["peak_memory_bytes"] / 2**30 if "peak_memory_bytes" in summary else None
 
 
-def bench_k(setting: str, k: str, epochs: int, extra: list[str], work_root: Path) -> dict:
+def bench_k(setting: str, k: str, epochs: int, extra: list[str], work_root: Path, head: bool = True) -> dict:
     work = work_root / setting / f"k{k}"
     work.mkdir(parents=True, exist_ok=True)
     log = work / "log.txt"
@@ -79,6 +80,8 @@ def bench_k(setting: str, k: str, epochs: int, extra: list[str], work_root: Path
         if not summary["already_complete"]:
             entry[f"embed_{split}_seconds"] = seconds
             entry[f"embed_{split}_peak_gib"] = peak_gib(summary)
+    if not head:
+        return entry
     head = work / "head.pt"
     if not head.exists():
         _, seconds = run(["train-head", "--train", str(work / "train.h5"), "--out", str(head), "--seed", "0"], log)
@@ -87,6 +90,10 @@ def bench_k(setting: str, k: str, epochs: int, extra: list[str], work_root: Path
     metrics = json.loads((work / "report" / "metrics.json").read_text())
     entry.update(test_accuracy=metrics["accuracy"], test_macro_f1=metrics["macro_f1"])
     return entry
+
+
+def _score(value: float | None) -> str:
+    return "not scored here" if value is None else f"{value:.4f}"
 
 
 def _gib(value: float | None) -> str:
@@ -101,7 +108,7 @@ def write_table(results: dict, path: Path, setting: str):
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for k, e in sorted(results.items()):
         lines.append(f"| {k} | {e['best_epoch']}/{len(e['history'])} | {e['val_accuracy']:.4f} | "
-                     f"{e['val_macro_f1']:.4f} | {e['test_accuracy']:.4f} | {e['test_macro_f1']:.4f} | "
+                     f"{e['val_macro_f1']:.4f} | {_score(e.get('test_accuracy'))} | {_score(e.get('test_macro_f1'))} | "
                      f"{', '.join(f'{s:,.0f}' for s in e['epoch_seconds'])} | {_gib(e.get('finetune_peak_gib'))} |")
     path.write_text("\n".join(lines) + "\n")
 
@@ -114,12 +121,13 @@ def main():
     parser.add_argument("--out", type=Path, default=None, help="[default: docs/bench/finetune-SETTING.json]")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-finetune",
                         help="where each step's output goes, as WORK/SETTING/kK/  [default: runs/bench-finetune]")
+    parser.add_argument("--no-head", action="store_true", help="stop after embedding train and test")
     parser.add_argument("extra", nargs="*", help="more `finetune` options, after --")
     args = parser.parse_args()
     out = args.out or ROOT / "docs" / "bench" / f"finetune-{args.setting}.json"
     results = json.loads(out.read_text()) if out.exists() else {}
     for k in args.unfreeze_top:
-        entry = bench_k(args.setting, k, args.epochs, args.extra, args.work)
+        entry = bench_k(args.setting, k, args.epochs, args.extra, args.work, head=not args.no_head)
         entry.update(date=datetime.date.today().isoformat(), machine=machine_name(),
                      command=" ".join(sys.argv))
         results[k] = {**results.get(k, {}), **entry}
