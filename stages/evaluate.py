@@ -125,7 +125,7 @@ def evaluate(head_path: str | Path, cache_path: str | Path, report_dir: str | Pa
         logits = checkpoint.head.combine(torch.from_numpy(branches)).numpy()
         windows = cache.window_counts
         metrics = _metrics(head_path, cache_path, labels, logits.argmax(1), windows, checkpoint.label_names)
-        if branches.shape[1] > 1:
+        if checkpoint.head.stacked:
             metrics["branches"] = branch_scores(checkpoint.head, branches, labels)
         report = Path(report_dir) if report_dir else None
         if report is not None:

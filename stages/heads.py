@@ -204,15 +204,15 @@ class Head(nn.Module):
             self.classifier = nn.Linear(self.pool.out_dim, config.n_classes)
         if self.reads_terms:
             # One weight row per kept term and class: a linear layer over the sparse TF-IDF vector.
-            self.terms = nn.EmbeddingBag(config.n_terms, config.n_classes, mode="sum")
+            # The linear branch is fitted by liblinear (stages.linear_fit), never by optimizer steps.
+            self.terms = nn.EmbeddingBag(config.n_terms, config.n_classes, mode="sum").requires_grad_(False)
             nn.init.zeros_(self.terms.weight)
-            self.terms_bias = nn.Parameter(torch.zeros(config.n_classes))
-        if self.reads_windows and self.reads_terms:  # the mean window vector joins the linear model
-            self.terms_dense = nn.Linear(config.hidden_size, config.n_classes, bias=False)
+            self.terms_bias = nn.Parameter(torch.zeros(config.n_classes), requires_grad=False)
+        if self.stacked:  # the mean window vector joins the linear model
+            self.terms_dense = nn.Linear(config.hidden_size, config.n_classes, bias=False).requires_grad_(False)
             nn.init.zeros_(self.terms_dense.weight)
             self.register_buffer("dense_shift", torch.zeros(config.hidden_size))
             self.register_buffer("dense_scale", torch.ones(config.hidden_size))
-        if self.reads_windows and self.reads_terms:
             self.register_buffer("mix", torch.ones(2))  # weights of (window, term) logits; see fit_mix
 
     @property
@@ -222,6 +222,11 @@ class Head(nn.Module):
     @property
     def reads_terms(self) -> bool:
         return self.config.inputs in ("terms", "both")
+
+    @property
+    def stacked(self) -> bool:
+        """Both inputs: the window branch and the linear branch, their logits weighed by `mix`."""
+        return self.reads_windows and self.reads_terms
 
     def window_logits(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if not mask.any(1).all():

@@ -113,7 +113,7 @@ class LinearBranch:
     record: dict
 
     def load_into(self, head):
-        """Copy the branch into `head` (its term weights, dense weights and standardisation), frozen."""
+        """Copy the branch into `head`: its term weights, dense weights and standardisation."""
         import torch
 
         with torch.no_grad():
@@ -124,9 +124,6 @@ class LinearBranch:
             head.terms_bias.copy_(torch.from_numpy(self.fit.bias))
             if self.fit.dense_weights is not None:
                 head.terms_dense.weight.copy_(torch.from_numpy(self.fit.dense_weights.T.copy()))
-        for name, parameter in head.named_parameters():
-            if name.startswith("terms"):
-                parameter.requires_grad_(False)
 
 
 def fit_linear_branch(head, train, val, c: float = DEFAULT_C, dense_weights=DENSE_WEIGHTS,

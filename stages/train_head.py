@@ -301,7 +301,7 @@ class HeadTask:
         branches on validation (`Head.fit_mix`), so its linear branch must be in place."""
         head, labels = self.head, torch.from_numpy(self.val.labels[self.val.docs])
         branches = torch.from_numpy(predict_logits(head, self.val, head_branch_logits))  # one pass
-        if head.reads_windows and head.reads_terms:
+        if head.stacked:
             head.fit_mix(branches, labels)
         return self._scores(head.combine(branches).numpy())
 
@@ -311,7 +311,7 @@ class HeadTask:
         return {"val_loss": float(loss), **{f"val_{k}": v for k, v in scores(labels, logits.argmax(1)).items()}}
 
     def describe(self, entry: dict) -> str:
-        branch = "window branch: " if self.head.reads_windows and self.head.reads_terms else ""
+        branch = "window branch: " if self.head.stacked else ""
         return (f"epoch {entry['epoch']:3d}  train loss {entry['train_loss']:.4f}  {branch}val loss "
                 f"{entry['val_loss']:.4f}  val accuracy {entry['val_accuracy']:.4f}  macro-F1 {entry['val_macro_f1']:.4f}")
 
@@ -398,21 +398,17 @@ def run_train_head(config: TrainConfig, log=None) -> TrainSummary:
                                  inner_dim=config.inner_dim, transformer_layers=config.transformer_layers,
                                  inputs=inputs, n_terms=term_weights.n_terms if term_weights else 0)
         head = Head(head_config)
-        for name, parameter in head.named_parameters():  # the linear branch is fitted, not trained by steps
-            if name.startswith("terms"):
-                parameter.requires_grad_(False)
         weights = class_weight_tensor(train_cache.labels[train_docs], len(names)) if config.class_weights else None
         loss_fn = nn.CrossEntropyLoss(weight=weights)  # on logits: it applies log-softmax itself
         steps_per_epoch = len(train.plan(config.batch_docs, config.batch_windows))
         task = HeadTask(head, train, val, config, rng, loss_fn, steps_per_epoch)
-        fused = head.reads_windows and head.reads_terms
         # A terms-only head has nothing left to train: one scoring pass ("epoch 0"). In a fused
         # head the window branch is one input of a stack that weighs its logits by cross-entropy,
         # so its epoch is the one of lowest validation loss; on 20 Newsgroups the head's own
         # macro-F1 moved by a few of 1,131 documents from epoch to epoch (docs/BENCHMARKS.md).
         loop = LoopSettings(max_epochs=config.max_epochs if head.reads_windows else 0, patience=config.patience,
                             first_epoch=1 if head.reads_windows else 0, progress=config.progress, unit="batch",
-                            leave_bar=False, monitor="val_loss" if fused else "val_macro_f1", minimize=fused)
+                            leave_bar=False, monitor="val_loss" if head.stacked else "val_macro_f1", minimize=head.stacked)
         caches = {"train_cache": train_cache, **({"val_cache": val_cache} if val_cache is not None else {})}
         # --overwrite replaces an earlier head and an interrupted run of other settings; an
         # interrupted run of these settings resumes either way (it ends in the same head).
@@ -429,7 +425,7 @@ def run_train_head(config: TrainConfig, log=None) -> TrainSummary:
                 work.discard()  # resuming would diverge again
                 raise
             best = head_scores = best_entry(progress)
-            if fused:
+            if head.stacked:
                 chosen = _install_linear(head, linear, log)
                 head_scores = task.head_scores()
                 log(f"head: window branch x {head.mix[0]:.3f} + linear branch x {head.mix[1]:.3f}: validation "
