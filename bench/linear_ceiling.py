@@ -1,0 +1,119 @@
+"""How far the linear branch's family can go on a pair of caches, every setting picked on test.
+
+    .venv/bin/python bench/linear_ceiling.py --cache frozen-minilm=CACHES/3class \\
+        --cache finetuned-minilm=RUNS/3class/kall --out docs/bench/linear-ceiling-3class
+
+A diagnostic, not a result: for each named folder (holding train.h5 and test.h5 made by
+`cli.py embed`), LinearSVC on [TF-IDF of the cache's hashed terms, dense weight x the
+standardised mean window vector] is fitted on all training documents for every C in
+--c and dense weight in --dense-weights (0: terms alone), and scored on the test set. The
+best of that grid is a ceiling for this model family on these caches: it is what picking
+C and the dense weight on the test set itself would give. The head picks them on
+validation, so it can only come in at or under it (its window branch aside).
+
+TF-IDF as in bench/fused.py: sublinear tf, idf from the training documents, terms in at
+least 2 and at most half of them. Writes OUT.json (every cell) and OUT.md (the grids).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import scipy.sparse as sp
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from machine import machine_name  # noqa: E402  (bench/machine.py, beside this file)
+
+from stages.cache import open_cache  # noqa: E402
+
+
+def read(path: Path) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
+    """(hashed term counts, mean window vector, label) of every document of a cache."""
+    with open_cache(path) as cache:
+        terms, labels = cache.term_rows(np.arange(cache.n_docs)), cache.labels.copy()
+        offsets = np.asarray(cache.doc_offsets)
+    with h5py.File(path, "r") as raw:
+        windows = raw["embeddings"][:].astype(np.float64)
+    sums = np.add.reduceat(windows, offsets[:-1], axis=0) if len(windows) else np.zeros((len(labels), 0))
+    counts = np.diff(offsets)
+    means = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], 0.0)
+    return terms, means, labels
+
+
+def grid(folder: Path, cs: list[float], dense_weights: list[float]) -> list[dict]:
+    from sklearn.feature_extraction.text import TfidfTransformer
+    from sklearn.svm import LinearSVC
+
+    (train_terms, train_dense, y_train), (test_terms, test_dense, y_test) = (
+        read(folder / "train.h5"), read(folder / "test.h5"))
+    df = np.bincount(train_terms.indices, minlength=train_terms.shape[1])
+    kept = np.flatnonzero((df >= 2) & (df <= 0.5 * train_terms.shape[0]))
+    tfidf = TfidfTransformer(sublinear_tf=True).fit(train_terms[:, kept])
+    x_train, x_test = tfidf.transform(train_terms[:, kept]), tfidf.transform(test_terms[:, kept])
+    shift, spread = train_dense.mean(0), train_dense.std(0) + 1e-6
+    root = np.sqrt(train_dense.shape[1])
+    cells = []
+    for weight in dense_weights:
+        def design(terms, dense):
+            return terms if weight == 0 else sp.hstack(
+                [terms, sp.csr_matrix((dense - shift) / spread * (weight / root))], format="csr")
+        train_x, test_x = design(x_train, train_dense), design(x_test, test_dense)
+        for c in cs:
+            model = LinearSVC(C=c, max_iter=5000, random_state=0).fit(train_x, y_train)
+            accuracy = float(np.mean(model.predict(test_x) == y_test))
+            cells.append({"c": c, "dense_weight": weight, "test_accuracy": accuracy})
+            print(json.dumps({"cache": folder.name, **cells[-1]}), file=sys.stderr, flush=True)
+    return cells
+
+
+def table(name: str, cells: list[dict], cs: list[float]) -> list[str]:
+    weights = sorted({cell["dense_weight"] for cell in cells})
+    best = max(cells, key=lambda cell: cell["test_accuracy"])
+    lines = [f"### {name}: ceiling {best['test_accuracy']:.4f} (C {best['c']:g}, dense weight "
+             f"{best['dense_weight']:g})", "", "| dense weight | " + " | ".join(f"C {c:g}" for c in cs) + " |",
+             "| ---: |" + " ---: |" * len(cs)]
+    for weight in weights:
+        row = {cell["c"]: cell["test_accuracy"] for cell in cells if cell["dense_weight"] == weight}
+        lines.append(f"| {weight:g} | " + " | ".join(f"{row[c]:.4f}" for c in cs) + " |")
+    return lines + [""]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cache", action="append", required=True, metavar="NAME=FOLDER",
+                        help="a folder with train.h5 and test.h5, named for the table (repeatable)")
+    parser.add_argument("--c", default="0.1,0.3,1,3,10")
+    parser.add_argument("--dense-weights", default="0,0.05,0.1,0.2,0.4,0.8,1.6")
+    parser.add_argument("--out", type=Path, required=True, help="writes OUT.json and OUT.md")
+    args = parser.parse_args()
+    cs = [float(c) for c in args.c.split(",")]
+    dense_weights = [float(w) for w in args.dense_weights.split(",")]
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    results = {}
+    lines = ["Test accuracy of LinearSVC on [TF-IDF terms, dense weight x standardised mean window vector], "
+             "fitted on all training documents, **every cell scored on the test set**: the best cell is a "
+             "ceiling for this family on these caches, not a result.", ""]
+    for spec in args.cache:
+        name, _, folder = spec.partition("=")
+        results[name] = {"folder": folder, "cells": grid(Path(folder), cs, dense_weights)}
+        lines += table(name, results[name]["cells"], cs)
+    command = shlex.join([".venv/bin/python", *sys.argv])
+    lines.append(f"Machine: {machine_name()}; `{command}`; {started}.")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{args.out}.json").write_text(json.dumps({"command": command, "machine": machine_name(),
+                                                    "date": started, "caches": results}, indent=1))
+    Path(f"{args.out}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
