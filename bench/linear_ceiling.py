@@ -12,7 +12,10 @@ C and the dense weight on the test set itself would give. The head picks them on
 validation, so it can only come in at or under it (its window branch aside).
 
 TF-IDF as in bench/fused.py: sublinear tf, idf from the training documents, terms in at
-least 2 and at most half of them. Writes OUT.json (every cell) and OUT.md (the grids).
+least 2 and at most half of them. `--char-weights` adds a third block the caches do not
+hold: TF-IDF of character 2- to 5-grams within words (scikit-learn's `char_wb`, sublinear tf,
+in at least 2 training documents) of the raw texts of `--setting`, times each weight given
+(0: none). Writes OUT.json (every cell) and OUT.md (the grids).
 """
 
 from __future__ import annotations
@@ -49,7 +52,36 @@ def read(path: Path) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
     return terms, means, labels
 
 
-def grid(folder: Path, cs: list[float], dense_weights: list[float]) -> list[dict]:
+SETTINGS = {  # as bench/fused.py's
+    "20class": dict(categories=None, remove=()),
+    "3class": dict(categories=["alt.atheism", "comp.graphics", "talk.religion.misc"],
+                   remove=("headers", "footers", "quotes")),
+}
+
+
+def char_blocks(setting: str, train_ids: list[str], test_ids: list[str]) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """TF-IDF of the raw texts' character 2-5-grams within words, fitted on the training texts."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    from stages.data import load_corpus
+
+    texts = {}
+    for split, ids in (("train", train_ids), ("test", test_ids)):
+        corpus = load_corpus("20newsgroups", split, SETTINGS[setting]["categories"], SETTINGS[setting]["remove"])
+        if list(corpus.doc_ids) != list(ids):
+            sys.exit(f"--setting {setting}: its {split} documents are not the cache's, in the cache's order")
+        texts[split] = corpus.texts
+    vectorizer = TfidfVectorizer(sublinear_tf=True, min_df=2, analyzer="char_wb", ngram_range=(2, 5))
+    return vectorizer.fit_transform(texts["train"]), vectorizer.transform(texts["test"])
+
+
+def doc_ids(path: Path) -> list[str]:
+    with open_cache(path) as cache:
+        return cache.doc_ids()
+
+
+def grid(folder: Path, cs: list[float], dense_weights: list[float], char_weights: list[float],
+         setting: str | None) -> list[dict]:
     from sklearn.feature_extraction.text import TfidfTransformer
     from sklearn.svm import LinearSVC
 
@@ -59,31 +91,36 @@ def grid(folder: Path, cs: list[float], dense_weights: list[float]) -> list[dict
     kept = np.flatnonzero((df >= 2) & (df <= 0.5 * train_terms.shape[0]))
     tfidf = TfidfTransformer(sublinear_tf=True).fit(train_terms[:, kept])
     x_train, x_test = tfidf.transform(train_terms[:, kept]), tfidf.transform(test_terms[:, kept])
+    chars = (char_blocks(setting, doc_ids(folder / "train.h5"), doc_ids(folder / "test.h5"))
+             if any(char_weights) else (None, None))
     shift, spread = train_dense.mean(0), train_dense.std(0) + 1e-6
     root = np.sqrt(train_dense.shape[1])
     cells = []
-    for weight in dense_weights:
-        def design(terms, dense):
-            return terms if weight == 0 else sp.hstack(
-                [terms, sp.csr_matrix((dense - shift) / spread * (weight / root))], format="csr")
-        train_x, test_x = design(x_train, train_dense), design(x_test, test_dense)
-        for c in cs:
-            model = LinearSVC(C=c, max_iter=5000, random_state=0).fit(train_x, y_train)
-            accuracy = float(np.mean(model.predict(test_x) == y_test))
-            cells.append({"c": c, "dense_weight": weight, "test_accuracy": accuracy})
-            print(json.dumps({"cache": folder.name, **cells[-1]}), file=sys.stderr, flush=True)
+    for char_weight in char_weights:
+        for weight in dense_weights:
+            def design(terms, dense, char):
+                blocks = [terms] + ([char * char_weight] if char_weight else [])
+                blocks += [sp.csr_matrix((dense - shift) / spread * (weight / root))] if weight else []
+                return sp.hstack(blocks, format="csr")
+            train_x, test_x = design(x_train, train_dense, chars[0]), design(x_test, test_dense, chars[1])
+            for c in cs:
+                model = LinearSVC(C=c, max_iter=5000, random_state=0).fit(train_x, y_train)
+                accuracy = float(np.mean(model.predict(test_x) == y_test))
+                cells.append({"c": c, "dense_weight": weight, "char_weight": char_weight, "test_accuracy": accuracy})
+                print(json.dumps({"cache": folder.name, **cells[-1]}), file=sys.stderr, flush=True)
     return cells
 
 
 def table(name: str, cells: list[dict], cs: list[float]) -> list[str]:
-    weights = sorted({cell["dense_weight"] for cell in cells})
     best = max(cells, key=lambda cell: cell["test_accuracy"])
     lines = [f"### {name}: ceiling {best['test_accuracy']:.4f} (C {best['c']:g}, dense weight "
-             f"{best['dense_weight']:g})", "", "| dense weight | " + " | ".join(f"C {c:g}" for c in cs) + " |",
-             "| ---: |" + " ---: |" * len(cs)]
-    for weight in weights:
-        row = {cell["c"]: cell["test_accuracy"] for cell in cells if cell["dense_weight"] == weight}
-        lines.append(f"| {weight:g} | " + " | ".join(f"{row[c]:.4f}" for c in cs) + " |")
+             f"{best['dense_weight']:g}, char weight {best['char_weight']:g})", "",
+             "| char weight | dense weight | " + " | ".join(f"C {c:g}" for c in cs) + " |",
+             "| ---: | ---: |" + " ---: |" * len(cs)]
+    for char_weight, weight in dict.fromkeys((cell["char_weight"], cell["dense_weight"]) for cell in cells):
+        row = {cell["c"]: cell["test_accuracy"] for cell in cells
+               if (cell["char_weight"], cell["dense_weight"]) == (char_weight, weight)}
+        lines.append(f"| {char_weight:g} | {weight:g} | " + " | ".join(f"{row[c]:.4f}" for c in cs) + " |")
     return lines + [""]
 
 
@@ -93,10 +130,15 @@ def main():
                         help="a folder with train.h5 and test.h5, named for the table (repeatable)")
     parser.add_argument("--c", default="0.1,0.3,1,3,10")
     parser.add_argument("--dense-weights", default="0,0.05,0.1,0.2,0.4,0.8,1.6")
+    parser.add_argument("--char-weights", default="0", help="weights of a char 2-5-gram block (needs --setting)")
+    parser.add_argument("--setting", choices=sorted(SETTINGS), help="the caches' corpus, for --char-weights")
     parser.add_argument("--out", type=Path, required=True, help="writes OUT.json and OUT.md")
     args = parser.parse_args()
     cs = [float(c) for c in args.c.split(",")]
     dense_weights = [float(w) for w in args.dense_weights.split(",")]
+    char_weights = [float(w) for w in args.char_weights.split(",")]
+    if any(char_weights) and not args.setting:
+        parser.error("--char-weights other than 0 needs --setting (the raw texts)")
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     results = {}
     lines = ["Test accuracy of LinearSVC on [TF-IDF terms, dense weight x standardised mean window vector], "
@@ -104,7 +146,8 @@ def main():
              "ceiling for this family on these caches, not a result.", ""]
     for spec in args.cache:
         name, _, folder = spec.partition("=")
-        results[name] = {"folder": folder, "cells": grid(Path(folder), cs, dense_weights)}
+        results[name] = {"folder": folder, "cells": grid(Path(folder), cs, dense_weights, char_weights,
+                                                                args.setting)}
         lines += table(name, results[name]["cells"], cs)
     command = shlex.join([".venv/bin/python", *sys.argv])
     lines.append(f"Machine: {machine_name()}; `{command}`; {started}.")
