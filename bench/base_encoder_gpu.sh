@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A base-size encoder fine-tuned on a GPU, then the fused pipeline on it: both 20 Newsgroups settings.
 #
-#   bash bench/base_encoder_gpu.sh MODEL RESULTS [LR]
+#   bash bench/base_encoder_gpu.sh MODEL RESULTS [LR]          # PYTHON=.venv/bin/python where a venv holds the project
 #
 # MODEL: a base-size encoder folder or id (measured with all-mpnet-base-v2, the one base-size
 # model installable here); RESULTS: a folder for the figures (WORK, default runs/bench-base-gpu,
