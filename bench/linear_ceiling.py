@@ -27,36 +27,28 @@ import sys
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 import scipy.sparse as sp
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from machine import machine_name  # noqa: E402  (bench/machine.py, beside this file)
+from fused import SETTINGS  # noqa: E402  (bench/fused.py, beside this file: the settings' corpora)
+from machine import machine_name  # noqa: E402
 
 from stages.cache import open_cache  # noqa: E402
 
 
-def read(path: Path) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
-    """(hashed term counts, mean window vector, label) of every document of a cache."""
+def read(path: Path) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray, list[str]]:
+    """(hashed term counts, mean window vector, label, id) of every document of a cache."""
     with open_cache(path) as cache:
-        terms, labels = cache.term_rows(np.arange(cache.n_docs)), cache.labels.copy()
+        terms, labels, ids = cache.term_rows(np.arange(cache.n_docs)), cache.labels.copy(), cache.doc_ids()
         offsets = np.asarray(cache.doc_offsets)
-    with h5py.File(path, "r") as raw:
-        windows = raw["embeddings"][:].astype(np.float64)
+        windows = cache.embeddings[:].astype(np.float64)
     sums = np.add.reduceat(windows, offsets[:-1], axis=0) if len(windows) else np.zeros((len(labels), 0))
     counts = np.diff(offsets)
     means = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], 0.0)
-    return terms, means, labels
-
-
-SETTINGS = {  # as bench/fused.py's
-    "20class": dict(categories=None, remove=()),
-    "3class": dict(categories=["alt.atheism", "comp.graphics", "talk.religion.misc"],
-                   remove=("headers", "footers", "quotes")),
-}
+    return terms, means, labels, ids
 
 
 def char_blocks(setting: str, train_ids: list[str], test_ids: list[str]) -> tuple[sp.csr_matrix, sp.csr_matrix]:
@@ -75,24 +67,18 @@ def char_blocks(setting: str, train_ids: list[str], test_ids: list[str]) -> tupl
     return vectorizer.fit_transform(texts["train"]), vectorizer.transform(texts["test"])
 
 
-def doc_ids(path: Path) -> list[str]:
-    with open_cache(path) as cache:
-        return cache.doc_ids()
-
-
 def grid(folder: Path, cs: list[float], dense_weights: list[float], char_weights: list[float],
          setting: str | None) -> list[dict]:
     from sklearn.feature_extraction.text import TfidfTransformer
     from sklearn.svm import LinearSVC
 
-    (train_terms, train_dense, y_train), (test_terms, test_dense, y_test) = (
+    (train_terms, train_dense, y_train, train_ids), (test_terms, test_dense, y_test, test_ids) = (
         read(folder / "train.h5"), read(folder / "test.h5"))
     df = np.bincount(train_terms.indices, minlength=train_terms.shape[1])
     kept = np.flatnonzero((df >= 2) & (df <= 0.5 * train_terms.shape[0]))
     tfidf = TfidfTransformer(sublinear_tf=True).fit(train_terms[:, kept])
     x_train, x_test = tfidf.transform(train_terms[:, kept]), tfidf.transform(test_terms[:, kept])
-    chars = (char_blocks(setting, doc_ids(folder / "train.h5"), doc_ids(folder / "test.h5"))
-             if any(char_weights) else (None, None))
+    chars = char_blocks(setting, train_ids, test_ids) if any(char_weights) else (None, None)
     shift, spread = train_dense.mean(0), train_dense.std(0) + 1e-6
     root = np.sqrt(train_dense.shape[1])
     cells = []

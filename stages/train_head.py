@@ -408,7 +408,8 @@ def run_train_head(config: TrainConfig, log=None) -> TrainSummary:
         # macro-F1 moved by a few of 1,131 documents from epoch to epoch (docs/BENCHMARKS.md).
         loop = LoopSettings(max_epochs=config.max_epochs if head.reads_windows else 0, patience=config.patience,
                             first_epoch=1 if head.reads_windows else 0, progress=config.progress, unit="batch",
-                            leave_bar=False, monitor="val_loss" if head.stacked else "val_macro_f1", minimize=head.stacked)
+                            leave_bar=False, monitor="val_loss" if head.stacked else "val_macro_f1",
+                            minimize=head.stacked)
         caches = {"train_cache": train_cache, **({"val_cache": val_cache} if val_cache is not None else {})}
         # --overwrite replaces an earlier head and an interrupted run of other settings; an
         # interrupted run of these settings resumes either way (it ends in the same head).
