@@ -79,8 +79,19 @@ def head_run(train: Path, test: Path, out: Path, inputs: str, pooling: str, seed
             "branches": metrics.get("branches")}  # a fused head's branches scored alone (evaluate)
 
 
+def hashed_tfidf(train_counts, test_counts):
+    """The reference TF-IDF of hashed term counts (CSR, rows: documents): sublinear tf, idf from
+    the training rows, terms in at least 2 and at most half of them. Returns (train, test) rows."""
+    from sklearn.feature_extraction.text import TfidfTransformer
+
+    df = np.bincount(train_counts.indices, minlength=train_counts.shape[1])
+    kept = np.flatnonzero((df >= 2) & (df <= 0.5 * train_counts.shape[0]))
+    tfidf = TfidfTransformer(sublinear_tf=True).fit(train_counts[:, kept])
+    return tfidf.transform(train_counts[:, kept]), tfidf.transform(test_counts[:, kept])
+
+
 def svc_rows(setting: dict, train: Path, test: Path) -> list[dict]:
-    from sklearn.feature_extraction.text import TfidfTransformer, TfidfVectorizer
+    from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.svm import LinearSVC
 
     rows = []
@@ -97,11 +108,9 @@ def svc_rows(setting: dict, train: Path, test: Path) -> list[dict]:
         x_train, y_train = c_train.term_rows(np.arange(c_train.n_docs)), c_train.labels.copy()
         x_test, y_test = c_test.term_rows(np.arange(c_test.n_docs)), c_test.labels.copy()
     start = time.perf_counter()
-    df = np.bincount(x_train.indices, minlength=x_train.shape[1])
-    kept = np.flatnonzero((df >= 2) & (df <= 0.5 * x_train.shape[0]))
-    tfidf = TfidfTransformer(sublinear_tf=True).fit(x_train[:, kept])
-    model = LinearSVC(C=1.0).fit(tfidf.transform(x_train[:, kept]), y_train)
-    predicted = model.predict(tfidf.transform(x_test[:, kept]))
+    tfidf_train, tfidf_test = hashed_tfidf(x_train, x_test)
+    model = LinearSVC(C=1.0).fit(tfidf_train, y_train)
+    predicted = model.predict(tfidf_test)
     rows.append({"method": "TF-IDF + LinearSVC (C=1), the cache's hashed unigrams + bigrams",
                  **_scored(y_test, predicted), "seconds": time.perf_counter() - start})
     return rows

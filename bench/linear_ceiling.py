@@ -11,8 +11,8 @@ best of that grid is a ceiling for this model family on these caches: it is what
 C and the dense weight on the test set itself would give. The head picks them on
 validation, so it can only come in at or under it (its window branch aside).
 
-TF-IDF as in bench/fused.py: sublinear tf, idf from the training documents, terms in at
-least 2 and at most half of them. `--char-weights` adds a third block the caches do not
+TF-IDF as in bench/fused.py (`hashed_tfidf`): sublinear tf, idf from the training documents,
+terms in at least 2 and at most half of them. `--char-weights` adds a third block the caches do not
 hold: TF-IDF of character 2- to 5-grams within words (scikit-learn's `char_wb`, sublinear tf,
 in at least 2 training documents) of the raw texts of `--setting`, times each weight given
 (0: none). Writes OUT.json (every cell) and OUT.md (the grids).
@@ -33,7 +33,7 @@ import scipy.sparse as sp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fused import SETTINGS  # noqa: E402  (bench/fused.py, beside this file: the settings' corpora)
+from fused import SETTINGS, hashed_tfidf  # noqa: E402  (bench/fused.py, beside this file)
 from machine import machine_name  # noqa: E402
 
 from stages.cache import open_cache  # noqa: E402
@@ -69,15 +69,11 @@ def char_blocks(setting: str, train_ids: list[str], test_ids: list[str]) -> tupl
 
 def grid(folder: Path, cs: list[float], dense_weights: list[float], char_weights: list[float],
          setting: str | None) -> list[dict]:
-    from sklearn.feature_extraction.text import TfidfTransformer
     from sklearn.svm import LinearSVC
 
     (train_terms, train_dense, y_train, train_ids), (test_terms, test_dense, y_test, test_ids) = (
         read(folder / "train.h5"), read(folder / "test.h5"))
-    df = np.bincount(train_terms.indices, minlength=train_terms.shape[1])
-    kept = np.flatnonzero((df >= 2) & (df <= 0.5 * train_terms.shape[0]))
-    tfidf = TfidfTransformer(sublinear_tf=True).fit(train_terms[:, kept])
-    x_train, x_test = tfidf.transform(train_terms[:, kept]), tfidf.transform(test_terms[:, kept])
+    x_train, x_test = hashed_tfidf(train_terms, test_terms)
     chars = char_blocks(setting, train_ids, test_ids) if any(char_weights) else (None, None)
     shift, spread = train_dense.mean(0), train_dense.std(0) + 1e-6
     root = np.sqrt(train_dense.shape[1])
