@@ -27,9 +27,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
 
 class Commands(dict):
-    """name -> click command, each built on first use by its builder below: a command's
-    options are generated from its stage's config dataclass (`stages.settings`), whose
-    module imports torch; built lazily, `cli.py --help` stays instant."""
+    """name -> click command, each built on first use by its builder below from its
+    settings dataclass (`stages.configs`, no torch); a command imports its stage, and torch,
+    only once its settings are checked, so `--help` and a refused option are instant."""
 
     def __init__(self, builders: dict):
         super().__init__()
@@ -85,7 +85,7 @@ def json_option(help: str):
 
 
 def build_embed():
-    from stages.embedding import EmbedConfig
+    from stages.configs import EmbedConfig
     from stages.settings import JSON_HELP, click_options
 
     @click.command("embed")
@@ -97,10 +97,10 @@ def build_embed():
         Under `torchrun --nproc_per_node N cli.py embed ...` each rank embeds a shard of the
         documents and rank 0 joins them into --out (stages/distributed.py).
         """
+        config = EmbedConfig(**settings)  # checked before the stage (and torch) is imported
         from stages.distributed import Ranks, run_embed_sharded
         from stages.embed import run_embed
 
-        config = EmbedConfig(**settings)
         ranks = Ranks.from_env()  # None unless torchrun started several ranks
         said_by = ranks is None or ranks.rank == 0  # one line for a torchrun job, not one per rank
         with on_interrupt("finished blocks are kept; run the same command again to resume" if said_by else None):
@@ -111,7 +111,7 @@ def build_embed():
 
 
 def build_finetune():
-    from stages.finetune import FinetuneConfig
+    from stages.configs import FinetuneConfig
     from stages.settings import JSON_HELP, click_options
 
     @click.command("finetune")
@@ -119,9 +119,9 @@ def build_finetune():
     @json_option(JSON_HELP)
     def finetune(as_json, **settings):
         """Optional: fine-tune the encoder's top layers on windows labelled with their document's class."""
+        config = FinetuneConfig(**settings)
         from stages.finetune import run_finetune
 
-        config = FinetuneConfig(**settings)
         with on_interrupt(f"the last checkpoint is in {config.out}.partial/; run the same command again to resume"):
             summary = run_finetune(config, log=log_line)
         _echo_summary(summary, as_json)
@@ -129,17 +129,17 @@ def build_finetune():
 
 
 def build_train_head():
+    from stages.configs import TrainConfig
     from stages.settings import JSON_HELP, click_options
-    from stages.train_head import TrainConfig
 
     @click.command("train-head")
     @click_options(TrainConfig)
     @json_option(JSON_HELP)
     def train_head(as_json, **settings):
         """Stage two: train a pooling head on a window cache; keep the best on validation macro-F1."""
+        config = TrainConfig(**settings)
         from stages.train_head import run_train_head
 
-        config = TrainConfig(**settings)
         with on_interrupt(f"finished epochs are in {config.out}.partial/; rerun the same command to resume"):
             summary = run_train_head(config, log=log_line)
         _echo_summary(summary, as_json)
@@ -147,7 +147,7 @@ def build_train_head():
 
 
 def build_evaluate():
-    from stages.evaluate import EvaluateConfig
+    from stages.configs import EvaluateConfig
     from stages.settings import JSON_HELP, click_options
 
     @click.command("evaluate")
@@ -155,11 +155,11 @@ def build_evaluate():
     @json_option(JSON_HELP)
     def evaluate(as_json, **settings):
         """Score a head on a cache: accuracy, macro-F1, per-class table, confusion matrix, HTML report."""
+        config = EvaluateConfig(**settings)
         import torch
 
         from stages.evaluate import evaluate as run_evaluate
 
-        config = EvaluateConfig(**settings)
         if config.threads:
             torch.set_num_threads(config.threads)
         _echo_summary(run_evaluate(config.head, config.cache, config.report, config.memory_budget_mb,
@@ -168,7 +168,7 @@ def build_evaluate():
 
 
 def build_predict():
-    from stages.predict import PredictConfig
+    from stages.configs import PredictConfig
     from stages.settings import click_options
 
     @click.command("predict")
@@ -180,14 +180,14 @@ def build_predict():
 
         FILE mode prints label, probability and source per document; --data mode writes one
         JSON line or CSV row per document (id, label, probabilities, true label if known)."""
+        if settings["data"] is not None and files:
+            raise click.UsageError("give FILEs or --data, not both")
+        config = PredictConfig(**settings)
         import json
 
         from stages.predict import predict as run_predict
         from stages.predict import predict_corpus
 
-        if settings["data"] is not None and files:
-            raise click.UsageError("give FILEs or --data, not both")
-        config = PredictConfig(**settings)
         if config.data is None:
             for prediction in run_predict(config.head, list(files), device=config.device,
                                           batch_tokens=config.batch_tokens, threads=config.threads,

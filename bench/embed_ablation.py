@@ -22,8 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from stages.cls_forward import ClsForward  # noqa: E402
+from stages.configs import DEFAULT_MODEL  # noqa: E402
 from stages.data import load_corpus  # noqa: E402
-from stages.encoder import DEFAULT_MODEL, Encoder, load_encoder  # noqa: E402
+from stages.encoder import Encoder, load_encoder  # noqa: E402
 from stages.encoding import encode_windows  # noqa: E402
 from stages.windows import SpecialTokens, WindowSpec, tokenize  # noqa: E402
 

@@ -48,8 +48,8 @@ def make_document(n_tokens: int, data_home: str | None) -> str:
 
 def child(corpus: str, out: str, batch_tokens: int):
     """Runs in the measured process."""
+    from stages.configs import EmbedConfig
     from stages.embed import run_embed
-    from stages.embedding import EmbedConfig
 
     summary = run_embed(EmbedConfig(out=Path(out), data=corpus, batch_tokens=batch_tokens, progress=False))
     print(json.dumps({"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,

@@ -40,8 +40,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import prototype  # noqa: E402  (bench/prototype.py, beside this file)
 
+from stages.configs import DEFAULT_MODEL  # noqa: E402
 from stages.data import load_corpus  # noqa: E402
-from stages.encoder import DEFAULT_MODEL, load_encoder, resolve_model_path  # noqa: E402
+from stages.encoder import load_encoder, resolve_model_path  # noqa: E402
 from stages.encoding import encode_windows  # noqa: E402
 from stages.terms import TermHashing  # noqa: E402
 from stages.windows import SpecialTokens, WindowSpec, tokenize  # noqa: E402

@@ -36,7 +36,8 @@ sys.path.insert(0, str(ROOT))
 def child(k: str, n_steps: int, categories: list[str] | None) -> dict:
     import torch
 
-    from stages.finetune import FinetuneConfig, load_inputs
+    from stages.configs import FinetuneConfig
+    from stages.finetune import load_inputs
     from stages.runtime import peak_memory_bytes
 
     # The library's own wiring: the inputs, model and trainer `cli.py finetune` builds.

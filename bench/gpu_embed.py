@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import prototype  # noqa: E402  (bench/prototype.py, beside this file)
 
-from stages.encoder import DEFAULT_MODEL, Encoder, load_tokenizer  # noqa: E402
+from stages.configs import DEFAULT_MODEL  # noqa: E402
+from stages.encoder import Encoder, load_tokenizer  # noqa: E402
 from stages.encoding import default_batch_tokens, encode_windows  # noqa: E402
 from stages.windows import SpecialTokens, WindowSpec  # noqa: E402
 

@@ -37,14 +37,13 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from stages.configs import DEFAULT_MODEL, FinetuneConfig  # noqa: E402
 from stages.encoder import (  # noqa: E402
-    DEFAULT_MODEL,
     Encoder,
     load_encoder,
     load_tokenizer,
     resolve_precision,
 )
-from stages.finetune import FinetuneConfig  # noqa: E402
 from stages.runtime import peak_memory_bytes  # noqa: E402
 from stages.window_training import WindowTask  # noqa: E402
 from stages.windows import SpecialTokens, WindowSpec  # noqa: E402

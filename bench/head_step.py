@@ -35,8 +35,8 @@ from machine import machine_name  # noqa: E402  (bench/machine.py, beside this f
 
 from stages.cache import open_cache  # noqa: E402
 from stages.cache_dataset import CacheDocuments  # noqa: E402
-from stages.heads import Head, HeadConfig  # noqa: E402
-from stages.train_head import TrainConfig  # noqa: E402
+from stages.configs import HeadConfig, TrainConfig  # noqa: E402
+from stages.heads import Head  # noqa: E402
 
 IMPLEMENTATIONS = {"loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
 WIDTHS = ((1, 1), (2, 2), (3, 4), (5, 16), (17, None))  # batch widths, in windows, reported apart

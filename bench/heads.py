@@ -42,9 +42,9 @@ from machine import cpu_name  # noqa: E402  (bench/machine.py, beside this file)
 
 from stages.cache import open_cache  # noqa: E402
 from stages.checkpoint import load_checkpoint  # noqa: E402
+from stages.configs import POOLINGS  # noqa: E402
 from stages.data import load_corpus  # noqa: E402
 from stages.evaluate import evaluate
-from stages.heads import POOLINGS  # noqa: E402
 from stages.metrics import scores  # noqa: E402
 
 SETTINGS = {

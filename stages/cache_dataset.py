@@ -27,12 +27,9 @@ import torch
 from torch import nn
 
 from stages.cache import WindowCache
+from stages.configs import DEFAULT_MEMORY_BUDGET_MB
 from stages.errors import UserError
 from stages.term_weights import TermBatch, TermWeights
-
-# 1 GiB of cached vectors is ~700k MiniLM windows, 12x the full 20 Newsgroups; above
-# it, stay on disk so train-head's memory does not grow with the corpus.
-DEFAULT_MEMORY_BUDGET_MB = 1024
 
 
 @dataclass

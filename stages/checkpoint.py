@@ -29,8 +29,9 @@ import torch
 
 import stages
 from stages.cache import ENCODER_IDENTITY, WindowCache, differences
+from stages.configs import HeadConfig
 from stages.errors import UserError
-from stages.heads import Head, HeadConfig
+from stages.heads import Head
 from stages.term_weights import TermWeights
 from stages.workdir import atomic_write_bytes
 

@@ -53,8 +53,8 @@ import numpy as np
 
 from stages.cache import CACHE_IDENTITY, differences
 from stages.cache_writer import PartialCache, join_caches
+from stages.configs import EmbedConfig
 from stages.embedding import (
-    EmbedConfig,
     EmbedSummary,
     Job,
     complete_already,

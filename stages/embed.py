@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 from stages.cache_writer import PartialCache
+from stages.configs import EmbedConfig
 from stages.embedding import (
-    EmbedConfig,
     EmbedSummary,
     complete_already,
     embed_documents,

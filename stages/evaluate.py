@@ -31,28 +31,19 @@ import torch
 
 from stages.cache import open_cache
 from stages.cache_dataset import (
-    DEFAULT_MEMORY_BUDGET_MB,
     CacheDocuments,
     head_branch_logits,
     predict_logits,
 )
 from stages.checkpoint import check_compatible, labels_by_name, load_checkpoint
+from stages.configs import DEFAULT_MEMORY_BUDGET_MB, MAX_WRONG, N_CORRECT
 from stages.doc_text import WindowMapper, cached_geometry, load_cache_corpus
 from stages.errors import UserError
 from stages.metrics import save_figure, scores
 from stages.report_html import (
-    MAX_WRONG,
-    N_CORRECT,
     build_views,
     render_report,
     select_documents,
-)
-from stages.settings import (
-    CorpusSettings,
-    at_least,
-    check_settings,
-    setting,
-    threads_setting,
 )
 from stages.workdir import atomic_write_bytes, check_not_an_input
 
@@ -61,33 +52,6 @@ LENGTH_BUCKETS = (("1", 1, 1), ("2-4", 2, 4), ("5-16", 5, 16), (">16", 17, None)
 # Past 60 classes the names are unreadable and the canvas grows with the square of the
 # count (500 classes: a 27,000-pixel square, ~3 GB): keep the numbers, skip the picture.
 MAX_PLOTTED_CLASSES = 60
-
-
-@dataclass
-class EvaluateConfig(CorpusSettings):
-    """evaluate's settings; every field with help text is an option of `cli.py evaluate`. The
-    corpus options are only for report.html's texts, given exactly as to `embed`."""
-
-    head: str = setting("runs/head.pt", "Checkpoint written by train-head.", path="file")
-    cache: str = setting("data/cache/test.h5", "Window cache to score; it must come from the head's encoder and "
-                                               "window settings.", path="file")
-    report: str | None = setting(None, "Folder for metrics.json, report.md, confusion_matrix.png and report.html; "
-                                       "these are replaced without --overwrite (a report is derived, and rerunning "
-                                       "rebuilds it), never --head or --cache.", shown="none written", path="folder")
-    data: str | None = setting(None, "For report.html: the corpus the cache was embedded from (embed's --data and "
-                                     "the other corpus options as given to embed), to show the texts.")
-    split: str = setting("test", "With --data 20newsgroups: the split the cache holds.")
-    # The page's caps: see stages.report_html.MAX_WRONG and N_CORRECT.
-    report_wrong: int = setting(MAX_WRONG, "Most misclassified documents report.html shows (in cache order).",
-                                check=at_least(0))
-    report_correct: int = setting(N_CORRECT, "Correctly classified documents report.html shows (a sample).",
-                                  check=at_least(0))
-    memory_budget_mb: float = setting(float(DEFAULT_MEMORY_BUDGET_MB), "Load the cache into RAM when its vectors fit in "
-                                                                "this; else read it by slices.", check=at_least(0))
-    threads: int = threads_setting(1)
-
-    def __post_init__(self):
-        check_settings(self)
 
 
 @dataclass

@@ -51,9 +51,9 @@ import numpy as np
 import torch
 
 import stages
+from stages.configs import FinetuneConfig
 from stages.data import NEWSGROUPS, Corpus, load_corpus
 from stages.encoder import (
-    DEFAULT_MODEL,
     LINEAGE_FILE,
     Encoder,
     fingerprint_model,
@@ -62,21 +62,7 @@ from stages.encoder import (
 from stages.errors import UserError
 from stages.runtime import peak_memory_bytes
 from stages.settings import (
-    CorpusSettings,
-    at_least,
-    check_batch_holds_window,
-    check_settings,
     check_window_fits,
-    chunk_tokens_setting,
-    device_setting,
-    in_range,
-    like,
-    positive,
-    precision_setting,
-    progress_setting,
-    setting,
-    stride_setting,
-    threads_setting,
 )
 from stages.train_loop import (
     LoopOutcome,
@@ -87,81 +73,13 @@ from stages.train_loop import (
     resume,
     run_epochs,
 )
-from stages.training import ValidationSettings, validation_split
+from stages.training import validation_split
 from stages.window_model import WindowClassifier, encoder_depth, parse_unfreeze_top
 from stages.window_training import WindowTask
 from stages.windows import tokenize
 from stages.workdir import WorkDir, atomic_path, check_not_an_input
 
 CURVE_FILE = "curve.png"  # inside --out, beside finetune.json
-
-
-def _layers(value: str) -> str | int:
-    """--unfreeze-top from the command line: a count as an int, 'all' (or a mistake) as given;
-    `window_model.parse_unfreeze_top` checks it against the model's depth."""
-    return int(value) if value.strip().isdigit() else value
-
-
-@dataclass
-class FinetuneConfig(CorpusSettings):
-    """Fine-tuning's settings; every field with help text is an option of `cli.py finetune`."""
-
-    out: Path = setting("runs/finetuned",  # noqa: RUF009 (a field)
-                        "Model folder to write (Hugging Face layout); `embed --model OUT` then uses it.", path="any")
-    model: str = setting(DEFAULT_MODEL, "Encoder to start from: Hugging Face id or local folder.")
-    # 2 of MiniLM's 6 layers: the layers nearest the output adapt most to a new task;
-    # the 4 below run once and are reused. 'all' scored best on validation in both
-    # benchmarks (20 classes: head macro-F1 0.925 against 0.890-0.904 for 2), but
-    # on 2 CPU cores its epochs take ~1 hour against ~13 minutes (docs/BENCHMARKS.md).
-    unfreeze_top: str | int = setting(2, "Top encoder layers to train: 0 (classifier only) up to the model's "
-                                         "depth, or 'all'.", parse=_layers)
-    # The same window geometry as stage one's defaults: fine-tune on what you embed.
-    chunk_tokens: int = chunk_tokens_setting("Tokens per window, special tokens included (use embed's).")
-    stride: int = stride_setting("Tokens shared by consecutive windows (use embed's).")
-    # 8192 tokens = 32 full windows per step: a usual fine-tuning batch; activation
-    # memory grows with it and with unfreeze_top, never with document length.
-    batch_tokens: int = setting(8192, "Token budget of one training batch; bounds activation memory.",
-                                check=positive)
-    # An epoch over 20NG's 29k training windows is 13-21 minutes on 2 CPU cores at
-    # K=2. Validation peaked at epoch 2-3 on 3 classes and was still creeping up at
-    # epoch 4 on 20 (+0.7 points); 3 keeps a CPU run to about an hour. The best
-    # epoch is kept; raise --epochs on a GPU (15-40 s per epoch on an H100).
-    max_epochs: int = setting(3, "Most epochs; early stopping may end sooner.", option="epochs",
-                              check=at_least(1))
-    patience: int = setting(1, "Stop after this many epochs without a better validation macro-F1.",
-                            check=at_least(1))
-    # BERT fine-tuning rates (2e-5..1e-4) for pretrained layers; a fresh linear
-    # classifier needs a larger one to catch up with them.
-    lr: float = setting(1e-4, "Peak AdamW rate of the encoder layers (warm-up, then cosine decay).",
-                        check=positive)
-    head_lr: float = setting(1e-3, "Peak AdamW rate of the new window classifier.", check=positive)
-    weight_decay: float = setting(0.01, "AdamW decoupled weight decay.", check=at_least(0))
-    warmup_fraction: float = 0.1
-    dropout: float = setting(0.1, "Dropout before the window classifier.", check=in_range(0, 1))
-    max_grad_norm: float = 1.0
-    # The split train-head makes too: stages.training.ValidationSettings.
-    val_fraction: float = like(ValidationSettings, "val_fraction")
-    val_split: str = like(ValidationSettings, "val_split")
-    seed: int = setting(0, "Seeds the split, the batch order, the classifier's weights and dropout.")
-    gradient_checkpointing: bool = setting(False, "Recompute the trained layers' activations in backward: "
-                                                  "less memory, ~30%% more time.")
-    precision: str = precision_setting()
-    device: str = device_setting()
-    # Frozen-bottom features of MiniLM in bf16: 384 x 2 bytes per token, 196 KB per
-    # full window; all of 20NG train (7.3M window tokens) takes 5.2 GiB. Windows
-    # beyond the budget are recomputed each epoch (2.4x slower epochs at K=2).
-    feature_cache_gb: float = setting(8.0, "Memory for the frozen layers' outputs, computed once and reused "
-                                           "each epoch (0: recompute).", check=at_least(0))
-    # ~200 steps of 8192 tokens is a few minutes on 2 CPU cores: the most a kill loses.
-    checkpoint_steps: int = setting(200, "Steps between resumable checkpoints in <out>.partial/.",
-                                    check=at_least(1))
-    threads: int = threads_setting(0)  # 0: torch's default
-    overwrite: bool = setting(False, "Replace an existing --out (once the new one is saved) and start afresh.")
-    progress: bool | None = progress_setting("Progress bar per epoch.")
-
-    def __post_init__(self):
-        check_settings(self)
-        check_batch_holds_window(self.batch_tokens, self.chunk_tokens)
 
 
 @dataclass

@@ -15,9 +15,9 @@ exactly, so a document's logits do not depend on what it was batched with.
                  sinusoidal positions (no length limit), then a masked mean
 
 A new pooling is one class with `out_dim` and `forward(x, mask)`, added to
-`POOLINGS`. `Head` puts a LayerNorm in front (the cached vectors are not
-standardised), dropout and one linear layer behind. It returns logits: the loss
-applies its own log-softmax.
+`POOLING_LAYERS`, and its name to `stages.configs.POOLINGS`. `Head` puts a LayerNorm
+in front (the cached vectors are not standardised), dropout and one linear layer
+behind. It returns logits: the loss applies its own log-softmax.
 
 The linear branch (`inputs` "terms" or "both") is a linear model over the document's
 TF-IDF-weighted hashed terms (`stages.term_weights.TermBatch`, an `nn.EmbeddingBag` of
@@ -33,62 +33,13 @@ Reads and writes no files: `stages.checkpoint` saves a head and loads it back.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from stages.errors import UserError
-from stages.settings import check_settings, in_range, one_to, positive, setting
+from stages.configs import HeadConfig
 from stages.term_weights import TermBatch
-
-INPUTS = ("windows", "terms", "both")
-
-
-@dataclass
-class HeadConfig:
-    """Everything that builds a head; stored in the checkpoint so loading needs only the file."""
-
-    pooling: str
-    hidden_size: int  # width of the cached window vectors (from the cache)
-    n_classes: int  # len(label_names) of the training cache, never the number of documents
-    # 0.1 is the usual BERT classifier dropout; the heads are small, so more hurts on 20 classes.
-    dropout: float = setting(0.1, "Dropout before the classifier (and inside the transformer).",
-                             check=in_range(0, 1))
-    # Normalise each window vector first: frozen [CLS] vectors have a few large dimensions
-    # that otherwise dominate the attention scores and the LSTM gates.
-    input_norm: bool = True
-    # Width of the attention scorer and of the LSTM/transformer: well under hidden_size
-    # keeps the heads at ~0.1-1M parameters, enough for 11k documents.
-    inner_dim: int = setting(128, "Width of the attention scorer / LSTM / transformer.", check=positive)
-    # Two layers is ToBERT's setting; one trains faster for the same score on 20NG.
-    transformer_layers: int = setting(1, "Encoder layers of --pooling transformer (1-4).", check=one_to(4))
-    transformer_heads: int = 4
-    # What the head reads: the window vectors, the document's terms, or both.
-    inputs: str = "windows"
-    n_terms: int = 0  # kept terms of the term branch (from the training documents)
-
-    def __post_init__(self):
-        if self.pooling not in POOLINGS:
-            raise UserError(f"--pooling is one of {', '.join(POOLINGS)}; got {self.pooling!r}")
-        if self.n_classes < 2:
-            raise UserError(f"a classifier needs at least 2 classes; got {self.n_classes}")
-        if self.hidden_size < 1:
-            raise UserError(f"hidden_size must be positive; got {self.hidden_size}")
-        check_settings(self)  # --dropout, --inner-dim, --transformer-layers
-        if self.inputs not in INPUTS:
-            raise UserError(f"--inputs is one of {', '.join(INPUTS)}; got {self.inputs!r}")
-        if self.inputs != "windows" and self.n_terms < 1:
-            raise UserError("a head with a term branch needs at least one kept term; the training documents "
-                            "have none that occur in two of them")
-        if self.inner_dim % self.transformer_heads:
-            raise UserError(f"inner_dim {self.inner_dim} must be a multiple of transformer_heads "
-                            f"{self.transformer_heads}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 # --- poolings ----------------------------------------------------------------------
 
@@ -178,7 +129,8 @@ class TransformerPooling(nn.Module):
         return self.mean(h, mask)
 
 
-POOLINGS: dict[str, type[nn.Module]] = {
+# One module per name of `stages.configs.POOLINGS` (tests/test_heads.py checks the two agree).
+POOLING_LAYERS: dict[str, type[nn.Module]] = {
     "mean": MeanPooling,
     "max": MaxPooling,
     "attention": AttentionPooling,
@@ -199,7 +151,7 @@ class Head(nn.Module):
         self.config = config
         if self.reads_windows:
             self.norm = nn.LayerNorm(config.hidden_size) if config.input_norm else nn.Identity()
-            self.pool = POOLINGS[config.pooling](config)
+            self.pool = POOLING_LAYERS[config.pooling](config)
             self.dropout = nn.Dropout(config.dropout)
             self.classifier = nn.Linear(self.pool.out_dim, config.n_classes)
         if self.reads_terms:

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-# LinearSVC's default and the reference setting (shared/datasets/README.md): C = 1.
-DEFAULT_C = 1.0
+from stages.configs import DEFAULT_C
+
 # liblinear's stopping tolerance (LinearSVC's default) and a generous cap on its passes.
 TOLERANCE = 1e-4
 MAX_ITERATIONS = 5000

@@ -41,6 +41,7 @@ import torch
 
 from stages.cache_dataset import CacheDocuments, predict_logits
 from stages.checkpoint import load_checkpoint
+from stages.configs import BLOCK_DOCS
 from stages.data import iter_documents
 from stages.doc_text import name_terms, tokenize_with_offsets, window_spans
 from stages.encoder import load_encoder
@@ -48,25 +49,13 @@ from stages.encoding import default_batch_tokens, encode_windows
 from stages.errors import UserError
 from stages.explain import EXPLAIN_TERMS, explain_documents, require_term_branch
 from stages.runtime import peak_memory_bytes, progress_bar
-from stages.settings import (
-    CorpusSettings,
-    at_least,
-    check_settings,
-    device_setting,
-    positive,
-    progress_setting,
-    setting,
-    threads_setting,
-)
 from stages.terms import TermHashing
 from stages.windows import SpecialTokens, WindowSpec, tokenize
 from stages.workdir import WorkDir, check_output_path
 
 STDIN = "-"
-# 1,000 documents per resumable block: a kill loses at most ~1 min of MiniLM work on 2 cores.
-BLOCK_DOCS = 1000
-# ...and at most ~2M characters (~500k tokens, ~2,000 windows), so a block of very long
-# documents stays as small in memory as a block of posts.
+# A block of --block-docs documents also ends at ~2M characters (~500k tokens, ~2,000
+# windows), so a block of very long documents stays as small in memory as a block of posts.
 BLOCK_CHARS = 2_000_000
 # Characters of a window's text shown in --explain output (whitespace collapsed).
 EXCERPT_CHARS = 160
@@ -206,51 +195,6 @@ def predict(head_path: str | Path, sources: list[str], device: str = "auto", bat
     texts = read_texts(list(sources))  # bad files are refused before any encoder is loaded
     predictor = Predictor(head_path, device, batch_tokens, threads, explain_terms)
     return predictor.classify(list(sources), texts, explain)
-
-
-# --- settings ----------------------------------------------------------------------------
-
-
-@dataclass
-class PredictConfig(CorpusSettings):
-    """predict's settings; every field with help text is an option of `cli.py predict`. FILE
-    mode (text files as arguments) uses the head, --explain* and the encoder's options;
-    --data mode all of them."""
-
-    head: str = setting("runs/head.pt", "Checkpoint written by train-head; its encoder and window settings are "
-                                        "used.", path="file")
-    data: str | None = setting(None, "Classify a whole corpus instead of FILEs: '20newsgroups', a folder, or a "
-                                     ".csv/.jsonl (labels optional); needs --out.")
-    out: str | None = setting(None, "With --data: the .jsonl or .csv file to write (resumable: rerun the same "
-                                    "command after a kill).", path="file")
-    split: str = setting("test", "With --data 20newsgroups: train or test.")
-    top_k: int = setting(0, "With --data: the K most probable classes per row instead of every class (0).",
-                         check=at_least(0))
-    explain: bool = setting(False, "Add each document's top windows: span, text excerpt, contribution.")
-    explain_windows: int = setting(3, "How many top windows --explain shows.", check=at_least(0))
-    explain_terms: bool = setting(False, "Also the terms with the largest contribution (heads with a term "
-                                         "branch only).")
-    block_docs: int = setting(BLOCK_DOCS, "With --data: documents per resumable block; a kill loses at most one.",
-                              check=positive)
-    overwrite: bool = setting(False, "With --data: replace an existing --out or an interrupted run.")
-    progress: bool | None = progress_setting("With --data: progress bar.")
-    device: str = device_setting()
-    # None: stage one's default for the device (stages.encoding.default_batch_tokens).
-    batch_tokens: int | None = setting(None, "Token budget of one encoder batch; bounds activation memory.",
-                                       shown="1024 on CPU, 32768 on CUDA", check=positive)
-    threads: int = threads_setting(0)
-
-    def __post_init__(self):
-        check_settings(self)
-        if self.data is None and self.out is not None:
-            raise UserError("--out goes with --data; FILE mode prints to stdout")
-        if self.data is not None and self.out is None:
-            raise UserError("--data needs --out FILE.jsonl or FILE.csv")
-
-    @property
-    def top_windows(self) -> int:
-        """Windows to explain per document: --explain-windows with --explain, else 0."""
-        return self.explain_windows if self.explain else 0
 
 
 # --- corpus mode -----------------------------------------------------------------------

@@ -25,11 +25,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from stages.configs import MAX_WRONG, N_CORRECT
 from stages.doc_text import name_terms
 from stages.explain import explain_documents
 
-MAX_WRONG = 1000  # misclassified documents shown (20NG test: ~1,700 at 0.78 accuracy)
-N_CORRECT = 100  # correctly classified documents shown, a seeded random sample
 MAX_CHARS = 4000  # characters of text per document: ~1 page; long posts keep their top windows
 HEAD_CHARS = 400  # the start of a long text (subject, first lines) is always kept
 SAMPLE_SEED = 0

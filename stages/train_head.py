@@ -65,26 +65,17 @@ from stages.cache import (
     open_cache,
 )
 from stages.cache_dataset import (
-    DEFAULT_MEMORY_BUDGET_MB,
     CacheDocuments,
     head_branch_logits,
     predict_logits,
 )
 from stages.checkpoint import encoder_record, save_checkpoint
+from stages.configs import HeadConfig, TrainConfig
 from stages.errors import UserError
-from stages.heads import INPUTS, POOLINGS, Head, HeadConfig
-from stages.linear_fit import DEFAULT_C, LinearBranch, fit_linear_branch, refit_linear_branch
+from stages.heads import Head
+from stages.linear_fit import LinearBranch, fit_linear_branch, refit_linear_branch
 from stages.metrics import scores
 from stages.runtime import Background, peak_memory_bytes
-from stages.settings import (
-    at_least,
-    check_settings,
-    like,
-    positive,
-    progress_setting,
-    setting,
-    threads_setting,
-)
 from stages.term_weights import TermWeights
 from stages.train_loop import (
     LoopOutcome,
@@ -95,89 +86,11 @@ from stages.train_loop import (
     run_epochs,
 )
 from stages.training import (
-    ValidationSettings,
     class_weight_tensor,
     lr_lambda,
     validation_split,
 )
 from stages.workdir import WorkDir, check_not_an_input, check_output_path
-
-
-@dataclass
-class TrainConfig:
-    """Stage two's settings; every field with help text is an option of `cli.py train-head`."""
-
-    train: str = setting("data/cache/train.h5", "Window cache to train on (from `embed`).", path="file")
-    # A second cache; None: hold out val_fraction of train.
-    val: str | None = setting(None, "A second cache to validate on.", shown="hold out --val-fraction of --train",
-                              path="file")
-    # Used without --val; default, reason and check in stages.training.ValidationSettings.
-    val_fraction: float = like(ValidationSettings, "val_fraction")
-    val_split: str = like(ValidationSettings, "val_split")
-    out: str = setting("runs/head.pt", "Checkpoint to write (atomically); the curve goes to OUT-STEM-curve.png "
-                                       "beside it.", path="file")
-    # The LSTM (RoBERT) had the best validation macro-F1 on both benchmark settings
-    # (docs/BENCHMARKS.md) and trains on all of 20 Newsgroups in about a minute.
-    pooling: str = setting("lstm", "How window vectors become one document vector (lstm: best on validation).",
-                           choices=POOLINGS)
-    # windows, terms or both; None: both when the cache has terms (stage one's default), else windows.
-    inputs: str | None = setting(None, "What the head reads: window vectors, the documents' hashed terms "
-                                       "(TF-IDF), or both.", choices=INPUTS,
-                                 shown="both when the cache has terms, else windows")
-    # C of the linear branch's SVM (stages.linear_fit): LinearSVC's default, the reference
-    # setting at which TF-IDF + LinearSVC scores 0.8585 on 20 Newsgroups.
-    term_c: float = setting(DEFAULT_C, "C of the linear branch's SVM over terms (and the mean window vector): "
-                                       "higher fits harder.", check=positive)
-    # Validation makes every choice with the branch fitted on the other 90%; fitting it again
-    # on all of --train afterwards (scikit-learn's refit) added 0.24 points on 20 Newsgroups
-    # (3 seeds, each higher) and changed 3 classes by -0.1 (docs/BENCHMARKS.md). Validation
-    # cannot judge a fit that has seen it, so this one default was set from those test runs.
-    refit_terms: bool = setting(True, "Once validation has chosen everything, fit the linear branch again on "
-                                      "all of --train, its validation share included (not with --val).",
-                                negatable=True)
-    # The head's own settings: default, reason and check in stages.heads.HeadConfig.
-    dropout: float = like(HeadConfig, "dropout")
-    input_norm: bool = True
-    inner_dim: int = like(HeadConfig, "inner_dim")
-    transformer_layers: int = like(HeadConfig, "transformer_layers")
-    # 1e-3 is AdamW's usual rate for a freshly initialised small head.
-    lr: float = setting(1e-3, "Peak AdamW learning rate (linear warm-up, cosine decay).", check=positive)
-    # Decoupled weight decay as in BERT fine-tuning; biases and norms included (tiny head).
-    weight_decay: float = setting(0.01, "AdamW decoupled weight decay.", check=at_least(0))
-    # Early stopping usually fires at 10-20 epochs; the cap bounds the worst case.
-    max_epochs: int = setting(40, "Most epochs; early stopping usually ends sooner.", option="epochs",
-                              check=at_least(1))
-    patience: int = setting(5, "Stop after this many epochs without a better validation macro-F1 (with both "
-                               "inputs: the window branch's validation loss).", check=at_least(1))
-    # Warm-up over the first 5% of steps keeps the first updates of a fresh head small.
-    warmup_fraction: float = 0.05
-    # 32 documents per step: ~320 steps per epoch on 20NG, stable AdamW statistics.
-    batch_docs: int = setting(32, "Documents per training step.", check=at_least(1))
-    # At most 4096 padded windows (6 MB of MiniLM vectors) per batch bounds memory.
-    batch_windows: int = setting(4096, "Most padded windows per batch (bounds memory).", check=at_least(1))
-    # Inverse-frequency weights in the loss (for skewed classes).
-    class_weights: bool = setting(False, "Weight the loss by inverse class frequency.", negatable=True)
-    seed: int = setting(0, "Seeds the split, the batch order, the weights and dropout.")
-    memory_budget_mb: float = setting(float(DEFAULT_MEMORY_BUDGET_MB), "Load the cache into RAM when its vectors fit in "
-                                                                "this; else read it by slices.", check=at_least(0))
-    # The head's matrices are small: one thread avoids OpenMP hand-offs, which cost
-    # 50x on this 2-core machine when the other core is busy (0 = torch's default).
-    threads: int = threads_setting(1, "Torch threads (0: torch's default); one is fastest for a small head.")
-    progress: bool | None = progress_setting("Progress bar per epoch.")
-    curve: bool = True  # also write <out stem>-curve.png
-    # An existing --out (and its curve) is replaced only when asked; never --train or --val.
-    overwrite: bool = setting(False, "Replace an existing --out and its curve (never --train or --val), and an "
-                                     "interrupted run of other settings; one of these settings still resumes.")
-
-    def __post_init__(self):
-        check_settings(self)
-        if not 0.0 <= self.warmup_fraction < 1.0:
-            raise UserError(f"--warmup-fraction must be in [0, 1); got {self.warmup_fraction}")
-
-    @property
-    def curve_path(self) -> Path:
-        out = Path(self.out)
-        return out.with_name(out.stem + "-curve.png")
 
 
 @dataclass

@@ -7,33 +7,11 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from stages.settings import fraction, setting
-
-VAL_SPLITS = ("random", "latest")
 _DIGITS = frozenset("0123456789")
-
-
-@dataclass
-class ValidationSettings:
-    """How `finetune` and `train-head` hold out validation documents: declared once here, so
-    both commands hold out the same documents (a head's validation posts were never seen
-    by an encoder fine-tuned with the same settings)."""
-
-    # 10% of 20NG's training posts (1,131): macro-F1 moves by ~0.5 points between epochs.
-    val_fraction: float = setting(0.1, "Share of each class's training documents held out for validation "
-                                       "(0 to 1).", check=fraction)
-    # random: the usual stratified draw. latest: a held-out set from the end of the period,
-    # as a later test set is; on 20 Newsgroups the random split overstates test by 7-9
-    # points of macro-F1 (docs/BENCHMARKS.md), since its posts share threads and
-    # signatures with the training posts.
-    val_split: str = setting("random", "Which documents are held out: random (stratified by class, seeded) or "
-                                       "latest (in each class, those whose ids sort last, numbers compared as "
-                                       "numbers: on 20 Newsgroups the newest posts).", choices=VAL_SPLITS)
 
 
 def validation_split(labels: np.ndarray, doc_ids: list[str], settings, rng: np.random.Generator

@@ -16,7 +16,7 @@
   the mean of each document's window probabilities.
 * `WindowTask`: the above as a `stages.train_loop.TrainingTask`.
 
-`config` is the fine-tuning settings (`stages.finetune.FinetuneConfig`; any object with
+`config` is the fine-tuning settings (`stages.configs.FinetuneConfig`; any object with
 its fields). Reads and writes nothing on disk.
 """
 

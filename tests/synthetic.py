@@ -85,7 +85,7 @@ def runners():
 
 def tiny_embed_config(tiny_bert, corpus, out, **overrides):
     """Stage one's settings for the tiny BERT: small windows, small blocks, fp32 on the CPU."""
-    from stages.embedding import EmbedConfig
+    from stages.configs import EmbedConfig
 
     settings = dict(out=out, data=str(corpus), model=str(tiny_bert), chunk_tokens=32, stride=8,
                     batch_tokens=256, precision="fp32", device="cpu", block_windows=16, progress=False)

@@ -18,8 +18,8 @@ import torch.distributed as dist
 from conftest import ROOT, make_class_folders
 
 from stages.cache import read_attrs
+from stages.configs import EmbedConfig
 from stages.embed import run_embed
-from stages.embedding import EmbedConfig
 from stages.errors import ReportedElsewhere, UserError
 from stages.ranks import Ranks, describe_failures, thread_count, wait_for_reports
 from stages.shards import (

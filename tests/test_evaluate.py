@@ -9,9 +9,10 @@ import pytest
 import torch
 from synthetic import cli_error, lexical_cache, runners, write_synthetic_cache
 
+from stages.configs import TrainConfig
 from stages.errors import UserError
 from stages.evaluate import evaluate
-from stages.train_head import TrainConfig, run_train_head
+from stages.train_head import run_train_head
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from conftest import WORDS
 
 from stages.cache import open_cache
 from stages.cache_dataset import CacheDocuments, predict_logits
+from stages.configs import POOLINGS, HeadConfig
 from stages.doc_text import (
     WindowMapper,
     cached_geometry,
@@ -17,7 +18,7 @@ from stages.doc_text import (
 )
 from stages.errors import UserError
 from stages.explain import explain_documents, logits_without, require_term_branch
-from stages.heads import POOLINGS, Head, HeadConfig
+from stages.heads import Head
 from stages.windows import tokenize
 
 
@@ -163,8 +164,8 @@ def test_heads_without_a_term_branch_say_so():
 @pytest.fixture(scope="module")
 def word_cache(tmp_path_factory, tiny_bert):
     """A cache of documents made of whole vocabulary words: one token per word."""
+    from stages.configs import EmbedConfig
     from stages.embed import run_embed
-    from stages.embedding import EmbedConfig
 
     folder = tmp_path_factory.mktemp("words")
     rng = np.random.default_rng(0)

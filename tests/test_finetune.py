@@ -34,7 +34,8 @@ def weights(folder):
 
 @pytest.mark.parametrize("val_split", ["random", "latest"])
 def test_validation_documents_are_held_out_as_asked(tiny_bert, corpus, val_split):
-    from stages.finetune import FinetuneConfig, load_inputs
+    from stages.configs import FinetuneConfig
+    from stages.finetune import load_inputs
     from stages.training import natural_key
 
     inputs = load_inputs(FinetuneConfig(data=str(corpus), model=str(tiny_bert), out="unused", val_fraction=0.25,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from stages.configs import POOLINGS, HeadConfig
 from stages.errors import UserError
-from stages.heads import POOLINGS, Head, HeadConfig, sinusoid_positions
+from stages.heads import POOLING_LAYERS, Head, sinusoid_positions
 
 HIDDEN, CLASSES = 24, 5
 
@@ -101,8 +102,9 @@ def test_config_names_the_bad_field(bad):
         HeadConfig(**args)
 
 
-def test_cli_pooling_choices_match_the_registry():
+def test_every_pooling_name_has_a_module_and_is_a_cli_choice():
     import cli
 
+    assert tuple(POOLING_LAYERS) == POOLINGS
     params = {p.name: p for p in cli.cli.commands["train-head"].params}
     assert list(params["pooling"].type.choices) == list(POOLINGS)

@@ -21,7 +21,10 @@ from conftest import run_cli
 from synthetic import write_synthetic_cache
 
 import cli
-from stages.train_head import TrainConfig, run_train_head
+from stages.configs import TrainConfig
+
+# --- the table of hostile corpora ----------------------------------------------------------
+from stages.train_head import run_train_head
 
 # --- the table of hostile corpora ----------------------------------------------------------
 

@@ -13,11 +13,11 @@ from synthetic import cli_error, runners
 from stages.cache import open_cache
 from stages.cache_dataset import CacheDocuments, predict_logits
 from stages.checkpoint import load_checkpoint
+from stages.configs import EmbedConfig, TrainConfig
 from stages.embed import run_embed
-from stages.embedding import EmbedConfig
 from stages.errors import UserError
 from stages.predict import predict
-from stages.train_head import TrainConfig, run_train_head
+from stages.train_head import run_train_head
 
 
 def embed_and_train(folder, model, chunk_tokens, stride, pooling="attention"):

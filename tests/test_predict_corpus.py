@@ -31,7 +31,8 @@ def tiny(tmp_path_factory, tiny_bert):
 @pytest.fixture(scope="module")
 def windows_head(tiny, tmp_path_factory):
     """A head of the same cache without a term branch."""
-    from stages.train_head import TrainConfig, run_train_head
+    from stages.configs import TrainConfig
+    from stages.train_head import run_train_head
 
     out = tmp_path_factory.mktemp("windows-head") / "head.pt"
     run_train_head(TrainConfig(train=str(tiny[1]), out=str(out), pooling="mean", inputs="windows", max_epochs=1,

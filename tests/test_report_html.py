@@ -16,8 +16,9 @@ from synthetic import cli_error, runners
 from stages.cache import open_cache
 from stages.cache_dataset import CacheDocuments, predict_logits
 from stages.checkpoint import encoder_record, load_checkpoint, save_checkpoint
+from stages.configs import HeadConfig
 from stages.evaluate import evaluate
-from stages.heads import Head, HeadConfig
+from stages.heads import Head
 from stages.report_html import kept_ranges, shaded_text
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -28,8 +29,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_bert):
     """A tiny-BERT cache of a folder corpus and an untrained head: plenty of mistakes to show."""
+    from stages.configs import EmbedConfig
     from stages.embed import run_embed
-    from stages.embedding import EmbedConfig
 
     folder = tmp_path_factory.mktemp("report")
     corpus = make_class_folders(folder / "corpus")
@@ -72,7 +73,8 @@ def test_report_html_with_texts(setup, tmp_path):
 
 
 def test_report_shows_the_terms_of_a_term_head(setup, tmp_path):
-    from stages.train_head import TrainConfig, run_train_head
+    from stages.configs import TrainConfig
+    from stages.train_head import run_train_head
 
     corpus, cache, _ = setup
     head = tmp_path / "both.pt"

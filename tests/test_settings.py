@@ -11,13 +11,9 @@ import pytest
 from conftest import ROOT
 
 import cli
-from stages.embedding import EmbedConfig
+from stages.configs import EmbedConfig, EvaluateConfig, FinetuneConfig, PredictConfig, TrainConfig
 from stages.errors import UserError
-from stages.evaluate import EvaluateConfig
-from stages.finetune import FinetuneConfig
-from stages.predict import PredictConfig
 from stages.settings import option_fields, option_name, split_list
-from stages.train_head import TrainConfig
 
 CONFIGS = {"embed": EmbedConfig, "finetune": FinetuneConfig, "train-head": TrainConfig,
            "evaluate": EvaluateConfig, "predict": PredictConfig}
@@ -140,7 +136,7 @@ def test_corpus_options_are_parsed_once():
 
 
 def test_train_head_shares_the_heads_defaults():
-    from stages.heads import HeadConfig
+    from stages.configs import HeadConfig
 
     head = HeadConfig(pooling="mean", hidden_size=8, n_classes=2)
     train = TrainConfig()

@@ -9,11 +9,12 @@ from synthetic import cli_error, write_synthetic_cache
 
 from stages.cache import open_cache
 from stages.checkpoint import load_checkpoint
+from stages.configs import TrainConfig
 from stages.errors import UserError
 from stages.evaluate import evaluate
 from stages.term_weights import TermWeights
 from stages.terms import TermHashing
-from stages.train_head import TrainConfig, run_train_head
+from stages.train_head import run_train_head
 
 QUIET = dict(progress=False, curve=False)
 FILLER = "the of and to in is it that for on with as was he be by at this have from or one had".split()
@@ -218,8 +219,8 @@ def test_the_linear_branch_gives_every_class_a_score_even_two_or_absent_ones():
 def test_odd_documents_all_embed_and_get_their_term_rows(tiny_bert, tmp_path):
     """Empty, one word repeated, binary junk and a 150,000-token post: each keeps all its
     windows and a term row of its own whole text; nothing is truncated or dropped."""
+    from stages.configs import EmbedConfig
     from stages.embed import run_embed
-    from stages.embedding import EmbedConfig
     from stages.encoder import load_tokenizer
     from stages.windows import SpecialTokens, WindowSpec, tokenize
 

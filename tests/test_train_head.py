@@ -13,8 +13,9 @@ from synthetic import cli_error, lexical_cache, runners, write_synthetic_cache
 from stages.cache import open_cache
 from stages.cache_dataset import CacheDocuments, predict_logits
 from stages.checkpoint import load_checkpoint
+from stages.configs import TrainConfig
 from stages.errors import UserError
-from stages.train_head import TrainConfig, run_train_head
+from stages.train_head import run_train_head
 from stages.training import latest_split, natural_key, stratified_split
 
 QUIET = dict(progress=False, curve=False)
