@@ -21,45 +21,26 @@ import sys
 
 import click
 
+from stages.configs import EmbedConfig, EvaluateConfig, FinetuneConfig, PredictConfig, TrainConfig
 from stages.errors import ReportedElsewhere, UserError
+from stages.settings import JSON_HELP, click_options
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
 
-class Commands(dict):
-    """name -> click command, each built on first use by its builder below from its
-    settings dataclass (`stages.configs`, no torch); a command imports its stage, and torch,
-    only once its settings are checked, so `--help` and a refused option are instant."""
+class InPipelineOrder(click.Group):
+    """Commands listed as declared below (not alphabetically), each with the whole first line
+    of its docstring (click would cut it at ~45 characters)."""
 
-    def __init__(self, builders: dict):
-        super().__init__()
-        self.builders = builders
-
-    def __missing__(self, name):
-        self[name] = command = self.builders[name]()
-        return command
-
-    def get(self, name, default=None):
-        return self[name] if name in self.builders else default
-
-    def __iter__(self):
-        return iter(self.builders)
-
-    def __contains__(self, name):
-        return name in self.builders
-
-
-class LazyGroup(click.Group):
     def list_commands(self, ctx):
-        return list(self.commands.builders)
+        return list(self.commands)
 
     def format_commands(self, ctx, formatter):
-        """The command list from the builders' one-line summaries, without building them."""
         with formatter.section("Commands"):
-            formatter.write_dl([(name, SUMMARIES[name]) for name in self.list_commands(ctx)])
+            formatter.write_dl([(name, command.help.splitlines()[0]) for name, command in self.commands.items()])
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.group(cls=InPipelineOrder, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 def cli():
     """Classify documents far longer than a BERT window: embed windows once, then pool."""
 
@@ -80,140 +61,108 @@ def log_line(line: str):
     click.echo(line, err=True)
 
 
-def json_option(help: str):
+def json_option(help: str = JSON_HELP):
     return click.option("--json", "as_json", is_flag=True, help=help)
 
 
-def build_embed():
-    from stages.configs import EmbedConfig
-    from stages.settings import JSON_HELP, click_options
-
-    @click.command("embed")
-    @click_options(EmbedConfig, first=("data", "split", "out"))
-    @json_option(JSON_HELP)
-    def embed(as_json, **settings):
-        """Stage one: cache one vector per window of every document in HDF5.
-
-        Under `torchrun --nproc_per_node N cli.py embed ...` each rank embeds a shard of the
-        documents and rank 0 joins them into --out (stages/distributed.py).
-        """
-        config = EmbedConfig(**settings)  # checked before the stage (and torch) is imported
-        from stages.distributed import Ranks, run_embed_sharded
-        from stages.embed import run_embed
-
-        ranks = Ranks.from_env()  # None unless torchrun started several ranks
-        said_by = ranks is None or ranks.rank == 0  # one line for a torchrun job, not one per rank
-        with on_interrupt("finished blocks are kept; run the same command again to resume" if said_by else None):
-            summary = run_embed(config) if ranks is None else run_embed_sharded(config, ranks)
-        if summary is not None:  # only rank 0 of a torchrun job has one
-            _echo_summary(summary, as_json)
-    return embed
+# Each command checks its settings (building its config) before it imports its stage, and
+# with it torch: `--help` and a refused option take a fraction of a second, not ~3.
 
 
-def build_finetune():
-    from stages.configs import FinetuneConfig
-    from stages.settings import JSON_HELP, click_options
+@cli.command("embed")
+@click_options(EmbedConfig, first=("data", "split", "out"))
+@json_option()
+def embed(as_json, **settings):
+    """Stage one: cache one vector per window of every document in HDF5.
 
-    @click.command("finetune")
-    @click_options(FinetuneConfig, first=("data", "split", "out"))
-    @json_option(JSON_HELP)
-    def finetune(as_json, **settings):
-        """Optional: fine-tune the encoder's top layers on windows labelled with their document's class."""
-        config = FinetuneConfig(**settings)
-        from stages.finetune import run_finetune
+    Under `torchrun --nproc_per_node N cli.py embed ...` each rank embeds a shard of the
+    documents and rank 0 joins them into --out (stages/distributed.py).
+    """
+    config = EmbedConfig(**settings)
+    from stages.distributed import Ranks, run_embed_sharded
+    from stages.embed import run_embed
 
-        with on_interrupt(f"the last checkpoint is in {config.out}.partial/; run the same command again to resume"):
-            summary = run_finetune(config, log=log_line)
+    ranks = Ranks.from_env()  # None unless torchrun started several ranks
+    said_by = ranks is None or ranks.rank == 0  # one line for a torchrun job, not one per rank
+    with on_interrupt("finished blocks are kept; run the same command again to resume" if said_by else None):
+        summary = run_embed(config) if ranks is None else run_embed_sharded(config, ranks)
+    if summary is not None:  # only rank 0 of a torchrun job has one
         _echo_summary(summary, as_json)
-    return finetune
 
 
-def build_train_head():
-    from stages.configs import TrainConfig
-    from stages.settings import JSON_HELP, click_options
+@cli.command("finetune")
+@click_options(FinetuneConfig, first=("data", "split", "out"))
+@json_option()
+def finetune(as_json, **settings):
+    """Optional: fine-tune the encoder's top layers on windows labelled with their document's class."""
+    config = FinetuneConfig(**settings)
+    from stages.finetune import run_finetune
 
-    @click.command("train-head")
-    @click_options(TrainConfig)
-    @json_option(JSON_HELP)
-    def train_head(as_json, **settings):
-        """Stage two: train a pooling head on a window cache; keep the best on validation macro-F1."""
-        config = TrainConfig(**settings)
-        from stages.train_head import run_train_head
-
-        with on_interrupt(f"finished epochs are in {config.out}.partial/; rerun the same command to resume"):
-            summary = run_train_head(config, log=log_line)
-        _echo_summary(summary, as_json)
-    return train_head
+    with on_interrupt(f"the last checkpoint is in {config.out}.partial/; run the same command again to resume"):
+        summary = run_finetune(config, log=log_line)
+    _echo_summary(summary, as_json)
 
 
-def build_evaluate():
-    from stages.configs import EvaluateConfig
-    from stages.settings import JSON_HELP, click_options
+@cli.command("train-head")
+@click_options(TrainConfig)
+@json_option()
+def train_head(as_json, **settings):
+    """Stage two: train a pooling head on a window cache; keep the best on validation macro-F1."""
+    config = TrainConfig(**settings)
+    from stages.train_head import run_train_head
 
-    @click.command("evaluate")
-    @click_options(EvaluateConfig, first=("head", "cache", "report"))
-    @json_option(JSON_HELP)
-    def evaluate(as_json, **settings):
-        """Score a head on a cache: accuracy, macro-F1, per-class table, confusion matrix, HTML report."""
-        config = EvaluateConfig(**settings)
-        import torch
-
-        from stages.evaluate import evaluate as run_evaluate
-
-        if config.threads:
-            torch.set_num_threads(config.threads)
-        _echo_summary(run_evaluate(config.head, config.cache, config.report, config.memory_budget_mb,
-                                   config.corpus(), config.report_wrong, config.report_correct), as_json)
-    return evaluate
+    with on_interrupt(f"finished epochs are in {config.out}.partial/; rerun the same command to resume"):
+        summary = run_train_head(config, log=log_line)
+    _echo_summary(summary, as_json)
 
 
-def build_predict():
-    from stages.configs import PredictConfig
-    from stages.settings import click_options
+@cli.command("evaluate")
+@click_options(EvaluateConfig, first=("head", "cache", "report"))
+@json_option()
+def evaluate(as_json, **settings):
+    """Score a head on a cache: accuracy, macro-F1, per-class table, confusion matrix, HTML report."""
+    config = EvaluateConfig(**settings)
+    import torch
 
-    @click.command("predict")
-    @click_options(PredictConfig, first=("head",))
-    @click.argument("files", nargs=-1)
-    @json_option("FILE mode: one JSON object per document instead of tab-separated lines.")
-    def predict(files, as_json, **settings):
-        """Classify raw text FILES (- for stdin), or every document of --data into --out.
+    from stages.evaluate import evaluate as run_evaluate
 
-        FILE mode prints label, probability and source per document; --data mode writes one
-        JSON line or CSV row per document (id, label, probabilities, true label if known)."""
-        if settings["data"] is not None and files:
-            raise click.UsageError("give FILEs or --data, not both")
-        config = PredictConfig(**settings)
-        import json
-
-        from stages.predict import predict as run_predict
-        from stages.predict import predict_corpus
-
-        if config.data is None:
-            for prediction in run_predict(config.head, list(files), device=config.device,
-                                          batch_tokens=config.batch_tokens, threads=config.threads,
-                                          explain=config.top_windows, explain_terms=config.explain_terms):
-                click.echo(json.dumps(prediction.record(), ensure_ascii=False) if as_json else prediction.line())
-            return
-        corpus = config.corpus()
-        with on_interrupt(f"finished blocks are kept in {config.out}.partial/; run the same command again to resume"):
-            summary = predict_corpus(
-                config.head, corpus.pop("data"), config.out, **corpus, top_k=config.top_k,
-                explain=config.top_windows, explain_terms=config.explain_terms, block_docs=config.block_docs,
-                overwrite=config.overwrite, device=config.device, batch_tokens=config.batch_tokens,
-                threads=config.threads, progress=config.progress)
-        click.echo(summary.line())
-    return predict
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    _echo_summary(run_evaluate(config.head, config.cache, config.report, config.memory_budget_mb,
+                               config.corpus(), config.report_wrong, config.report_correct), as_json)
 
 
-SUMMARIES = {  # what `cli.py --help` lists; each command's own --help has its whole docstring
-    "embed": "Stage one: cache one vector per window of every document in HDF5.",
-    "finetune": "Optional: fine-tune the encoder's top layers on windows labelled with their document's class.",
-    "train-head": "Stage two: train a pooling head on a window cache; keep the best on validation macro-F1.",
-    "evaluate": "Score a head on a cache: accuracy, macro-F1, per-class table, confusion matrix, HTML report.",
-    "predict": "Classify raw text FILES (- for stdin), or every document of --data into --out.",
-}
-cli.commands = Commands({"embed": build_embed, "finetune": build_finetune, "train-head": build_train_head,
-                         "evaluate": build_evaluate, "predict": build_predict})
+@cli.command("predict")
+@click_options(PredictConfig, first=("head",))
+@click.argument("files", nargs=-1)
+@json_option("FILE mode: one JSON object per document instead of tab-separated lines.")
+def predict(files, as_json, **settings):
+    """Classify raw text FILES (- for stdin), or every document of --data into --out.
+
+    FILE mode prints label, probability and source per document; --data mode writes one
+    JSON line or CSV row per document (id, label, probabilities, true label if known)."""
+    if settings["data"] is not None and files:
+        raise click.UsageError("give FILEs or --data, not both")
+    config = PredictConfig(**settings)
+    import json
+
+    from stages.predict import predict as run_predict
+    from stages.predict import predict_corpus
+
+    if config.data is None:
+        for prediction in run_predict(config.head, list(files), device=config.device,
+                                      batch_tokens=config.batch_tokens, threads=config.threads,
+                                      explain=config.top_windows, explain_terms=config.explain_terms):
+            click.echo(json.dumps(prediction.record(), ensure_ascii=False) if as_json else prediction.line())
+        return
+    corpus = config.corpus()
+    with on_interrupt(f"finished blocks are kept in {config.out}.partial/; run the same command again to resume"):
+        summary = predict_corpus(
+            config.head, corpus.pop("data"), config.out, **corpus, top_k=config.top_k,
+            explain=config.top_windows, explain_terms=config.explain_terms, block_docs=config.block_docs,
+            overwrite=config.overwrite, device=config.device, batch_tokens=config.batch_tokens,
+            threads=config.threads, progress=config.progress)
+    click.echo(summary.line())
 
 
 def _echo_summary(summary, as_json: bool):

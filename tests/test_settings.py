@@ -83,12 +83,25 @@ def test_help_keeps_flags_and_choices(capsys):
     assert "[mean|max|attention|lstm|transformer]" in text
 
 
-def test_group_help_does_not_import_torch():
-    code = "import sys, cli; cli.main(['--help']); assert 'torch' not in sys.modules, 'torch imported'"
+# One bad value per command, each refused by its settings dataclass.
+REFUSED = (["embed", "--block-windows", "0"], ["finetune", "--epochs", "0"], ["train-head", "--val-fraction", "1.5"],
+           ["evaluate", "--report-wrong", "-1"], ["predict", "--data", "corpus.jsonl"])
+
+
+def test_help_and_a_refused_option_never_import_torch():
+    """`stages.configs` imports no torch and no stage, and each command checks its settings
+    before it imports its stage: `--help` or a typo costs a fraction of a second, not ~3."""
+    code = ("import sys, cli\n"
+            "cli.main(['--help']); cli.main(['train-head', '--help'])\n"
+            f"codes = [cli.main(args) for args in {REFUSED!r}]\n"
+            "heavy = sorted(m for m in ('torch', 'transformers', 'h5py', 'sklearn') if m in sys.modules)\n"
+            "print(codes, heavy)\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
                             check=False)
-    assert result.returncode == 0, result.stderr
-    assert "train-head" in result.stdout and "Stage two" in result.stdout
+    assert "train-head" in result.stdout and "Stage two" in result.stdout and "--val-fraction" in result.stdout
+    assert result.stdout.strip().endswith(f"{[2] * len(REFUSED)} []"), result.stdout + result.stderr
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == len(REFUSED) and all(line.startswith("error: --") for line in errors), result.stderr
 
 
 @pytest.mark.parametrize("config,bad,message", [
