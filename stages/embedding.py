@@ -1,6 +1,6 @@
-"""Stage one's job, as one process or one torchrun rank runs it (settings: `stages.configs.
-EmbedConfig`): checks, loading, and embedding a run of documents block by block into a
-work folder.
+"""Stage one's job, as one process or one torchrun rank runs it: checks, loading, and
+embedding a run of documents block by block into a work folder, with the settings of
+`stages.configs.EmbedConfig`.
 
 Reads a corpus (`stages.data`) and an encoder (`stages.encoder`); writes finished
 blocks into a `stages.cache_writer.PartialCache`, and `publish` assembles them into a

@@ -61,9 +61,7 @@ from stages.encoder import (
 )
 from stages.errors import UserError
 from stages.runtime import peak_memory_bytes
-from stages.settings import (
-    check_window_fits,
-)
+from stages.settings import check_window_fits
 from stages.train_loop import (
     LoopOutcome,
     LoopSettings,

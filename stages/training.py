@@ -16,7 +16,8 @@ _DIGITS = frozenset("0123456789")
 
 def validation_split(labels: np.ndarray, doc_ids: list[str], settings, rng: np.random.Generator
                      ) -> tuple[np.ndarray, np.ndarray]:
-    """(train, val) document indices as `settings` (with `val_fraction`, `val_split`) say."""
+    """(train, val) document indices as `settings` say: `val_fraction` and `val_split`, the
+    fields of `stages.configs.ValidationSettings` that finetune's and train-head's configs share."""
     if settings.val_split == "latest":
         return latest_split(labels, doc_ids, settings.val_fraction)
     return stratified_split(labels, settings.val_fraction, rng)
