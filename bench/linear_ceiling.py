@@ -93,9 +93,10 @@ def nb_ratios(binary: sp.csr_matrix, labels: np.ndarray) -> list[np.ndarray]:
     return ratios
 
 
-def fit_and_score(weighting: str, terms: tuple, rest: tuple, y_train, y_test, c: float, ratios) -> float:
-    """Test accuracy of LinearSVC on [terms, rest]: one multi-class model over TF-IDF, or
-    NB-SVM's one binary model per class over ratio-scaled binary terms."""
+def fit_and_score(weighting: str, terms, rest: tuple, y_train, y_test, c: float) -> float:
+    """Test accuracy of LinearSVC on [terms, rest]: one multi-class model over TF-IDF (`terms`
+    a (train, test) pair), or NB-SVM's one binary model per class (`terms` one pair per class
+    of ratio-scaled binary terms)."""
     from sklearn.svm import LinearSVC
 
     def fit(train_x, labels):
@@ -105,8 +106,8 @@ def fit_and_score(weighting: str, terms: tuple, rest: tuple, y_train, y_test, c:
         model = fit(sp.hstack([terms[0], *rest[0]], format="csr"), y_train)
         return float(np.mean(model.predict(sp.hstack([terms[1], *rest[1]], format="csr")) == y_test))
     classes, scores = np.unique(y_train), []
-    for label, ratio in zip(classes, ratios):
-        scaled = [sp.hstack([side @ sp.diags(ratio), *others], format="csr") for side, others in zip(terms, rest)]
+    for label, class_terms in zip(classes, terms):
+        scaled = [sp.hstack([side, *others], format="csr") for side, others in zip(class_terms, rest)]
         scores.append(fit(scaled[0], y_train == label).decision_function(scaled[1]))
     return float(np.mean(classes[np.argmax(np.stack(scores, axis=1), axis=1)] == y_test))
 
@@ -116,10 +117,12 @@ def grid(folders: list[Path], cs: list[float], dense_weights: list[float], char_
     (train_terms, train_dense, y_train, train_ids), (test_terms, test_dense, y_test, test_ids) = (
         read(folders[0] / "train.h5"), read(folders[0] / "test.h5"))
     x_train, x_test = hashed_tfidf(train_terms, test_terms)
-    binary = [x.copy() for x in (x_train, x_test)]
-    for x in binary:
-        x.data[:] = 1.0
-    ratios = nb_ratios(binary[0], y_train) if "nb" in weightings else None
+    nb_terms = None  # per class, (train, test) binary terms scaled by the class's NB ratios
+    if "nb" in weightings:
+        binary = [x.copy() for x in (x_train, x_test)]
+        for x in binary:
+            x.data[:] = 1.0
+        nb_terms = [tuple(side @ sp.diags(ratio) for side in binary) for ratio in nb_ratios(binary[0], y_train)]
     chars = char_blocks(setting, train_ids, test_ids) if any(char_weights) else (None, None)
     dense = standardised(train_dense, test_dense)
     second = (None, None)
@@ -131,7 +134,7 @@ def grid(folders: list[Path], cs: list[float], dense_weights: list[float], char_
         second = standardised(other_train, other_test)
     cells = []
     for weighting in weightings:
-        terms = (x_train, x_test) if weighting == "tfidf" else binary
+        terms = (x_train, x_test) if weighting == "tfidf" else nb_terms
         for char_weight in char_weights:
             for weight in dense_weights:
                 for second_weight in (second_weights if len(folders) > 1 else (0,)):
@@ -140,7 +143,7 @@ def grid(folders: list[Path], cs: list[float], dense_weights: list[float], char_
                                   *([sp.csr_matrix(second[side] * second_weight)] if second_weight else [])]
                                  for side in (0, 1))
                     for c in cs:
-                        accuracy = fit_and_score(weighting, terms, rest, y_train, y_test, c, ratios)
+                        accuracy = fit_and_score(weighting, terms, rest, y_train, y_test, c)
                         cells.append({"terms": weighting, "c": c, "dense_weight": weight,
                                       "second_weight": second_weight, "char_weight": char_weight,
                                       "test_accuracy": accuracy})
