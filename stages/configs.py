@@ -6,8 +6,9 @@ with these settings import them, and the defaults they share, from here.
 
 Imports neither torch nor any stage: `cli.py` builds a command's options from its dataclass
 and refuses a bad value (a choice not offered, a number out of range, options that do not
-go together) in a fraction of a second, before the stage and torch (~2 s) are imported. The fields' metadata
-(help, choices, checks) is explained in `stages.settings`. Reads and writes nothing.
+go together) in a fraction of a second, before the stage and torch (~2 s) are imported.
+The fields' metadata (help, choices, checks) is explained in `stages.settings`. Reads and
+writes nothing.
 """
 
 from __future__ import annotations
