@@ -20,11 +20,14 @@ from stages.predict import predict
 from stages.train_head import run_train_head
 
 
-def embed_and_train(folder, model, chunk_tokens, stride, pooling="attention"):
+def embed_and_train(folder, model, chunk_tokens, stride, pooling="attention", precision="fp32"):
+    """A corpus, its cache and a head. Embedded in fp32 unless told, whatever the CPU: under bf16
+    autocast a document's vectors depend at the 1e-3 level on which windows share its batch, and
+    the tests built on this compare predict's numbers with the cache's and across batchings."""
     corpus = make_class_folders(folder / "corpus")
     cache = folder / "train.h5"
     run_embed(EmbedConfig(out=cache, data=str(corpus), model=model, chunk_tokens=chunk_tokens, stride=stride,
-                          progress=False, device="cpu"))
+                          precision=precision, progress=False, device="cpu"))
     run_train_head(TrainConfig(train=str(cache), out=str(folder / "head.pt"), pooling=pooling, max_epochs=3,
                                val_fraction=0.2, progress=False, curve=False), log=lambda line: None)
     return corpus, cache, folder / "head.pt"
@@ -92,8 +95,9 @@ def test_bad_input_is_one_line(runner, tiny, tmp_path):
 
 
 @pytest.mark.slow
-def test_end_to_end_on_the_packaged_minilm(tmp_path, minilm):
-    corpus, cache, head = embed_and_train(tmp_path, minilm, chunk_tokens=128, stride=16)
+def test_end_to_end_on_the_packaged_minilm_at_the_machines_precision(tmp_path, minilm):
+    """`--precision auto`: bf16 autocast on a CPU with native bf16, else fp32."""
+    corpus, cache, head = embed_and_train(tmp_path, minilm, chunk_tokens=128, stride=16, precision="auto")
     ids, probabilities, names = cache_probabilities(head, cache)
     files = [corpus / doc_id for doc_id in ids[:6]]
     result = run_cli("predict", "--head", head, "--json", *files, check=True)
