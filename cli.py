@@ -1,209 +1,22 @@
-"""Command line: `python cli.py COMMAND --help` explains each option and its default.
+"""`python cli.py COMMAND ...` in a checkout: the same command line as the installed `longdoc`
+(and `python -m longdoc`), whose code is `longdoc.cli` (stages/longdoc/cli.py).
 
-    python cli.py embed --split train --out data/cache/train.h5      # stage one
-    torchrun --standalone --nproc_per_node 2 cli.py embed ...         # stage one, sharded
-    python cli.py finetune --out runs/finetuned; python cli.py embed --model runs/finetuned ...  # optional
-    python cli.py train-head --train data/cache/train.h5 --out runs/head.pt   # stage two
-    python cli.py evaluate --head runs/head.pt --cache data/cache/test.h5 --report runs/report \
-        --data 20newsgroups --split test                              # report.html with the texts
-    python cli.py predict --head runs/head.pt post.txt                # raw text end to end
-    python cli.py predict --head runs/head.pt --data corpus.jsonl --out runs/pred.jsonl --explain
+    python cli.py embed --split train --out data/cache/train.h5
+    torchrun --standalone --nproc_per_node 2 cli.py embed ...
 
-Errors a user can cause print one line (`error: ...`) and exit with status 2;
-an interrupted command exits 130 and can be rerun to resume.
+`make install` (or `pip install -e .`) installs the package this imports.
 """
 
-from __future__ import annotations
-
-import contextlib
-import os
 import sys
 
-import click
-
-from stages.configs import EmbedConfig, EvaluateConfig, FinetuneConfig, PredictConfig, TrainConfig
-from stages.errors import ReportedElsewhere, UserError
-from stages.settings import JSON_HELP, click_options
-
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
-
-
-class InPipelineOrder(click.Group):
-    """Commands listed as declared below (not alphabetically), each with the whole first line
-    of its docstring (click would cut it at ~45 characters)."""
-
-    def list_commands(self, ctx):
-        return list(self.commands)
-
-    def format_commands(self, ctx, formatter):
-        with formatter.section("Commands"):
-            formatter.write_dl([(name, command.help.splitlines()[0]) for name, command in self.commands.items()])
-
-
-@click.group(cls=InPipelineOrder, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-def cli():
-    """Classify documents far longer than a BERT window: embed windows once, then pool."""
-
-
-@contextlib.contextmanager
-def on_interrupt(kept: str | None):
-    """Ctrl-C inside a command: one line saying what was kept and how to resume, exit 130."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        if kept:
-            click.echo(f"interrupted: {kept}", err=True)
-        raise click.exceptions.Exit(130) from None
-
-
-def log_line(line: str):
-    """A command's progress lines go to stderr; stdout is for its summary."""
-    click.echo(line, err=True)
-
-
-def json_option(help: str = JSON_HELP):
-    return click.option("--json", "as_json", is_flag=True, help=help)
-
-
-# Each command checks its settings (building its config) before it imports its stage, and
-# with it torch: `--help` and a refused option take a fraction of a second, not ~3.
-
-
-@cli.command("embed")
-@click_options(EmbedConfig, first=("data", "split", "out"))
-@json_option()
-def embed(as_json, **settings):
-    """Stage one: cache one vector per window of every document in HDF5.
-
-    Under `torchrun --nproc_per_node N cli.py embed ...` each rank embeds a shard of the
-    documents and rank 0 joins them into --out (stages/distributed.py).
-    """
-    config = EmbedConfig(**settings)
-    from stages.distributed import Ranks, run_embed_sharded
-    from stages.embed import run_embed
-
-    ranks = Ranks.from_env()  # None unless torchrun started several ranks
-    said_by = ranks is None or ranks.rank == 0  # one line for a torchrun job, not one per rank
-    with on_interrupt("finished blocks are kept; run the same command again to resume" if said_by else None):
-        summary = run_embed(config) if ranks is None else run_embed_sharded(config, ranks)
-    if summary is not None:  # only rank 0 of a torchrun job has one
-        _echo_summary(summary, as_json)
-
-
-@cli.command("finetune")
-@click_options(FinetuneConfig, first=("data", "split", "out"))
-@json_option()
-def finetune(as_json, **settings):
-    """Optional: fine-tune the encoder's top layers on windows labelled with their document's class."""
-    config = FinetuneConfig(**settings)
-    from stages.finetune import run_finetune
-
-    with on_interrupt(f"the last checkpoint is in {config.out}.partial/; run the same command again to resume"):
-        summary = run_finetune(config, log=log_line)
-    _echo_summary(summary, as_json)
-
-
-@cli.command("train-head")
-@click_options(TrainConfig)
-@json_option()
-def train_head(as_json, **settings):
-    """Stage two: train a pooling head on a window cache; keep the best on validation macro-F1."""
-    config = TrainConfig(**settings)
-    from stages.train_head import run_train_head
-
-    with on_interrupt(f"finished epochs are in {config.out}.partial/; rerun the same command to resume"):
-        summary = run_train_head(config, log=log_line)
-    _echo_summary(summary, as_json)
-
-
-@cli.command("evaluate")
-@click_options(EvaluateConfig, first=("head", "cache", "report"))
-@json_option()
-def evaluate(as_json, **settings):
-    """Score a head on a cache: accuracy, macro-F1, per-class table, confusion matrix, HTML report."""
-    config = EvaluateConfig(**settings)
-    import torch
-
-    from stages.evaluate import evaluate as run_evaluate
-
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    _echo_summary(run_evaluate(config.head, config.cache, config.report, config.memory_budget_mb,
-                               config.corpus(), config.report_wrong, config.report_correct), as_json)
-
-
-@cli.command("predict")
-@click_options(PredictConfig, first=("head",))
-@click.argument("files", nargs=-1)
-@json_option("FILE mode: one JSON object per document instead of tab-separated lines.")
-def predict(files, as_json, **settings):
-    """Classify raw text FILES (- for stdin), or every document of --data into --out.
-
-    FILE mode prints label, probability and source per document; --data mode writes one
-    JSON line or CSV row per document (id, label, probabilities, true label if known)."""
-    if settings["data"] is not None and files:
-        raise click.UsageError("give FILEs or --data, not both")
-    config = PredictConfig(**settings)
-    import json
-
-    from stages.predict import predict as run_predict
-    from stages.predict import predict_corpus
-
-    if config.data is None:
-        for prediction in run_predict(config.head, list(files), device=config.device,
-                                      batch_tokens=config.batch_tokens, threads=config.threads,
-                                      explain=config.top_windows, explain_terms=config.explain_terms):
-            click.echo(json.dumps(prediction.record(), ensure_ascii=False) if as_json else prediction.line())
-        return
-    corpus = config.corpus()
-    with on_interrupt(f"finished blocks are kept in {config.out}.partial/; run the same command again to resume"):
-        summary = predict_corpus(
-            config.head, corpus.pop("data"), config.out, **corpus, top_k=config.top_k,
-            explain=config.top_windows, explain_terms=config.explain_terms, block_docs=config.block_docs,
-            overwrite=config.overwrite, device=config.device, batch_tokens=config.batch_tokens,
-            threads=config.threads, progress=config.progress)
-    click.echo(summary.line())
-
-
-def _echo_summary(summary, as_json: bool):
-    """A command's summary: its one human line, or with --json every field as one JSON object
-    (what scripts and bench/ read; the line is for people and may change)."""
-    if not as_json:
-        click.echo(summary.line())
-        return
-    import dataclasses
-    import json
-
-    click.echo(json.dumps(dataclasses.asdict(summary), default=str))
-
-
-def main(argv=None) -> int:
-    try:
-        # Without standalone mode click *returns* an Exit's code (130 after an interrupt)
-        # instead of raising it; a command's own return value is None.
-        code = cli.main(args=argv, prog_name="cli.py", standalone_mode=False)
-        if isinstance(code, int) and not isinstance(code, bool):
-            return code
-    except click.exceptions.Exit as done:
-        return done.exit_code
-    except click.ClickException as error:
-        click.echo(f"error: {error.format_message()}", err=True)
-        return 2
-    except UserError as error:
-        if not isinstance(error, ReportedElsewhere):
-            click.echo(f"error: {error}", err=True)
-        return 2
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        return 130
-    except OSError as error:  # disk full, permissions changed under us, ...
-        click.echo(f"error: {error}", err=True)
-        return 1
-    except MemoryError:
-        click.echo("error: out of memory; lower --batch-tokens", err=True)
-        return 1
-    return 0
-
+try:
+    from longdoc.cli import main
+except ModuleNotFoundError as error:
+    if error.name != "longdoc":
+        raise
+    print("error: the longdoc package is not installed here; run `make install` (or `pip install -e .`) first",
+          file=sys.stderr)
+    sys.exit(2)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -6,7 +6,7 @@
 Each command line below runs `--runs` times as a fresh process (`python cli.py ...` in
 --repo, with this interpreter, so both checkouts share one set of packages); the table
 gives the median wall time. The refused options are refused by the command's settings
-(`stages.configs`); the last line, a head file that does not exist, is refused by the stage
+(`longdoc.configs`); the last line, a head file that does not exist, is refused by the stage
 itself, so it pays for importing the stage and torch: the cost of any real work's start.
 Writes OUT.json and OUT.md; reads nothing else.
 """
@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from machine import machine_name  # noqa: E402  (bench/machine.py, beside this file)
 

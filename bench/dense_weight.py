@@ -5,7 +5,7 @@
     .venv/bin/python bench/dense_weight.py --train FT/train.h5 --test FT/test.h5 --seeds 0 ...
 
 A head with both inputs fits one linear SVM on [TF-IDF terms, w x the standardised mean
-window vector] (`stages.linear_fit`), and validation macro-F1 chooses the scale w. For
+window vector] (`longdoc.training.linear_fit`), and validation macro-F1 chooses the scale w. For
 each seed's validation split (10% of each class, drawn as `train-head` draws it) and each
 w in --weights, this fits that SVM on the other 90% exactly as `train-head` does and
 reports its validation macro-F1 and its test accuracy; with the first seed it also fits
@@ -32,18 +32,17 @@ from types import SimpleNamespace
 import numpy as np
 import scipy.sparse as sp
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from machine import machine_name  # noqa: E402  (bench/machine.py, beside this file)
 
-from stages.cache import open_cache  # noqa: E402
-from stages.cache_dataset import CacheDocuments  # noqa: E402
-from stages.linear_fit import bracketing_search, design_rows, fit_linear_svm  # noqa: E402
-from stages.metrics import scores  # noqa: E402
-from stages.term_weights import TermWeights  # noqa: E402
-from stages.training import validation_split  # noqa: E402
+from longdoc.cache.reader import open_cache
+from longdoc.configs import DEFAULT_C
+from longdoc.heads.batches import CacheDocuments
+from longdoc.reports.metrics import scores
+from longdoc.terms.tfidf import TermWeights
+from longdoc.training.linear_fit import bracketing_search, design_rows, fit_linear_svm
+from longdoc.training.split import validation_split
 
 
 def study(train_path: str, test_path: str, seeds: list[int], weights: list[float]) -> list[dict]:
@@ -65,7 +64,7 @@ def study(train_path: str, test_path: str, seeds: list[int], weights: list[float
             for weight in weights:
                 started = time.perf_counter()
                 scale = weight / np.sqrt(dense["train"].shape[1])
-                fit = fit_linear_svm(parts["train"][0], dense["train"] * scale, parts["train"][2], n_classes)
+                fit = fit_linear_svm(parts["train"][0], dense["train"] * scale, parts["train"][2], n_classes, DEFAULT_C)
                 row = {"seed": seed, "weight": weight}
                 for name in ("val", "test"):
                     predicted = fit.margins(parts[name][0], dense[name] * scale).argmax(1)
@@ -73,7 +72,7 @@ def study(train_path: str, test_path: str, seeds: list[int], weights: list[float
                 if seed == seeds[0]:  # fitted again on all training documents, as --refit-terms does
                     refit = fit_linear_svm(sp.vstack([parts["train"][0], parts["val"][0]], format="csr"),
                                            np.concatenate([dense["train"], dense["val"]]) * scale,
-                                           np.concatenate([parts["train"][2], parts["val"][2]]), n_classes)
+                                           np.concatenate([parts["train"][2], parts["val"][2]]), n_classes, DEFAULT_C)
                     predicted = refit.margins(parts["test"][0], dense["test"] * scale).argmax(1)
                     row["refit_test_accuracy"] = scores(parts["test"][2], predicted)["accuracy"]
                 row["seconds"] = time.perf_counter() - started

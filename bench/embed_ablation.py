@@ -14,19 +14,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from stages.cls_forward import ClsForward  # noqa: E402
-from stages.configs import DEFAULT_MODEL  # noqa: E402
-from stages.data import load_corpus  # noqa: E402
-from stages.encoder import Encoder, load_encoder  # noqa: E402
-from stages.encoding import encode_windows  # noqa: E402
-from stages.windows import SpecialTokens, WindowSpec, tokenize  # noqa: E402
+from longdoc.corpus.sources import load_corpus
+from longdoc.encoding.batches import encode_windows
+from longdoc.encoding.cls_forward import ClsForward
+from longdoc.encoding.encoder import Encoder, load_encoder
+from longdoc.encoding.windows import SpecialTokens, WindowSpec, tokenize
+from longdoc.settings.model import DEFAULT_MODEL
 
 
 def main():

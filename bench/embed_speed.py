@@ -4,7 +4,7 @@
 
 Compares, on the windows of the first `--docs` 20 Newsgroups train posts (default
 window settings, MiniLM):
-  * ours: `stages.encoding.encode_windows` (length-sorted, token-budget batches) at fp32
+  * ours: `longdoc.encoding.batches.encode_windows` (length-sorted, token-budget batches) at fp32
     and at bf16 autocast (the default on this CPU);
   * sentence-transformers `encode()` on the same windows as text (its defaults:
     batch 32, fp32), also under bf16 autocast and with bf16 weights;
@@ -15,7 +15,7 @@ window settings, MiniLM):
     padded to 512 and run as one batch, fp32 (as it ran) and under bf16 autocast;
 and reports tokens/s, the speed-ups the stage-one issue asks for, and model FLOP
 utilisation: tokens/s x encoder FLOPs per token / measured matmul FLOP/s, same dtype
-(with the FLOPs stage one executes; see stages/cls_forward.py).
+(with the FLOPs stage one executes; see stages/longdoc/encoding/cls_forward.py).
 Every method embeds exactly the same token windows; tokens/s counts real (unpadded)
 window tokens, special tokens included.
 Reads the 20 Newsgroups train split and MiniLM (ours and sentence-transformers' copy of
@@ -28,24 +28,22 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import prototype  # noqa: E402  (bench/prototype.py, beside this file)
 
-from stages.configs import DEFAULT_MODEL  # noqa: E402
-from stages.data import load_corpus  # noqa: E402
-from stages.encoder import load_encoder, resolve_model_path  # noqa: E402
-from stages.encoding import encode_windows  # noqa: E402
-from stages.terms import TermHashing  # noqa: E402
-from stages.windows import SpecialTokens, WindowSpec, tokenize  # noqa: E402
+from longdoc.corpus.sources import load_corpus
+from longdoc.encoding.batches import encode_windows
+from longdoc.encoding.encoder import load_encoder, resolve_model_path
+from longdoc.encoding.windows import SpecialTokens, WindowSpec, tokenize
+from longdoc.settings.model import DEFAULT_MODEL
+from longdoc.terms.hashing import TermHashing
 
 
 def bf16_autocast(fn, *args, **kwargs):
@@ -83,7 +81,7 @@ def matmul_flops(dtype: torch.dtype, sizes=(2048, 4096), repeats: int = 3) -> fl
 def encoder_flops_per_token(config, window_lengths: np.ndarray, cls_only_last_layer: bool) -> float:
     """Forward FLOPs per token actually executed: 2 x (dense weights) + attention scores
     and mixing, averaged over tokens of windows with the given lengths. With
-    `cls_only_last_layer` (what stages.cls_forward runs), the last layer computes keys
+    `cls_only_last_layer` (what longdoc.encoding.cls_forward runs), the last layer computes keys
     and values for every token but query, output, feed-forward and attention for the
     first position only."""
     h, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
@@ -171,7 +169,7 @@ def main():
     for name, rate in rates.items():
         print(f"{name:55s} {rate:9,.0f} tokens/s", flush=True)
 
-    from stages.cls_forward import supports_cls_shortcut
+    from longdoc.encoding.cls_forward import supports_cls_shortcut
 
     executed = encoder_flops_per_token(fp32.model.config, lengths, supports_cls_shortcut(fp32.model))
     full = encoder_flops_per_token(fp32.model.config, lengths, False)

@@ -4,17 +4,17 @@
         --data 20newsgroups --split test --out docs/bench/explain-20class.json
 
 In one process, with the library's own functions:
-  * time `stages.explain.explain_documents` on every document of the cache, all windows
+  * time `longdoc.explain.contributions.explain_documents` on every document of the cache, all windows
     (leave-one-out, the head's predicted class), and the process's peak RSS after it
     (targets on all of 20 Newsgroups' test set, 7,532 posts: under 2 minutes, under 2 GB);
   * with --data: time mapping every window of every document back to its characters
-    (`stages.doc_text`: the corpus checked against the cache, tokenizer offsets);
+    (`longdoc.explain.text`: the corpus checked against the cache, tokenizer offsets);
   * deletion check: accuracy of the head with each document's top-1 window (by the
     explanation) left out, against leaving out a random window (mean over --seeds
     seeds), and how often the prediction changes either way. One-window documents keep
     their window in both; figures are given over all documents and over the
     multi-window ones only;
-  * with --data and --report-dir: `stages.evaluate.evaluate` writes the full report,
+  * with --data and --report-dir: `longdoc.evaluate.evaluate` writes the full report,
     and the size of report.html is recorded (target: under 20 MB for the test set).
 Reads the head (--head), its cache (--cache) and, with --data, the corpus and the
 tokenizer; writes JSON to --out (and the report to --report-dir) and prints it.
@@ -32,18 +32,16 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from machine import machine_name  # noqa: E402  (bench/machine.py, beside this file)
 
-from stages.cache import open_cache  # noqa: E402
-from stages.cache_dataset import CacheDocuments, predict_logits  # noqa: E402
-from stages.checkpoint import check_compatible, labels_by_name, load_checkpoint  # noqa: E402
-from stages.doc_text import WindowMapper, cached_geometry, load_cache_corpus  # noqa: E402
-from stages.explain import explain_documents, logits_without  # noqa: E402
-from stages.runtime import peak_memory_bytes  # noqa: E402
+from longdoc.cache.reader import open_cache
+from longdoc.explain.contributions import explain_documents, logits_without
+from longdoc.explain.text import WindowMapper, cached_geometry, load_cache_corpus
+from longdoc.heads.batches import CacheDocuments, predict_logits
+from longdoc.heads.checkpoint import check_compatible, labels_by_name, load_checkpoint
+from longdoc.runtime.process import peak_memory_bytes
 
 
 def main(argv=None) -> dict:
@@ -126,7 +124,7 @@ def main(argv=None) -> dict:
         "random_seeds": args.seeds,
     }
     if args.report_dir and corpus_args is not None:
-        from stages.evaluate import evaluate
+        from longdoc.evaluate import evaluate
 
         started = time.perf_counter()
         evaluate(args.head, args.cache, args.report_dir, corpus=corpus_args)

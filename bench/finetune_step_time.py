@@ -30,15 +30,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def child(k: str, n_steps: int, categories: list[str] | None) -> dict:
     import torch
 
-    from stages.configs import FinetuneConfig
-    from stages.finetune import load_inputs
-    from stages.runtime import peak_memory_bytes
+    from longdoc.configs import FinetuneConfig
+    from longdoc.finetune import load_inputs
+    from longdoc.runtime.process import peak_memory_bytes
 
     # The library's own wiring: the inputs, model and trainer `cli.py finetune` builds.
     config = FinetuneConfig(out=Path("unused"), unfreeze_top=k, categories=categories)

@@ -6,7 +6,7 @@
 A bert-base-sized encoder (768 hidden, 12 layers, random weights: speed and memory do
 not depend on the values) embeds the windows of a 512-token and a 138,000-token
 document (the longest 20 Newsgroups post has 138,677 tokens) two ways:
-  * ours: `stages.encoding.encode_windows`, length-sorted batches of at most
+  * ours: `longdoc.encoding.batches.encode_windows`, length-sorted batches of at most
     `--batch-tokens` tokens (the CUDA default), bf16 autocast (fp16 where bf16 is missing);
   * the original prototype (bench/prototype.py): all windows of the document padded to
     512 and run as one batch in fp32 (reported as OOM when it does not fit).
@@ -21,21 +21,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
+import prototype  # noqa: E402  (bench/prototype.py, beside this file)
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import prototype  # noqa: E402  (bench/prototype.py, beside this file)
-
-from stages.configs import DEFAULT_MODEL  # noqa: E402
-from stages.encoder import Encoder, load_tokenizer  # noqa: E402
-from stages.encoding import default_batch_tokens, encode_windows  # noqa: E402
-from stages.windows import SpecialTokens, WindowSpec  # noqa: E402
+from longdoc.encoding.batches import default_batch_tokens, encode_windows
+from longdoc.encoding.encoder import Encoder, load_tokenizer
+from longdoc.encoding.windows import SpecialTokens, WindowSpec
+from longdoc.settings.model import DEFAULT_MODEL
 
 
 def build_encoder(device: torch.device, precision: str, hidden: int, layers: int) -> Encoder:

@@ -5,7 +5,7 @@
         --chunk-tokens 256 --stride 32 --tokens 20000 --batch-tokens 8192   # this machine
 
 One training step over every window of a document of `--tokens` tokens, two ways:
-  * ours: the library's fine-tuning step (`stages.window_training`, as `finetune` builds
+  * ours: the library's fine-tuning step (`longdoc.training.window_task`, as `finetune` builds
     it): the top `--unfreeze-top` layers train, the bottom runs without gradients;
     windows go in batches of at most `--batch-tokens` tokens, each window labelled with
     the document's class; bf16/fp16 autocast where the device has it; one AdamW step
@@ -34,19 +34,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from stages.configs import DEFAULT_MODEL, FinetuneConfig  # noqa: E402
-from stages.encoder import (  # noqa: E402
+from longdoc.configs import FinetuneConfig
+from longdoc.encoding.encoder import (
     Encoder,
     load_encoder,
     load_tokenizer,
     resolve_precision,
 )
-from stages.runtime import peak_memory_bytes  # noqa: E402
-from stages.window_training import WindowTask  # noqa: E402
-from stages.windows import SpecialTokens, WindowSpec  # noqa: E402
+from longdoc.encoding.windows import SpecialTokens, WindowSpec
+from longdoc.runtime.process import peak_memory_bytes
+from longdoc.settings.model import DEFAULT_MODEL
+from longdoc.training.window_task import WindowTask
 
 
 def build_model(args, device):

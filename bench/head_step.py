@@ -27,16 +27,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from machine import machine_name  # noqa: E402  (bench/machine.py, beside this file)
 
-from stages.cache import open_cache  # noqa: E402
-from stages.cache_dataset import CacheDocuments  # noqa: E402
-from stages.configs import HeadConfig, TrainConfig  # noqa: E402
-from stages.heads import Head  # noqa: E402
+from longdoc.cache.reader import open_cache
+from longdoc.configs import TrainConfig
+from longdoc.heads.batches import CacheDocuments
+from longdoc.heads.head import Head
+from longdoc.settings.model import HeadConfig
 
 IMPLEMENTATIONS = {"loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
 WIDTHS = ((1, 1), (2, 2), (3, 4), (5, 16), (17, None))  # batch widths, in windows, reported apart

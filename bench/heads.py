@@ -35,17 +35,16 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from machine import cpu_name  # noqa: E402  (bench/machine.py, beside this file)
 
-from stages.cache import open_cache  # noqa: E402
-from stages.checkpoint import load_checkpoint  # noqa: E402
-from stages.configs import POOLINGS  # noqa: E402
-from stages.data import load_corpus  # noqa: E402
-from stages.evaluate import evaluate
-from stages.metrics import scores  # noqa: E402
+from longdoc.cache.reader import open_cache  # noqa: E402
+from longdoc.corpus.sources import load_corpus  # noqa: E402
+from longdoc.evaluate import evaluate  # noqa: E402
+from longdoc.heads.checkpoint import load_checkpoint  # noqa: E402
+from longdoc.reports.metrics import scores  # noqa: E402
+from longdoc.settings.model import POOLINGS  # noqa: E402
 
 SETTINGS = {
     "20class": dict(categories=None, remove=(), train="data/cache/train.h5", test="data/cache/test.h5",

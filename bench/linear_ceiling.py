@@ -38,14 +38,10 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
 from fused import SETTINGS, hashed_tfidf  # noqa: E402  (bench/fused.py, beside this file)
-from machine import machine_name  # noqa: E402
+from machine import machine_name
 
-from stages.cache import open_cache  # noqa: E402
+from longdoc.cache.reader import open_cache
 
 
 def read(path: Path) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray, list[str]]:
@@ -64,7 +60,7 @@ def char_blocks(setting: str, train_ids: list[str], test_ids: list[str]) -> tupl
     """TF-IDF of the raw texts' character 2-5-grams within words, fitted on the training texts."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    from stages.data import load_corpus
+    from longdoc.corpus.sources import load_corpus
 
     texts = {}
     for split, ids in (("train", train_ids), ("test", test_ids)):

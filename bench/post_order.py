@@ -15,16 +15,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from stages.data import load_corpus  # noqa: E402
-from stages.training import latest_split  # noqa: E402
+from longdoc.corpus.sources import load_corpus
+from longdoc.training.split import latest_split
 
 
 def post_numbers(split: str) -> dict[str, np.ndarray]:

@@ -6,9 +6,9 @@ TF-IDF + LinearSVC?
 
 Rows, same data, same machine, one invocation (bydate test set, 20 classes, full posts):
   * TfidfVectorizer (fitted vocabulary, unigrams) + LinearSVC: ../shared/datasets/README.md's reference;
-  * the cache's hashing (`stages.terms.TermHashing`, unigrams + bigrams) + `stages.term_weights`
+  * the cache's hashing (`longdoc.terms.hashing.TermHashing`, unigrams + bigrams) + `longdoc.terms.tfidf`
     TF-IDF + scikit-learn's LinearSVC;
-  * the same features + `stages.linear_fit.fit_linear_svm`, what `train-head --inputs terms` fits
+  * the same features + `longdoc.training.linear_fit.fit_linear_svm`, what `train-head --inputs terms` fits
     (here on every training post: train-head holds out 10% for validation). Until commit
     "linear_fit: liblinear" this was an L-BFGS solver of the same objective (same accuracy,
     16x slower: docs/bench/term-branch-20class.md); it now calls liblinear like the row above.
@@ -28,17 +28,15 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from machine import machine_name  # noqa: E402
+from machine import machine_name
 
-from stages.data import load_corpus  # noqa: E402
-from stages.linear_fit import fit_linear_svm  # noqa: E402
-from stages.metrics import scores  # noqa: E402
-from stages.term_weights import TermWeights  # noqa: E402
-from stages.terms import TermHashing  # noqa: E402
+from longdoc.corpus.sources import load_corpus
+from longdoc.reports.metrics import scores
+from longdoc.terms.hashing import TermHashing
+from longdoc.terms.tfidf import TermWeights
+from longdoc.training.linear_fit import fit_linear_svm
 
 
 def tfidf_rows(weights: TermWeights, counts: sp.csr_matrix) -> sp.csr_matrix:
@@ -74,13 +72,13 @@ def main():
 
     start = time.perf_counter()
     predicted = LinearSVC(C=1.0).fit(x_train, train.labels).predict(x_test)
-    rows.append({"method": "hashed unigrams + bigrams, stages.term_weights TF-IDF, scikit-learn LinearSVC C=1",
+    rows.append({"method": "hashed unigrams + bigrams, longdoc.terms.tfidf TF-IDF, scikit-learn LinearSVC C=1",
                  **scores(test.labels, predicted), "seconds": time.perf_counter() - start + features_seconds})
 
     start = time.perf_counter()
     fit = fit_linear_svm(x_train, None, train.labels, len(train.label_names), c=1.0)
     predicted = (x_test @ fit.term_weights + fit.bias).argmax(1)
-    rows.append({"method": f"same features, stages.linear_fit.fit_linear_svm C=1 ({fit.iterations} iterations)",
+    rows.append({"method": f"same features, longdoc.training.linear_fit.fit_linear_svm C=1 ({fit.iterations} iterations)",
                  **scores(test.labels, predicted), "seconds": time.perf_counter() - start + features_seconds})
 
     command = shlex.join([".venv/bin/python", *sys.argv])

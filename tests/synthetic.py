@@ -1,4 +1,4 @@
-"""Small synthetic window caches, written with the real writer (`stages.cache_writer.write_cache`)."""
+"""Small synthetic window caches, written with the real writer (`longdoc.cache.writer.write_cache`)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.cache_writer import write_cache
-from stages.term_files import save_terms, terms_path
-from stages.terms import TermHashing
+from longdoc.cache.term_files import save_terms, terms_path
+from longdoc.cache.writer import write_cache
+from longdoc.terms.hashing import TermHashing
 
 ATTRS = {"model": "synthetic", "model_fingerprint": "f" * 64, "chunk_tokens": 256, "stride": 32,
          "precision": "fp32", "data_source": "synthetic", "data_fingerprint": "0" * 64,
@@ -68,7 +68,7 @@ def cli_error(runner: str, *args) -> tuple[int, list[str]]:
     import contextlib
     import io
 
-    from cli import main
+    from longdoc.cli import main
 
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
@@ -85,7 +85,7 @@ def runners():
 
 def tiny_embed_config(tiny_bert, corpus, out, **overrides):
     """Stage one's settings for the tiny BERT: small windows, small blocks, fp32 on the CPU."""
-    from stages.configs import EmbedConfig
+    from longdoc.configs import EmbedConfig
 
     settings = dict(out=out, data=str(corpus), model=str(tiny_bert), chunk_tokens=32, stride=8,
                     batch_tokens=256, precision="fp32", device="cpu", block_windows=16, progress=False)

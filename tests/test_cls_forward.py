@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from stages.cls_forward import ClsForward, supports_cls_shortcut
-from stages.encoder import load_encoder
+from longdoc.encoding.cls_forward import ClsForward, supports_cls_shortcut
+from longdoc.encoding.encoder import load_encoder
 
 
 def full_cls(model, ids, mask):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from conftest import SHARED_DATASETS
 
-from stages.data import load_corpus
-from stages.errors import UserError
+from longdoc.corpus.sources import load_corpus
+from longdoc.runtime.errors import UserError
 
 
 def test_class_folders_replace_undecodable_bytes(tmp_path):
@@ -108,9 +108,9 @@ def test_20newsgroups_matches_scikit_learn(tmp_path, split, categories, remove):
 
 
 def test_20newsgroups_offline_without_copy_is_one_clear_error(tmp_path, monkeypatch):
-    import stages.data
+    import longdoc.corpus.sources
 
-    monkeypatch.setattr(stages.data, "newsgroups_search_path", lambda home: [tmp_path])
+    monkeypatch.setattr(longdoc.corpus.sources, "newsgroups_search_path", lambda home: [tmp_path])
     monkeypatch.setattr("sklearn.datasets.fetch_20newsgroups",
                         lambda **kw: (_ for _ in ()).throw(OSError("network unreachable")))
     with pytest.raises(UserError, match="put 20news-bydate.tar.gz in one of"):

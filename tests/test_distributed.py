@@ -1,5 +1,5 @@
-"""Stage one under torchrun: the shard plan (stages/shards.py), the rank bookkeeping
-(stages/ranks.py), and two CPU ranks end to end on the tiny random BERT (joined cache ==
+"""Stage one under torchrun: the shard plan (stages/longdoc/embedding/shards.py), the rank bookkeeping
+(stages/longdoc/runtime/ranks.py), and two CPU ranks end to end on the tiny random BERT (joined cache ==
 one-process cache, after a kill and after a failing rank too)."""
 
 import json
@@ -17,19 +17,19 @@ import pytest
 import torch.distributed as dist
 from conftest import ROOT, make_class_folders
 
-from stages.cache import read_attrs
-from stages.configs import EmbedConfig
-from stages.embed import run_embed
-from stages.errors import ReportedElsewhere, UserError
-from stages.ranks import Ranks, describe_failures, thread_count, wait_for_reports
-from stages.shards import (
+from longdoc.cache.reader import read_attrs
+from longdoc.configs import EmbedConfig
+from longdoc.embed import run_embed
+from longdoc.embedding.shards import (
     encoded_tokens,
     even_slice,
     plan_shards,
     shard_path,
     shards_of_other_runs,
 )
-from stages.windows import SpecialTokens, WindowSpec
+from longdoc.encoding.windows import SpecialTokens, WindowSpec
+from longdoc.runtime.errors import ReportedElsewhere, UserError
+from longdoc.runtime.ranks import Ranks, describe_failures, thread_count, wait_for_reports
 
 # --- the shard plan ------------------------------------------------------------------
 

@@ -8,15 +8,15 @@ import torch
 from synthetic import read_all
 from synthetic import tiny_embed_config as config
 
-from stages.cache import open_cache
-from stages.cache_writer import PartialCache
-from stages.embed import run_embed
-from stages.embedding import plan_blocks
-from stages.encoder import load_encoder
-from stages.encoding import encode_windows, pack_batches
-from stages.errors import UserError
-from stages.terms import TermHashing
-from stages.windows import SpecialTokens, WindowSpec, tokenize
+from longdoc.cache.reader import open_cache
+from longdoc.cache.writer import PartialCache
+from longdoc.embed import run_embed
+from longdoc.embedding.job import plan_blocks
+from longdoc.encoding.batches import encode_windows, pack_batches
+from longdoc.encoding.encoder import load_encoder
+from longdoc.encoding.windows import SpecialTokens, WindowSpec, tokenize
+from longdoc.runtime.errors import UserError
+from longdoc.terms.hashing import TermHashing
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -66,7 +66,7 @@ def test_cache_layout_matches_the_documents(tiny_bert, folder_corpus, tmp_path):
     arrays, attrs = read_all(out)
     encoder = load_encoder(str(tiny_bert), "cpu", "fp32")
     spec = WindowSpec(32, 8, SpecialTokens.of(encoder.tokenizer))
-    from stages.data import load_corpus
+    from longdoc.corpus.sources import load_corpus
     corpus = load_corpus(str(folder_corpus))
     tokens = tokenize(encoder.tokenizer, corpus.texts)
     counts = [spec.count(len(t)) for t in tokens]
@@ -103,7 +103,7 @@ def test_no_terms_and_the_window_vector_are_recorded(tiny_bert, folder_corpus, t
         assert not cache.has_terms and cache.term_hashing == "{}" and cache.attrs["window_vector"] == "mean"
         first = cache.embeddings[0]
     encoder = load_encoder(str(tiny_bert), "cpu", "fp32", "mean")
-    from stages.data import load_corpus
+    from longdoc.corpus.sources import load_corpus
     tokens = tokenize(encoder.tokenizer, load_corpus(str(folder_corpus)).texts)
     window = WindowSpec(32, 8, SpecialTokens.of(encoder.tokenizer)).windows(tokens[0])[0]
     import torch

@@ -9,10 +9,10 @@ import pytest
 import torch
 from synthetic import cli_error, lexical_cache, runners, write_synthetic_cache
 
-from stages.configs import TrainConfig
-from stages.errors import UserError
-from stages.evaluate import evaluate
-from stages.train_head import run_train_head
+from longdoc.configs import TrainConfig
+from longdoc.evaluate import evaluate
+from longdoc.runtime.errors import UserError
+from longdoc.train_head import run_train_head
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +44,9 @@ def test_report_files_and_figures(trained, tmp_path):
 def test_macro_f1_matches_sklearn(trained):
     from sklearn.metrics import f1_score
 
-    from stages.cache import open_cache
-    from stages.cache_dataset import CacheDocuments, predict_logits
-    from stages.checkpoint import load_checkpoint
+    from longdoc.cache.reader import open_cache
+    from longdoc.heads.batches import CacheDocuments, predict_logits
+    from longdoc.heads.checkpoint import load_checkpoint
 
     head, test, _ = trained
     with open_cache(test) as cache:
@@ -58,9 +58,9 @@ def test_macro_f1_matches_sklearn(trained):
 def test_a_fused_head_reports_each_branch_alone(tmp_path):
     """The marker word decides the class and the windows are noise: the report says the
     linear branch carries the head, and the head's answers are its branches combined."""
-    from stages.cache import open_cache
-    from stages.cache_dataset import CacheDocuments, predict_logits
-    from stages.checkpoint import load_checkpoint
+    from longdoc.cache.reader import open_cache
+    from longdoc.heads.batches import CacheDocuments, predict_logits
+    from longdoc.heads.checkpoint import load_checkpoint
 
     train, test = lexical_cache(tmp_path / "train.h5", seed=0), lexical_cache(tmp_path / "test.h5", seed=1)
     run_train_head(TrainConfig(train=str(train), out=str(tmp_path / "head.pt"), pooling="mean", max_epochs=3,
@@ -149,7 +149,7 @@ def test_evaluate_cli_prints_scores_and_writes_the_report(trained, tmp_path):
     import contextlib
     import io
 
-    from cli import main
+    from longdoc.cli import main
 
     head, test, _ = trained
     out = io.StringIO()

@@ -7,19 +7,19 @@ import pytest
 import torch
 from conftest import WORDS
 
-from stages.cache import open_cache
-from stages.cache_dataset import CacheDocuments, predict_logits
-from stages.configs import POOLINGS, HeadConfig
-from stages.doc_text import (
+from longdoc.cache.reader import open_cache
+from longdoc.encoding.windows import tokenize
+from longdoc.explain.contributions import explain_documents, logits_without, require_term_branch
+from longdoc.explain.text import (
     WindowMapper,
     cached_geometry,
     load_cache_corpus,
     tokenize_with_offsets,
 )
-from stages.errors import UserError
-from stages.explain import explain_documents, logits_without, require_term_branch
-from stages.heads import Head
-from stages.windows import tokenize
+from longdoc.heads.batches import CacheDocuments, predict_logits
+from longdoc.heads.head import Head
+from longdoc.runtime.errors import UserError
+from longdoc.settings.model import POOLINGS, HeadConfig
 
 
 def random_documents(counts, hidden=8, seed=0) -> CacheDocuments:
@@ -110,7 +110,7 @@ def test_logits_without_drops_the_asked_window():
 def term_documents(counts, n_terms=40, hidden=8, seed=0):
     import scipy.sparse as sp
 
-    from stages.term_weights import TermWeights
+    from longdoc.terms.tfidf import TermWeights
 
     rng = np.random.default_rng(seed)
     rows = [np.unique(rng.integers(0, n_terms, rng.integers(1, 12))) for _ in counts]
@@ -164,8 +164,8 @@ def test_heads_without_a_term_branch_say_so():
 @pytest.fixture(scope="module")
 def word_cache(tmp_path_factory, tiny_bert):
     """A cache of documents made of whole vocabulary words: one token per word."""
-    from stages.configs import EmbedConfig
-    from stages.embed import run_embed
+    from longdoc.configs import EmbedConfig
+    from longdoc.embed import run_embed
 
     folder = tmp_path_factory.mktemp("words")
     rng = np.random.default_rng(0)
@@ -180,7 +180,7 @@ def word_cache(tmp_path_factory, tiny_bert):
 
 
 def test_offsets_give_the_same_tokens_as_stage_one(tiny_bert):
-    from stages.encoder import load_tokenizer
+    from longdoc.encoding.encoder import load_tokenizer
 
     tokenizer = load_tokenizer(str(tiny_bert))
     texts = ["", "space rocket, orbit!", "Café the a " * 300]

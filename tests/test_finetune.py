@@ -9,12 +9,12 @@ from conftest import kill_cli_once_written, make_class_folders, run_cli
 from safetensors.torch import load_file
 from transformers import AutoModel
 
-import cli
-from stages.encoder import load_encoder
-from stages.errors import UserError
-from stages.window_model import WindowModel, parse_unfreeze_top
-from stages.window_training import FeatureStore, WindowSet, epoch_batches
-from stages.windows import SpecialTokens, WindowSpec, tokenize
+from longdoc import cli
+from longdoc.encoding.encoder import load_encoder
+from longdoc.encoding.windows import SpecialTokens, WindowSpec, tokenize
+from longdoc.runtime.errors import UserError
+from longdoc.training.window_model import WindowModel, parse_unfreeze_top
+from longdoc.training.window_task import FeatureStore, WindowSet, epoch_batches
 
 
 def finetune_args(model, corpus, out, *extra):
@@ -34,9 +34,9 @@ def weights(folder):
 
 @pytest.mark.parametrize("val_split", ["random", "latest"])
 def test_validation_documents_are_held_out_as_asked(tiny_bert, corpus, val_split):
-    from stages.configs import FinetuneConfig
-    from stages.finetune import load_inputs
-    from stages.training import natural_key
+    from longdoc.configs import FinetuneConfig
+    from longdoc.finetune import load_inputs
+    from longdoc.training.split import natural_key
 
     inputs = load_inputs(FinetuneConfig(data=str(corpus), model=str(tiny_bert), out="unused", val_fraction=0.25,
                                         val_split=val_split, chunk_tokens=32, stride=4, precision="fp32",

@@ -1,4 +1,4 @@
-"""Fine-tuning encoders that are not BERT-layout: the generic path of `stages.window_model`.
+"""Fine-tuning encoders that are not BERT-layout: the generic path of `longdoc.training.window_model`.
 
 Tiny random DistilBERT and ModernBERT (plus MPNet and DeBERTa-v2 for the model-level
 checks) are built in-process from a config, with the tests' WordPiece tokenizer
@@ -14,10 +14,10 @@ from conftest import make_class_folders
 from safetensors.torch import load_file
 from torch import nn
 
-import cli
-from stages.encoder import load_encoder, resolve_window_vector, write_pooling_config
-from stages.errors import UserError
-from stages.window_model import (
+from longdoc import cli
+from longdoc.encoding.encoder import load_encoder, resolve_window_vector, write_pooling_config
+from longdoc.runtime.errors import UserError
+from longdoc.training.window_model import (
     LayerListWindowModel,
     WindowModel,
     build_window_model,

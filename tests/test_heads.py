@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stages.configs import POOLINGS, HeadConfig
-from stages.errors import UserError
-from stages.heads import POOLING_LAYERS, Head, sinusoid_positions
+from longdoc.heads.head import Head
+from longdoc.heads.pooling import POOLING_LAYERS, sinusoid_positions
+from longdoc.runtime.errors import UserError
+from longdoc.settings.model import POOLINGS, HeadConfig
 
 HIDDEN, CLASSES = 24, 5
 
@@ -103,7 +104,7 @@ def test_config_names_the_bad_field(bad):
 
 
 def test_every_pooling_name_has_a_module_and_is_a_cli_choice():
-    import cli
+    from longdoc import cli
 
     assert tuple(POOLING_LAYERS) == POOLINGS
     params = {p.name: p for p in cli.cli.commands["train-head"].params}

@@ -20,11 +20,11 @@ import torch
 from conftest import run_cli
 from synthetic import write_synthetic_cache
 
-import cli
-from stages.configs import TrainConfig
+from longdoc import cli
+from longdoc.configs import TrainConfig
 
 # --- the table of hostile corpora ----------------------------------------------------------
-from stages.train_head import run_train_head
+from longdoc.train_head import run_train_head
 
 # --- the table of hostile corpora ----------------------------------------------------------
 
@@ -116,16 +116,16 @@ def test_hostile_corpora_are_refused_before_the_encoder_runs(command, name, tiny
         (out / "config.json").write_text("{}")
     before = snapshot(tmp_path)
 
-    import stages.embedding  # imported before the patch, so none binds the stand-in for good
-    import stages.encoder
-    import stages.finetune  # noqa: F401
+    import longdoc.embedding.job  # imported before the patch, so none binds the stand-in for good
+    import longdoc.encoding.encoder
+    import longdoc.finetune  # noqa: F401
 
     def no_encoder(*args, **kwargs):
         raise AssertionError("the encoder was loaded before the corpus was checked")
 
-    monkeypatch.setattr(stages.encoder, "load_encoder", no_encoder)
-    monkeypatch.setattr("stages.embedding.load_encoder", no_encoder)
-    monkeypatch.setattr("stages.finetune.load_encoder", no_encoder)
+    monkeypatch.setattr(longdoc.encoding.encoder, "load_encoder", no_encoder)
+    monkeypatch.setattr("longdoc.embedding.job.load_encoder", no_encoder)
+    monkeypatch.setattr("longdoc.finetune.load_encoder", no_encoder)
     args = [command, "--data", corpus, "--model", tiny_bert, "--out", out, "--chunk-tokens", "32", "--stride", "4",
             "--precision", "fp32", "--no-progress", "--overwrite"]
     line = refused(capsys, args, CORPORA[name][2])
@@ -300,7 +300,7 @@ def test_damaged_heads_are_refused_in_one_line(command, how, good, tmp_path, cap
 
 
 def test_long_fields_and_byte_order_marks_are_read(tmp_path):
-    from stages.data import load_corpus
+    from longdoc.corpus.sources import load_corpus
 
     long_text = "rocket " * 300_000  # 2.1 MB in one CSV field
     csv_path = tmp_path / "c.csv"
@@ -313,7 +313,7 @@ def test_long_fields_and_byte_order_marks_are_read(tmp_path):
 
 
 def test_hidden_files_and_folders_are_not_classes_or_documents(tmp_path):
-    from stages.data import load_corpus
+    from longdoc.corpus.sources import load_corpus
 
     for relative in ("space/a.txt", "religion/b.txt", ".git/objects", ".git/HEAD", "space/.DS_Store",
                      "religion/.hidden.txt"):
@@ -334,11 +334,11 @@ def test_predict_refuses_file_names_it_could_not_print_on_one_line(name, good, t
 
 
 def test_a_diverging_training_saves_nothing(good, tmp_path, capsys, monkeypatch):
-    import stages.train_head
+    import longdoc.train_head
 
     cache, _ = good
-    real = stages.train_head.window_logits
-    monkeypatch.setattr(stages.train_head, "window_logits", lambda head, batch: real(head, batch) * float("nan"))
+    real = longdoc.train_head.window_logits
+    monkeypatch.setattr(longdoc.train_head, "window_logits", lambda head, batch: real(head, batch) * float("nan"))
     out = tmp_path / "head.pt"
     refused(capsys, ["train-head", "--train", cache, "--out", out, "--epochs", "2"], "training diverged at epoch 1")
     assert sorted(os.listdir(tmp_path)) == []

@@ -10,14 +10,14 @@ import torch
 from conftest import make_class_folders, run_cli
 from synthetic import cli_error, runners
 
-from stages.cache import open_cache
-from stages.cache_dataset import CacheDocuments, predict_logits
-from stages.checkpoint import load_checkpoint
-from stages.configs import EmbedConfig, TrainConfig
-from stages.embed import run_embed
-from stages.errors import UserError
-from stages.predict import predict
-from stages.train_head import run_train_head
+from longdoc.cache.reader import open_cache
+from longdoc.configs import EmbedConfig, TrainConfig
+from longdoc.embed import run_embed
+from longdoc.heads.batches import CacheDocuments, predict_logits
+from longdoc.heads.checkpoint import load_checkpoint
+from longdoc.predict import predict
+from longdoc.runtime.errors import UserError
+from longdoc.train_head import run_train_head
 
 
 def embed_and_train(folder, model, chunk_tokens, stride, pooling="attention", precision="fp32"):
@@ -61,7 +61,7 @@ def test_stdin_and_json(tiny, monkeypatch, capsys):
     import io
     import sys
 
-    from cli import main
+    from longdoc.cli import main
 
     corpus, _, head = tiny
     text = (corpus / "space" / "004.txt").read_text()

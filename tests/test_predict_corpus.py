@@ -17,9 +17,9 @@ from conftest import ROOT
 from synthetic import cli_error, runners
 from test_predict import embed_and_train
 
-from stages.data import iter_documents
-from stages.errors import UserError
-from stages.predict import predict, predict_corpus
+from longdoc.corpus.sources import iter_documents
+from longdoc.predict import predict, predict_corpus
+from longdoc.runtime.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +31,8 @@ def tiny(tmp_path_factory, tiny_bert):
 @pytest.fixture(scope="module")
 def windows_head(tiny, tmp_path_factory):
     """A head of the same cache without a term branch."""
-    from stages.configs import TrainConfig
-    from stages.train_head import run_train_head
+    from longdoc.configs import TrainConfig
+    from longdoc.train_head import run_train_head
 
     out = tmp_path_factory.mktemp("windows-head") / "head.pt"
     run_train_head(TrainConfig(train=str(tiny[1]), out=str(out), pooling="mean", inputs="windows", max_epochs=1,
@@ -114,7 +114,7 @@ def test_unlabelled_jsonl_and_file_mode_explain(tiny, tmp_path):
 def interrupt_classify_after(monkeypatch, n_blocks: int):
     """Make predict's Predictor.classify raise KeyboardInterrupt once it has classified
     `n_blocks` blocks; returns (the real classify, the sizes of the blocks it classified)."""
-    from stages import predict as predict_module
+    from longdoc import predict as predict_module
 
     original, calls = predict_module.Predictor.classify, []
 
@@ -130,7 +130,7 @@ def interrupt_classify_after(monkeypatch, n_blocks: int):
 
 def test_resume_after_an_interruption_in_process(tiny, tmp_path, monkeypatch):
     corpus, _, head = tiny
-    from stages import predict as predict_module
+    from longdoc import predict as predict_module
 
     predict_corpus(head, str(corpus), tmp_path / "whole.csv", device="cpu", block_docs=4, progress=False)
     original, calls = interrupt_classify_after(monkeypatch, 2)

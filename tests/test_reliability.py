@@ -13,10 +13,10 @@ from conftest import ROOT
 from synthetic import read_all
 from synthetic import tiny_embed_config as config
 
-from stages.cache_writer import Block, PartialCache, write_cache
-from stages.embed import run_embed
-from stages.errors import UserError
-from stages.workdir import WorkDir, atomic_path, atomic_write_bytes, check_output_path
+from longdoc.cache.writer import Block, PartialCache, write_cache
+from longdoc.embed import run_embed
+from longdoc.runtime.errors import UserError
+from longdoc.runtime.workdir import WorkDir, atomic_path, atomic_write_bytes, check_output_path
 
 
 def assert_same_cache(got_path, want_path):
@@ -118,8 +118,8 @@ def test_a_block_whose_terms_are_damaged_is_recomputed_on_resume(tiny_bert, refe
                                                                   damage):
     """A finished block needs its term counts beside it: without them (or with damaged
     ones) it is recomputed with every block after it, and the cache still equals the reference."""
-    from stages.term_files import save_terms
-    from stages.terms import TermHashing
+    from longdoc.cache.term_files import save_terms
+    from longdoc.terms.hashing import TermHashing
 
     corpus, want = reference
     out = embed_killed_after_three_blocks(tiny_bert, corpus, tmp_path, monkeypatch)
@@ -217,9 +217,8 @@ def test_planted_symlinks_are_never_written_through(tmp_path):
 
 FILL_DISK = r"""
 import resource, sys
-sys.path.insert(0, {root!r})
 resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))
-import cli
+from longdoc import cli
 sys.exit(cli.main(sys.argv[1:]))
 """
 
@@ -264,7 +263,7 @@ def finetune_args(model, corpus, out, *extra):
 def test_a_planted_finetune_checkpoint_runs_no_code(tiny_bert, reference, tmp_path, monkeypatch, capsys):
     import torch
 
-    import cli
+    from longdoc import cli
 
     corpus, _ = reference
     marker = tmp_path / "marker"
@@ -282,7 +281,7 @@ def test_a_planted_train_head_state_runs_no_code(tmp_path, monkeypatch, capsys):
     import torch
     from synthetic import write_synthetic_cache
 
-    import cli
+    from longdoc import cli
 
     train = write_synthetic_cache(tmp_path / "train.h5", n_docs=30)
     marker = tmp_path / "marker"
@@ -299,10 +298,10 @@ def test_a_planted_train_head_state_runs_no_code(tmp_path, monkeypatch, capsys):
 def test_the_finetune_state_round_trips_with_weights_only(tiny_bert, tmp_path):
     import torch
 
-    from stages.encoder import load_encoder
-    from stages.train_loop import TrainingProgress
-    from stages.training import lr_lambda
-    from stages.window_model import WindowModel
+    from longdoc.encoding.encoder import load_encoder
+    from longdoc.training.loop import TrainingProgress
+    from longdoc.training.split import lr_lambda
+    from longdoc.training.window_model import WindowModel
 
     encoder = load_encoder(str(tiny_bert), "cpu", "fp32")
     model = WindowModel(encoder.model, n_classes=3, unfreeze_top=1)
@@ -355,7 +354,7 @@ def test_train_head_never_replaces_its_inputs_and_asks_before_replacing_an_outpu
 
 
 def test_embed_and_finetune_never_replace_their_inputs(tiny_bert, tmp_path, capsys):
-    import cli
+    from longdoc import cli
 
     corpus = tmp_path / "corpus.csv"
     corpus.write_text("text,label\nspace rocket,space\ngod church,religion\n")
@@ -376,7 +375,7 @@ def test_embed_and_finetune_never_replace_their_inputs(tiny_bert, tmp_path, caps
 def test_evaluate_report_never_replaces_the_head_or_the_cache(tmp_path, capsys):
     from synthetic import write_synthetic_cache
 
-    import cli
+    from longdoc import cli
 
     cache = write_synthetic_cache(tmp_path / "metrics.json", n_docs=30)
     before = cache.read_bytes()
@@ -388,7 +387,7 @@ def test_evaluate_report_never_replaces_the_head_or_the_cache(tmp_path, capsys):
 
 
 def test_files_are_fsynced_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
-    import stages.workdir as workdir
+    import longdoc.runtime.workdir as workdir
 
     events = []
     real_fsync, real_replace = os.fsync, os.replace
@@ -482,7 +481,7 @@ def test_sigkill_at_random_moments_then_resume_with_random_block_sizes_equals_an
 
 
 def test_a_report_of_hundreds_of_classes_keeps_the_numbers_and_skips_the_picture(tmp_path):
-    from stages.evaluate import write_report
+    from longdoc.evaluate import write_report
 
     names = [f"class{i}" for i in range(400)]
     matrix = np.eye(400, dtype=int).tolist()

@@ -13,13 +13,13 @@ import torch
 from conftest import make_class_folders
 from synthetic import cli_error, runners
 
-from stages.cache import open_cache
-from stages.cache_dataset import CacheDocuments, predict_logits
-from stages.checkpoint import encoder_record, load_checkpoint, save_checkpoint
-from stages.configs import HeadConfig
-from stages.evaluate import evaluate
-from stages.heads import Head
-from stages.report_html import kept_ranges, shaded_text
+from longdoc.cache.reader import open_cache
+from longdoc.evaluate import evaluate
+from longdoc.heads.batches import CacheDocuments, predict_logits
+from longdoc.heads.checkpoint import encoder_record, load_checkpoint, save_checkpoint
+from longdoc.heads.head import Head
+from longdoc.reports.html import kept_ranges, shaded_text
+from longdoc.settings.model import HeadConfig
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -29,8 +29,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_bert):
     """A tiny-BERT cache of a folder corpus and an untrained head: plenty of mistakes to show."""
-    from stages.configs import EmbedConfig
-    from stages.embed import run_embed
+    from longdoc.configs import EmbedConfig
+    from longdoc.embed import run_embed
 
     folder = tmp_path_factory.mktemp("report")
     corpus = make_class_folders(folder / "corpus")
@@ -73,8 +73,8 @@ def test_report_html_with_texts(setup, tmp_path):
 
 
 def test_report_shows_the_terms_of_a_term_head(setup, tmp_path):
-    from stages.configs import TrainConfig
-    from stages.train_head import run_train_head
+    from longdoc.configs import TrainConfig
+    from longdoc.train_head import run_train_head
 
     corpus, cache, _ = setup
     head = tmp_path / "both.pt"
@@ -129,7 +129,7 @@ def test_evaluate_cli_with_data(setup, tmp_path):
     import contextlib
     import io
 
-    from cli import main
+    from longdoc.cli import main
 
     corpus, cache, head = setup
     with contextlib.redirect_stdout(io.StringIO()):

@@ -1,4 +1,4 @@
-"""Each setting declared once (`stages.settings`): the click options of every command are
+"""Each setting declared once (`longdoc.settings.fields`): the click options of every command are
 generated from its config dataclass, checks run in __post_init__, and the Makefile passes
 on only the variables a user set."""
 
@@ -10,10 +10,10 @@ import click
 import pytest
 from conftest import ROOT
 
-import cli
-from stages.configs import EmbedConfig, EvaluateConfig, FinetuneConfig, PredictConfig, TrainConfig
-from stages.errors import UserError
-from stages.settings import option_fields, option_name, split_list
+from longdoc import cli
+from longdoc.configs import EmbedConfig, EvaluateConfig, FinetuneConfig, PredictConfig, TrainConfig
+from longdoc.runtime.errors import UserError
+from longdoc.settings.fields import option_fields, option_name, split_list
 
 CONFIGS = {"embed": EmbedConfig, "finetune": FinetuneConfig, "train-head": TrainConfig,
            "evaluate": EvaluateConfig, "predict": PredictConfig}
@@ -89,7 +89,7 @@ REFUSED = (["embed", "--block-windows", "0"], ["finetune", "--epochs", "0"], ["t
 
 
 def test_help_and_a_refused_option_never_import_torch():
-    """`stages.configs` imports no torch and no stage, and each command checks its settings
+    """`longdoc.configs` imports no torch and no stage, and each command checks its settings
     before it imports its stage: `--help` or a typo costs a fraction of a second, not ~3."""
     code = ("import sys, cli\n"
             "cli.main(['--help']); cli.main(['train-head', '--help'])\n"
@@ -149,7 +149,7 @@ def test_corpus_options_are_parsed_once():
 
 
 def test_train_head_shares_the_heads_defaults():
-    from stages.configs import HeadConfig
+    from longdoc.settings.model import HeadConfig
 
     head = HeadConfig(pooling="mean", hidden_size=8, n_classes=2)
     train = TrainConfig()

@@ -7,14 +7,14 @@ import pytest
 import torch
 from synthetic import cli_error, write_synthetic_cache
 
-from stages.cache import open_cache
-from stages.checkpoint import load_checkpoint
-from stages.configs import TrainConfig
-from stages.errors import UserError
-from stages.evaluate import evaluate
-from stages.term_weights import TermWeights
-from stages.terms import TermHashing
-from stages.train_head import run_train_head
+from longdoc.cache.reader import open_cache
+from longdoc.configs import TrainConfig
+from longdoc.evaluate import evaluate
+from longdoc.heads.checkpoint import load_checkpoint
+from longdoc.runtime.errors import UserError
+from longdoc.terms.hashing import TermHashing
+from longdoc.terms.tfidf import TermWeights
+from longdoc.train_head import run_train_head
 
 QUIET = dict(progress=False, curve=False)
 FILLER = "the of and to in is it that for on with as was he be by at this have from or one had".split()
@@ -76,9 +76,9 @@ def test_tf_idf_matches_scikit_learn_on_the_kept_terms():
 
 @pytest.mark.parametrize("slack", [0, 65_536], ids=["document-by-document", "one-span"])
 def test_term_rows_of_any_documents_in_the_order_given(lexical, slack, monkeypatch):
-    import stages.cache
+    import longdoc.cache.reader
 
-    monkeypatch.setattr(stages.cache, "SPAN_SLACK", slack)
+    monkeypatch.setattr(longdoc.cache.reader, "SPAN_SLACK", slack)
     picks = [[5, 3, 100, 0], sorted(np.random.default_rng(0).choice(120, 60, replace=False)), [119], [7, 7], []]
     with open_cache(lexical[0]) as cache:
         every = cache.term_rows(np.arange(cache.n_docs))
@@ -142,7 +142,7 @@ def test_a_fused_head_stacks_a_window_branch_chosen_by_its_own_validation_loss(t
     (None, 0.2, [0.2, 0.1, 0.4]),  # all equal: the centre, tried first
 ])
 def test_the_dense_weight_search_brackets_the_best(peak, chosen, order):
-    from stages.linear_fit import MAX_WIDENING, bracketing_search
+    from longdoc.training.linear_fit import MAX_WIDENING, bracketing_search
 
     calls = []
 
@@ -198,7 +198,7 @@ def test_the_linear_branch_gives_every_class_a_score_even_two_or_absent_ones():
     import scipy.sparse as sp
     from sklearn.svm import LinearSVC
 
-    from stages.linear_fit import fit_linear_svm
+    from longdoc.training.linear_fit import fit_linear_svm
 
     rng = np.random.default_rng(0)
     for present in ([0, 1], [0, 2, 3]):  # two classes; three of four (class 1 never seen)
@@ -219,10 +219,10 @@ def test_the_linear_branch_gives_every_class_a_score_even_two_or_absent_ones():
 def test_odd_documents_all_embed_and_get_their_term_rows(tiny_bert, tmp_path):
     """Empty, one word repeated, binary junk and a 150,000-token post: each keeps all its
     windows and a term row of its own whole text; nothing is truncated or dropped."""
-    from stages.configs import EmbedConfig
-    from stages.embed import run_embed
-    from stages.encoder import load_tokenizer
-    from stages.windows import SpecialTokens, WindowSpec, tokenize
+    from longdoc.configs import EmbedConfig
+    from longdoc.embed import run_embed
+    from longdoc.encoding.encoder import load_tokenizer
+    from longdoc.encoding.windows import SpecialTokens, WindowSpec, tokenize
 
     rng = np.random.default_rng(0)
     texts = {"a/empty.txt": "", "a/repeated.txt": "spam " * 5000,

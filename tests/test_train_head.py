@@ -10,13 +10,13 @@ import pytest
 import torch
 from synthetic import cli_error, lexical_cache, runners, write_synthetic_cache
 
-from stages.cache import open_cache
-from stages.cache_dataset import CacheDocuments, predict_logits
-from stages.checkpoint import load_checkpoint
-from stages.configs import TrainConfig
-from stages.errors import UserError
-from stages.train_head import run_train_head
-from stages.training import latest_split, natural_key, stratified_split
+from longdoc.cache.reader import open_cache
+from longdoc.configs import TrainConfig
+from longdoc.heads.batches import CacheDocuments, predict_logits
+from longdoc.heads.checkpoint import load_checkpoint
+from longdoc.runtime.errors import UserError
+from longdoc.train_head import run_train_head
+from longdoc.training.split import latest_split, natural_key, stratified_split
 
 QUIET = dict(progress=False, curve=False)
 
@@ -34,7 +34,7 @@ def toy(tmp_path_factory):
 
 
 def test_learns_a_separable_problem(tmp_path, toy):
-    from stages.evaluate import evaluate
+    from longdoc.evaluate import evaluate
 
     summary = train(tmp_path, toy[0], pooling="attention", max_epochs=30, lr=3e-3)
     assert summary.val_macro_f1 >= 0.9
@@ -213,16 +213,16 @@ def test_failed_save_leaves_the_earlier_checkpoint(tmp_path, toy, monkeypatch):
 
 def interrupted_after(epoch: int, monkeypatch):
     """Stop a run with KeyboardInterrupt just after epoch `epoch` is saved to the work folder."""
-    import stages.train_loop
+    import longdoc.training.loop
 
-    real_save = stages.train_loop.TrainingProgress.save
+    real_save = longdoc.training.loop.TrainingProgress.save
 
     def save_then_stop(progress, *args):
         real_save(progress, *args)
         if progress.epoch - 1 == epoch:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(stages.train_loop.TrainingProgress, "save", save_then_stop)
+    monkeypatch.setattr(longdoc.training.loop.TrainingProgress, "save", save_then_stop)
 
 
 @pytest.mark.parametrize("case", ["windows", "both"])
@@ -381,8 +381,8 @@ def test_a_fine_tuned_encoders_cache_is_validated_on_the_documents_finetune_held
     (seed 7 here), never ones the encoder trained on; a cache of other data is split as usual."""
     import json
 
-    from stages.train_head import _held_out_by_finetune
-    from stages.training import validation_split
+    from longdoc.train_head import _held_out_by_finetune
+    from longdoc.training.split import validation_split
 
     def lineage(data_fingerprint, **settings):
         return json.dumps({"data_fingerprint": data_fingerprint,
@@ -419,7 +419,7 @@ def test_a_damaged_encoder_lineage_is_one_line(tmp_path, lineage):
 def test_background_work_returns_its_value_or_raises_its_error_in_the_caller():
     import threading
 
-    from stages.runtime import Background
+    from longdoc.runtime.process import Background
 
     started = threading.Event()
 
@@ -435,7 +435,7 @@ def test_background_work_returns_its_value_or_raises_its_error_in_the_caller():
 
 
 def test_the_loop_keeps_the_epoch_of_the_lowest_loss_when_told_to_minimize():
-    from stages.train_loop import LoopSettings, TrainingProgress
+    from longdoc.training.loop import LoopSettings, TrainingProgress
 
     class Task:
         value = 0

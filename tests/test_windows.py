@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from stages.errors import UserError
-from stages.windows import SpecialTokens, WindowSpec, split_at_whitespace, tokenize
+from longdoc.encoding.windows import SpecialTokens, WindowSpec, split_at_whitespace, tokenize
+from longdoc.runtime.errors import UserError
 
 SPECIAL = SpecialTokens(prefix=(101,), suffix=(102,), pad_id=0)
 
@@ -65,7 +65,7 @@ def test_tokenize_never_truncates(tiny_bert):
 
 
 def test_long_texts_tokenize_in_pieces_to_the_same_ids(minilm):
-    from stages.encoder import load_tokenizer
+    from longdoc.encoding.encoder import load_tokenizer
 
     tokenizer = load_tokenizer(minilm)
     words = "Space   rocket\n\nlaunch, (orbit) caf\u00e9 -- NASA's moon\tdon't e-mail x@y.org 3.14 ".split(" ")

@@ -1,0 +1,4 @@
+"""Text to window vectors: where windows are cut (`windows`), loading an encoder with its
+device, precision and fingerprint (`encoder`), the [CLS]-only last layer (`cls_forward`),
+and length-sorted, token-budgeted batches through it (`batches`).
+"""

@@ -1,0 +1,213 @@
+"""Evaluation: a trained head on a cache -> accuracy, macro-F1 and a report folder.
+
+    python cli.py evaluate --head runs/head.pt --cache data/cache/test.h5 --report runs/report
+    python cli.py evaluate ... --report runs/report --data 20newsgroups --split test   # with texts
+
+The cache must come from the head's encoder and window settings (refused otherwise,
+naming what differs); its classes are matched to the head's by name. The report:
+
+    metrics.json           accuracy, macro-F1, per-class and per-length figures, confusion matrix;
+                           for a head of both inputs, each branch scored alone and its weight
+    report.md              the per-class precision / recall / F1 table, the branches, accuracy by length
+    confusion_matrix.png   rows: true class, columns: predicted, with class names (up to
+                           MAX_PLOTTED_CLASSES; beyond, only the numbers in metrics.json)
+    report.html            one self-contained page (`longdoc.reports.html`): the figures above, and
+                           the misclassified documents (plus a sample of correct ones) with their
+                           windows shaded by contribution (`longdoc.explain.contributions`)
+
+The page shows the documents' text only when given the corpus the cache was embedded
+from (`corpus`: the `--data` options of `embed`), which is checked against the cache's
+`data_fingerprint` and read through `longdoc.explain.text`; the encoder is never run here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from longdoc.cache.reader import open_cache
+from longdoc.configs import DEFAULT_MEMORY_BUDGET_MB, MAX_WRONG, N_CORRECT
+from longdoc.explain.text import WindowMapper, cached_geometry, load_cache_corpus
+from longdoc.heads.batches import (
+    CacheDocuments,
+    head_branch_logits,
+    predict_logits,
+)
+from longdoc.heads.checkpoint import check_compatible, labels_by_name, load_checkpoint
+from longdoc.reports.html import (
+    build_views,
+    render_report,
+    select_documents,
+)
+from longdoc.reports.metrics import save_figure, scores
+from longdoc.runtime.errors import UserError
+from longdoc.runtime.workdir import atomic_write_bytes, check_not_an_input
+
+# Document length buckets, in windows: one window, a few, many, very many.
+LENGTH_BUCKETS = (("1", 1, 1), ("2-4", 2, 4), ("5-16", 5, 16), (">16", 17, None))
+# Past 60 classes the names are unreadable and the canvas grows with the square of the
+# count (500 classes: a 27,000-pixel square, ~3 GB): keep the numbers, skip the picture.
+MAX_PLOTTED_CLASSES = 60
+
+
+@dataclass
+class Evaluation:
+    metrics: dict
+    report_dir: Path | None
+
+    def line(self) -> str:
+        m = self.metrics
+        where = f" -> {self.report_dir}" if self.report_dir else ""
+        alone = "".join(f"; {name.split()[0]} alone {value['accuracy']:.4f}"
+                        for name, value in m.get("branches", {}).items() if name != "mix")
+        return (f"accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  "
+                f"on {m['documents']:,} documents of {m['cache']}{alone}{where}")
+
+
+def evaluate(head_path: str | Path, cache_path: str | Path, report_dir: str | Path | None = None,
+             memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB, corpus: dict | None = None,
+             max_wrong: int = MAX_WRONG, n_correct: int = N_CORRECT) -> Evaluation:
+    """`corpus`: keyword arguments of `longdoc.explain.text.load_cache_corpus` (data, split, ...),
+    for the texts in report.html; needs `report_dir`. The settings' ranges are checked by
+    `EvaluateConfig`."""
+    if corpus is not None and report_dir is None:
+        raise UserError("--data is read only for the HTML report: give --report too")
+    for name in ("metrics.json", "report.md", "confusion_matrix.png", "report.html") if report_dir else ():
+        check_not_an_input(Path(report_dir) / name, {"--head": head_path, "--cache": cache_path}, what="--report")
+    checkpoint = load_checkpoint(head_path)
+    with open_cache(cache_path) as cache:
+        check_compatible(checkpoint, cache)
+        labels = labels_by_name(checkpoint, cache)
+        texts = load_cache_corpus(cache, **corpus).texts if corpus is not None else None
+        documents = CacheDocuments.from_cache(cache, labels=labels, memory_budget_mb=memory_budget_mb,
+                                              term_weights=checkpoint.terms)
+        branches = predict_logits(checkpoint.head, documents, head_branch_logits)
+        logits = checkpoint.head.combine(torch.from_numpy(branches)).numpy()
+        windows = cache.window_counts
+        metrics = _metrics(head_path, cache_path, labels, logits.argmax(1), windows, checkpoint.label_names)
+        if checkpoint.head.stacked:
+            metrics["branches"] = branch_scores(checkpoint.head, branches, labels)
+        report = Path(report_dir) if report_dir else None
+        if report is not None:
+            write_report(report, metrics)
+            html = html_report(checkpoint, cache, documents, logits, labels, metrics, texts, max_wrong, n_correct)
+            _write_text(report / "report.html", html)
+    return Evaluation(metrics, report)
+
+
+def html_report(checkpoint, cache, documents: CacheDocuments, logits: np.ndarray, labels: np.ndarray,
+                metrics: dict, texts: list[str] | None, max_wrong: int, n_correct: int) -> str:
+    """report.html: explain the documents it shows, map their windows to text when there is text."""
+    y_pred = logits.argmax(1)
+    wrong, right = select_documents(labels, y_pred, max_wrong, n_correct)
+    shown = np.concatenate([wrong, right]).astype(np.int64)
+    doc_ids = cache.doc_ids()
+    spans = shown_texts = None
+    if texts is not None:
+        doc_tokens, starts = cached_geometry(cache, shown)
+        shown_texts = [texts[i] for i in shown.tolist()]
+        spans = WindowMapper.for_cache(cache).spans([doc_ids[i] for i in shown.tolist()], shown_texts,
+                                                    doc_tokens, starts)
+    views = build_views(checkpoint.head, documents, shown, logits, labels, checkpoint.label_names, doc_ids,
+                        spans, shown_texts, checkpoint.terms)
+    n_wrong = int((labels != y_pred).sum())
+    return render_report(metrics, views, n_wrong, len(labels) - n_wrong, max_wrong, n_correct)
+
+
+def _metrics(head_path, cache_path, labels: np.ndarray, y_pred: np.ndarray, windows: np.ndarray,
+             names: list[str]) -> dict:
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    metrics = {"head": str(head_path), "cache": str(cache_path), "documents": int(len(labels)),
+               **scores(labels, y_pred)}
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, y_pred, labels=np.arange(len(names)), zero_division=0)
+    metrics["per_class"] = [
+        {"class": n, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+        for n, p, r, f, s in zip(names, precision, recall, f1, support)]
+    metrics["by_length"] = []
+    for name, lo, hi in LENGTH_BUCKETS:
+        pick = (windows >= lo) & (windows <= (hi if hi is not None else windows.max()))
+        metrics["by_length"].append({"windows": name, "documents": int(pick.sum()),
+                                     "accuracy": float(np.mean(labels[pick] == y_pred[pick])) if pick.any() else None})
+    metrics["label_names"] = names
+    metrics["confusion_matrix"] = confusion_matrix(labels, y_pred, labels=np.arange(len(names))).tolist()
+    return metrics
+
+
+def branch_scores(head, branches: np.ndarray, labels: np.ndarray) -> dict:
+    """Each branch of a fused head scored alone, and the weights that combine them: where
+    the head's answers come from (on 20 Newsgroups almost all from the linear branch)."""
+    names = (f"windows ({head.config.pooling} pooling)", "linear (terms and the mean window vector)")
+    return {"mix": head.mix.tolist(),
+            **{name: scores(labels, branches[:, i].argmax(1)) for i, name in enumerate(names)}}
+
+
+def write_report(folder: Path, metrics: dict):
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"--report {folder}: cannot create it ({error.strerror})") from None
+    _write_text(folder / "metrics.json", json.dumps(metrics, indent=1))
+    n_classes = len(metrics["label_names"])
+    skipped = (f"\nConfusion matrix: {n_classes} classes, too many to draw (more than {MAX_PLOTTED_CLASSES}); "
+               f"its numbers are in metrics.json.\n") if n_classes > MAX_PLOTTED_CLASSES else ""
+    _write_text(folder / "report.md", markdown_report(metrics) + skipped)
+    if skipped:
+        (folder / "confusion_matrix.png").unlink(missing_ok=True)  # an earlier report's picture would mislead
+    else:
+        plot_confusion(np.asarray(metrics["confusion_matrix"]), metrics["label_names"],
+                       folder / "confusion_matrix.png")
+
+
+def markdown_report(m: dict) -> str:
+    lines = [f"# {m['head']} on {m['cache']}", "",
+             f"accuracy **{m['accuracy']:.4f}**, macro-F1 **{m['macro_f1']:.4f}**, {m['documents']:,} documents", "",
+             "| class | precision | recall | F1 | support |", "| --- | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {c['class']} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |"
+              for c in m["per_class"]]
+    if "branches" in m:
+        alone = [(name, value) for name, value in m["branches"].items() if name != "mix"]
+        lines += ["", "| branch alone | accuracy | macro-F1 | weight in the head |", "| --- | ---: | ---: | ---: |"]
+        lines += [f"| {name} | {value['accuracy']:.4f} | {value['macro_f1']:.4f} | {weight:.3f} |"
+                  for (name, value), weight in zip(alone, m["branches"]["mix"])]
+    lines += ["", "| windows per document | documents | accuracy |", "| --- | ---: | ---: |"]
+    lines += [f"| {b['windows']} | {b['documents']} | {_fmt(b['accuracy'])} |" for b in m["by_length"]]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def plot_confusion(matrix: np.ndarray, names: list[str], path: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    size = max(4.0, 0.45 * len(names) + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if len(names) <= 25:
+        limit = matrix.max() / 2 if matrix.size else 0
+        for (i, j), value in np.ndenumerate(matrix):
+            if value:
+                ax.text(j, i, str(value), ha="center", va="center", fontsize=6,
+                        color="white" if value > limit else "black")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def _write_text(path: Path, text: str):
+    atomic_write_bytes(path, text.encode())

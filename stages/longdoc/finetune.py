@@ -1,0 +1,225 @@
+"""Optional stage before stage one: fine-tune the encoder's top layers on windows.
+
+    python cli.py finetune --data 20newsgroups --out runs/finetuned --unfreeze-top 2
+    python cli.py embed --model runs/finetuned ...      # then train-head, evaluate
+
+Reads a labelled corpus (`longdoc.corpus.sources`) and an encoder (`longdoc.encoding.encoder`). Every
+window (`longdoc.encoding.windows`, the same geometry stage one uses) is labelled with its
+document's class; the top `--unfreeze-top` layers and a linear window classifier
+train on them (`longdoc.training.window_model`), everything below stays frozen.
+
+Writes `--out`, a Hugging Face model folder (config, weights, tokenizer) that
+`AutoModel.from_pretrained(out)` and `embed --model out` load as is, plus
+`finetune.json`: the settings, the base model and its fingerprint, the fine-tuned
+fingerprint, the window vector trained (cls or mean), validation scores per epoch.
+`embed` copies that lineage into caches. On the generic path the folder also holds
+`1_Pooling/config.json`, so `embed --window-vector auto` pools as it was trained.
+Inside the folder too (so it is published with the model, atomically): `curve.png`,
+training and validation window loss and document accuracy per epoch.
+
+How it stays small and resumable (the pieces: `longdoc.training.window_task`; the loop
+shared with `train-head`: `longdoc.training.loop`):
+* batches are packed to a token budget, so memory is bounded by `batch_tokens`
+  (and `unfreeze_top`), never by a document's length;
+* the frozen bottom's features of each window are computed once and kept in memory
+  up to `feature_cache_gb`; later epochs run only the top layers (BERT layout; on
+  the generic path the whole encoder runs every step, the bottom without gradients);
+* validation is a seeded, stratified split of *documents*, so no document has
+  windows on both sides; the score is document-level macro-F1 from the mean of
+  its windows' probabilities; the best epoch is kept, early stopping after
+  `patience` epochs without improvement;
+* every `checkpoint_steps` steps and at each epoch's end, the trainable weights,
+  optimizer, schedule, random state and history go to `<out>.partial/` (atomically);
+  a killed run continues from there. `--out` appears only once training is done.
+
+Supported: BERT-layout encoders (BERT, RoBERTa, MiniLM, ELECTRA, ...) on the fast
+path above, trained on [CLS]; any other encoder whose layers form a list (DistilBERT,
+MPNet, DeBERTa, ModernBERT, ...) on the generic path, pooled as it was trained
+(`longdoc.training.window_model`). Not supported: encoders without a layer list (one-line
+error); training the embedding tables.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import longdoc
+from longdoc.configs import FinetuneConfig
+from longdoc.corpus.sources import NEWSGROUPS, Corpus, load_corpus
+from longdoc.encoding.encoder import (
+    LINEAGE_FILE,
+    Encoder,
+    fingerprint_model,
+    load_encoder,
+)
+from longdoc.encoding.windows import tokenize
+from longdoc.runtime.errors import UserError
+from longdoc.runtime.process import peak_memory_bytes
+from longdoc.runtime.workdir import WorkDir, atomic_path, check_not_an_input
+from longdoc.settings.model import check_window_fits
+from longdoc.training.loop import (
+    LoopOutcome,
+    LoopSettings,
+    best_entry,
+    first_line,
+    plot_curve,
+    resume,
+    run_epochs,
+)
+from longdoc.training.split import validation_split
+from longdoc.training.window_model import WindowClassifier, encoder_depth, parse_unfreeze_top
+from longdoc.training.window_task import WindowTask
+
+CURVE_FILE = "curve.png"  # inside --out, beside finetune.json
+
+
+@dataclass
+class FinetuneSummary(LoopOutcome):
+    out: Path
+    unfreeze_top: int
+    trainable_parameters: int
+    n_train_docs: int
+    n_val_docs: int
+    n_train_windows: int
+    resumed_from_step: int = 0
+
+    def line(self) -> str:
+        resumed = f" (resumed at step {self.resumed_from_step:,})" if self.resumed_from_step else ""
+        return (f"fine-tuned the top {self.unfreeze_top} layers ({self.trainable_parameters:,} trainable "
+                f"parameters) on {self.n_train_windows:,} windows of {self.n_train_docs:,} documents{resumed}: "
+                f"{self.outcome(self.n_val_docs)}; {self.seconds:,.1f} s, "
+                f"peak memory {self.peak_memory_bytes / 2**30:.2f} GiB -> {self.out}")
+
+
+# --- the run ---------------------------------------------------------------------
+
+
+def _settings(config: FinetuneConfig, base_fingerprint: str, data_fingerprint: str, k: int) -> dict:
+    """What a resumed run must share with the interrupted one."""
+    keep = ("data", "split", "model", "chunk_tokens", "stride", "batch_tokens", "max_epochs", "patience", "lr",
+            "head_lr", "weight_decay", "warmup_fraction", "dropout", "max_grad_norm", "val_fraction", "val_split",
+            "seed", "precision", "categories", "remove", "limit")
+    settings = {key: getattr(config, key) for key in keep}
+    settings.update(unfreeze_top=k, base_fingerprint=base_fingerprint, data_fingerprint=data_fingerprint,
+                    remove=list(config.remove))
+    return json.loads(json.dumps(settings))
+
+
+def check_out_folder(out: Path, overwrite: bool, inputs: dict | None = None):
+    check_not_an_input(out, inputs or {})
+    if out.exists() and not overwrite:
+        raise UserError(f"--out {out} exists; pass --overwrite to replace it (only once the new model is saved), "
+                        f"or choose another --out")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; fine-tuning writes a model folder")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"--out {out}: cannot create {out.parent}: {error.strerror}") from None
+
+
+@dataclass
+class FinetuneInputs:
+    """What a fine-tuning run trains on, checked: the corpus, the encoder, how many of its
+    layers train, and the seeded, stratified split of documents."""
+
+    corpus: Corpus
+    labels: np.ndarray
+    encoder: Encoder
+    unfreeze_top: int
+    train_docs: np.ndarray
+    val_docs: np.ndarray
+
+    def task(self, config: FinetuneConfig) -> WindowTask:
+        """The training task `run_finetune` runs (and bench/ times): every window labelled
+        with its document's class, the model initialised from `config.seed`."""
+        return WindowTask.build(self.encoder, tokenize(self.encoder.tokenizer, self.corpus.texts), self.labels,
+                                len(self.corpus.label_names), self.unfreeze_top, self.train_docs, self.val_docs,
+                                config)
+
+
+def load_inputs(config: FinetuneConfig) -> FinetuneInputs:
+    """Read the corpus, then load the encoder; each refused in one line when unusable."""
+    corpus = load_corpus(config.data, config.split, config.categories, config.remove, config.data_home,
+                         config.limit)
+    labels = np.asarray(corpus.labels, dtype=np.int64)
+    present = np.unique(labels)
+    if len(present) < 2:
+        only = corpus.label_names[present[0]] if len(present) else "none"
+        raise UserError(f"--data {config.data}: every document is of class {only!r}; "
+                        f"fine-tuning a classifier needs at least two classes")
+    encoder = load_encoder(config.model, config.device, config.precision, window_vector="auto")
+    k = parse_unfreeze_top(config.unfreeze_top, encoder_depth(encoder.model), config.model)
+    check_window_fits(config.chunk_tokens, encoder.max_tokens, config.model)
+    train_docs, val_docs = validation_split(labels, corpus.doc_ids, config, np.random.default_rng(config.seed))
+    if len(val_docs) == 0:
+        raise UserError(f"--val-fraction {config.val_fraction} of {len(labels)} documents leaves no "
+                        f"validation documents; raise it or add documents")
+    return FinetuneInputs(corpus, labels, encoder, k, train_docs, val_docs)
+
+
+def run_finetune(config: FinetuneConfig, log=None) -> FinetuneSummary:
+    started = time.perf_counter()
+    log = log or (lambda line: print(line, file=sys.stderr))
+    out = Path(config.out)
+    check_out_folder(out, config.overwrite, {"--data": config.data if config.data != NEWSGROUPS else None,
+                                             "--model": config.model})
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    inputs = load_inputs(config)
+    corpus, encoder, k = inputs.corpus, inputs.encoder, inputs.unfreeze_top
+    data_fingerprint = corpus.fingerprint()  # sha256 over every text: computed once
+    loop = LoopSettings(max_epochs=config.max_epochs, patience=config.patience,
+                        checkpoint_steps=config.checkpoint_steps, timed=True, progress=config.progress)
+    with WorkDir(out, _settings(config, encoder.fingerprint, data_fingerprint, k), fresh=config.overwrite) as work:
+        task = inputs.task(config)
+        progress = resume(work.dir, task, loop)
+        resumed_step = progress.global_step
+        progress = run_epochs(task, progress, work.dir, loop, log)
+        best = best_entry(progress)
+        record = {
+            "format": "longdoc-finetune", "package_version": longdoc.__version__,
+            "base_model": config.model, "base_fingerprint": encoder.fingerprint,
+            "fingerprint": fingerprint_model(encoder.model, encoder.tokenizer),
+            "unfreeze_top": k, "window_vector": task.model.window_vector, "label_names": corpus.label_names,
+            "data_source": corpus.source,
+            "data_fingerprint": data_fingerprint, "n_train_docs": len(inputs.train_docs),
+            "n_val_docs": len(inputs.val_docs), "n_train_windows": len(task.train_windows),
+            "best_epoch": progress.best_epoch, "val_accuracy": best["val_accuracy"],
+            "val_macro_f1": best["val_macro_f1"], "history": progress.history,
+            "settings": {key: (str(v) if isinstance(v, Path) else v) for key, v in asdict(config).items()},
+        }
+        save_model_folder(out, task.model, encoder.tokenizer, record)
+        work.discard()
+    return FinetuneSummary(
+        out=out, unfreeze_top=k, trainable_parameters=task.trainer.trainable_parameters(),
+        n_train_docs=len(inputs.train_docs), n_val_docs=len(inputs.val_docs), n_train_windows=len(task.train_windows),
+        best_epoch=progress.best_epoch, epochs_run=len(progress.history), val_accuracy=best["val_accuracy"],
+        val_macro_f1=best["val_macro_f1"], seconds=time.perf_counter() - started,
+        peak_memory_bytes=peak_memory_bytes(encoder.device), resumed_from_step=resumed_step)
+
+
+def save_model_folder(out: Path, model: WindowClassifier, tokenizer, record: dict):
+    """Write the fine-tuned encoder, its tokenizer and `finetune.json` to `out`,
+    atomically (`atomic_path`): built in a private folder beside it, every file fsynced,
+    then renamed (an old `out` goes only after)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a per-shard writing bar is noise in a CLI
+    with atomic_path(out, folder=True) as tmp:
+        try:
+            model.save_pretrained(tmp)  # the encoder; on the generic path its pooling too
+            tokenizer.save_pretrained(tmp)
+        except RuntimeError as error:  # safetensors / torch writers report failed writes so
+            raise UserError(f"cannot write {out}: {first_line(error)}") from None
+        (tmp / LINEAGE_FILE).write_text(json.dumps(record, indent=1))
+        plot_curve(record["history"], record["best_epoch"], tmp / CURVE_FILE, val_loss="val_window_loss")
+
+

@@ -1,0 +1,2 @@
+"""What people read: scores (`metrics`) and the self-contained HTML report (`html`).
+"""

