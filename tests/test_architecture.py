@@ -11,7 +11,7 @@ import pytest
 STAGES_DIR = Path(__file__).resolve().parent.parent / "stages"
 STAGE_MODULES = ("embed", "distributed", "finetune", "train_head", "evaluate", "predict")
 # Stage-one building blocks that stage two (train_head, evaluate) must not need.
-STAGE_ONE_BLOCKS = ("embedding", "encoding", "encoder", "windows", "data", "cls_forward", "window_model",
+STAGE_ONE_BLOCKS = ("embedding", "encoding", "encoder", "windows", "data", "reuters", "cls_forward", "window_model",
                     "cache_writer", "shards", "ranks")
 
 
