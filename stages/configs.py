@@ -346,7 +346,7 @@ class EvaluateConfig(CorpusSettings):
                                        "rebuilds it), never --head or --cache.", shown="none written", path="folder")
     data: str | None = setting(None, "For report.html: the corpus the cache was embedded from (embed's --data and "
                                      "the other corpus options as given to embed), to show the texts.")
-    split: str = setting("test", "With --data 20newsgroups: the split the cache holds.")
+    split: str = setting("test", "With --data 20newsgroups or reuters21578: the split the cache holds.")
     # The page's caps: MAX_WRONG and N_CORRECT above.
     report_wrong: int = setting(MAX_WRONG, "Most misclassified documents report.html shows (in cache order).",
                                 check=at_least(0))
@@ -367,11 +367,11 @@ class PredictConfig(CorpusSettings):
 
     head: str = setting("runs/head.pt", "Checkpoint written by train-head; its encoder and window settings are "
                                         "used.", path="file")
-    data: str | None = setting(None, "Classify a whole corpus instead of FILEs: '20newsgroups', a folder, or a "
-                                     ".csv/.jsonl (labels optional); needs --out.")
+    data: str | None = setting(None, "Classify a whole corpus instead of FILEs: '20newsgroups', 'reuters21578', a "
+                                     "folder, or a .csv/.jsonl (labels optional); needs --out.")
     out: str | None = setting(None, "With --data: the .jsonl or .csv file to write (resumable: rerun the same "
                                     "command after a kill).", path="file")
-    split: str = setting("test", "With --data 20newsgroups: train or test.")
+    split: str = setting("test", "With --data 20newsgroups or reuters21578: train or test.")
     top_k: int = setting(0, "With --data: the K most probable classes per row instead of every class (0).",
                          check=at_least(0))
     explain: bool = setting(False, "Add each document's top windows: span, text excerpt, contribution.")

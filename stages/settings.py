@@ -45,7 +45,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stages.data import NEWSGROUPS
+from stages.data import LABEL_SEP, NEWSGROUPS
 from stages.errors import UserError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -208,22 +208,28 @@ class CorpusSettings:
     `data` and `split` (no corpus unless asked; the test split)."""
 
     data: str | None = setting(
-        NEWSGROUPS, "'20newsgroups', a folder with one sub-folder per class, or a .csv/.jsonl with text,label.")
-    split: str = setting("train", "Split of a source that has splits (20newsgroups: train or test).")
+        NEWSGROUPS, "'20newsgroups', 'reuters21578', a folder with one sub-folder per class, or a .csv/.jsonl "
+                    "with text and label (or labels: a set per document).")
+    split: str = setting("train", "Split of a source that has splits (20newsgroups, reuters21578: train or test).")
     categories: list[str] | None = setting(  # noqa: RUF009 (a field)
         None, "Comma-separated classes to keep.", shown="all", parse=split_list)
     remove: tuple[str, ...] = setting((), "20newsgroups only: any of headers,footers,quotes to strip.",
                                       parse=_split_tuple)
     data_home: str | None = setting(
-        None, "Where to look for 20news-bydate.tar.gz first (then $SCIKIT_LEARN_DATA, data/, ../shared/datasets).")
+        None, "Where to look for 20news-bydate.tar.gz and reuters21578.tar.gz first (then $SCIKIT_LEARN_DATA, "
+              "data/, ../shared/datasets).")
     limit: int | None = setting(None, "Keep only the first N documents (fixed order).", check=at_least(1))
+    # "|"; the reason is in stages.data (LABEL_SEP).
+    label_sep: str = setting(LABEL_SEP, "A CSV's 'labels' column: what separates a document's labels.",
+                             check=lambda sep: None if sep else "must not be empty")
 
     def corpus(self) -> dict | None:
         """The corpus options as keyword arguments of `load_corpus`, or None without --data."""
         if self.data is None:
             return None
         return {"data": self.data, "split": self.split, "categories": self.categories,
-                "remove": tuple(self.remove), "data_home": self.data_home, "limit": self.limit}
+                "remove": tuple(self.remove), "data_home": self.data_home, "limit": self.limit,
+                "label_sep": self.label_sep}
 
 
 def chunk_tokens_setting(help: str = "Tokens per window, special tokens included."):

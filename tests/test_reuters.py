@@ -1,14 +1,17 @@
-"""Reuters-21578: the SGML reader on hand-written irregular stories, the ModApte R90 split,
-and the counts of the real archive in ../shared/datasets (skipped, with the reason, when
-it is absent)."""
+"""Reuters-21578: the SGML reader on hand-written irregular stories, the ModApte R90 split
+on small made-up archives, `--data reuters21578` through `load_corpus`, and the counts of
+the real archive in ../shared/datasets (skipped, with the reason, when it is absent)."""
 
 from __future__ import annotations
 
+import io
+import tarfile
 import time
 
 import pytest
 from conftest import SHARED_DATASETS
 
+from stages.data import iter_documents, load_corpus
 from stages.errors import UserError
 from stages.reuters import Story, modapte_r90, parse_sgml
 
@@ -126,6 +129,76 @@ def test_modapte_r90_keeps_topics_on_both_sides_and_stories_left_with_one():
     assert [(s.newid, s.topics) for s in modapte_r90(stories, "test")] == [(7, ("grain", "wheat"))]
 
 
+# --- --data reuters21578 on a made-up archive ---------------------------------------------
+
+
+def write_archive(path, files: dict[str, str]):
+    with tarfile.open(path, "w:gz") as tar:
+        for name, content in files.items():
+            data = content.encode("latin-1")
+            info = tarfile.TarInfo(f"reuters21578/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.fixture
+def small_archive(tmp_path):
+    """Two SGML files, members out of order, NEWIDs interleaved across them."""
+    home = tmp_path / "home"
+    home.mkdir()
+    write_archive(home / "reuters21578.tar.gz", {
+        "README.txt": "not a story <REUTERS NEWID=\"99\">",
+        "reut2-001.sgm": story(4, "<D>wheat</D><D>grain</D>") + story(9, "<D>trade</D>", split="TEST")
+                         + story(5, "<D>lonely</D>"),
+        "reut2-000.sgm": story(2, "<D>trade</D>") + story(3, "<D>grain</D>", split="TEST")
+                         + story(8, "<D>wheat</D><D>trade</D>", split="TEST"),
+    })
+    return home
+
+
+def test_load_corpus_reads_the_split_newid_ascending_as_a_multi_label_corpus(small_archive):
+    train = load_corpus("reuters21578", "train", data_home=str(small_archive))
+    assert train.multi_label and train.labels is None and train.source == "reuters21578:train"
+    assert train.doc_ids == ["reuters/2", "reuters/4"]  # 5 has no R90 topic
+    assert train.label_names == ["grain", "trade", "wheat"] and train.label_sets == [[1], [0, 2]]
+    test = load_corpus("reuters21578", "test", data_home=str(small_archive))
+    assert test.doc_ids == ["reuters/3", "reuters/8", "reuters/9"]
+    assert [test.label_of(i) for i in range(3)] == [("grain",), ("trade", "wheat"), ("trade",)]
+    assert list(iter_documents("reuters21578", "test", data_home=str(small_archive), limit=2)) == [
+        ("reuters/3", "GRAIN UP\n\nGrain rose.", ("grain",)),
+        ("reuters/8", "GRAIN UP\n\nGrain rose.", ("trade", "wheat"))]
+    only_wheat = load_corpus("reuters21578", "test", ["wheat"], data_home=str(small_archive))
+    assert only_wheat.doc_ids == ["reuters/8"] and only_wheat.label_sets == [[0]]
+    assert load_corpus("reuters21578", "test", data_home=str(small_archive), limit=1).doc_ids == ["reuters/3"]
+
+
+def test_reuters_options_and_archives_refused_in_one_line(small_archive, tmp_path, monkeypatch):
+    home = str(small_archive)
+    with pytest.raises(UserError, match="--split for reuters21578 is one of train, test; got 'dev'"):
+        load_corpus("reuters21578", "dev", data_home=home)
+    with pytest.raises(UserError, match="--remove applies only to --data 20newsgroups"):
+        load_corpus("reuters21578", "train", remove=("headers",), data_home=home)
+    with pytest.raises(UserError, match="--categories: unknown corn"):
+        load_corpus("reuters21578", "train", ["corn"], data_home=home)
+    import stages.data
+
+    nowhere = tmp_path / "nowhere"
+    monkeypatch.setattr(stages.data, "newsgroups_search_path", lambda data_home: [nowhere, tmp_path])
+    with pytest.raises(UserError, match=rf"reuters21578.tar.gz is not in any of: {nowhere}, {tmp_path} \(nothing is "
+                                        r"downloaded; get it from https://"):
+        load_corpus("reuters21578", "train")
+    (tmp_path / "reuters21578.tar.gz").write_bytes(b"not gzip")
+    with pytest.raises(UserError, match="cannot read .*reuters21578.tar.gz"):
+        load_corpus("reuters21578", "train")
+    write_archive(tmp_path / "reuters21578.tar.gz", {"README.txt": "hello"})
+    with pytest.raises(UserError, match="no reut2-NNN.sgm files"):
+        load_corpus("reuters21578", "train")
+    write_archive(tmp_path / "reuters21578.tar.gz", {"reut2-000.sgm": story(1), "reut2-001.sgm": story(1)})
+    with pytest.raises(UserError, match="NEWID 1 names two stories"):
+        load_corpus("reuters21578", "train")
+
+
 # --- the real archive ------------------------------------------------------------------------
 
 
@@ -155,3 +228,8 @@ def test_the_real_archive():
     assert sum(not text for text in texts) == 1  # NEWID 12793, outside the split
     assert not any("&#" in t or "&lt;" in t or "<BODY" in t or "Blah blah blah" in t for t in texts)
     assert not any(not c.isprintable() and c not in "\n\t" for t in texts for c in set(t))
+    test = load_corpus("reuters21578", "test", data_home=str(SHARED_DATASETS))
+    assert test.doc_ids[:4] == ["reuters/14826", "reuters/14828", "reuters/14829", "reuters/14832"]
+    assert test.label_of(3) == ("corn", "grain", "rice", "rubber", "sugar", "tin", "trade")
+    assert len(test.label_names) == 90
+    assert test.texts[0].startswith("ASIAN EXPORTERS FEAR DAMAGE FROM U.S.-JAPAN RIFT\n\nMounting trade friction")
