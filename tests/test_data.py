@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import SHARED_DATASETS
 
-from longdoc.corpus.sources import load_corpus
+from longdoc.corpus.sources import iter_documents, load_corpus
 from longdoc.runtime.errors import UserError
 
 
@@ -127,3 +127,134 @@ def test_real_20newsgroups_sizes():
                         ("headers", "footers", "quotes"), data_home=str(SHARED_DATASETS), limit=50)
     assert small.label_names == ["alt.atheism", "comp.graphics", "talk.religion.misc"]
     assert len(small) == 50 and len(set(small.labels.tolist())) == 3  # a fixed, mixed order
+
+
+# --- label sets (multi-label corpora) ----------------------------------------------------
+
+
+def _jsonl(path, *rows):
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def test_single_label_fingerprint_is_unchanged(tmp_path):
+    """The bytes a single-label corpus hashes are those of before label sets: caches made
+    then still match their corpus (the value was computed by that code)."""
+    rows = [{"id": "x1", "text": "hello, world", "label": "pos"}, {"id": "x2", "text": "bye caf\u00e9", "label": "neg"}]
+    corpus = load_corpus(str(_jsonl(tmp_path / "d.jsonl", *rows)))
+    assert not corpus.multi_label and corpus.label_sets is None
+    assert corpus.fingerprint() == "cc38eff0775b23c50b6b0757a41437d48b2b65630462ffe6654ae175a4a6383e"
+    assert corpus.head(1).fingerprint() == "89ad5d7b77022c6c7ab7da2594dea593d58835036cafd54d2f5889c9503de4b5"
+
+
+def test_jsonl_and_csv_label_sets_agree(tmp_path):
+    rows = [{"id": "a", "text": "wheat and corn", "labels": ["grain", "corn"]},
+            {"id": "b", "text": "nothing here", "labels": []},
+            {"id": "c", "text": "trade, again", "labels": ["trade"]}]
+    from_jsonl = load_corpus(str(_jsonl(tmp_path / "d.jsonl", *rows)))
+    (tmp_path / "d.csv").write_text('id,text,labels\na,wheat and corn,grain | corn\nb,nothing here,\n'
+                                    'c,"trade, again",trade\n')
+    (tmp_path / "semi.csv").write_text('id,text,labels\na,wheat and corn,grain;corn\nb,nothing here, \n'
+                                       'c,"trade, again",trade\n')
+    for corpus in (from_jsonl, load_corpus(str(tmp_path / "d.csv")),
+                   load_corpus(str(tmp_path / "semi.csv"), label_sep=";")):
+        assert corpus.multi_label and corpus.labels is None
+        assert corpus.label_names == ["corn", "grain", "trade"]  # every label that occurs, sorted
+        assert corpus.label_sets == [[0, 1], [], [2]]
+        assert [corpus.label_of(i) for i in range(3)] == [("corn", "grain"), (), ("trade",)]
+        assert corpus.fingerprint() == from_jsonl.fingerprint()
+    assert load_corpus(str(tmp_path / "d.jsonl"), limit=2).label_sets == [[0, 1], []]
+
+
+def test_the_fingerprint_covers_label_sets_and_the_task(tmp_path):
+    one = [{"id": "a", "text": "t", "label": "x"}, {"id": "b", "text": "u", "label": "y"}]
+    single = load_corpus(str(_jsonl(tmp_path / "single.jsonl", *one)))
+    as_sets = load_corpus(str(_jsonl(tmp_path / "sets.jsonl",
+                                     *({"id": r["id"], "text": r["text"], "labels": [r["label"]]} for r in one))))
+    assert as_sets.label_sets == [[0], [1]] and as_sets.fingerprint() != single.fingerprint()
+    changed = load_corpus(str(_jsonl(tmp_path / "changed.jsonl", {"id": "a", "text": "t", "labels": ["x", "y"]},
+                                     {"id": "b", "text": "u", "labels": ["y"]})))
+    assert changed.fingerprint() != as_sets.fingerprint()
+
+
+def test_categories_keep_documents_with_one_of_them_and_narrow_their_sets(tmp_path):
+    path = _jsonl(tmp_path / "d.jsonl", {"text": "1", "labels": ["a", "b", "c"]}, {"text": "2", "labels": ["c"]},
+                  {"text": "3", "labels": []}, {"text": "4", "labels": ["b"]})
+    kept = load_corpus(str(path), categories=["c", "b"])
+    assert kept.label_names == ["b", "c"] and kept.doc_ids == ["line1", "line2", "line4"]
+    assert kept.label_sets == [[0, 1], [1], [0]] and kept.source.endswith("[categories=b,c]")
+    assert [r[2] for r in iter_documents(str(path), categories=["c"])] == [("c",), ("c",)]
+    with pytest.raises(UserError, match="--categories: unknown z"):
+        load_corpus(str(path), categories=["z"])
+
+
+def test_iter_documents_yields_label_sets_or_none(tmp_path):
+    path = _jsonl(tmp_path / "d.jsonl", {"text": "1", "labels": ["b", "a"]}, {"text": "2"},
+                  {"text": "3", "labels": None}, {"text": "4", "labels": []})
+    assert [r[2] for r in iter_documents(str(path))] == [("a", "b"), None, None, ()]
+    (tmp_path / "d.csv").write_text("text,labels\n1,b|a\n2,\n3\n")
+    assert [r[2] for r in iter_documents(str(tmp_path / "d.csv"))] == [("a", "b"), (), None]
+    assert [r[2] for r in iter_documents(str(tmp_path / "d.csv"), label_sep=";")] == [("b|a",), (), None]
+
+
+@pytest.mark.parametrize("rows,message", [
+    ([{"text": "a", "label": "x"}, {"text": "b", "labels": ["x"]}],
+     "line 2: 'labels' here but 'label' on line 1"),
+    ([{"text": "a", "labels": ["x"]}, {"text": "b", "labels": []}, {"text": "c", "label": "x"}],
+     "line 3: 'label' here but 'labels' on line 1"),
+    ([{"text": "a", "label": "x", "labels": ["x"]}], "line 1: both 'label' and 'labels'"),
+])
+def test_a_jsonl_file_mixing_label_and_labels_is_refused(tmp_path, rows, message):
+    path = _jsonl(tmp_path / "d.jsonl", *rows)
+    for read in (load_corpus, lambda p: list(iter_documents(p))):
+        with pytest.raises(UserError, match=message):
+            read(str(path))
+
+
+def test_a_csv_with_both_columns_is_refused(tmp_path):
+    (tmp_path / "d.csv").write_text("text,label,labels\na,x,x\n")
+    with pytest.raises(UserError, match=r"d.csv: both a 'label' and a 'labels' column"):
+        load_corpus(str(tmp_path / "d.csv"))
+
+
+HOSTILE_LABEL_SETS = [  # (file name, content, what the one line says)
+    ("c.jsonl", '{"text": "t", "labels": ["a", 3]}', "line 2: label 2 of 'labels' is a number, not a string"),
+    ("c.jsonl", '{"text": "t", "labels": [null]}', "line 2: label 1 of 'labels' is null, not a string"),
+    ("c.jsonl", '{"text": "t", "labels": [["a"]]}', "line 2: label 1 of 'labels' is a list, not a string"),
+    ("c.jsonl", '{"text": "t", "labels": ["a", ""]}', "line 2: label 2 of 'labels' is empty"),
+    ("c.jsonl", '{"text": "t", "labels": [" \\t "]}', "line 2: label 1 of 'labels' is empty"),
+    ("c.jsonl", '{"text": "t", "labels": ["a", "b", "a"]}', "line 2: the label 'a' appears twice"),
+    ("c.jsonl", '{"text": "t", "labels": ["a\\nb"]}', "line 2: the label 'a\\\\nb' holds a control character"),
+    ("c.jsonl", '{"text": "t", "labels": ["a\\ud800"]}', "line 2: the label holds a lone surrogate"),
+    ("c.jsonl", '{"text": "t", "labels": "a"}', "line 2: 'labels' must be a list of strings, not a string"),
+    ("c.jsonl", '{"text": "t", "labels": 3}', "line 2: 'labels' must be a list of strings, not a number"),
+    ("c.jsonl", '{"text": "t", "labels": true}', "line 2: 'labels' must be a list of strings, not true or false"),
+    ("c.jsonl", '{"text": "t", "labels": {"a": 1}}', "line 2: 'labels' must be a list of strings, not an object"),
+    ("c.csv", "t,|", r"row 2: the labels '\|' are nothing but separators \('\|'\)"),
+    ("c.csv", "t, | ", r"row 2: the labels ' \| ' are nothing but separators"),
+    ("c.csv", "t,a||b", r"row 2: the labels 'a\|\|b' hold an empty label"),
+    ("c.csv", "t,a | ", r"row 2: the labels 'a \| ' hold an empty label"),
+    ("c.csv", "t,a|b|a", "row 2: the label 'a' appears twice"),
+    ("c.csv", 't,"a|b\tc"', r"row 2: the label 'b\\tc' holds a control character"),
+]
+
+
+@pytest.mark.parametrize("name,bad,message", HOSTILE_LABEL_SETS)
+def test_hostile_label_sets_are_one_line_naming_the_file_and_line(tmp_path, name, bad, message):
+    path = tmp_path / name
+    good = '{"text": "fine", "labels": ["a"]}' if name.endswith(".jsonl") else "text,labels\nfine,a"
+    path.write_text(f"{good}\n{bad}\n")
+    for read in (load_corpus, lambda p: list(iter_documents(p))):  # training and predict --data
+        with pytest.raises(UserError, match=f"{path} {message}"):
+            read(str(path))
+
+
+def test_missing_or_null_labels_are_refused_where_labels_are_required(tmp_path):
+    path = _jsonl(tmp_path / "d.jsonl", {"text": "a", "labels": ["x"]}, {"text": "b", "labels": None})
+    with pytest.raises(UserError, match="line 2: 'labels' must be a list of strings, not null"):
+        load_corpus(str(path))
+    (tmp_path / "d.csv").write_text("text,labels\na,x\nb\n")
+    with pytest.raises(UserError, match="row 2: the labels are missing"):
+        load_corpus(str(tmp_path / "d.csv"))
+    with pytest.raises(UserError, match="line 2: each record needs 'text' and 'label' \\(or 'labels'\\) fields"):
+        load_corpus(str(_jsonl(tmp_path / "e.jsonl", {"text": "a", "labels": ["x"]}, {"text": "b"})))

@@ -119,6 +119,7 @@ def test_help_and_a_refused_option_never_import_torch():
     (EmbedConfig, {"batch_tokens": 0}, "--batch-tokens must be positive"),
     (EmbedConfig, {"precision": "fp8"}, "--precision is one of auto, fp32, bf16, fp16"),
     (EmbedConfig, {"window_vector": "max"}, "--window-vector is one of auto, cls, mean"),
+    (EmbedConfig, {"label_sep": ""}, "--label-sep must not be empty"),
     (EvaluateConfig, {"report_wrong": -1}, "--report-wrong must be at least 0"),
     (PredictConfig, {"top_k": -1}, "--top-k must be at least 0"),
     (PredictConfig, {"block_docs": 0}, "--block-docs must be positive"),
@@ -139,12 +140,12 @@ def test_cli_checks_give_one_line_before_any_work(tmp_path, capsys):
 
 def test_corpus_options_are_parsed_once():
     ctx = command("embed").make_context("embed", ["--categories", "a, b,,c", "--remove", "headers,quotes",
-                                                  "--split", "test"])
+                                                  "--split", "test", "--label-sep", ";"])
     config = EmbedConfig(**{k: v for k, v in ctx.params.items() if k not in CLI_ONLY})
     assert config.categories == ["a", "b", "c"] and config.remove == ("headers", "quotes")
     assert str(config.out) == "data/cache/test.h5"  # computed default: data/cache/SPLIT.h5
     assert config.corpus() == {"data": "20newsgroups", "split": "test", "categories": ["a", "b", "c"],
-                               "remove": ("headers", "quotes"), "data_home": None, "limit": None}
+                               "remove": ("headers", "quotes"), "data_home": None, "limit": None, "label_sep": ";"}
     assert EvaluateConfig().corpus() is None and split_list("") is None
 
 

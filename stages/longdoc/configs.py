@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from longdoc.corpus.builtin import NEWSGROUPS
+from longdoc.corpus.builtin import LABEL_SEP, NEWSGROUPS
 from longdoc.runtime.devices import DEVICES
 from longdoc.runtime.errors import UserError
 from longdoc.settings.fields import (
@@ -81,22 +81,28 @@ class CorpusSettings:
     `data` and `split` (no corpus unless asked; the test split)."""
 
     data: str | None = setting(
-        NEWSGROUPS, "'20newsgroups', a folder with one sub-folder per class, or a .csv/.jsonl with text,label.")
-    split: str = setting("train", "Split of a source that has splits (20newsgroups: train or test).")
+        NEWSGROUPS, "'20newsgroups', 'reuters21578', a folder with one sub-folder per class, or a .csv/.jsonl "
+                    "with text and label (or labels: a set per document).")
+    split: str = setting("train", "Split of a source that has splits (20newsgroups, reuters21578: train or test).")
     categories: list[str] | None = setting(  # noqa: RUF009 (a field)
         None, "Comma-separated classes to keep.", shown="all", parse=split_list)
     remove: tuple[str, ...] = setting((), "20newsgroups only: any of headers,footers,quotes to strip.",
                                       parse=split_tuple)
     data_home: str | None = setting(
-        None, "Where to look for 20news-bydate.tar.gz first (then $SCIKIT_LEARN_DATA, data/, ../shared/datasets).")
+        None, "Where to look for 20news-bydate.tar.gz and reuters21578.tar.gz first (then $SCIKIT_LEARN_DATA, "
+              "data/, ../shared/datasets).")
     limit: int | None = setting(None, "Keep only the first N documents (fixed order).", check=at_least(1))
+    # "|"; the reason is beside it, in longdoc.corpus.builtin (LABEL_SEP).
+    label_sep: str = setting(LABEL_SEP, "A CSV's 'labels' column: what separates a document's labels.",
+                             check=lambda sep: None if sep else "must not be empty")
 
     def corpus(self) -> dict | None:
         """The corpus options as keyword arguments of `load_corpus`, or None without --data."""
         if self.data is None:
             return None
         return {"data": self.data, "split": self.split, "categories": self.categories,
-                "remove": tuple(self.remove), "data_home": self.data_home, "limit": self.limit}
+                "remove": tuple(self.remove), "data_home": self.data_home, "limit": self.limit,
+                "label_sep": self.label_sep}
 
 
 def chunk_tokens_setting(help: str = "Tokens per window, special tokens included."):
@@ -348,7 +354,7 @@ class EvaluateConfig(CorpusSettings):
                                        "rebuilds it), never --head or --cache.", shown="none written", path="folder")
     data: str | None = setting(None, "For report.html: the corpus the cache was embedded from (embed's --data and "
                                      "the other corpus options as given to embed), to show the texts.")
-    split: str = setting("test", "With --data 20newsgroups: the split the cache holds.")
+    split: str = setting("test", "With --data 20newsgroups or reuters21578: the split the cache holds.")
     # The page's caps: MAX_WRONG and N_CORRECT above.
     report_wrong: int = setting(MAX_WRONG, "Most misclassified documents report.html shows (in cache order).",
                                 check=at_least(0))
@@ -369,11 +375,11 @@ class PredictConfig(CorpusSettings):
 
     head: str = setting("runs/head.pt", "Checkpoint written by train-head; its encoder and window settings are "
                                         "used.", path="file")
-    data: str | None = setting(None, "Classify a whole corpus instead of FILEs: '20newsgroups', a folder, or a "
-                                     ".csv/.jsonl (labels optional); needs --out.")
+    data: str | None = setting(None, "Classify a whole corpus instead of FILEs: '20newsgroups', 'reuters21578', a "
+                                     "folder, or a .csv/.jsonl (labels optional); needs --out.")
     out: str | None = setting(None, "With --data: the .jsonl or .csv file to write (resumable: rerun the same "
                                     "command after a kill).", path="file")
-    split: str = setting("test", "With --data 20newsgroups: train or test.")
+    split: str = setting("test", "With --data 20newsgroups or reuters21578: train or test.")
     top_k: int = setting(0, "With --data: the K most probable classes per row instead of every class (0).",
                          check=at_least(0))
     explain: bool = setting(False, "Add each document's top windows: span, text excerpt, contribution.")

@@ -148,7 +148,8 @@ class FinetuneInputs:
 def load_inputs(config: FinetuneConfig) -> FinetuneInputs:
     """Read the corpus, then load the encoder; each refused in one line when unusable."""
     corpus = load_corpus(config.data, config.split, config.categories, config.remove, config.data_home,
-                         config.limit)
+                         config.limit, config.label_sep)
+    corpus.single_label_only("finetune")  # its windows learn one label each (for now)
     labels = np.asarray(corpus.labels, dtype=np.int64)
     present = np.unique(labels)
     if len(present) < 2:

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from longdoc.configs import BLOCK_DOCS
+from longdoc.corpus.builtin import LABEL_SEP
 from longdoc.corpus.sources import iter_documents
 from longdoc.encoding.batches import default_batch_tokens, encode_windows
 from longdoc.encoding.encoder import load_encoder
@@ -296,8 +297,8 @@ def _finished(folder: Path) -> list[tuple[int, int, Path]]:
 
 def predict_corpus(head_path: str | Path, data: str, out: str | Path, *, split: str = "test",
                    categories: list[str] | None = None, remove: tuple[str, ...] = (), data_home: str | None = None,
-                   limit: int | None = None, top_k: int = 0, explain: int = 0, explain_terms: bool = False,
-                   block_docs: int = BLOCK_DOCS,
+                   limit: int | None = None, label_sep: str = LABEL_SEP, top_k: int = 0, explain: int = 0,
+                   explain_terms: bool = False, block_docs: int = BLOCK_DOCS,
                    overwrite: bool = False, device: str = "auto", batch_tokens: int | None = None,
                    threads: int = 0, progress: bool | None = None) -> CorpusSummary:
     """Classify every document of `--data` into `out` (CSV or JSON lines), resumably. The
@@ -310,13 +311,14 @@ def predict_corpus(head_path: str | Path, data: str, out: str | Path, *, split: 
     check_output_path(out)
     if out.exists() and not overwrite:
         raise UserError(f"{out} exists; pass --overwrite to replace it, or choose another --out")
-    records = iter_documents(data, split, categories, remove, data_home, limit)
+    records = iter_documents(data, split, categories, remove, data_home, limit, label_sep)
     predictor = Predictor(head_path, device, batch_tokens, threads, explain_terms)
     if top_k > len(predictor.label_names):
         raise UserError(f"--top-k {top_k} is above the head's {len(predictor.label_names)} classes")
     settings = {"head": str(Path(head_path).resolve()), "head_sha256": _sha256(Path(head_path)), "data": data,
-                "split": split, "categories": categories, "remove": list(remove), "limit": limit, "format": kind,
-                "top_k": top_k, "explain": explain, "explain_terms": explain_terms, "block_docs": block_docs}
+                "split": split, "categories": categories, "remove": list(remove), "limit": limit,
+                "label_sep": label_sep, "format": kind, "top_k": top_k, "explain": explain,
+                "explain_terms": explain_terms, "block_docs": block_docs}
     rows = RowFormat(kind, predictor.label_names, top_k, explain, explain_terms)
     with WorkDir(out, settings, fresh=overwrite) as work:
         done = _finished(work.dir)

@@ -138,7 +138,8 @@ def prepare(config: EmbedConfig) -> Job:
     if config.threads:
         torch.set_num_threads(config.threads)
     corpus = load_corpus(config.data, config.split, config.categories, config.remove,
-                         config.data_home, config.limit)
+                         config.data_home, config.limit, config.label_sep)
+    corpus.single_label_only("embed")  # the cache holds one label per document (for now)
     encoder = load_encoder(config.model, config.device, config.precision, config.window_vector)
     check_window_fits(config.chunk_tokens, encoder.max_tokens, config.model)
     batch_tokens = config.batch_tokens or default_batch_tokens(encoder.device)

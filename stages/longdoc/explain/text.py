@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from longdoc.corpus.builtin import LABEL_SEP
 from longdoc.corpus.sources import Corpus, load_corpus
 from longdoc.encoding.encoder import load_tokenizer
 from longdoc.encoding.windows import SEGMENT_CHARS, SpecialTokens, WindowSpec, split_at_whitespace
@@ -65,10 +66,10 @@ def window_spans(offsets: np.ndarray, starts: np.ndarray, body: int, text_length
 
 
 def load_cache_corpus(cache, data: str, split: str = "test", categories=None, remove=(), data_home=None,
-                      limit=None) -> Corpus:
+                      limit=None, label_sep=LABEL_SEP) -> Corpus:
     """The corpus `--data ...` names, refused unless it is the one `cache` was embedded from
     (same `data_fingerprint`); the message names a missing or changed document when it can."""
-    corpus = load_corpus(data, split, categories, remove, data_home, limit)
+    corpus = load_corpus(data, split, categories, remove, data_home, limit, label_sep)
     expected = str(cache.attrs.get("data_fingerprint"))
     if corpus.fingerprint() == expected:
         return corpus
