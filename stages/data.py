@@ -69,10 +69,7 @@ class Corpus:
         digest = hashlib.sha256()
         digest.update(json.dumps(self.label_names).encode())
         for doc_id, label, text in zip(self.doc_ids, self.labels.tolist(), self.texts):
-            for part in (doc_id, str(label), text):
-                encoded = part.encode("utf-8", "surrogatepass")
-                digest.update(len(encoded).to_bytes(8, "little"))
-                digest.update(encoded)
+            _hash_parts(digest, (doc_id, str(label), text))
         return digest.hexdigest()
 
     def head(self, limit: int | None) -> "Corpus":
@@ -85,6 +82,43 @@ class Corpus:
             self.doc_ids[:limit], self.texts[:limit], self.labels[:limit],
             self.label_names, f"{self.source}[:{limit}]",
         )
+
+
+def _hash_parts(digest, parts):
+    """Each part length-prefixed, so ("ab", "c") and ("a", "bc") differ; None (a record
+    without a label) is its own length, 2**64 - 1, unlike any string."""
+    for part in parts:
+        if part is None:
+            digest.update(b"\xff" * 8)
+            continue
+        encoded = part.encode("utf-8", "surrogatepass")
+        digest.update(len(encoded).to_bytes(8, "little"))
+        digest.update(encoded)
+
+
+class DocumentDigest:
+    """The fingerprint of a streamed corpus: sha256 over the (doc_id, text, label or None)
+    records `iter_documents` yields, in order, hashed as `Corpus.fingerprint` hashes its
+    documents (id, label, text, length-prefixed), and their number. Fed one record at a
+    time, so no corpus is held to fingerprint it."""
+
+    def __init__(self):
+        self._digest = hashlib.sha256()
+        self.documents = 0
+
+    def add(self, record: tuple[str, str, str | None]):
+        doc_id, text, label = record
+        _hash_parts(self._digest, (doc_id, label, text))
+        self.documents += 1
+
+    def through(self, records):
+        """`records`, each added as it passes."""
+        for record in records:
+            self.add(record)
+            yield record
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()
 
 
 def load_corpus(
