@@ -504,7 +504,7 @@ def json_load(path):
     return json.loads(path.read_text())
 
 
-@pytest.mark.parametrize("content", [b"", b"{\"stride\": ", b"\xff\xfe", b"[" * 100_000])
+@pytest.mark.parametrize("content", [b"", b"{\"stride\": ", b"\xff\xfe", b"[" * 100_000, b"null", b"[]", b"3"])
 def test_a_damaged_settings_file_is_refused_not_trusted(tmp_path, content):
     out = tmp_path / "c.h5"
     (tmp_path / "c.h5.partial").mkdir()

@@ -139,7 +139,8 @@ def evaluate(as_json, **settings):
 @cli.command("predict")
 @click_options(PredictConfig, first=("head",))
 @click.argument("files", nargs=-1)
-@json_option("FILE mode: one JSON object per document instead of tab-separated lines.")
+@json_option("FILE mode: one JSON object per document instead of tab-separated lines; --data mode: the "
+             "summary as one JSON object.")
 def predict(files, as_json, **settings):
     """Classify raw text FILES (- for stdin), or every document of --data into --out.
 
@@ -166,7 +167,7 @@ def predict(files, as_json, **settings):
             explain=config.top_windows, explain_terms=config.explain_terms, block_docs=config.block_docs,
             overwrite=config.overwrite, device=config.device, batch_tokens=config.batch_tokens,
             threads=config.threads, progress=config.progress)
-    click.echo(summary.line())
+    _echo_summary(summary, as_json)
 
 
 def _echo_summary(summary, as_json: bool):

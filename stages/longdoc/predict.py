@@ -13,23 +13,21 @@ on. Windowing and encoding are stage one's own code (`longdoc.encoding.windows`,
 head with a term branch, its terms with the largest contribution.
 
 Corpus mode (`--data`, any corpus `embed` reads, labels optional) streams: documents
-are read one at a time (`longdoc.corpus.sources.iter_documents`) and classified in blocks of
-`block_docs` documents (fewer when a block reaches `BLOCK_CHARS` characters), so
-memory is bounded by a block, not by the corpus. Each finished block's rows are
-written to `<out>.partial/rows-START-END.part` (temporary name, then rename); a
-rerun of the same command after a kill skips the finished blocks. When all are done
-they are joined into `<out>.tmp` (CSV header first), renamed to `<out>`, and the
-work folder is deleted. `--out` ending in `.csv` gives CSV rows, `.jsonl` JSON lines.
+are read one at a time (`longdoc.corpus.sources.iter_documents`), twice. The first pass, before the
+encoder is loaded, checks every record and fingerprints the corpus (`DocumentDigest`,
+kept in the work folder's settings: a resume against an edited corpus is refused); the
+second classifies the blocks of `longdoc.reports.predictions.plan_blocks` (`block_docs`
+documents, fewer at ~2M characters), so memory is bounded by a block, not by the corpus.
+Each finished block's rows are published in `<out>.partial/`; a rerun of the same command
+after a kill resumes after the finished blocks it can prove, and `--out` is written from
+the blocks at the end (`longdoc.reports.predictions`). `--out` and its work folder may not be,
+hold, or lie inside `--data` or `--head`. `--out` ending in `.csv` gives CSV rows (cells a
+spreadsheet would evaluate escaped), `.jsonl` JSON lines.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
-import itertools
-import json
-import os
 import re
 import sys
 import time
@@ -40,8 +38,8 @@ import numpy as np
 import torch
 
 from longdoc.configs import BLOCK_DOCS
-from longdoc.corpus.builtin import LABEL_SEP
-from longdoc.corpus.sources import iter_documents
+from longdoc.corpus.builtin import LABEL_SEP, NEWSGROUPS
+from longdoc.corpus.sources import DocumentDigest, iter_documents
 from longdoc.encoding.batches import default_batch_tokens, encode_windows
 from longdoc.encoding.encoder import load_encoder
 from longdoc.encoding.windows import SpecialTokens, WindowSpec, tokenize
@@ -49,15 +47,13 @@ from longdoc.explain.contributions import EXPLAIN_TERMS, explain_documents, requ
 from longdoc.explain.text import name_terms, tokenize_with_offsets, window_spans
 from longdoc.heads.batches import CacheDocuments, predict_logits
 from longdoc.heads.checkpoint import load_checkpoint
+from longdoc.reports.predictions import RowBlocks, RowFormat, plan_blocks
 from longdoc.runtime.errors import UserError
 from longdoc.runtime.process import peak_memory_bytes, progress_bar
-from longdoc.runtime.workdir import WorkDir, check_output_path
+from longdoc.runtime.workdir import WorkDir, check_not_an_input, check_output_path, work_folder
 from longdoc.terms.hashing import TermHashing
 
 STDIN = "-"
-# A block of --block-docs documents also ends at ~2M characters (~500k tokens, ~2,000
-# windows), so a block of very long documents stays as small in memory as a block of posts.
-BLOCK_CHARS = 2_000_000
 # Characters of a window's text shown in --explain output (whitespace collapsed).
 EXCERPT_CHARS = 160
 OUTPUT_FORMATS = {".jsonl": "jsonl", ".csv": "csv"}
@@ -208,56 +204,12 @@ class CorpusSummary:
     resumed_documents: int
     seconds: float
     peak_memory_bytes: int
+    format: str  # jsonl or csv
 
     def line(self) -> str:
         resumed = f" ({self.resumed_documents:,} resumed from an earlier run)" if self.resumed_documents else ""
         return (f"predicted {self.documents:,} documents{resumed} in {self.seconds:,.1f} s, peak memory "
                 f"{self.peak_memory_bytes / 2**30:.2f} GiB -> {self.out}")
-
-
-class RowFormat:
-    """Rows of one output format: a header (CSV only) and one row per Prediction."""
-
-    def __init__(self, kind: str, label_names: list[str], top_k: int, explain: int, terms: bool = False):
-        self.kind, self.names, self.top_k, self.explain, self.terms = kind, label_names, top_k, explain, terms
-
-    def columns(self) -> list[str]:
-        classes = ([f"p:{n}" for n in self.names] if not self.top_k else
-                   [c for i in range(1, self.top_k + 1) for c in (f"top{i}_label", f"top{i}_probability")])
-        return ["id", "label", "probability", "true_label", "windows", *classes,
-                *(["top_windows"] if self.explain else []), *(["top_terms"] if self.terms else [])]
-
-    def header(self) -> str:
-        return self._csv(self.columns()) if self.kind == "csv" else ""
-
-    def row(self, p: Prediction) -> str:
-        ranked = sorted(p.probabilities.items(), key=lambda kv: -kv[1])[:self.top_k or None]
-        if self.kind == "jsonl":
-            record = {"id": p.source, "label": p.label, "probability": round(p.probability, 6),
-                      "true_label": p.true_label, "windows": p.windows}
-            if self.top_k:
-                record["top"] = [{"label": n, "probability": round(v, 6)} for n, v in ranked]
-            else:
-                record["probabilities"] = {n: round(v, 6) for n, v in p.probabilities.items()}
-            if self.explain:
-                record["top_windows"] = p.top_windows
-            if self.terms:
-                record["top_terms"] = p.top_terms
-            return json.dumps(record, ensure_ascii=False) + "\n"
-        classes = ([f"{p.probabilities[n]:.6f}" for n in self.names] if not self.top_k else
-                   [c for n, v in ranked for c in (n, f"{v:.6f}")])
-        cells = [p.source, p.label, f"{p.probability:.6f}", p.true_label or "", p.windows, *classes]
-        if self.explain:
-            cells.append(json.dumps(p.top_windows, ensure_ascii=False))
-        if self.terms:
-            cells.append(json.dumps(p.top_terms, ensure_ascii=False))
-        return self._csv(cells)
-
-    @staticmethod
-    def _csv(cells) -> str:
-        buffer = io.StringIO()
-        csv.writer(buffer, lineterminator="\n").writerow(cells)
-        return buffer.getvalue()
 
 
 def _sha256(path: Path) -> str:
@@ -266,33 +218,6 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _blocks(records, start: int, block_docs: int):
-    """Consecutive runs of records: `block_docs` documents, or fewer at BLOCK_CHARS characters."""
-    block, chars = [], 0
-    for record in records:
-        block.append(record)
-        chars += len(record[1])
-        if len(block) >= block_docs or chars >= BLOCK_CHARS:
-            yield start, block
-            start, block, chars = start + len(block), [], 0
-    if block:
-        yield start, block
-
-
-def _finished(folder: Path) -> list[tuple[int, int, Path]]:
-    found = []
-    for path in folder.glob("rows-*-*.part"):
-        start, end = (int(x) for x in path.stem.split("-")[1:3])
-        found.append((start, end, path))
-    found.sort()
-    at = 0
-    for start, end, _ in found:  # blocks are written in order: a gap means damage, not a kill
-        if start != at:
-            raise UserError(f"{folder} has a gap before rows {start}; pass --overwrite to start again")
-        at = end
-    return found
 
 
 def predict_corpus(head_path: str | Path, data: str, out: str | Path, *, split: str = "test",
@@ -305,44 +230,52 @@ def predict_corpus(head_path: str | Path, data: str, out: str | Path, *, split: 
     settings' ranges are checked by `PredictConfig`."""
     started = time.perf_counter()
     out = Path(out)
+    inputs = {"--data": None if data == NEWSGROUPS else data, "--head": head_path}
+    for path in (out, work_folder(out)):  # first: an input is refused, never offered to --overwrite
+        check_not_an_input(path, inputs, inside=True)
     kind = OUTPUT_FORMATS.get(out.suffix.lower())
     if kind is None:
         raise UserError(f"--out {out}: name it .jsonl (JSON lines) or .csv")
     check_output_path(out)
     if out.exists() and not overwrite:
         raise UserError(f"{out} exists; pass --overwrite to replace it, or choose another --out")
-    records = iter_documents(data, split, categories, remove, data_home, limit, label_sep)
+    # One pass over the corpus before the encoder is loaded: every record is checked, and the
+    # fingerprint in the settings refuses a resume against a corpus edited since.
+    corpus = DocumentDigest()
+    for record in iter_documents(data, split, categories, remove, data_home, limit, label_sep):
+        corpus.add(record)
+    if not corpus.documents:
+        raise UserError(f"--data {data}: no documents found")
     predictor = Predictor(head_path, device, batch_tokens, threads, explain_terms)
     if top_k > len(predictor.label_names):
         raise UserError(f"--top-k {top_k} is above the head's {len(predictor.label_names)} classes")
     settings = {"head": str(Path(head_path).resolve()), "head_sha256": _sha256(Path(head_path)), "data": data,
+                "data_fingerprint": corpus.hexdigest(), "documents": corpus.documents,
                 "split": split, "categories": categories, "remove": list(remove), "limit": limit,
-                "label_sep": label_sep, "format": kind, "top_k": top_k, "explain": explain,
-                "explain_terms": explain_terms, "block_docs": block_docs}
+                "label_sep": label_sep, "format": kind,
+                "top_k": top_k, "explain": explain, "explain_terms": explain_terms, "block_docs": block_docs}
     rows = RowFormat(kind, predictor.label_names, top_k, explain, explain_terms)
     with WorkDir(out, settings, fresh=overwrite) as work:
-        done = _finished(work.dir)
-        resumed = done[-1][1] if done else 0
-        with progress_bar(None, progress, unit="doc", initial=resumed) as bar:
-            for start, block in _blocks(itertools.islice(records, resumed, None), resumed, block_docs):
-                predictions = predictor.classify([r[0] for r in block], [r[1] for r in block], explain)
-                for prediction, record in zip(predictions, block):
-                    prediction.true_label = record[2]
-                path = work.dir / f"rows-{start:012d}-{start + len(block):012d}.part"
-                tmp = path.with_name(path.name + ".tmp")
-                tmp.write_text("".join(rows.row(p) for p in predictions), encoding="utf-8")
-                os.replace(tmp, path)
+        blocks, finished, resumed = RowBlocks(work.dir, rows), [], 0
+        read_again = DocumentDigest()
+        records = read_again.through(iter_documents(data, split, categories, remove, data_home, limit, label_sep))
+        with progress_bar(corpus.documents, progress, unit="doc") as bar:
+            for start, block in plan_blocks(records, block_docs):
+                path = blocks.resume(start, [r[0] for r in block])
+                if path is not None:
+                    resumed += len(block)
+                else:
+                    predictions = predictor.classify([r[0] for r in block], [r[1] for r in block], explain)
+                    for prediction, record in zip(predictions, block):
+                        prediction.true_label = record[2]
+                    path = blocks.save(start, predictions)
+                finished.append(path)
                 bar.update(len(block))
-        done = _finished(work.dir)
-        if not done:
+        if read_again.hexdigest() != corpus.hexdigest():
             work.discard()
-            raise UserError(f"--data {data}: no documents found")
-        tmp = out.with_name(out.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(rows.header())
-            for _, _, path in done:
-                f.write(path.read_text(encoding="utf-8"))
-        os.replace(tmp, out)
+            raise UserError(f"--data {data} changed while it was being classified; no rows were kept, "
+                            f"run the command again")
+        blocks.publish(out, finished)
         work.discard()
-    return CorpusSummary(out, done[-1][1], resumed, time.perf_counter() - started,
-                         peak_memory_bytes(predictor.encoder.device))
+    return CorpusSummary(out, corpus.documents, resumed, time.perf_counter() - started,
+                         peak_memory_bytes(predictor.encoder.device), kind)

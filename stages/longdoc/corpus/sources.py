@@ -107,10 +107,7 @@ class Corpus:
             labels = self.labels.tolist()
         digest.update(json.dumps(self.label_names).encode())
         for doc_id, label, text in zip(self.doc_ids, labels, self.texts):
-            for part in (doc_id, str(label), text):
-                encoded = part.encode("utf-8", "surrogatepass")
-                digest.update(len(encoded).to_bytes(8, "little"))
-                digest.update(encoded)
+            _hash_parts(digest, (doc_id, str(label), text))
         return digest.hexdigest()
 
     def label_of(self, i: int) -> str | tuple[str, ...]:
@@ -140,6 +137,46 @@ class Corpus:
         if limit < 1:
             raise UserError(f"--limit must be at least 1, got {limit}")
         return self.subset(list(range(min(limit, len(self)))), f"{self.source}[:{limit}]")
+
+
+def _hash_parts(digest, parts):
+    """Each part length-prefixed, so ("ab", "c") and ("a", "bc") differ; None (a record
+    without a label) is its own length, 2**64 - 1, unlike any string."""
+    for part in parts:
+        if part is None:
+            digest.update(b"\xff" * 8)
+            continue
+        encoded = part.encode("utf-8", "surrogatepass")
+        digest.update(len(encoded).to_bytes(8, "little"))
+        digest.update(encoded)
+
+
+class DocumentDigest:
+    """The fingerprint of a streamed corpus: sha256 over the (doc_id, text, label or None)
+    records `iter_documents` yields, in order, hashed as `Corpus.fingerprint` hashes its
+    documents (id, label, text, length-prefixed), and their number. Fed one record at a
+    time, so no corpus is held to fingerprint it."""
+
+    def __init__(self):
+        self._digest = hashlib.sha256()
+        self.documents = 0
+
+    def add(self, record: tuple[str, str, str | tuple[str, ...] | None]):
+        """One record; a label set (a tuple of names) is hashed as its JSON list."""
+        doc_id, text, label = record
+        if isinstance(label, tuple):
+            label = json.dumps(list(label))
+        _hash_parts(self._digest, (doc_id, label, text))
+        self.documents += 1
+
+    def through(self, records):
+        """`records`, each added as it passes."""
+        for record in records:
+            self.add(record)
+            yield record
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()
 
 
 def load_corpus(

@@ -35,7 +35,7 @@ class WorkDir:
 
     def __init__(self, out: Path, settings: dict, fresh: bool = False, replace_other_settings: bool = False):
         self.out = Path(out)
-        self.dir = Path(f"{out}.partial")
+        self.dir = work_folder(out)
         self.settings = settings
         self.fresh = fresh  # drop an earlier run's work (--overwrite) once the lock is ours
         # Drop an earlier run's work only when its settings differ (or its record is damaged);
@@ -99,19 +99,25 @@ class WorkDir:
             try:
                 saved = json.loads(path.read_text())
             except (OSError, ValueError, RecursionError):  # damaged: its blocks cannot be trusted either
-                raise UserError(f"{path} is damaged; pass --overwrite to start again") from None
-            if saved is not None and saved != self.settings:
+                saved = None
+            if not isinstance(saved, dict):  # unreadable, or JSON no run writes (null, a list, a number)
+                raise UserError(f"{path} is damaged; pass --overwrite to start again")
+            if saved != self.settings:
                 diff = differences(saved, self.settings, sorted(set(saved) | set(self.settings)),
                                    names=("this run", "the interrupted run"))
                 raise UserError(
                     f"{self.dir} holds an interrupted run with other settings ({'; '.join(diff)}); "
                     f"rerun with those settings, or pass --overwrite to start again")
-            if saved is not None:
-                return
+            return
         atomic_write_bytes(path, json.dumps(self.settings, indent=1, sort_keys=True).encode())
 
     def discard(self):
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def work_folder(out: str | Path) -> Path:
+    """`<out>.partial/`, the work folder of the command writing `out`."""
+    return Path(f"{out}.partial")
 
 
 def differences(theirs: dict, ours: dict, keys, names=("this run", "the file")) -> list[str]:
@@ -282,9 +288,13 @@ class WriteGuard(io.RawIOBase):
                 self.error = error
 
 
-def check_not_an_input(out: str | Path, inputs: dict[str, str | Path | None], what: str = "--out"):
+def check_not_an_input(out: str | Path, inputs: dict[str, str | Path | None], what: str = "--out",
+                       inside: bool = False):
     """Refuse an output that is (or, for a folder, holds) one of the command's inputs:
-    an output never replaces an input, --overwrite or not. `inputs`: option -> path."""
+    an output never replaces an input, --overwrite or not. `inputs`: option -> path.
+    `inside`: also refuse an output inside an input folder, for a command that reads the
+    folder again while its output is there (`predict --data` reading a folder corpus on
+    resume would classify its own work files)."""
     out = Path(out).resolve()
     for option, given in inputs.items():
         if given is None or not Path(given).exists():
@@ -293,3 +303,6 @@ def check_not_an_input(out: str | Path, inputs: dict[str, str | Path | None], wh
         if source == out or out in source.parents or (out.exists() and os.path.samefile(out, source)):
             raise UserError(f"{what} {out} would replace {option} {given}; an output never replaces an input, "
                             f"choose another {what}")
+        if inside and source.is_dir() and source in out.parents:
+            raise UserError(f"{what} {out} is inside {option} {given}, which would then read it as input; "
+                            f"choose another {what} outside it")
