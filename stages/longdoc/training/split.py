@@ -89,3 +89,49 @@ def class_weight_tensor(labels: np.ndarray, n_classes: int) -> torch.Tensor:
     weights = np.ones(n_classes)
     weights[present] = counts[present].sum() / (present.sum() * counts[present])
     return torch.tensor(weights, dtype=torch.float32)
+
+
+def iterative_split(label_sets: np.ndarray, fraction: float, rng: np.random.Generator
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) document indices of a multi-label corpus, `label_sets` a bool matrix
+    [documents, labels]: iterative stratification (Sechidis, Tsoumakas and Vlahavas 2011),
+    so that each label's share of validation documents is as near `fraction` as its
+    documents allow, rare labels first.
+
+    Each label wants `fraction` of its documents in validation and the rest in training.
+    Repeatedly, the label with the fewest documents still to place has them placed, one
+    by one, on the side that wants that label most (ties: the side that wants the most
+    documents overall, then a coin of `rng`); placing a document fills every one of its
+    labels' wants. A label of one document goes to training (it wants 0.1 of a document in
+    validation against 0.9 in training), so it is learned from, not only held out.
+    Documents without labels last, to whichever side is furthest below its size."""
+    label_sets = np.asarray(label_sets, dtype=bool)
+    n_docs, n_labels = label_sets.shape
+    sides = np.array([1.0 - fraction, fraction])  # train, val
+    want_docs = sides * n_docs
+    counts = label_sets.sum(0)
+    want = sides[:, None] * counts[None, :].astype(np.float64)  # [2, labels]
+    side_of = np.full(n_docs, -1, dtype=np.int64)
+    docs_of = [np.flatnonzero(column) for column in label_sets.T]  # each label's documents
+    left = counts.astype(np.int64)  # each label's documents not yet placed
+    done = np.zeros(n_labels, dtype=bool)
+    while not done.all():
+        label = int(np.argmin(np.where(done, np.iinfo(np.int64).max, left)))
+        done[label] = True
+        for doc in rng.permutation(docs_of[label]):
+            if side_of[doc] >= 0:
+                continue
+            candidates = np.flatnonzero(want[:, label] == want[:, label].max())
+            if len(candidates) > 1:
+                candidates = candidates[want_docs[candidates] == want_docs[candidates].max()]
+            side = int(candidates[rng.integers(len(candidates))]) if len(candidates) > 1 else int(candidates[0])
+            side_of[doc] = side
+            labels_of_doc = label_sets[doc]
+            want[side, labels_of_doc] -= 1.0
+            want_docs[side] -= 1.0
+            left[labels_of_doc] -= 1
+    for doc in rng.permutation(np.flatnonzero(side_of < 0)):  # documents without a label
+        side = int(np.argmax(want_docs))
+        side_of[doc] = side
+        want_docs[side] -= 1.0
+    return np.flatnonzero(side_of == 0), np.flatnonzero(side_of == 1)
