@@ -258,3 +258,14 @@ def test_missing_or_null_labels_are_refused_where_labels_are_required(tmp_path):
         load_corpus(str(tmp_path / "d.csv"))
     with pytest.raises(UserError, match="line 2: each record needs 'text' and 'label' \\(or 'labels'\\) fields"):
         load_corpus(str(_jsonl(tmp_path / "e.jsonl", {"text": "a", "labels": ["x"]}, {"text": "b"})))
+
+
+def test_the_default_search_path_is_the_checkouts_data_and_the_shared_datasets_beside_it(monkeypatch):
+    """Without --data-home or $SCIKIT_LEARN_DATA, `data/` of this checkout, then
+    `../shared/datasets` beside it (where the tests, CI and benchmarks keep the archives)."""
+    from conftest import ROOT
+
+    from longdoc.corpus.sources import newsgroups_search_path
+
+    monkeypatch.delenv("SCIKIT_LEARN_DATA", raising=False)
+    assert newsgroups_search_path(None) == [ROOT / "data", ROOT.parent / "shared" / "datasets"]

@@ -58,7 +58,11 @@ NEWSGROUPS_SPLITS = ("train", "test")
 REMOVABLE_PARTS = ("headers", "footers", "quotes")
 # fetch_20newsgroups shuffles twice: load_files with seed 0, then seed 42.
 _LOAD_FILES_SEED, _FETCH_SEED = 0, 42
-_PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# A checkout's data/ and the ../shared/datasets beside it: this file is stages/longdoc/corpus/
+# in a checkout (an editable install too); an installed wheel has no checkout, so there the
+# working directory stands in for it.
+_CHECKOUT = Path(__file__).resolve().parents[3]
+_PROJECT_ROOT = _CHECKOUT if (_CHECKOUT / "pyproject.toml").is_file() else Path.cwd()
 # A long-document tool reads long fields: the csv module stops at 131,072 characters.
 CSV_FIELD_LIMIT = min(sys.maxsize, 2**31 - 1)
 
