@@ -74,6 +74,11 @@ def memory_budget_setting():
 # report.html's caps on the documents it shows (stages.report_html):
 MAX_WRONG = 1000  # misclassified documents shown (20NG test: ~1,700 at 0.78 accuracy)
 N_CORRECT = 100  # correctly classified documents shown, a seeded random sample
+# The confusion matrix is drawn (confusion_matrix.png, report.html's table) up to this many
+# classes. Past 60 the names are unreadable and both grow with the square of the count
+# (500 classes: a 27,000-pixel square, ~3 GB; 2,000 classes: 352 MB of HTML); beyond it
+# only the numbers are kept, in metrics.json.
+MAX_PLOTTED_CLASSES = 60
 
 # predict --data: 1,000 documents per resumable block; a kill loses at most ~1 min of MiniLM work on 2 cores.
 BLOCK_DOCS = 1000

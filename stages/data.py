@@ -16,10 +16,10 @@ Reads, never writes. Three kinds of source:
   field may be as long as a document gets (the csv module's 128 KiB limit is lifted).
 
 Every document is checked here, before any encoder time is spent: a missing or empty
-label, a label with a control character (a newline would break `predict`'s
-tab-separated lines), a lone surrogate in a text, id or label, a file name that is
-not valid UTF-8, JSON nested too deeply or with an over-long number: each is refused
-in one line naming the file and the line or document.
+label, a label name that no consumer could show (`check_label_names`), a lone surrogate
+in a text, id or label, a file name that is not valid UTF-8, JSON nested too deeply or
+with an over-long number: each is refused in one line naming the file and the line or
+document.
 
 Every corpus carries a fingerprint of its ids, labels and texts, so a cache can
 tell whether it was made from the same data.
@@ -33,6 +33,7 @@ import json
 import os
 import sys
 import tarfile
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +50,54 @@ _LOAD_FILES_SEED, _FETCH_SEED = 0, 42
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # A long-document tool reads long fields: the csv module stops at 131,072 characters.
 CSV_FIELD_LIMIT = min(sys.maxsize, 2**31 - 1)
+# No class name is longer; a longer "label" is a text in the label column, and a plot's
+# axis or a table's column cannot show it.
+MAX_LABEL_CHARS = 1000
+
+
+def check_label_names(names, where: str) -> None:
+    """What a class name may be, stated once for every consumer (report.md and report.html,
+    the PNG plots, CSV and JSONL rows, the terminal's tab-separated lines); a UserError
+    naming `where` and the name otherwise. A name is:
+
+    - a non-empty string, not only whitespace;
+    - valid UTF-8 (no lone surrogates);
+    - printable (`str.isprintable`): no control character (a newline or tab would break
+      one-line output), no invisible format character (zero-width spaces and joiners,
+      right-to-left overrides: a name holding one looks like another name, or reorders
+      the line around it), no line or paragraph separator;
+    - at most MAX_LABEL_CHARS characters;
+    - unique, also after Unicode normalisation (NFC): two classes shown alike would be
+      scored as one.
+
+    Everything else is shown as given: `$` (plots draw it as text, not as math), `<` and
+    `&` (escaped in HTML and Markdown), right-to-left scripts, any language."""
+    if not isinstance(names, (list, tuple)):
+        raise UserError(f"{where}: the label names are not a list ({type(names).__name__})")
+    seen = {}
+    for name in names:
+        if not isinstance(name, str):
+            raise UserError(f"{where}: the label {str(name)[:80]!r} is not a string")
+        shown = repr(name[:80]) + ("..." if len(name) > 80 else "")
+        if not name.strip():
+            raise UserError(f"{where}: the label is empty")
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise UserError(f"{where}: the label holds a lone surrogate ({name[error.start:error.end]!r} at "
+                            f"character {error.start})") from None
+        if not name.isprintable():
+            bad = next(c for c in name if not c.isprintable())
+            raise UserError(f"{where}: the label {shown} holds a control character such as a newline or tab, "
+                            f"or an invisible one (U+{ord(bad):04X} {unicodedata.name(bad, 'unnamed')})")
+        if len(name) > MAX_LABEL_CHARS:
+            raise UserError(f"{where}: the label {shown} is {len(name):,} characters long, more than the "
+                            f"{MAX_LABEL_CHARS:,} a class name may have (is a text in the label field?)")
+        key = unicodedata.normalize("NFC", name)
+        if key in seen:
+            same = "" if seen[key] == name else " (in another Unicode normalisation)"
+            raise UserError(f"{where}: the label {shown} appears twice{same}")
+        seen[key] = name
 
 
 @dataclass
@@ -108,6 +157,7 @@ def load_corpus(
     corpus = corpus.head(limit)
     if len(corpus) == 0:
         raise UserError(f"--data {data}: no documents found")
+    check_label_names(corpus.label_names, f"--data {data}")  # every kind; user corpora per record too
     return corpus
 
 
@@ -279,10 +329,8 @@ def _checked(where: str, doc_id: str, text: str, label: str | None,
             what = "a file name that is not UTF-8" if from_file_names and name != "text" else "a lone surrogate"
             raise UserError(f"{where}: the {name} holds {what} ({value[error.start:error.end]!r} at "
                             f"character {error.start})") from None
-    if label is not None and not label.strip():
-        raise UserError(f"{where}: the label is empty")
-    if label is not None and not label.isprintable():
-        raise UserError(f"{where}: the label {label!r} holds a control character such as a newline or tab")
+    if label is not None:
+        check_label_names([label], where)
     return doc_id, text, label
 
 
