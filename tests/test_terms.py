@@ -106,6 +106,28 @@ def test_a_planted_token_pattern_is_refused_not_compiled():
     assert "token_pattern" in result.stdout and "never compiled" in result.stdout
 
 
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 1 << 20])
+def test_term_rows_are_checked_alike_whatever_the_chunk_they_are_read_in(chunk):
+    """`term_rows_problem` reads indices and counts `chunk` entries at a time (a cache larger
+    than memory): the rows `TermHashing` makes pass at every chunk size, a repeated term is
+    found where the repeat straddles two chunks, and a row may start below where the row
+    before it ended."""
+    from stages.term_files import term_rows_problem
+
+    hashing = TermHashing(ngram_max=1)
+    matrix = hashing.counts(["a1 b1 c1 d1 e1 f1 g1", "h1", "aa aa bb", "", "x1 y1 z1 w1"])
+    assert matrix.indptr[1] == 7  # seven terms in row 0: chunks of 1, 2, 3 and 7 split it or end with it
+    assert term_rows_problem(matrix.indptr, matrix.indices, matrix.data, hashing.n_features, chunk=chunk) is None
+    repeated = matrix.indices.copy()
+    repeated[6] = repeated[5]
+    assert "document 0 are not strictly increasing" in term_rows_problem(
+        matrix.indptr, repeated, matrix.data, hashing.n_features, chunk=chunk)
+    indptr, indices, counts = np.array([0, 3, 4, 6]), np.array([5, 9, 60, 2, 1, 3]), np.ones(6, np.int32)
+    assert term_rows_problem(indptr, indices, counts, 64, chunk=chunk) is None
+    assert "document 2 are not strictly increasing" in term_rows_problem(
+        indptr, indices[[0, 1, 2, 3, 5, 4]], counts, 64, chunk=chunk)
+
+
 def test_tf_idf_matches_scikit_learn_on_the_kept_terms():
     from sklearn.feature_extraction.text import TfidfTransformer
 
