@@ -230,6 +230,11 @@ def _read_attributes(path: Path, file: h5py.File) -> dict:
         except (OSError, ValueError, TypeError) as error:  # UnicodeDecodeError is a ValueError
             raise UserError(f"{path}: attribute {key} cannot be read ({type(error).__name__}) "
                             f"(damaged cache)") from None
+        try:  # h5py hands undecodable text over with its bytes as lone surrogates
+            if isinstance(attrs[key], str):
+                attrs[key].encode("utf-8")
+        except UnicodeEncodeError:
+            raise UserError(f"{path}: attribute {key} is not valid UTF-8 (damaged cache)") from None
     return attrs
 
 

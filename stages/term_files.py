@@ -94,7 +94,7 @@ def term_rows_problem(indptr, indices, counts, n_features: int, prefix: str = ""
         return f"{prefix}indptr decreases after document {int(np.argmax(steps < 0))}"
     if indptr[-1] != len(indices):
         return f"{prefix}indptr ends at {indptr[-1]}, not at the {len(indices)} entries of {prefix}indices"
-    last = None  # (index, row) of the previous chunk's last entry
+    previous = None  # the previous chunk's last index
     for lo in range(0, len(indices), chunk):
         hi = min(lo + chunk, len(indices))
         ids, values = np.asarray(indices[lo:hi]).astype(np.int64), np.asarray(counts[lo:hi]).astype(np.int64)
@@ -107,14 +107,16 @@ def term_rows_problem(indptr, indices, counts, n_features: int, prefix: str = ""
         if wrong.any():
             at = int(np.argmax(wrong))
             return f"{prefix}counts holds {values[at]} at entry {lo + at}; a term occurs at least once"
-        rows = np.searchsorted(indptr, np.arange(lo, hi), side="right") - 1
-        if last is not None:
-            ids, rows = np.concatenate([[last[0]], ids]), np.concatenate([[last[1]], rows])
-        unsorted = (rows[1:] == rows[:-1]) & (np.diff(ids) <= 0)
+        row_starts = np.zeros(hi - lo, dtype=bool)  # entry k of the chunk begins a document's row
+        row_starts[indptr[(indptr >= lo) & (indptr < hi)] - lo] = True
+        before = np.concatenate([[ids[0] if previous is None else previous], ids[:-1]])  # entry k - 1
+        unsorted = ~row_starts & (ids <= before)
+        if previous is None:
+            unsorted[0] = False  # the first entry of all has no predecessor
         if unsorted.any():
-            return (f"{prefix}indices of document {int(rows[1:][np.argmax(unsorted)])} are not strictly "
-                    f"increasing (unsorted or repeated terms)")
-        last = (ids[-1], rows[-1])
+            doc = int(np.searchsorted(indptr, lo + int(np.argmax(unsorted)), side="right")) - 1
+            return f"{prefix}indices of document {doc} are not strictly increasing (unsorted or repeated terms)"
+        previous = ids[-1]
     return None
 
 

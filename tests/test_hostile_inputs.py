@@ -234,6 +234,7 @@ FIELD_DAMAGE = {
     "precision auto": (set_attr("precision", "auto"), "attribute precision is 'auto'"),
     "model_fingerprint not a sha256": (set_attr("model_fingerprint", "abc"), "attribute model_fingerprint"),
     "model empty": (set_attr("model", " "), "attribute model is ' '"),
+    "model not UTF-8": (set_attr("model", b"\xff\xfe"), "attribute model is not valid UTF-8"),
     "format_version a string": (set_attr("format_version", "2"), "cache format version '2'"),
     "window_starts shorter": (lambda f: replace(f, "window_starts", f["window_starts"][:-1]),
                               "window_starts holds"),
