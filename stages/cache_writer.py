@@ -144,7 +144,8 @@ def write_cache(out: Path, attrs: dict, blocks: list[tuple[int, int, Path]], *, 
     Nothing is marked complete unless the blocks provably cover every document once:
     contiguous from document 0 to the last, each holding exactly its documents' windows,
     every value finite (a last line of defence: `PartialCache` already refuses them) and
-    their term counts well formed. Streams one block at a time, so memory stays at one block however big the cache.
+    their term counts well formed. Streams one block at a time, so memory stays at one
+    block however big the cache.
     """
     out = Path(out)
     offsets = np.concatenate([[0], np.cumsum(window_counts)]).astype(np.int64)

@@ -9,8 +9,9 @@ and reads fine with scripts off.
 
 What it shows: the summary figures, the per-class table, the confusion matrix (up to
 `MAX_PLOTTED_CLASSES` classes, like the PNG: it grows with the square of the count; past
-that the page says so and the numbers stay in metrics.json), accuracy by length, and documents: the misclassified ones, in cache order, up to
-`max_wrong`, and a seeded random sample of `n_correct` correctly classified ones.
+that the page says so and the numbers stay in metrics.json), accuracy by length, and
+documents: the misclassified ones, in cache order, up to `max_wrong`, and a seeded
+random sample of `n_correct` correctly classified ones.
 Each has its true, predicted and top competing class, a strip of its windows
 coloured by contribution to the predicted class (orange: for it, blue: against it),
 its text with the same shading, and, for heads with a term branch, its top terms. Texts longer than `max_chars` keep their first
