@@ -40,9 +40,13 @@ def write_synthetic_cache(path: Path, n_docs: int = 60, n_classes: int = 3, hidd
         attrs = {"term_hashing": hashing.to_json(), **attrs}
     names = [f"class{i}" for i in range(n_classes)]
     all_attrs = {**ATTRS, "hidden_size": hidden, "label_names": json.dumps(names), **attrs}
+    # The geometry of `longdoc.encoding.windows` for a tokenizer of two special tokens: each document
+    # exactly fills its windows, whose bodies start `step` tokens apart.
+    body = all_attrs["chunk_tokens"] - 2
+    step = body - all_attrs["stride"]
     write_cache(Path(path), all_attrs, [(0, n_docs, block)] if n_docs else [], labels=labels,
-                doc_ids=[f"doc{i}" for i in range(n_docs)], doc_tokens=counts * 200,
-                window_counts=counts, window_starts=np.concatenate([np.arange(c) * 222 for c in counts])
+                doc_ids=[f"doc{i}" for i in range(n_docs)], doc_tokens=(counts - 1) * step + body,
+                window_counts=counts, window_starts=np.concatenate([np.arange(c) * step for c in counts])
                 if n_docs else np.zeros(0, np.int64), hidden=hidden)
     block.unlink()
     terms_path(block).unlink(missing_ok=True)

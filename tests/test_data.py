@@ -9,6 +9,7 @@ from conftest import SHARED_DATASETS
 
 from longdoc.corpus.sources import iter_documents, load_corpus
 from longdoc.runtime.errors import UserError
+from longdoc.settings.labels import MAX_LABEL_CHARS, check_label_names
 
 
 def test_class_folders_replace_undecodable_bytes(tmp_path):
@@ -32,6 +33,63 @@ def test_csv_and_jsonl_agree(tmp_path):
     assert a.texts == b.texts == ["hello, world", "bye"]
     assert a.label_names == ["neg", "pos"] and a.labels.tolist() == [1, 0]
     assert a.fingerprint() == b.fingerprint()
+
+
+# Names every consumer shows as given (report.md and .html escape them, plots draw `$` as
+# text): refusing them would refuse real class names.
+SHOWN_AS_GIVEN = ["$x^$", "price in $", "<script>alert(1)</script>", "a & b | c", "\u0631\u064a\u0627\u0636\u0629",
+                  "comp.sys.ibm.pc.hardware", "C++", "x" * MAX_LABEL_CHARS, "caf\u00e9", "\U0001F680 rockets"]
+
+
+def test_label_names_every_consumer_can_show_are_accepted():
+    check_label_names(SHOWN_AS_GIVEN, "here")
+
+
+@pytest.mark.parametrize("names, message", [
+    ("abc", "are not a list"), (["a", 1], "the label '1' is not a string"), (["a", ""], "the label is empty"),
+    (["a", "  "], "the label is empty"), (["a\nb"], "control character"), (["a\tb"], "control character"),
+    (["a\x00b"], "control character"), (["a\x1b[31mred"], "control character"),
+    (["a\u200bb"], "U\\+200B ZERO WIDTH SPACE"), (["a\u200db"], "U\\+200D ZERO WIDTH JOINER"),
+    (["abc\u202edef"], "U\\+202E RIGHT-TO-LEFT OVERRIDE"), (["a\u2028b"], "U\\+2028 LINE SEPARATOR"),
+    (["a\ufeffb"], "U\\+FEFF"), (["sp\ud83dce"], "lone surrogate"),
+    (["x" * (MAX_LABEL_CHARS + 1)], "1,001 characters long"), (["a", "b", "a"], "'a' appears twice"),
+    (["caf\u00e9", "cafe\u0301"], "appears twice \\(in another Unicode normalisation\\)"),
+])
+def test_label_names_no_consumer_could_show_are_refused_naming_the_place(names, message):
+    with pytest.raises(UserError, match=f"^here: .*{message}"):
+        check_label_names(names, "here")
+
+
+@pytest.mark.parametrize("kind, label, message", [
+    *((kind, label, message) for kind in ("jsonl", "csv", "folder")
+      for label, message in (("a\u200bb", "ZERO WIDTH SPACE"), ("\u202eevil", "RIGHT-TO-LEFT OVERRIDE"))),
+    ("jsonl", "x" * 1001, "characters long"), ("csv", "x" * 1001, "characters long"),  # no file name is this long
+])
+def test_every_corpus_kind_checks_its_label_names(tmp_path, kind, label, message):
+    rows = [{"text": "space rocket", "label": "space"}, {"text": "god church", "label": label}]
+    if kind == "jsonl":
+        data = tmp_path / "c.jsonl"
+        data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elif kind == "csv":
+        data = tmp_path / "c.csv"
+        data.write_text("text,label\n" + "".join(f"{r['text']},{r['label']}\n" for r in rows), encoding="utf-8")
+    else:
+        data = tmp_path / "folder"
+        for r in rows:
+            (data / r["label"]).mkdir(parents=True)
+            (data / r["label"] / "1.txt").write_text(r["text"])
+    with pytest.raises(UserError, match=message):
+        load_corpus(str(data))
+
+
+def test_labels_alike_after_normalisation_are_refused_for_the_whole_corpus(tmp_path):
+    """Each record's label is fine on its own; two classes that differ only in their Unicode
+    form would be shown alike in every report."""
+    data = tmp_path / "c.jsonl"
+    data.write_text(json.dumps({"text": "a", "label": "caf\u00e9"}) + "\n"
+                    + json.dumps({"text": "b", "label": "cafe\u0301"}) + "\n")
+    with pytest.raises(UserError, match=f"--data {data}: .*appears twice"):
+        load_corpus(str(data))
 
 
 @pytest.mark.parametrize("content,message", [

@@ -157,3 +157,29 @@ def test_evaluate_cli_prints_scores_and_writes_the_report(trained, tmp_path):
         assert main(["evaluate", "--head", str(head), "--cache", str(test), "--report", str(tmp_path / "r")]) == 0
     assert "accuracy" in out.getvalue() and "macro-F1" in out.getvalue()
     assert (tmp_path / "r" / "metrics.json").exists()
+
+
+# Class names every consumer must show as given (`longdoc.settings.labels.check_label_names` accepts
+# them): mathtext's `$`, HTML and Markdown syntax, a right-to-left script, the longest name.
+HOSTILE_BUT_LEGAL = ["$x^$ or $y$", "<script>alert(1)</script> & | *b*",
+                     "\u0631\u064a\u0627\u0636\u0629 " + "y" * 994]
+
+
+def test_every_report_file_shows_any_legal_class_name(tmp_path):
+    """report.md, report.html and the PNG from names that broke them: `$x^$` made matplotlib
+    parse math and raise, a `|` split the Markdown table, a 1,000-character name pushed the
+    matrix off the picture."""
+    names = json.dumps(HOSTILE_BUT_LEGAL)
+    train = write_synthetic_cache(tmp_path / "train.h5", n_docs=60, seed=0, label_names=names)
+    test = write_synthetic_cache(tmp_path / "test.h5", n_docs=30, seed=1, label_names=names)
+    run_train_head(TrainConfig(train=str(train), out=str(tmp_path / "head.pt"), pooling="mean", max_epochs=5,
+                               lr=1e-2, progress=False, curve=False), log=lambda line: None)
+    evaluate(tmp_path / "head.pt", test, tmp_path / "report")
+    report = tmp_path / "report"
+    assert (report / "confusion_matrix.png").stat().st_size > 1000
+    html = (report / "report.html").read_text()
+    assert "<script>alert" not in html and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; | *b*" in html
+    table = [line for line in (report / "report.md").read_text().splitlines() if line.startswith("| ")]
+    assert all(line.count("|") - line.count("\\|") == 6 for line in table[:5]), table  # five cells each
+    assert "\\$x^\\$ or \\$y\\$" in table[2] and "\\<script\\>" in table[3] and "\\*b\\*" in table[3]
+    assert [c["class"] for c in json.loads((report / "metrics.json").read_text())["per_class"]] == HOSTILE_BUT_LEGAL

@@ -22,6 +22,7 @@ from synthetic import write_synthetic_cache
 
 from longdoc import cli
 from longdoc.configs import TrainConfig
+from longdoc.terms.hashing import TermHashing
 
 # --- the table of hostile corpora ----------------------------------------------------------
 from longdoc.train_head import run_train_head
@@ -169,17 +170,126 @@ def damage_cache(path, how):
             f.create_dataset("doc_ids", data=ids, dtype=h5py.string_dtype("utf-8"))
         elif how == "offsets past the end":
             f["doc_offsets"][-1] = 10**9
+        elif how in FIELD_DAMAGE:
+            FIELD_DAMAGE[how][0](f)
         else:
             raise ValueError(how)
 
 
+def replace(f, name, data, **options):
+    del f[name]
+    f.create_dataset(name, data=data, **options)
+
+
+def set_entry(name, at, value):
+    def damage(f):
+        data = f[name][:]
+        data[at] = value(data) if callable(value) else value
+        replace(f, name, data)
+    return damage
+
+
+def set_attr(name, value):
+    def damage(f):
+        f.attrs[name] = value
+    return damage
+
+
+def swap_first_terms(f):
+    indices = f["terms/indices"][:]
+    assert f["terms/indptr"][1] >= 2  # the first document has two terms to swap
+    indices[[0, 1]] = indices[[1, 0]]
+    f["terms/indices"][:] = indices
+
+
+def window_starts_off_by_one(f):  # the second window of the first document with two
+    offsets = f["doc_offsets"][:]
+    doc = int(np.flatnonzero(np.diff(offsets) >= 3)[0])
+    f["window_starts"][offsets[doc] + 2] += 1
+
+
+def undecodable_id(f):
+    ids = [x for x in f["doc_ids"][:]]
+    ids[3] = b"doc\xff3"
+    replace(f, "doc_ids", np.array(ids, dtype=object), dtype=h5py.string_dtype("ascii"))
+
+
+STEP = 222  # the synthetic caches' window step: chunk_tokens 256 - 2 specials - stride 32
+# Damage that each crashed a command, or changed its result silently, before the cache was
+# checked field by field (`longdoc.cache.reader.open_cache`): (how, the field the error must name).
+# Those marked terms apply to a cache with term counts.
+FIELD_DAMAGE = {
+    "no model attribute": (lambda f: f.attrs.__delitem__("model"), "model attribute"),
+    "no hidden_size attribute": (lambda f: f.attrs.__delitem__("hidden_size"), "hidden_size attribute"),
+    "doc_ids not UTF-8": (undecodable_id, "doc_ids of document 3 is not UTF-8"),
+    "complete = 'no'": (set_attr("complete", "no"), "incomplete (complete = 'no')"),
+    "complete = 1": (set_attr("complete", 1), "incomplete"),
+    "duplicate label names": (set_attr("label_names", json.dumps(["class0", "class1", "class0"])),
+                              "'class0' appears twice"),
+    "a label name with a newline": (set_attr("label_names", json.dumps(["class0", "class\n1", "class2"])),
+                                    "control character"),
+    "chunk_tokens a string": (set_attr("chunk_tokens", "256"), "attribute chunk_tokens is '256'"),
+    "chunk_tokens a float": (set_attr("chunk_tokens", 256.0), "attribute chunk_tokens"),
+    "chunk_tokens zero": (set_attr("chunk_tokens", 0), "attribute chunk_tokens is 0"),
+    "chunk_tokens an array": (set_attr("chunk_tokens", np.array([256, 256])), "attribute chunk_tokens"),
+    "stride negative": (set_attr("stride", -1), "attribute stride is -1"),
+    "stride past chunk_tokens": (set_attr("stride", 256), "attribute stride is 256"),
+    "hidden_size not the embeddings' width": (set_attr("hidden_size", 17), "attribute hidden_size is 17"),
+    "hidden_size a bool": (set_attr("hidden_size", True), "attribute hidden_size"),
+    "window_vector unknown": (set_attr("window_vector", "max"), "attribute window_vector is 'max'"),
+    "precision unknown": (set_attr("precision", "fp8"), "attribute precision is 'fp8'"),
+    "precision auto": (set_attr("precision", "auto"), "attribute precision is 'auto'"),
+    "model_fingerprint not a sha256": (set_attr("model_fingerprint", "abc"), "attribute model_fingerprint"),
+    "model empty": (set_attr("model", " "), "attribute model is ' '"),
+    "model not UTF-8": (set_attr("model", b"\xff\xfe"), "attribute model is not valid UTF-8"),
+    "format_version a string": (set_attr("format_version", "2"), "cache format version '2'"),
+    "window_starts shorter": (lambda f: replace(f, "window_starts", f["window_starts"][:-1]),
+                              "window_starts holds"),
+    "window_starts two-dimensional": (lambda f: replace(f, "window_starts", f["window_starts"][:][:, None]),
+                                      "window_starts is a 2-D"),
+    "window_starts past the document": (set_entry("window_starts", 1, 10**9), "window_starts of document 0"),
+    "window_starts off by one": (window_starts_off_by_one, "window_starts of document"),
+    "window_starts negative": (set_entry("window_starts", 0, -5), "window_starts of document 0"),
+    "doc_tokens shorter": (lambda f: replace(f, "doc_tokens", f["doc_tokens"][:-1]), "doc_tokens holds"),
+    "doc_tokens negative": (set_entry("doc_tokens", 2, -1), "doc_tokens of document 2 is negative"),
+    "doc_tokens too many for the windows": (set_entry("doc_tokens", 2, lambda a: a[2] + 10 * STEP),
+                                            "doc_tokens of document 2"),
+    "doc_tokens floats": (lambda f: replace(f, "doc_tokens", f["doc_tokens"][:].astype(np.float64)),
+                          "doc_tokens is a 1-D float64"),
+    "an external link for labels": (lambda f: (f.__delitem__("labels"),
+                                               f.__setitem__("labels", h5py.ExternalLink("/etc/passwd", "x"))),
+                                    "labels is a link"),
+    "terms: indptr not from 0": (set_entry("terms/indptr", 0, 1), "terms/indptr starts at 1"),
+    "terms: indptr decreasing": (set_entry("terms/indptr", 2, lambda a: a[1] - 1), "terms/indptr decreases"),
+    "terms: an index past n_features": (set_entry("terms/indices", 5, 2**20), "terms/indices holds 1048576"),
+    "terms: a negative index": (set_entry("terms/indices", 5, -1), "terms/indices holds -1"),
+    "terms: unsorted ids in a row": (swap_first_terms, "terms/indices of document 0 are not strictly increasing"),
+    "terms: a repeated id in a row": (set_entry("terms/indices", 1, lambda a: a[0]),
+                                      "terms/indices of document 0 are not strictly increasing"),
+    "terms: negative counts": (lambda f: f["terms/counts"].__setitem__(slice(None), -f["terms/counts"][:]),
+                               "terms/counts holds -"),
+    "terms: a zero count": (set_entry("terms/counts", 4, 0), "terms/counts holds 0 at entry 4"),
+    "terms: counts floats": (lambda f: replace(f, "terms/counts", f["terms/counts"][:].astype(np.float32)),
+                             "terms/counts is a 1-D float32"),
+    "terms: indptr shorter": (lambda f: replace(f, "terms/indptr", f["terms/indptr"][:-1]), "terms/"),
+    "terms: term_hashing not JSON": (set_attr("term_hashing", "{n_features: 5"), "term_hashing is not this code's"),
+    "terms: term_hashing with an unknown key": (
+        set_attr("term_hashing", json.dumps({**json.loads(TermHashing().to_json()), "extra": 1})), "unknown key"),
+    "terms: term_hashing with a planted pattern": (
+        set_attr("term_hashing", json.dumps({**json.loads(TermHashing().to_json()), "token_pattern": "(a+)+b"})),
+        "token_pattern"),
+    "terms: term_hashing of no terms": (set_attr("term_hashing", "{}"), "term_hashing"),
+    "terms: a group where terms/ belongs, as a dataset": (lambda f: replace(f, "terms", np.zeros(3)),
+                                                          "terms is not a group"),
+}
 CACHE_DAMAGE = ["a group where a dataset belongs", "one-dimensional embeddings", "a document with zero windows",
                 "NaN vectors", "label_names not JSON", "label_names not a list of names", "doc_ids shorter than labels",
-                "offsets past the end", "scrambled metadata", "empty file", "not HDF5"]
+                "offsets past the end", "scrambled metadata", "empty file", "not HDF5", *FIELD_DAMAGE]
 
 
 def make_damaged_cache(folder, how, seed=0):
-    path = write_synthetic_cache(folder / f"damaged-{seed}.h5", n_docs=30, seed=seed)
+    texts = [f"word{i % 7} and common text{i % 3} here" for i in range(30)] if how.startswith("terms:") else None
+    path = write_synthetic_cache(folder / f"damaged-{seed}.h5", n_docs=30, seed=seed, texts=texts)
     if how == "scrambled metadata":  # the group B-trees, symbol tables and heaps overwritten at random
         data = bytearray(path.read_bytes())
         rng = random.Random(seed)
@@ -225,7 +335,7 @@ def test_damaged_caches_are_refused_in_one_line(command, how, good, tmp_path, ca
                 "--epochs", "1"]
     else:
         args = ["evaluate", "--head", head, "--cache", damaged, "--report", out]
-    refused(capsys, [*args], str(damaged))
+    refused(capsys, [*args], str(damaged), *FIELD_DAMAGE.get(how, (None, ""))[1:])
     assert snapshot(tmp_path) == before
 
 

@@ -113,11 +113,24 @@ def test_a_damaged_block_is_recomputed_on_resume(tiny_bert, reference, tmp_path,
     assert_same_cache(out, want)
 
 
-@pytest.mark.parametrize("damage", ["missing", "truncated", "wrong rows"])
+# Damage to a block's term counts that keeps its row count: (array, how), applied to the npz.
+TERM_DAMAGE = {
+    "indptr not from 0": ("indptr", lambda a: np.concatenate([[1], a[1:]])),
+    "indptr decreasing": ("indptr", lambda a: np.concatenate([a[:1], a[2:3], a[1:2], a[3:]])),
+    "unsorted ids in a row": ("indices", lambda a: a[::-1].copy()),
+    "an id outside n_features": ("indices", lambda a: np.concatenate([[2**20], a[1:]]).astype(a.dtype)),
+    "negative counts": ("counts", lambda a: -a),
+    "zero counts": ("counts", lambda a: 0 * a),
+    "n_features of another hashing": ("n_features", lambda a: np.int64(2**18)),
+}
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated", "wrong rows", *TERM_DAMAGE])
 def test_a_block_whose_terms_are_damaged_is_recomputed_on_resume(tiny_bert, reference, tmp_path, monkeypatch,
                                                                   damage):
-    """A finished block needs its term counts beside it: without them (or with damaged
-    ones) it is recomputed with every block after it, and the cache still equals the reference."""
+    """A finished block needs its term counts beside it: without them, or with damaged or
+    malformed ones (`term_rows_problem`), it is recomputed with every block after it, and
+    the cache still equals the reference."""
     from longdoc.cache.term_files import save_terms
     from longdoc.terms.hashing import TermHashing
 
@@ -128,12 +141,50 @@ def test_a_block_whose_terms_are_damaged_is_recomputed_on_resume(tiny_bert, refe
         terms.unlink()
     elif damage == "truncated":
         terms.write_bytes(terms.read_bytes()[:-20])
-    else:
+    elif damage == "wrong rows":
         start, end = (int(x) for x in terms.stem.split("-")[1:3])
         save_terms(terms, TermHashing().counts(["a row too many"] * (end - start + 1)))
+    else:
+        name, how = TERM_DAMAGE[damage]
+        with np.load(terms) as z:
+            arrays = {key: z[key] for key in z.files}
+        assert arrays["indptr"][-1] > 3 and np.diff(arrays["indptr"])[:2].min() > 0  # the damage is one
+        arrays[name] = how(arrays[name])
+        with open(terms, "wb") as f:
+            np.savez(f, **arrays)
     summary = run_embed(config(tiny_bert, corpus, out))
     assert 0 < summary.resumed_documents
     assert_same_cache(out, want)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_a_block_holding_nan_or_infinity_is_recomputed_on_resume(tiny_bert, reference, tmp_path, monkeypatch, value):
+    """A finished block is trusted only when every value is finite: a planted NaN is never
+    published in a cache marked complete; the block is computed again, as is every one after it."""
+    corpus, want = reference
+    out = embed_killed_after_three_blocks(tiny_bert, corpus, tmp_path, monkeypatch)
+    block = sorted((tmp_path / "c.h5.partial").glob("block-*.npy"))[1]
+    rows = np.load(block)
+    rows[len(rows) // 2, 3] = value
+    np.save(block, rows)
+    summary = run_embed(config(tiny_bert, corpus, out))
+    assert 0 < summary.resumed_documents
+    assert_same_cache(out, want)
+
+
+def test_non_finite_vectors_are_never_saved_nor_written_into_a_cache(tmp_path):
+    """The last lines of defence: `PartialCache.save` refuses a block the encoder filled
+    with NaN, and `write_cache` a finished block holding one."""
+    with WorkDir(tmp_path / "c.h5", {"a": 1}) as work:
+        with pytest.raises(UserError, match="NaN or infinite vectors for documents 0..1"):
+            PartialCache.save(work, Block(0, 2, np.array([[1.0, np.nan], [0.0, 1.0]], np.float32)))
+        assert not list(work.dir.glob("block-*"))
+    block = tmp_path / "block-000000000-000000002.npy"
+    np.save(block, np.array([[1.0, 2.0], [np.inf, 0.0]], np.float32))
+    with pytest.raises(UserError, match="block-000000000-000000002.npy: holds NaN or infinite values"):
+        write_cache(tmp_path / "out.h5", {}, [(0, 2, block)], labels=[0, 1], doc_ids=["a", "b"], doc_tokens=[1, 1],
+                    window_counts=np.array([1, 1]), window_starts=[0, 0], hidden=2)
+    assert not (tmp_path / "out.h5").exists()
 
 
 # --- 10. an existing cache is checked again under the lock -----------------------------------

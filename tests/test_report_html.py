@@ -18,7 +18,8 @@ from longdoc.evaluate import evaluate
 from longdoc.heads.batches import CacheDocuments, predict_logits
 from longdoc.heads.checkpoint import encoder_record, load_checkpoint, save_checkpoint
 from longdoc.heads.head import Head
-from longdoc.reports.html import kept_ranges, shaded_text
+from longdoc.reports.html import kept_ranges, render_report, shaded_text
+from longdoc.reports.metrics import MAX_PLOTTED_CLASSES
 from longdoc.settings.model import HeadConfig
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -183,3 +184,28 @@ def test_the_report_in_a_real_browser(setup, tmp_path):
     assert (tmp_path / "r" / "report.png").stat().st_size > 10_000
     assert all(url.startswith("file://") for url in requests), requests
     assert n_wrong > 0
+
+
+def class_metrics(n_classes: int) -> dict:
+    """evaluate's figures for `n_classes` classes, one document each, all right."""
+    names = [f"class number {i}" for i in range(n_classes)]
+    return {"head": "head.pt", "cache": "test.h5", "accuracy": 1.0, "macro_f1": 1.0, "documents": n_classes,
+            "label_names": names, "confusion_matrix": np.broadcast_to(np.eye(1, dtype=np.int64), (n_classes,) * 2),
+            "per_class": [{"class": n, "precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1} for n in names],
+            "by_length": [{"windows": "1", "documents": n_classes, "accuracy": 1.0}]}
+
+
+@pytest.mark.parametrize("n_classes", [MAX_PLOTTED_CLASSES + 1, 3000])
+def test_the_confusion_table_is_capped_like_the_picture(n_classes):
+    """Past MAX_PLOTTED_CLASSES the page says the table is left out instead of drawing
+    n_classes^2 cells (2,000 classes made 352 MB of HTML); the per-class table stays, so
+    the page grows with the count, not its square."""
+    page = render_report(class_metrics(n_classes), [], 0, n_classes, max_wrong=0, n_correct=0)
+    assert 'id="confusion"' not in page and f"{n_classes:,} classes, too many to draw" in page
+    assert f"class number {n_classes - 1}</td>" in page
+    assert len(page.encode()) < 50_000 + 300 * n_classes
+
+
+def test_the_confusion_table_is_drawn_up_to_the_cap():
+    page = render_report(class_metrics(MAX_PLOTTED_CLASSES), [], 0, MAX_PLOTTED_CLASSES, max_wrong=0, n_correct=0)
+    assert page.count('title="true ') == MAX_PLOTTED_CLASSES**2 and "too many to draw" not in page

@@ -58,6 +58,76 @@ def test_hashing_is_stateless_and_matches_scikit_learn():
     assert TermHashing.from_json(TermHashing().to_json()) == TermHashing()
 
 
+def hashing_json(**changes) -> str:
+    import json
+
+    record = {**json.loads(TermHashing().to_json()), **changes}
+    return json.dumps({k: v for k, v in record.items() if v is not DROP})
+
+
+DROP = object()
+CATASTROPHIC = r"(a+)+b"  # on "aaa...a" without a b: exponential backtracking
+
+
+@pytest.mark.parametrize("text, named", [
+    ("{nope", "not JSON"), ("[" * 100_000, "not JSON"), ("1" * 5000, "not JSON"), ('["a"]', "not a JSON object"),
+    (hashing_json(n_features=DROP), "n_features is missing"), (hashing_json(extra=1), "unknown key 'extra'"),
+    (hashing_json(n_features="1024"), "n_features must be of type int"),
+    (hashing_json(n_features=1024.0), "n_features must be of type int"),
+    (hashing_json(n_features=True), "n_features must be of type int"),
+    (hashing_json(n_features=0), "n_features must be from 1 to"),
+    (hashing_json(n_features=2**24 + 1), "n_features must be from 1 to"),
+    (hashing_json(ngram_max=0), "ngram_max must be from 1 to 3"), (hashing_json(ngram_max=4), "ngram_max"),
+    (hashing_json(lowercase=1), "lowercase must be of type bool"), (hashing_json(lowercase="yes"), "lowercase"),
+    (hashing_json(token_pattern=r"\w+"), "token_pattern"), (hashing_json(token_pattern=7), "token_pattern"),
+    (hashing_json(scheme="sklearn-hashing-vectorizer/murmur3/signed"), "scheme"),
+])
+def test_a_term_hashing_read_from_a_file_is_exactly_the_schema(text, named):
+    with pytest.raises(ValueError, match=named):
+        TermHashing.from_json(text)
+
+
+def test_a_planted_token_pattern_is_refused_not_compiled():
+    """A pattern read from a file is data: one off the list is refused before anything
+    compiles it. Run in a process under `timeout`: if the pattern were accepted, hashing a
+    line of 40 a's with it would backtrack for hours and the timeout would end the test."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    script = ("import sys\nfrom longdoc.terms.hashing import TermHashing\n"
+              "try:\n    hashing = TermHashing.from_json(sys.argv[1])\n"
+              "except ValueError as error:\n    print(error)\n    sys.exit(3)\n"
+              "hashing.counts(['a' * 40])\n")
+    result = subprocess.run(["timeout", "60", sys.executable, "-c", script, hashing_json(token_pattern=CATASTROPHIC)],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 3, (result.returncode, result.stderr)
+    assert "token_pattern" in result.stdout and "never compiled" in result.stdout
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 1 << 20])
+def test_term_rows_are_checked_alike_whatever_the_chunk_they_are_read_in(chunk):
+    """`term_rows_problem` reads indices and counts `chunk` entries at a time (a cache larger
+    than memory): the rows `TermHashing` makes pass at every chunk size, a repeated term is
+    found where the repeat straddles two chunks, and a row may start below where the row
+    before it ended."""
+    from longdoc.cache.term_files import term_rows_problem
+
+    hashing = TermHashing(ngram_max=1)
+    matrix = hashing.counts(["a1 b1 c1 d1 e1 f1 g1", "h1", "aa aa bb", "", "x1 y1 z1 w1"])
+    assert matrix.indptr[1] == 7  # seven terms in row 0: chunks of 1, 2, 3 and 7 split it or end with it
+    assert term_rows_problem(matrix.indptr, matrix.indices, matrix.data, hashing.n_features, chunk=chunk) is None
+    repeated = matrix.indices.copy()
+    repeated[6] = repeated[5]
+    assert "document 0 are not strictly increasing" in term_rows_problem(
+        matrix.indptr, repeated, matrix.data, hashing.n_features, chunk=chunk)
+    indptr, indices, counts = np.array([0, 3, 4, 6]), np.array([5, 9, 60, 2, 1, 3]), np.ones(6, np.int32)
+    assert term_rows_problem(indptr, indices, counts, 64, chunk=chunk) is None
+    assert "document 2 are not strictly increasing" in term_rows_problem(
+        indptr, indices[[0, 1, 2, 3, 5, 4]], counts, 64, chunk=chunk)
+
+
 def test_tf_idf_matches_scikit_learn_on_the_kept_terms():
     from sklearn.feature_extraction.text import TfidfTransformer
 

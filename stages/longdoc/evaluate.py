@@ -43,15 +43,17 @@ from longdoc.reports.html import (
     render_report,
     select_documents,
 )
-from longdoc.reports.metrics import save_figure, scores
+from longdoc.reports.metrics import MAX_PLOTTED_CLASSES, save_figure, scores
 from longdoc.runtime.errors import UserError
 from longdoc.runtime.workdir import atomic_write_bytes, check_not_an_input
 
 # Document length buckets, in windows: one window, a few, many, very many.
 LENGTH_BUCKETS = (("1", 1, 1), ("2-4", 2, 4), ("5-16", 5, 16), (">16", 17, None))
-# Past 60 classes the names are unreadable and the canvas grows with the square of the
-# count (500 classes: a 27,000-pixel square, ~3 GB): keep the numbers, skip the picture.
-MAX_PLOTTED_CLASSES = 60
+# A class name on the picture's axes keeps this many characters (then "..."): a long one
+# would push the matrix off the canvas (100,000 characters took 20 s to lay out).
+PLOT_NAME_CHARS = 40
+# Characters that mean something in Markdown (and GitHub's $math$), escaped in class names.
+MARKDOWN_SPECIAL = set("\\`*_[]<>|&~$")
 
 
 @dataclass
@@ -168,8 +170,8 @@ def markdown_report(m: dict) -> str:
     lines = [f"# {m['head']} on {m['cache']}", "",
              f"accuracy **{m['accuracy']:.4f}**, macro-F1 **{m['macro_f1']:.4f}**, {m['documents']:,} documents", "",
              "| class | precision | recall | F1 | support |", "| --- | ---: | ---: | ---: | ---: |"]
-    lines += [f"| {c['class']} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |"
-              for c in m["per_class"]]
+    lines += [f"| {markdown_text(c['class'])} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} "
+              f"| {c['support']} |" for c in m["per_class"]]
     if "branches" in m:
         alone = [(name, value) for name, value in m["branches"].items() if name != "mix"]
         lines += ["", "| branch alone | accuracy | macro-F1 | weight in the head |", "| --- | ---: | ---: | ---: |"]
@@ -184,12 +186,27 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
+def markdown_text(text: str) -> str:
+    """`text` as literal Markdown: a `|` would end a table cell, `<script>` be HTML, `$x$` math."""
+    return "".join(f"\\{c}" if c in MARKDOWN_SPECIAL else c for c in text)
+
+
 def plot_confusion(matrix: np.ndarray, names: list[str], path: Path):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # Names are text, never math or TeX: "$x^$" made mathtext raise and the report fail.
+    with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
+        _draw_confusion(plt, matrix, [_plot_name(n) for n in names], path)
+
+
+def _plot_name(name: str) -> str:
+    return name if len(name) <= PLOT_NAME_CHARS else name[:PLOT_NAME_CHARS - 3] + "..."
+
+
+def _draw_confusion(plt, matrix: np.ndarray, names: list[str], path: Path):
     size = max(4.0, 0.45 * len(names) + 2)
     fig, ax = plt.subplots(figsize=(size + 1, size))
     image = ax.imshow(matrix, cmap="Blues")

@@ -3,6 +3,7 @@ the `terms/` group of a cache, both CSR, one row per document (docs/cache-format
 
 Reads and writes numpy `.npz` files (never pickled: loaded with `allow_pickle=False`) and
 appends rows to an open HDF5 file; `longdoc.cache.writer` writes them and `longdoc.cache.reader` reads them.
+Both readers prove the rows well formed first (`term_rows_problem`).
 """
 
 from __future__ import annotations
@@ -16,9 +17,16 @@ import numpy as np
 
 from longdoc.runtime.errors import UserError
 from longdoc.runtime.workdir import atomic_path
+from longdoc.terms.hashing import MAX_FEATURES
 
 if TYPE_CHECKING:
     import scipy.sparse as sp
+
+# Entries read at once while checking term rows: a few arrays of 8 MB, whatever the
+# size of the cache, so a cache larger than memory is still checked.
+CHECK_CHUNK = 1 << 20
+# Counts are stored as int32 (docs/cache-format.md).
+MAX_COUNT = np.iinfo(np.int32).max
 
 
 def terms_path(block_path: Path) -> Path:
@@ -32,24 +40,84 @@ def save_terms(path: Path, matrix: "sp.csr_matrix"):
                  counts=matrix.data.astype(np.int32), n_features=np.int64(matrix.shape[1]))
 
 
-def terms_rows_in(path: Path) -> int | None:
-    """Documents in a complete term-count file, or None when it is missing or damaged."""
+def terms_rows_in(path: Path, n_features: int | None = None) -> int | None:
+    """Documents in a complete, well-formed term-count file of `n_features` columns, or
+    None when it is missing or damaged."""
     try:
-        return load_terms(path).shape[0]
+        return load_terms(path, n_features).shape[0]
     except UserError:
         return None
 
 
-def load_terms(path: Path) -> "sp.csr_matrix":
-    """A block's term counts; saved by `save_terms`, read without pickle."""
+def load_terms(path: Path, n_features: int | None = None) -> "sp.csr_matrix":
+    """A block's term counts; saved by `save_terms`, read without pickle, refused unless
+    well formed (`term_rows_problem`) and, given `n_features`, of that width."""
     import scipy.sparse as sp
 
     try:
         with np.load(path, allow_pickle=False) as z:
-            indptr, indices, counts, n = z["indptr"], z["indices"], z["counts"], int(z["n_features"])
-        return sp.csr_matrix((counts, indices, indptr), shape=(len(indptr) - 1, n))
+            indptr, indices, counts, n = z["indptr"], z["indices"], z["counts"], z["n_features"]
+        if n.shape != () or n.dtype.kind not in "iu" or not 1 <= int(n) <= MAX_FEATURES:
+            raise ValueError(f"n_features is {n!r}, not one integer from 1 to {MAX_FEATURES}")
+        if n_features is not None and int(n) != n_features:
+            raise ValueError(f"n_features is {int(n)}, not the run's {n_features}")
+        problem = term_rows_problem(indptr, indices, counts, int(n))
+        if problem:
+            raise ValueError(problem)
+        return sp.csr_matrix((counts.astype(np.int32), indices.astype(np.int32), indptr.astype(np.int64)),
+                             shape=(len(indptr) - 1, int(n)))
     except (OSError, KeyError, ValueError, EOFError, TypeError, zipfile.BadZipFile) as error:  # damaged: not fatal
         raise UserError(f"{path}: unreadable term counts ({error}); pass --overwrite to start again") from None
+
+
+def term_rows_problem(indptr, indices, counts, n_features: int, prefix: str = "",
+                      chunk: int = CHECK_CHUNK) -> str | None:
+    """What is wrong with CSR term rows, or None when they are what `longdoc.terms.hashing` makes:
+    `indptr` 1-D, from 0, never decreasing, ending at the number of entries; `indices` and
+    `counts` 1-D integers of one length; each index in [0, n_features), strictly increasing
+    within its row (sorted, no repeats); each count from 1 to MAX_COUNT. `indices` and
+    `counts` may be h5py datasets: they are read `chunk` entries at a time. The message
+    names the field as `prefix` + its name (the cache's `terms/indices`)."""
+    indptr = np.asarray(indptr)
+    for name, array in (("indptr", indptr), ("indices", indices), ("counts", counts)):
+        if array.ndim != 1 or array.dtype.kind not in "iu":
+            return f"{prefix}{name} is not a 1-D array of integers ({array.ndim}-D {array.dtype})"
+    if len(indptr) == 0:
+        return f"{prefix}indptr is empty"
+    if indices.shape != counts.shape:
+        return f"{prefix}indices and {prefix}counts differ in length ({len(indices)} vs {len(counts)})"
+    indptr = indptr.astype(np.int64)  # a uint64 past 2^63 turns negative: refused below
+    steps = np.diff(indptr)
+    if indptr[0] != 0:
+        return f"{prefix}indptr starts at {indptr[0]}, not at 0"
+    if (steps < 0).any():
+        return f"{prefix}indptr decreases after document {int(np.argmax(steps < 0))}"
+    if indptr[-1] != len(indices):
+        return f"{prefix}indptr ends at {indptr[-1]}, not at the {len(indices)} entries of {prefix}indices"
+    previous = None  # the previous chunk's last index
+    for lo in range(0, len(indices), chunk):
+        hi = min(lo + chunk, len(indices))
+        ids, values = np.asarray(indices[lo:hi]).astype(np.int64), np.asarray(counts[lo:hi]).astype(np.int64)
+        outside = (ids < 0) | (ids >= n_features)
+        if outside.any():
+            at = int(np.argmax(outside))
+            return (f"{prefix}indices holds {ids[at]} at entry {lo + at}, outside the term hashing's "
+                    f"[0, {n_features})")
+        wrong = (values < 1) | (values > MAX_COUNT)
+        if wrong.any():
+            at = int(np.argmax(wrong))
+            return f"{prefix}counts holds {values[at]} at entry {lo + at}; a term occurs at least once"
+        row_starts = np.zeros(hi - lo, dtype=bool)  # entry k of the chunk begins a document's row
+        row_starts[indptr[(indptr >= lo) & (indptr < hi)] - lo] = True
+        before = np.concatenate([[ids[0] if previous is None else previous], ids[:-1]])  # entry k - 1
+        unsorted = ~row_starts & (ids <= before)
+        if previous is None:
+            unsorted[0] = False  # the first entry of all has no predecessor
+        if unsorted.any():
+            doc = int(np.searchsorted(indptr, lo + int(np.argmax(unsorted)), side="right")) - 1
+            return f"{prefix}indices of document {doc} are not strictly increasing (unsorted or repeated terms)"
+        previous = ids[-1]
+    return None
 
 
 def csr_of_rows(pieces, n_features: int) -> "sp.csr_matrix":

@@ -8,7 +8,9 @@ writes the HDF5 cache at `--out` in the format `longdoc.cache.reader` documents 
 Crash safety: the file at `--out` only ever appears complete, by an atomic rename.
 Work in progress lives in `<out>.partial/`: `settings.json` and one `block-START-END.npy`
 per finished run of documents (with `terms-START-END.npz` beside it unless --no-terms),
-each written to a temporary name and renamed. A run killed at any moment loses at most
+each written to a temporary name and renamed. A block is trusted on resume only once its
+header, size, values (all finite) and term counts are proven; a damaged one is deleted with
+every block after it and computed again. A run killed at any moment loses at most
 the block it was computing; run again with the same settings, it picks up after the last
 finished block. `<out>.partial/lock` is held (flock) by the one process writing; a second
 writer is refused.
@@ -37,6 +39,10 @@ from longdoc.cache.term_files import (
 )
 from longdoc.runtime.errors import UserError
 from longdoc.runtime.workdir import WorkDir, WriteGuard, atomic_path
+from longdoc.terms.hashing import NO_TERMS, TermHashing
+
+# Rows of a block read at once while checking its values: ~1.5 MB at hidden 384.
+CHECK_ROWS = 1024
 
 
 @dataclass
@@ -54,9 +60,10 @@ class PartialCache(WorkDir):
 
     def finished_blocks(self, window_counts: np.ndarray | None = None) -> list[tuple[int, int, Path]]:
         """(doc_start, doc_end, path) of the finished blocks that run contiguously from
-        document 0. A block that is damaged (zero-length, truncated, not float32 rows),
-        or that holds other than its documents' `window_counts` windows, is deleted with
-        every block after it: they are recomputed, never trusted."""
+        document 0. A block that is damaged (zero-length, truncated, not float32 rows, a
+        value that is NaN or infinite, term counts missing or malformed), or that holds
+        other than its documents' `window_counts` windows, is deleted with every block
+        after it: they are recomputed, never trusted."""
         blocks, expected = [], 0
         for path in sorted(self.dir.glob("block-*.npy")):
             try:
@@ -68,7 +75,9 @@ class PartialCache(WorkDir):
                                              and rows == int(window_counts[start:end].sum()))
             if start != expected or end <= start or rows is None or not fits:
                 break
-            if self.keeps_terms and terms_rows_in(terms_path(path)) != end - start:
+            if self.keeps_terms and terms_rows_in(terms_path(path), self.term_features) != end - start:
+                break
+            if not _finite_block(path):
                 break
             blocks.append((start, end, path))
             expected = end
@@ -81,9 +90,18 @@ class PartialCache(WorkDir):
     @property
     def keeps_terms(self) -> bool:
         """Whether each block has its documents' term counts beside it (`terms-START-END.npz`)."""
-        return self.settings.get("term_hashing", "{}") != "{}"
+        return self.settings.get("term_hashing", NO_TERMS) != NO_TERMS
+
+    @property
+    def term_features(self) -> int:
+        """Columns of this run's term counts (its `term_hashing`)."""
+        return TermHashing.from_json(self.settings["term_hashing"]).n_features
 
     def save(self, block: Block):
+        if not np.isfinite(block.embeddings).all():  # never on disk, so never in a cache
+            raise UserError(f"the encoder gave NaN or infinite vectors for documents {block.doc_start}.."
+                            f"{block.doc_end - 1}; nothing of them was saved (at --precision fp16 or bf16, "
+                            f"try fp32)")
         path = self.dir / f"block-{block.doc_start:09d}-{block.doc_end:09d}.npy"
         if block.terms is not None:  # first: a finished block always has its terms beside it
             save_terms(terms_path(path), block.terms)
@@ -108,14 +126,26 @@ def _block_rows(path: Path) -> int | None:
     return int(shape[0])
 
 
+def _finite_block(path: Path) -> bool:
+    """Whether every value of a block (whose header `_block_rows` accepted) is finite;
+    read `CHECK_ROWS` rows at a time."""
+    try:
+        rows = np.load(path, mmap_mode="r", allow_pickle=False)
+        return all(np.isfinite(rows[lo:lo + CHECK_ROWS]).all() for lo in range(0, len(rows), CHECK_ROWS))
+    except (OSError, ValueError):
+        return False
+
+
 def write_cache(out: Path, attrs: dict, blocks: list[tuple[int, int, Path]], *, labels, doc_ids,
                 doc_tokens, window_counts, window_starts, hidden: int):
     """Assemble finished blocks into the final file: a private temporary beside `out`,
     fsynced, then renamed (`longdoc.runtime.workdir.atomic_path`).
 
     Nothing is marked complete unless the blocks provably cover every document once:
-    contiguous from document 0 to the last, each holding exactly its documents' windows.
-    Streams one block at a time, so memory stays at one block however big the cache.
+    contiguous from document 0 to the last, each holding exactly its documents' windows,
+    every value finite (a last line of defence: `PartialCache` already refuses them) and
+    their term counts well formed. Streams one block at a time, so memory stays at one
+    block however big the cache.
     """
     out = Path(out)
     offsets = np.concatenate([[0], np.cumsum(window_counts)]).astype(np.int64)
@@ -136,11 +166,15 @@ def write_cache(out: Path, attrs: dict, blocks: list[tuple[int, int, Path]], *, 
             if block.shape != (hi - lo, hidden):
                 raise UserError(f"{path}: holds {block.shape}, expected {(hi - lo, hidden)}; "
                                 f"pass --overwrite to start again")
+            if not np.isfinite(block).all():
+                raise UserError(f"{path}: holds NaN or infinite values; rerun the same command to compute "
+                                f"it again")
             embeddings[lo:hi] = block
-        if attrs.get("term_hashing", "{}") != "{}":
+        if attrs.get("term_hashing", NO_TERMS) != NO_TERMS:
             terms = TermsWriter(f)
+            n_features = TermHashing.from_json(attrs["term_hashing"]).n_features
             for start, end, path in blocks:
-                matrix = load_terms(terms_path(path))
+                matrix = load_terms(terms_path(path), n_features)
                 if matrix.shape[0] != end - start:
                     raise UserError(f"{terms_path(path)}: holds {matrix.shape[0]} documents, expected "
                                     f"{end - start}; pass --overwrite to start again")
@@ -172,7 +206,11 @@ def join_caches(out: Path, parts: list[Path], attrs: dict, rows_per_copy: int = 
                 part = src["embeddings"]
                 for lo in range(0, len(part), rows_per_copy):
                     hi = min(lo + rows_per_copy, len(part))
-                    embeddings[at + lo:at + hi] = part[lo:hi]
+                    rows = part[lo:hi]
+                    if not np.isfinite(rows).all():  # a planted or damaged shard: never published
+                        raise UserError(f"{src.filename}: holds NaN or infinite vectors; pass --overwrite "
+                                        f"to embed again")
+                    embeddings[at + lo:at + hi] = rows
                 at += len(part)
             if all("terms" in src for src in sources) and sources:
                 terms = TermsWriter(f)

@@ -25,9 +25,8 @@ Reads, never writes. Four kinds of source:
   `label` on one line and `labels` on another are refused.
 
 Every document is checked here, before any encoder time is spent: a missing or empty
-label, a label with a control character (a newline would break `predict`'s
-tab-separated lines), a lone surrogate in a text, id or label, a file name that is
-not valid UTF-8, JSON nested too deeply or with an over-long number, and in a label
+label, a label name that no consumer could show (`longdoc.settings.labels`), a lone
+surrogate in a text, id or label, a file name that is not valid UTF-8, JSON nested too deeply or with an over-long number, and in a label
 set a label that is not a string, an empty label, a label given twice, a CSV field of
 separators alone, or `labels` that is not a list: each is refused in one line naming
 the file and the line or document.
@@ -52,6 +51,7 @@ import numpy as np
 from longdoc.corpus.builtin import BUILT_IN_CORPORA, LABEL_SEP, NEWSGROUPS, REUTERS
 from longdoc.corpus.reuters import load_reuters
 from longdoc.runtime.errors import UserError
+from longdoc.settings.labels import check_label_names
 
 NEWSGROUPS_ARCHIVE = "20news-bydate.tar.gz"
 NEWSGROUPS_SPLITS = ("train", "test")
@@ -209,6 +209,7 @@ def load_corpus(
     corpus = corpus.head(limit)
     if len(corpus) == 0:
         raise UserError(f"--data {data}: no documents found")
+    check_label_names(corpus.label_names, f"--data {data}")  # every kind; user corpora per record too
     return corpus
 
 
@@ -413,10 +414,8 @@ def _checked(where: str, doc_id: str, text: str, label: str | tuple[str, ...] | 
             raise UserError(f"{where}: the {name} holds {what} ({value[error.start:error.end]!r} at "
                             f"character {error.start})") from None
     for one in labels:
-        if one is not None and not one.strip():
-            raise UserError(f"{where}: the label is empty")
-        if one is not None and not one.isprintable():
-            raise UserError(f"{where}: the label {one!r} holds a control character such as a newline or tab")
+        if one is not None:
+            check_label_names([one], where)
     return doc_id, text, label
 
 

@@ -7,9 +7,11 @@ string; `evaluate` writes it atomically. Inline CSS and a few lines of plain
 JavaScript (filters only); no external resource, so the file opens anywhere offline
 and reads fine with scripts off.
 
-What it shows: the summary figures, the per-class table, the confusion matrix,
-accuracy by length, and documents: the misclassified ones, in cache order, up to
-`max_wrong`, and a seeded random sample of `n_correct` correctly classified ones.
+What it shows: the summary figures, the per-class table, the confusion matrix (up to
+`MAX_PLOTTED_CLASSES` classes, like the PNG: it grows with the square of the count; past
+that the page says so and the numbers stay in metrics.json), accuracy by length, and
+documents: the misclassified ones, in cache order, up to `max_wrong`, and a seeded
+random sample of `n_correct` correctly classified ones.
 Each has its true, predicted and top competing class, a strip of its windows
 coloured by contribution to the predicted class (orange: for it, blue: against it),
 its text with the same shading, and, for heads with a term branch, its top terms. Texts longer than `max_chars` keep their first
@@ -27,6 +29,7 @@ import numpy as np
 
 from longdoc.explain.contributions import explain_documents
 from longdoc.explain.text import name_terms
+from longdoc.reports.metrics import MAX_PLOTTED_CLASSES
 
 MAX_CHARS = 4000  # characters of text per document: ~1 page; long posts keep their top windows
 HEAD_CHARS = 400  # the start of a long text (subject, first lines) is always kept
@@ -205,17 +208,7 @@ def _tables(m: dict) -> str:
         f'<td>{c["support"]}</td></tr>' for c in m["per_class"])
     out = ['<h2>Per class</h2><table id="per-class"><tr><th class="l">class</th><th>precision</th>'
            f'<th>recall</th><th>F1</th><th>support</th></tr>{rows}</table>']
-    matrix = np.asarray(m["confusion_matrix"])
-    totals = np.maximum(matrix.sum(1, keepdims=True), 1)
-    head = "".join(f'<th title="{E(n)}">{j}</th>' for j, n in enumerate(names))
-    body = "".join(
-        f'<tr><th class="l">{i} {E(n)}</th>' + "".join(
-            f'<td style="background:rgba(74,127,208,{matrix[i, j] / totals[i, 0]:.2f})" '
-            f'title="true {E(n)}, predicted {E(names[j])}">{matrix[i, j] or ""}</td>'
-            for j in range(len(names))) + "</tr>" for i, n in enumerate(names))
-    out.append(f'<h2>Confusion matrix</h2><p class="note">rows: true class, columns: predicted (numbered as '
-               f'the rows); shade: share of the row</p><table class="cm" id="confusion">'
-               f'<tr><th></th>{head}</tr>{body}</table>')
+    out.append(_confusion(m["confusion_matrix"], names))
     rows = "".join(
         f'<tr><td class="l">{E(b["windows"])}</td><td>{b["documents"]}</td><td>'
         + ("-" if b["accuracy"] is None else
@@ -224,6 +217,25 @@ def _tables(m: dict) -> str:
     out.append('<h2>Accuracy by length</h2><table id="by-length"><tr><th class="l">windows per document</th>'
                f'<th>documents</th><th>accuracy</th></tr>{rows}</table>')
     return "".join(out)
+
+
+def _confusion(rows: list[list[int]], names: list[str]) -> str:
+    """The confusion matrix as a shaded table, or past MAX_PLOTTED_CLASSES a line saying why not."""
+    if len(names) > MAX_PLOTTED_CLASSES:
+        return (f'<h2>Confusion matrix</h2><p class="note" id="confusion-skipped">{len(names):,} classes, too many '
+                f'to draw (more than {MAX_PLOTTED_CLASSES}): the table would grow with the square of the count. '
+                f'Its numbers are in metrics.json.</p>')
+    matrix = np.asarray(rows)
+    totals = np.maximum(matrix.sum(1, keepdims=True), 1)
+    head = "".join(f'<th title="{E(n)}">{j}</th>' for j, n in enumerate(names))
+    body = "".join(
+        f'<tr><th class="l">{i} {E(n)}</th>' + "".join(
+            f'<td style="background:rgba(74,127,208,{matrix[i, j] / totals[i, 0]:.2f})" '
+            f'title="true {E(n)}, predicted {E(names[j])}">{matrix[i, j] or ""}</td>'
+            for j in range(len(names))) + "</tr>" for i, n in enumerate(names))
+    return (f'<h2>Confusion matrix</h2><p class="note">rows: true class, columns: predicted (numbered as '
+            f'the rows); shade: share of the row</p><table class="cm" id="confusion">'
+            f'<tr><th></th>{head}</tr>{body}</table>')
 
 
 def render_report(m: dict, views: list[DocView], misclassified_total: int, correct_total: int,

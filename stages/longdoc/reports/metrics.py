@@ -13,6 +13,12 @@ import numpy as np
 
 from longdoc.runtime.workdir import atomic_path
 
+# The confusion matrix is drawn (confusion_matrix.png, report.html's table) up to this many
+# classes. Past 60 the names are unreadable and both grow with the square of the count
+# (500 classes: a 27,000-pixel square, ~3 GB; 2,000 classes: 352 MB of HTML); beyond it
+# only the numbers are kept, in metrics.json.
+MAX_PLOTTED_CLASSES = 60
+
 
 def scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
     """Accuracy and macro-F1 over the classes that occur in `y_true` or `y_pred`."""

@@ -15,13 +15,23 @@ must match.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import scipy.sparse as sp
 
 # scikit-learn's default token pattern: runs of two or more word characters.
 TOKEN_PATTERN = r"(?u)\b\w\w+\b"
+# The only patterns a hashing read from a file may name. A regular expression is code:
+# one planted in a cache or head (`(a+)+$`) backtracks for hours on a line of text, so
+# a pattern is compared with this list, never compiled, unless it is on it.
+TOKEN_PATTERNS = (TOKEN_PATTERN,)
+SCHEME = "sklearn-hashing-vectorizer/murmur3/no-sign"
+# Stage two allocates per-bucket arrays (document frequencies, int64: 128 MB at 2^24,
+# 16 GB at scikit-learn's limit of 2^31 - 1), and at 2^20 collisions already cost
+# nothing measurable, so 16x that is the most a file may declare.
+MAX_FEATURES = 2**24
+NGRAM_MAX_RANGE = (1, 3)  # unigrams to trigrams; more is far more features for no signal measured
 
 
 @dataclass(frozen=True)
@@ -35,14 +45,45 @@ class TermHashing:
     ngram_max: int = 2
     lowercase: bool = True
     token_pattern: str = TOKEN_PATTERN
-    scheme: str = "sklearn-hashing-vectorizer/murmur3/no-sign"
+    scheme: str = SCHEME
+
+    def __post_init__(self):
+        """Every field of its type and in range; a ValueError naming the field otherwise."""
+        for field in fields(self):  # the annotations are names: "int", "bool", "str"
+            value = getattr(self, field.name)
+            if type(value).__name__ != field.type:  # exactly: True is no int here, 2.0 no int
+                raise ValueError(f"term hashing: {field.name} must be of type {field.type}, "
+                                 f"got {str(value)[:80]!r}")
+        if not 1 <= self.n_features <= MAX_FEATURES:
+            raise ValueError(f"term hashing: n_features must be from 1 to {MAX_FEATURES}, got {self.n_features}")
+        if not NGRAM_MAX_RANGE[0] <= self.ngram_max <= NGRAM_MAX_RANGE[1]:
+            raise ValueError(f"term hashing: ngram_max must be from {NGRAM_MAX_RANGE[0]} to {NGRAM_MAX_RANGE[1]}, "
+                             f"got {self.ngram_max}")
+        if self.token_pattern not in TOKEN_PATTERNS:
+            raise ValueError(f"term hashing: token_pattern {self.token_pattern[:80]!r} is not one this code "
+                             f"knows ({', '.join(map(repr, TOKEN_PATTERNS))}); it is never compiled")
+        if self.scheme != SCHEME:
+            raise ValueError(f"term hashing: scheme must be {SCHEME!r}, got {self.scheme[:80]!r}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "TermHashing":
-        return cls(**json.loads(text))
+        """The hashing `to_json` wrote; ValueError naming the key for anything else (not
+        JSON, a missing or extra key, a value of another type or out of range)."""
+        try:
+            record = json.loads(text)
+        except (TypeError, ValueError, RecursionError) as error:
+            raise ValueError(f"term hashing is not JSON ({type(error).__name__})") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"term hashing is not a JSON object: {str(text)[:80]!r}")
+        names = {field.name for field in fields(cls)}
+        missing, extra = sorted(names - set(record)), sorted(set(record) - names)
+        if missing or extra:
+            raise ValueError("term hashing: " + "; ".join(
+                [f"{key} is missing" for key in missing] + [f"unknown key {key[:80]!r}" for key in extra]))
+        return cls(**record)
 
     def vectorizer(self):
         from sklearn.feature_extraction.text import HashingVectorizer
