@@ -36,7 +36,9 @@ fixed seed: the same weights), so the same command
 run again continues from the last finished epoch to the same head as an uninterrupted
 run, with or without `--overwrite` (so `make train-head`, which passes it, resumes too).
 Other settings (or other caches) against that folder are refused, naming the
-difference; with `--overwrite` they start afresh. A diverged run removes the folder.
+difference, and so is a `state.pt` that is not one this run could have saved
+(`stages.train_loop.check_state`); with `--overwrite` both start afresh. A diverged run
+removes the folder.
 
 Writes the checkpoint (`stages.checkpoint`, atomically: an interrupted run leaves
 an earlier file intact) and `<out stem>-curve.png`, loss and validation accuracy
@@ -173,6 +175,8 @@ class HeadTask:
     """Stage two as a `stages.train_loop.TrainingTask`: batches of documents drawn by the
     seeded generator, the window branch's loss and validation scores (a terms-only head: the
     linear branch's, once)."""
+
+    score_names = ("val_loss", "val_accuracy", "val_macro_f1")  # `_scores`
 
     def __init__(self, head: Head, train: CacheDocuments, val: CacheDocuments, config: TrainConfig,
                  rng: np.random.Generator, loss_fn: nn.Module, steps_per_epoch: int):
@@ -327,7 +331,7 @@ def run_train_head(config: TrainConfig, log=None) -> TrainSummary:
         # --overwrite replaces an earlier head and an interrupted run of other settings; an
         # interrupted run of these settings resumes either way (it ends in the same head).
         with WorkDir(out, _settings(config, caches), replace_other_settings=config.overwrite) as work:
-            progress = resume(work.dir, task, loop)
+            progress = resume(work.dir, task, loop, replace_unusable=config.overwrite)
             linear = chosen = None
             if head.reads_terms:  # liblinear, in a second thread beside the window branch's epochs
                 linear = Background(lambda: _fit_linear(head, train, val, config), name="linear branch")

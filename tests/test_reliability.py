@@ -296,27 +296,56 @@ def test_a_planted_train_head_state_runs_no_code(tmp_path, monkeypatch, capsys):
     assert not marker.exists() and not (tmp_path / "head.pt").exists()
 
 
+class WindowModelTask:
+    """What the training loop needs of a task, around a window model of the tiny BERT."""
+
+    score_names = ("val_macro_f1",)
+
+    def __init__(self, model):
+        import torch
+
+        from stages.training import lr_lambda
+
+        self.model = model
+        self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(10, 2))
+
+    def trainable_state(self):
+        return self.model.trainable_state()
+
+    def load_trainable_state(self, state):
+        self.model.load_trainable_state(state)
+
+    def state(self):
+        return {}
+
+    def load_state(self, state):
+        pass
+
+
 def test_the_finetune_state_round_trips_with_weights_only(tiny_bert, tmp_path):
     import torch
 
     from stages.encoder import load_encoder
-    from stages.train_loop import TrainingProgress
-    from stages.training import lr_lambda
+    from stages.train_loop import LoopSettings, TrainingProgress
     from stages.window_model import WindowModel
 
     encoder = load_encoder(str(tiny_bert), "cpu", "fp32")
-    model = WindowModel(encoder.model, n_classes=3, unfreeze_top=1)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(10, 2))
-    model.classifier.weight.sum().backward()
-    optimizer.step()
-    schedule.step()
-    progress = TrainingProgress(epoch=2, step_in_epoch=3, global_step=7, history=[{"epoch": 1, "val_macro_f1": 0.5}],
-                                best_epoch=1, best_score=0.5, best_state=model.trainable_state())
-    progress.save(tmp_path, model, optimizer, schedule)
+    trained = WindowModelTask(WindowModel(encoder.model, n_classes=3, unfreeze_top=1))
+    for _ in range(7):
+        sum(p.sum() for p in trained.model.parameters() if p.requires_grad).backward()
+        trained.optimizer.step()
+        trained.schedule.step()
+    progress = TrainingProgress(epoch=2, step_in_epoch=3, global_step=7, loss_sum=2.1, windows_seen=12,
+                                history=[{"epoch": 1, "train_loss": 0.7, "val_macro_f1": 0.5}],
+                                best_epoch=1, best_score=0.5, best_state=trained.trainable_state())
+    progress.save(tmp_path, trained)
     torch.load(tmp_path / "state.pt", weights_only=True)  # loads without pickled code
-    again = TrainingProgress.load(tmp_path, model, optimizer, schedule)
-    assert again.global_step == 7 and again.history == progress.history and schedule.last_epoch == 1
+    fresh = WindowModelTask(WindowModel(encoder.model, n_classes=3, unfreeze_top=1))
+    again = TrainingProgress.load(tmp_path, fresh, LoopSettings(max_epochs=3, patience=1, checkpoint_steps=3))
+    assert again.global_step == 7 and again.history == progress.history and fresh.schedule.last_epoch == 7
+    assert fresh.optimizer.param_groups[0]["lr"] == trained.optimizer.param_groups[0]["lr"]
+    assert all(torch.equal(value, trained.trainable_state()[name]) for name, value in fresh.trainable_state().items())
     assert os.listdir(tmp_path) == ["state.pt"]
 
 
