@@ -38,7 +38,7 @@ run, with or without `--overwrite` (so `make train-head`, which passes it, resum
 Other settings (or other caches) against that folder are refused, naming the
 difference, and so is a `state.pt` that is not one this run could have saved
 (`stages.train_loop.check_state`); with `--overwrite` both start afresh. A diverged run
-removes the folder.
+removes the folder (the loop's check).
 
 Writes the checkpoint (`stages.checkpoint`, atomically: an interrupted run leaves
 an earlier file intact) and `<out stem>-curve.png`, loss and validation accuracy
@@ -167,10 +167,6 @@ def window_logits(head: Head, batch) -> torch.Tensor:
     return head.window_logits(batch.x, batch.mask)
 
 
-class Diverged(UserError):
-    """The training loss became NaN or infinite: nothing is saved, the work folder goes too."""
-
-
 class HeadTask:
     """Stage two as a `stages.train_loop.TrainingTask`: batches of documents drawn by the
     seeded generator, the window branch's loss and validation scores (a terms-only head: the
@@ -207,8 +203,6 @@ class HeadTask:
         return loss.item(), len(batch)
 
     def validate(self, epoch: int, train_loss: float) -> dict:
-        if not np.isfinite(train_loss):
-            raise Diverged(f"training diverged at epoch {epoch} (loss {train_loss}); nothing saved; lower --lr")
         if not self.head.reads_windows:
             return self.head_scores()
         return self._scores(predict_logits(self.head, self.val, window_logits, terms=False))
@@ -337,11 +331,7 @@ def run_train_head(config: TrainConfig, log=None) -> TrainSummary:
                 linear = Background(lambda: _fit_linear(head, train, val, config), name="linear branch")
                 if not head.reads_windows:
                     chosen = _install_linear(head, linear, log)
-            try:
-                progress = run_epochs(task, progress, work.dir, loop, log)
-            except Diverged:
-                work.discard()  # resuming would diverge again
-                raise
+            progress = run_epochs(task, progress, work, loop, log)
             best = head_scores = best_entry(progress)
             if head.stacked:
                 chosen = _install_linear(head, linear, log)

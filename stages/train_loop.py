@@ -3,14 +3,16 @@
     task = ...                                   # a TrainingTask: how a step and validation go
     settings = LoopSettings(max_epochs=3, patience=1)
     progress = resume(work.dir, task, settings)  # what <out>.partial/state.pt holds, checked, or a fresh start
-    progress = run_epochs(task, progress, work.dir, settings, log)
+    progress = run_epochs(task, progress, work, settings, log)
 
 What the loop does, the same for both commands: epochs of steps (the task's optimizer
 and its warm-up + cosine schedule, `stages.training.lr_lambda`, step inside the task's
 `step`), a progress bar per epoch (`stages.runtime.progress_bar`), validation after each
 epoch, the best epoch by a validation score kept (its `trainable_state`; macro-F1 unless the
 task monitors another), early stopping after `patience` epochs without improvement, and at
-the end the best state loaded back.
+the end the best state loaded back. A training loss or validation score that is NaN or
+infinite stops training at once (`Diverged`): nothing is saved and the work folder goes,
+since a resumed run would diverge again.
 What differs between the commands is passed in as a `TrainingTask`: the batches of an
 epoch, a step's loss, how validation scores, the epoch's log line.
 
@@ -45,6 +47,7 @@ from stages.errors import UserError
 from stages.metrics import save_figure
 from stages.runtime import progress_bar
 from stages.workdir import (
+    WorkDir,
     WriteGuard,
     atomic_path,
     brief,
@@ -445,10 +448,16 @@ def resume(folder: Path, task: TrainingTask, settings: LoopSettings, replace_unu
     return TrainingProgress.load(folder, task, settings, replace_unusable)
 
 
-def run_epochs(task: TrainingTask, progress: TrainingProgress, folder: Path, settings: LoopSettings,
+class Diverged(UserError):
+    """The training loss or a validation score became NaN or infinite: nothing is saved, the
+    work folder goes too (a resumed run would diverge again)."""
+
+
+def run_epochs(task: TrainingTask, progress: TrainingProgress, work: WorkDir, settings: LoopSettings,
                log) -> TrainingProgress:
-    """Train from `progress` until `max_epochs` or early stopping, saving to `folder`;
+    """Train from `progress` until `max_epochs` or early stopping, saving to `work`'s folder;
     then load the best epoch's state into the task. Returns the final progress."""
+    folder = work.dir
     resumed = progress.resumed
     while progress.epoch <= settings.max_epochs and not progress.stopped:
         epoch = progress.epoch
@@ -465,6 +474,8 @@ def run_epochs(task: TrainingTask, progress: TrainingProgress, folder: Path, set
                           initial=progress.step_in_epoch, leave=settings.leave_bar) as bar:
             for step in range(progress.step_in_epoch, len(batches)):
                 loss, examples = task.step(batches[step])
+                if not math.isfinite(loss):
+                    raise _diverged(work, f"training diverged at epoch {epoch}, step {step + 1} (loss {loss})")
                 progress.record_step(loss, examples)
                 bar.update(1)
                 bar.set_postfix(loss=f"{progress.epoch_loss():.4f}", refresh=False)
@@ -477,11 +488,19 @@ def run_epochs(task: TrainingTask, progress: TrainingProgress, folder: Path, set
         scores = task.validate(epoch, progress.epoch_loss())
         if sorted(scores) != sorted(task.score_names):  # a bug: the history's entries are checked by these names
             raise RuntimeError(f"validate returned {sorted(scores)}, not the task's score_names {task.score_names}")
+        broken = [name for name in task.score_names if not math.isfinite(scores[name])]
+        if broken:
+            raise _diverged(work, f"training diverged at epoch {epoch} (validation {broken[0]} {scores[broken[0]]})")
         improved = progress.end_epoch(scores, task, settings)
         log(task.describe(progress.history[-1]) + ("  *" if improved else ""))
         _save(progress, task, folder)
     task.load_trainable_state(progress.best_state)
     return progress
+
+
+def _diverged(work: WorkDir, what: str) -> Diverged:
+    work.discard()  # resuming would diverge again
+    return Diverged(f"{what}; nothing saved; lower --lr")
 
 
 def _save(progress: TrainingProgress, task: TrainingTask, folder: Path):

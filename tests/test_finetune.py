@@ -295,3 +295,14 @@ def test_a_planted_step_beyond_the_epoch_is_one_line(tiny_bert, corpus, tmp_path
                                                     f"(progress.step_in_epoch: {steps} beyond epoch 1's "), err
     assert not out.exists() and state_path.exists()
 
+
+def test_a_diverging_finetune_saves_nothing(tiny_bert, corpus, tmp_path, capsys, monkeypatch):
+    """The loop checks every task's loss: finetune's too (before, only train-head's was)."""
+    import stages.window_training
+
+    monkeypatch.setattr(stages.window_training.WindowTrainer, "step", lambda self, batch: float("nan"))
+    out = tmp_path / "ft"
+    assert cli.main(finetune_args(tiny_bert, corpus, out, "--epochs", "2")) == 2
+    err = capsys.readouterr().err
+    assert err == "error: training diverged at epoch 1, step 1 (loss nan); nothing saved; lower --lr\n", err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

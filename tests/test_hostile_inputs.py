@@ -407,12 +407,20 @@ def test_predict_refuses_file_names_it_could_not_print_on_one_line(name, good, t
     refused(capsys, ["predict", "--head", head, os.fsdecode(path)], "control character or bytes that are not UTF-8")
 
 
-def test_a_diverging_training_saves_nothing(good, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("where", ["training loss", "validation loss"])
+def test_a_diverging_training_saves_nothing(where, good, tmp_path, capsys, monkeypatch):
     import stages.train_head
 
     cache, _ = good
-    real = stages.train_head.window_logits
-    monkeypatch.setattr(stages.train_head, "window_logits", lambda head, batch: real(head, batch) * float("nan"))
+    if where == "training loss":
+        real = stages.train_head.window_logits
+        monkeypatch.setattr(stages.train_head, "window_logits", lambda head, batch: real(head, batch) * float("nan"))
+        said = "training diverged at epoch 1, step 1 (loss nan)"
+    else:
+        real_scores = stages.train_head.HeadTask._scores
+        monkeypatch.setattr(stages.train_head.HeadTask, "_scores",
+                            lambda task, logits: {**real_scores(task, logits), "val_loss": float("inf")})
+        said = "training diverged at epoch 1 (validation val_loss inf)"
     out = tmp_path / "head.pt"
-    refused(capsys, ["train-head", "--train", cache, "--out", out, "--epochs", "2"], "training diverged at epoch 1")
+    refused(capsys, ["train-head", "--train", cache, "--out", out, "--epochs", "2"], said, "nothing saved; lower --lr")
     assert sorted(os.listdir(tmp_path)) == []
