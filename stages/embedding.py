@@ -28,7 +28,7 @@ from stages.encoder import (
 )
 from stages.encoding import default_batch_tokens, encode_windows
 from stages.errors import UserError
-from stages.runtime import progress_bar
+from stages.runtime import memory_step, progress_bar
 from stages.settings import (
     check_batch_holds_window,
     check_window_fits,
@@ -36,6 +36,9 @@ from stages.settings import (
 from stages.terms import NO_TERMS, TermHashing
 from stages.windows import SpecialTokens, WindowSpec
 from stages.workdir import check_not_an_input, check_output_path
+
+# What bounds a block's memory: the encoder's batch (activations) and the block's windows.
+EMBED_MEMORY_HINT = "lower --batch-tokens or --block-windows"
 
 
 @dataclass
@@ -196,8 +199,9 @@ def embed_documents(job: Job, partial: PartialCache, token_ids: list[np.ndarray]
     tokens_encoded = 0
     with progress_bar(int(window_counts[resumed_docs:].sum()), progress, unit="window") as bar:
         for start, end in todo:
-            windows = spec.pack(token_ids[start:end])
-            embeddings = encode_windows(job.encoder, windows, job.batch_tokens, on_batch=bar.update)
+            with memory_step(f"embedding documents {start:,} to {end:,}", EMBED_MEMORY_HINT):
+                windows = spec.pack(token_ids[start:end])
+                embeddings = encode_windows(job.encoder, windows, job.batch_tokens, on_batch=bar.update)
             partial.save(Block(start, end, embeddings, job.term_counts(texts[start:end])))
             tokens_encoded += len(windows.tokens)
             if on_block is not None:

@@ -31,6 +31,7 @@ import torch
 
 from stages.cache import open_cache
 from stages.cache_dataset import (
+    LOADING_HINT,
     CacheDocuments,
     head_branch_logits,
     predict_logits,
@@ -45,6 +46,7 @@ from stages.report_html import (
     render_report,
     select_documents,
 )
+from stages.runtime import memory_step
 from stages.workdir import atomic_write_bytes, check_not_an_input
 
 # Document length buckets, in windows: one window, a few, many, very many.
@@ -85,7 +87,8 @@ def evaluate(head_path: str | Path, cache_path: str | Path, report_dir: str | Pa
         texts = load_cache_corpus(cache, **corpus).texts if corpus is not None else None
         documents = CacheDocuments.from_cache(cache, labels=labels, memory_budget_mb=memory_budget_mb,
                                               term_weights=checkpoint.terms)
-        branches = predict_logits(checkpoint.head, documents, head_branch_logits)
+        with memory_step(f"scoring {cache_path}", LOADING_HINT):  # batches are fixed; the loaded cache is not
+            branches = predict_logits(checkpoint.head, documents, head_branch_logits)
         logits = checkpoint.head.combine(torch.from_numpy(branches)).numpy()
         windows = cache.window_counts
         metrics = _metrics(head_path, cache_path, labels, logits.argmax(1), windows, checkpoint.label_names)
@@ -94,7 +97,8 @@ def evaluate(head_path: str | Path, cache_path: str | Path, report_dir: str | Pa
         report = Path(report_dir) if report_dir else None
         if report is not None:
             write_report(report, metrics)
-            html = html_report(checkpoint, cache, documents, logits, labels, metrics, texts, max_wrong, n_correct)
+            with memory_step("explaining the documents of report.html", "lower --report-wrong and --report-correct"):
+                html = html_report(checkpoint, cache, documents, logits, labels, metrics, texts, max_wrong, n_correct)
             _write_text(report / "report.html", html)
     return Evaluation(metrics, report)
 

@@ -67,6 +67,7 @@ from stages.cache import (
     open_cache,
 )
 from stages.cache_dataset import (
+    LOADING_HINT,
     CacheDocuments,
     head_branch_logits,
     predict_logits,
@@ -77,7 +78,7 @@ from stages.errors import UserError
 from stages.heads import Head
 from stages.linear_fit import LinearBranch, fit_linear_branch, refit_linear_branch
 from stages.metrics import scores
-from stages.runtime import Background, peak_memory_bytes
+from stages.runtime import Background, memory_step, peak_memory_bytes
 from stages.term_weights import TermWeights
 from stages.train_loop import (
     LoopOutcome,
@@ -173,6 +174,7 @@ class HeadTask:
     linear branch's, once)."""
 
     score_names = ("val_loss", "val_accuracy", "val_macro_f1")  # `_scores`
+    memory_hint = f"lower --batch-docs or --batch-windows, or {LOADING_HINT.removeprefix('lower ')}"
 
     def __init__(self, head: Head, train: CacheDocuments, val: CacheDocuments, config: TrainConfig,
                  rng: np.random.Generator, loss_fn: nn.Module, steps_per_epoch: int):
@@ -249,9 +251,14 @@ def _fit_linear(head: Head, train: CacheDocuments, val: CacheDocuments, config: 
     return fit_linear_branch(head, train, val, config.term_c, log=lines.append), lines
 
 
+# The linear branch holds the TF-IDF rows (and mean window vectors) of every document it is fitted on.
+LINEAR_MEMORY_HINT = "pass --inputs windows (no linear branch), or train on fewer documents"
+
+
 def _install_linear(head: Head, linear: Background, log) -> LinearBranch:
     """Wait for the linear branch, log its lines, put it in `head`."""
-    chosen, lines = linear.result()
+    with memory_step("fitting the linear branch", LINEAR_MEMORY_HINT):
+        chosen, lines = linear.result()
     for line in lines:
         log(line)
     chosen.load_into(head)
@@ -340,7 +347,8 @@ def run_train_head(config: TrainConfig, log=None) -> TrainSummary:
                     f"accuracy {head_scores['val_accuracy']:.4f}, macro-F1 {head_scores['val_macro_f1']:.4f}")
             linear_record = chosen and chosen.record
             if head.reads_terms and config.refit_terms and val_cache is None:  # validation has chosen all
-                again = refit_linear_branch(head, [train, val], chosen, config.term_c)
+                with memory_step("fitting the linear branch again on all documents", LINEAR_MEMORY_HINT):
+                    again = refit_linear_branch(head, [train, val], chosen, config.term_c)
                 again.load_into(head)
                 linear_record = {**chosen.record, "refit": again.record}
                 log(f"linear branch fitted again on {again.record['documents']:,} documents (training and validation)")

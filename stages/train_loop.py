@@ -12,7 +12,8 @@ epoch, the best epoch by a validation score kept (its `trainable_state`; macro-F
 task monitors another), early stopping after `patience` epochs without improvement, and at
 the end the best state loaded back. A training loss or validation score that is NaN or
 infinite stops training at once (`Diverged`): nothing is saved and the work folder goes,
-since a resumed run would diverge again.
+since a resumed run would diverge again. Running out of memory in an epoch is one line
+naming the epoch and the task's `memory_hint`.
 What differs between the commands is passed in as a `TrainingTask`: the batches of an
 epoch, a step's loss, how validation scores, the epoch's log line.
 
@@ -45,7 +46,7 @@ import torch
 
 from stages.errors import UserError
 from stages.metrics import save_figure
-from stages.runtime import progress_bar
+from stages.runtime import memory_step, progress_bar
 from stages.workdir import (
     WorkDir,
     WriteGuard,
@@ -65,6 +66,7 @@ class TrainingTask(Protocol):
     optimizer: torch.optim.AdamW | None  # None: nothing is trained by steps (a single scoring pass)
     schedule: torch.optim.lr_scheduler.LambdaLR | None  # stepped once by every `step`
     score_names: tuple[str, ...]  # the keys of what `validate` returns
+    memory_hint: str  # the settings that bound a step's memory, for the out-of-memory line
 
     def start_epoch(self, epoch: int) -> list:
         """Put the model in training mode; return the epoch's batches, all of them (a
@@ -470,8 +472,9 @@ def run_epochs(task: TrainingTask, progress: TrainingProgress, work: WorkDir, se
             log(f"resuming from {folder} at epoch {epoch}, step {progress.step_in_epoch:,} of {len(batches):,}")
             resumed = False
         started = time.perf_counter()
-        with progress_bar(len(batches), settings.progress, f"epoch {epoch}", unit=settings.unit,
-                          initial=progress.step_in_epoch, leave=settings.leave_bar) as bar:
+        with memory_step(f"training epoch {epoch}", task.memory_hint), progress_bar(
+                len(batches), settings.progress, f"epoch {epoch}", unit=settings.unit,
+                initial=progress.step_in_epoch, leave=settings.leave_bar) as bar:
             for step in range(progress.step_in_epoch, len(batches)):
                 loss, examples = task.step(batches[step])
                 if not math.isfinite(loss):
@@ -485,7 +488,8 @@ def run_epochs(task: TrainingTask, progress: TrainingProgress, work: WorkDir, se
                     started = time.perf_counter()
                     _save(progress, task, folder)
         progress.epoch_seconds += time.perf_counter() - started
-        scores = task.validate(epoch, progress.epoch_loss())
+        with memory_step(f"validating after epoch {epoch}", task.memory_hint):
+            scores = task.validate(epoch, progress.epoch_loss())
         if sorted(scores) != sorted(task.score_names):  # a bug: the history's entries are checked by these names
             raise RuntimeError(f"validate returned {sorted(scores)}, not the task's score_names {task.score_names}")
         broken = [name for name in task.score_names if not math.isfinite(scores[name])]

@@ -199,6 +199,7 @@ class WindowTask:
     in `epoch_batches`, a `WindowTrainer` step, `validate_windows` on the others."""
 
     score_names = ("val_window_loss", "val_window_accuracy", "val_accuracy", "val_macro_f1")  # `validate_windows`
+    memory_hint = "lower --batch-tokens or --feature-cache-gb, or pass --gradient-checkpointing"
 
     def __init__(self, trainer: WindowTrainer, labels: np.ndarray, train_docs: np.ndarray, val_docs: np.ndarray):
         self.trainer, self.model, self.config = trainer, trainer.model, trainer.config

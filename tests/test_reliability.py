@@ -528,6 +528,88 @@ def test_a_report_of_hundreds_of_classes_keeps_the_numbers_and_skips_the_picture
     assert (tmp_path / "confusion_matrix.png").read_bytes().startswith(b"\x89PNG")
 
 
+@pytest.fixture(scope="module")
+def fused_head(tmp_path_factory):
+    """A cache with terms and a head of both inputs trained on it."""
+    from synthetic import lexical_cache
+
+    from stages.configs import TrainConfig
+    from stages.train_head import run_train_head
+
+    folder = tmp_path_factory.mktemp("fused")
+    cache = lexical_cache(folder / "lexical.h5")
+    head = folder / "head.pt"
+    run_train_head(TrainConfig(train=str(cache), out=str(head), pooling="mean", max_epochs=1, progress=False,
+                               curve=False), log=lambda line: None)
+    return cache, head
+
+
+def out_of_memory(*args, **kwargs):
+    raise MemoryError
+
+
+def cuda_out_of_memory(*args, **kwargs):
+    import torch
+
+    raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+# step: (what fails (module:attribute), how, the command, what its line says after "error: out of memory")
+MEMORY_STEPS = {
+    "embedding a block": ("stages.embedding:encode_windows", out_of_memory, "embed",
+                          " while embedding documents 0 to "),
+    "loading a cache": ("stages.cache_dataset:CacheDocuments._check_finite", out_of_memory, "train-head",
+                        " while loading CACHE into memory; lower --memory-budget-mb"),
+    "a training epoch": ("stages.train_head:HeadTask.step", out_of_memory, "train-head",
+                         " while training epoch 1; lower --batch-docs or --batch-windows, or --memory-budget-mb"),
+    "a training epoch on a GPU": ("stages.train_head:HeadTask.step", cuda_out_of_memory, "train-head",
+                                  " while training epoch 1; lower --batch-docs"),
+    "a validation pass": ("stages.train_head:HeadTask.validate", out_of_memory, "train-head",
+                          " while validating after epoch 1; lower --batch-docs"),
+    "fitting the linear branch": ("stages.train_head:fit_linear_branch", out_of_memory, "train-head",
+                                  " while fitting the linear branch; pass --inputs windows"),
+    "evaluate's pass": ("stages.evaluate:predict_logits", out_of_memory, "evaluate",
+                        " while scoring CACHE; lower --memory-budget-mb"),
+    "predict's files": ("stages.predict:predict", out_of_memory, "predict",
+                        " while classifying the FILEs; lower --batch-tokens"),
+    "predict's corpus": ("stages.predict:predict_corpus", out_of_memory, "predict --data",
+                         " while classifying CORPUS; lower --batch-tokens or --block-docs"),
+    "a step that names no setting": ("stages.evaluate:load_checkpoint", out_of_memory, "evaluate",
+                                     "; `python cli.py COMMAND --help` names the settings that bound it"),
+    "a GPU step that names no setting": ("stages.evaluate:load_checkpoint", cuda_out_of_memory, "evaluate",
+                                         "; `python cli.py COMMAND --help` names the settings that bound it"),
+}
+
+
+@pytest.mark.parametrize("step", MEMORY_STEPS)
+def test_out_of_memory_is_one_line_naming_the_step_and_exit_2(step, fused_head, tiny_bert, reference, tmp_path,
+                                                              monkeypatch):
+    import importlib
+
+    from synthetic import cli_error
+
+    target, failure, command, said = MEMORY_STEPS[step]
+    module, _, name = target.partition(":")
+    owner, _, attribute = name.rpartition(".")
+    monkeypatch.setattr(getattr(importlib.import_module(module), owner) if owner else importlib.import_module(module),
+                        attribute, failure)
+    cache, head = fused_head
+    post = tmp_path / "post.txt"
+    post.write_text("marker1x")
+    args = {"embed": ["embed", "--data", reference[0], "--model", tiny_bert, "--out", tmp_path / "c.h5",
+                      "--chunk-tokens", "32", "--stride", "8", "--precision", "fp32", "--no-progress"],
+            "train-head": ["train-head", "--train", cache, "--out", tmp_path / "h.pt", "--epochs", "1",
+                           "--no-progress"],
+            "evaluate": ["evaluate", "--head", head, "--cache", cache],
+            "predict": ["predict", "--head", head, post],
+            "predict --data": ["predict", "--head", head, "--data", reference[0], "--out", tmp_path / "p.jsonl"],
+            }[command]
+    code, lines = cli_error("in-process", *args)  # progress lines (an epoch's) may come before the error
+    assert code == 2 and [line for line in lines if line.startswith("error: ")] == lines[-1:], lines
+    said = said.replace("CACHE", str(cache)).replace("CORPUS", str(reference[0]))
+    assert lines[-1].startswith("error: out of memory" + said), lines[-1]
+
+
 def json_load(path):
     import json
 
