@@ -256,3 +256,53 @@ def test_an_interrupted_run_with_other_settings_is_refused(tiny_bert, corpus, tm
     assert "holds an interrupted run with other settings" in err and err.count("\n") == 1
     assert cli.main(finetune_args(tiny_bert, corpus, out, "--overwrite", "--epochs", "1")) == 0
     assert (out / "finetune.json").exists()
+
+
+def stop_after_first_epoch(monkeypatch):
+    """Stop a run with KeyboardInterrupt once its first epoch's end is saved to the work folder."""
+    import longdoc.training.loop
+
+    real_save = longdoc.training.loop.TrainingProgress.save
+
+    def save_then_stop(progress, *args):
+        real_save(progress, *args)
+        if progress.epoch == 2 and progress.step_in_epoch == 0:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(longdoc.training.loop.TrainingProgress, "save", save_then_stop)
+
+
+def test_a_planted_step_beyond_the_epoch_is_one_line(tiny_bert, corpus, tmp_path, capsys, monkeypatch):
+    """A state consistent in itself (counters, schedule, optimizer: those of the end of epoch 1)
+    whose progress says epoch 1 is still running, at a step past its last batch: the loop,
+    which knows the epoch's batches, refuses it."""
+    out = tmp_path / "ft"
+    args = finetune_args(tiny_bert, corpus, out, "--epochs", "2", "--checkpoint-steps", "1")
+    with monkeypatch.context() as patch:
+        stop_after_first_epoch(patch)
+        assert cli.main(args) == 130
+    state_path = tmp_path / "ft.partial" / "state.pt"
+    state = torch.load(state_path, weights_only=True)
+    steps = state["progress"]["global_step"]
+    state["progress"].update(epoch=1, step_in_epoch=steps, history=[], best_epoch=0, best_score=float("-inf"),
+                             best_state=None, stale_epochs=0, loss_sum=1.0, windows_seen=10 * steps,
+                             epoch_seconds=1.0)
+    torch.save(state, state_path)
+    capsys.readouterr()
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {state_path} is not a checkpoint of this run "
+                                                    f"(progress.step_in_epoch: {steps} beyond epoch 1's "), err
+    assert not out.exists() and state_path.exists()
+
+
+def test_a_diverging_finetune_saves_nothing(tiny_bert, corpus, tmp_path, capsys, monkeypatch):
+    """The loop checks every task's loss: finetune's too (before, only train-head's was)."""
+    import longdoc.training.window_task
+
+    monkeypatch.setattr(longdoc.training.window_task.WindowTrainer, "step", lambda self, batch: float("nan"))
+    out = tmp_path / "ft"
+    assert cli.main(finetune_args(tiny_bert, corpus, out, "--epochs", "2")) == 2
+    err = capsys.readouterr().err
+    assert err == "error: training diverged at epoch 1, step 1 (loss nan); nothing saved; lower --lr\n", err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

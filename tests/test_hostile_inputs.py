@@ -359,43 +359,117 @@ class Planted:
         return (os.system, (f"touch {os.environ.get('PLANTED_MARKER', '/nonexistent/marker')}",))
 
 
+def first_weight(payload):
+    return next(k for k, v in payload["state_dict"].items() if v.is_floating_point() and v.dim() == 2)
+
+
+def flip_a_bit_in_a_tensor(path, target):
+    """The file with one bit of a weight flipped: torch's reader checks no CRC, so this is read
+    as another (finite) weight unless the loader checks the records' CRC-32 itself."""
+    import zipfile
+
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        record = next(r for r in archive.infolist() if "/data/" in r.filename and r.file_size >= 64)
+    name_length, extra_length = int.from_bytes(data[record.header_offset + 26:record.header_offset + 28], "little"), \
+        int.from_bytes(data[record.header_offset + 28:record.header_offset + 30], "little")
+    start = record.header_offset + 30 + name_length + extra_length
+    data[start + 5] ^= 0x01  # the lowest mantissa bit of a float32: a finite value still
+    target.write_bytes(bytes(data))
+    return target
+
+
+# how: (which head it damages, the change, what the error line names)
+HEAD_DAMAGE = {
+    "missing state_dict": ("windows", lambda p: p.pop("state_dict"), "state_dict: missing"),
+    "missing label_names": ("windows", lambda p: p.pop("label_names"), "label_names: missing"),
+    "missing encoder record": ("windows", lambda p: p["encoder"].pop("model_fingerprint"),
+                               "encoder.model_fingerprint: missing"),
+    "fewer label names than outputs": ("windows", lambda p: p["label_names"].pop(), "label_names"),
+    "a label with a newline": ("windows", lambda p: p["label_names"].__setitem__(0, "class\n0"), "label_names"),
+    "duplicate label names": ("windows", lambda p: p["label_names"].__setitem__(1, p["label_names"][0]),
+                              "'class0' names two outputs"),
+    "NaN weights": ("windows", lambda p: p["state_dict"][first_weight(p)].fill_(float("nan")), "NaN or infinite"),
+    "head config of another shape": ("windows", lambda p: p["head"].update(hidden_size=7), "state_dict"),
+    "a huge declared size": ("windows", lambda p: p["head"].update(n_terms=10**10, inputs="both"), "head.n_terms"),
+    "a size the weights do not have": ("both", lambda p: p["head"].update(n_terms=2**31 - 1), "state_dict.terms"),
+    "a negative size": ("windows", lambda p: p["head"].update(inner_dim=-5), "head.inner_dim"),
+    "a size of another type": ("windows", lambda p: p["head"].update(inner_dim="128"), "head.inner_dim"),
+    "no transformer heads": ("windows", lambda p: p["head"].update(transformer_heads=0), "transformer_heads"),
+    "dropout out of range": ("windows", lambda p: p["head"].update(dropout=1.5), "--dropout"),
+    "an unknown pooling": ("windows", lambda p: p["head"].update(pooling="median"), "--pooling"),
+    "an extra head field": ("windows", lambda p: p["head"].update(layers=3), "head.layers"),
+    "an extra field": ("windows", lambda p: p.update(code="x"), "code: a field heads do not have"),
+    "a weight of another dtype": ("windows", lambda p: p["state_dict"].update(
+        {first_weight(p): p["state_dict"][first_weight(p)].double()}), "float64"),
+    "an expanded weight": ("windows", lambda p: p["state_dict"].update(
+        {first_weight(p): torch.zeros(1).expand(p["state_dict"][first_weight(p)].shape)}), "a view"),
+    "chunk_tokens as text": ("windows", lambda p: p["encoder"].update(chunk_tokens="256"), "encoder.chunk_tokens"),
+    "a stride not below the window": ("windows", lambda p: p["encoder"].update(stride=256), "encoder.stride"),
+    "an unknown precision": ("windows", lambda p: p["encoder"].update(precision="fp8"), "encoder.precision"),
+    "an unknown window vector": ("windows", lambda p: p["encoder"].update(window_vector="max"),
+                                 "encoder.window_vector"),
+    "the encoder's width not the head's": ("windows", lambda p: p["encoder"].update(hidden_size=17),
+                                           "encoder.hidden_size"),
+    "training not a record": ("windows", lambda p: p.update(training="junk"), "training"),
+    "a term hashing that is not JSON": ("both", lambda p: p["terms"].update(hashing="{not json"), "terms.hashing"),
+    "a term hashing that is no hashing": ("both", lambda p: p["terms"].update(hashing='{"colour": 3}'),
+                                          "terms.hashing"),
+    "term ids out of range": ("both", lambda p: p["terms"]["features"].__setitem__(-1, 2**40), "terms.features"),
+    "term ids as floats": ("both", lambda p: p["terms"].update(features=p["terms"]["features"].double()),
+                           "terms.features"),
+    "a negative idf": ("both", lambda p: p["terms"]["idf"].__setitem__(0, -2.0), "terms.idf"),
+    "an infinite idf": ("both", lambda p: p["terms"]["idf"].__setitem__(0, float("inf")), "terms.idf"),
+    "idf of another length": ("both", lambda p: p["terms"].update(idf=p["terms"]["idf"][:-1]), "terms.idf"),
+    "term statistics in a windows head": ("windows", lambda p: p.update(terms={"hashing": "{}"}), "terms"),
+    "a negative branch weight": ("both", lambda p: p["state_dict"]["mix"].__setitem__(0, -1.0), "state_dict.mix"),
+    "an infinite branch weight": ("both", lambda p: p["state_dict"]["mix"].__setitem__(1, float("inf")),
+                                  "state_dict.mix"),
+    "not a dict": ("windows", None, "not a head checkpoint"),
+    "planted pickle": ("windows", None, "not a head checkpoint"),
+    "text file": ("windows", None, "not a head checkpoint"),
+    "truncated": ("windows", None, "not a head checkpoint"),
+    "a flipped bit in a weight": ("windows", None, "fails its CRC-32 check"),
+}
+
+
 def damage_head(path, how, target):
+    if how == "text file":
+        target.write_text("not a head")
+        return target
+    if how == "truncated":
+        target.write_bytes(path.read_bytes()[:-300])
+        return target
+    if how == "a flipped bit in a weight":
+        return flip_a_bit_in_a_tensor(path, target)
     payload = torch.load(path, weights_only=True)
-    if how == "missing state_dict":
-        del payload["state_dict"]
-    elif how == "missing label_names":
-        del payload["label_names"]
-    elif how == "missing encoder record":
-        del payload["encoder"]["model_fingerprint"]
-    elif how == "fewer label names than outputs":
-        payload["label_names"] = payload["label_names"][:-1]
-    elif how == "a label with a newline":
-        payload["label_names"][0] = "class\n0"
-    elif how == "NaN weights":
-        key = next(k for k, v in payload["state_dict"].items() if v.is_floating_point())
-        payload["state_dict"][key] = torch.full_like(payload["state_dict"][key], float("nan"))
-    elif how == "head config of another shape":
-        payload["head"]["hidden_size"] = 7
-    elif how == "not a dict":
+    if how == "not a dict":
         payload = [1, 2, 3]
     elif how == "planted pickle":
         payload = {"format": "longdoc-head", "code": Planted()}
-    elif how == "text file":
-        target.write_text("not a head")
-        return target
+    else:
+        HEAD_DAMAGE[how][1](payload)
     torch.save(payload, target)
     return target
 
 
-HEAD_DAMAGE = ["missing state_dict", "missing label_names", "missing encoder record", "fewer label names than outputs",
-               "a label with a newline", "NaN weights", "head config of another shape", "not a dict", "planted pickle",
-               "text file"]
+@pytest.fixture(scope="module")
+def fused(tmp_path_factory):
+    """A cache with terms and a head of both inputs trained on it (the term branch's statistics)."""
+    from synthetic import lexical_cache
+
+    folder = tmp_path_factory.mktemp("fused")
+    cache = lexical_cache(folder / "lexical.h5")
+    head = folder / "head.pt"
+    run_train_head(TrainConfig(train=str(cache), out=str(head), pooling="mean", max_epochs=1, progress=False,
+                               curve=False), log=lambda line: None)
+    return cache, head
 
 
 @pytest.mark.parametrize("how", HEAD_DAMAGE)
 @pytest.mark.parametrize("command", ["evaluate", "predict"])
-def test_damaged_heads_are_refused_in_one_line(command, how, good, tmp_path, capsys, monkeypatch):
-    cache, head = good
+def test_damaged_heads_are_refused_in_one_line(command, how, good, fused, tmp_path, capsys, monkeypatch):
+    cache, head = good if HEAD_DAMAGE[how][0] == "windows" else fused
     marker = tmp_path / "marker"
     monkeypatch.setenv("PLANTED_MARKER", str(marker))
     damaged = damage_head(head, how, tmp_path / "damaged.pt")
@@ -409,7 +483,7 @@ def test_damaged_heads_are_refused_in_one_line(command, how, good, tmp_path, cap
         args = ["evaluate", "--head", damaged, "--cache", cache, "--report", report]
     else:
         args = ["predict", "--head", damaged, text]
-    refused(capsys, args, str(damaged))
+    refused(capsys, args, str(damaged), HEAD_DAMAGE[how][2])
     assert snapshot(tmp_path) == before and not marker.exists()
 
 
@@ -450,12 +524,20 @@ def test_predict_refuses_file_names_it_could_not_print_on_one_line(name, good, t
     refused(capsys, ["predict", "--head", head, os.fsdecode(path)], "control character or bytes that are not UTF-8")
 
 
-def test_a_diverging_training_saves_nothing(good, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("where", ["training loss", "validation loss"])
+def test_a_diverging_training_saves_nothing(where, good, tmp_path, capsys, monkeypatch):
     import longdoc.train_head
 
     cache, _ = good
-    real = longdoc.train_head.window_logits
-    monkeypatch.setattr(longdoc.train_head, "window_logits", lambda head, batch: real(head, batch) * float("nan"))
+    if where == "training loss":
+        real = longdoc.train_head.window_logits
+        monkeypatch.setattr(longdoc.train_head, "window_logits", lambda head, batch: real(head, batch) * float("nan"))
+        said = "training diverged at epoch 1, step 1 (loss nan)"
+    else:
+        real_scores = longdoc.train_head.HeadTask._scores
+        monkeypatch.setattr(longdoc.train_head.HeadTask, "_scores",
+                            lambda task, logits: {**real_scores(task, logits), "val_loss": float("inf")})
+        said = "training diverged at epoch 1 (validation val_loss inf)"
     out = tmp_path / "head.pt"
-    refused(capsys, ["train-head", "--train", cache, "--out", out, "--epochs", "2"], "training diverged at epoch 1")
+    refused(capsys, ["train-head", "--train", cache, "--out", out, "--epochs", "2"], said, "nothing saved; lower --lr")
     assert sorted(os.listdir(tmp_path)) == []

@@ -346,27 +346,56 @@ def test_a_planted_train_head_state_runs_no_code(tmp_path, monkeypatch, capsys):
     assert not marker.exists() and not (tmp_path / "head.pt").exists()
 
 
+class WindowModelTask:
+    """What the training loop needs of a task, around a window model of the tiny BERT."""
+
+    score_names = ("val_macro_f1",)
+
+    def __init__(self, model):
+        import torch
+
+        from longdoc.training.split import lr_lambda
+
+        self.model = model
+        self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(10, 2))
+
+    def trainable_state(self):
+        return self.model.trainable_state()
+
+    def load_trainable_state(self, state):
+        self.model.load_trainable_state(state)
+
+    def state(self):
+        return {}
+
+    def load_state(self, state):
+        pass
+
+
 def test_the_finetune_state_round_trips_with_weights_only(tiny_bert, tmp_path):
     import torch
 
     from longdoc.encoding.encoder import load_encoder
-    from longdoc.training.loop import TrainingProgress
-    from longdoc.training.split import lr_lambda
+    from longdoc.training.loop import LoopSettings, TrainingProgress
     from longdoc.training.window_model import WindowModel
 
     encoder = load_encoder(str(tiny_bert), "cpu", "fp32")
-    model = WindowModel(encoder.model, n_classes=3, unfreeze_top=1)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(10, 2))
-    model.classifier.weight.sum().backward()
-    optimizer.step()
-    schedule.step()
-    progress = TrainingProgress(epoch=2, step_in_epoch=3, global_step=7, history=[{"epoch": 1, "val_macro_f1": 0.5}],
-                                best_epoch=1, best_score=0.5, best_state=model.trainable_state())
-    progress.save(tmp_path, model, optimizer, schedule)
+    trained = WindowModelTask(WindowModel(encoder.model, n_classes=3, unfreeze_top=1))
+    for _ in range(7):
+        sum(p.sum() for p in trained.model.parameters() if p.requires_grad).backward()
+        trained.optimizer.step()
+        trained.schedule.step()
+    progress = TrainingProgress(epoch=2, step_in_epoch=3, global_step=7, loss_sum=2.1, windows_seen=12,
+                                history=[{"epoch": 1, "train_loss": 0.7, "val_macro_f1": 0.5}],
+                                best_epoch=1, best_score=0.5, best_state=trained.trainable_state())
+    progress.save(tmp_path, trained)
     torch.load(tmp_path / "state.pt", weights_only=True)  # loads without pickled code
-    again = TrainingProgress.load(tmp_path, model, optimizer, schedule)
-    assert again.global_step == 7 and again.history == progress.history and schedule.last_epoch == 1
+    fresh = WindowModelTask(WindowModel(encoder.model, n_classes=3, unfreeze_top=1))
+    again = TrainingProgress.load(tmp_path, fresh, LoopSettings(max_epochs=3, patience=1, checkpoint_steps=3))
+    assert again.global_step == 7 and again.history == progress.history and fresh.schedule.last_epoch == 7
+    assert fresh.optimizer.param_groups[0]["lr"] == trained.optimizer.param_groups[0]["lr"]
+    assert all(torch.equal(value, trained.trainable_state()[name]) for name, value in fresh.trainable_state().items())
     assert os.listdir(tmp_path) == ["state.pt"]
 
 
@@ -547,6 +576,88 @@ def test_a_report_of_hundreds_of_classes_keeps_the_numbers_and_skips_the_picture
     write_report(tmp_path, {**metrics, "label_names": names[:3], "confusion_matrix": np.eye(3, dtype=int).tolist(),
                             "per_class": metrics["per_class"][:3]})
     assert (tmp_path / "confusion_matrix.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.fixture(scope="module")
+def fused_head(tmp_path_factory):
+    """A cache with terms and a head of both inputs trained on it."""
+    from synthetic import lexical_cache
+
+    from longdoc.configs import TrainConfig
+    from longdoc.train_head import run_train_head
+
+    folder = tmp_path_factory.mktemp("fused")
+    cache = lexical_cache(folder / "lexical.h5")
+    head = folder / "head.pt"
+    run_train_head(TrainConfig(train=str(cache), out=str(head), pooling="mean", max_epochs=1, progress=False,
+                               curve=False), log=lambda line: None)
+    return cache, head
+
+
+def out_of_memory(*args, **kwargs):
+    raise MemoryError
+
+
+def cuda_out_of_memory(*args, **kwargs):
+    import torch
+
+    raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+# step: (what fails (module:attribute), how, the command, what its line says after "error: out of memory")
+MEMORY_STEPS = {
+    "embedding a block": ("longdoc.embedding.job:encode_windows", out_of_memory, "embed",
+                          " while embedding documents 0 to "),
+    "loading a cache": ("longdoc.heads.batches:CacheDocuments._check_finite", out_of_memory, "train-head",
+                        " while loading CACHE into memory; lower --memory-budget-mb"),
+    "a training epoch": ("longdoc.train_head:HeadTask.step", out_of_memory, "train-head",
+                         " while training epoch 1; lower --batch-docs or --batch-windows, or --memory-budget-mb"),
+    "a training epoch on a GPU": ("longdoc.train_head:HeadTask.step", cuda_out_of_memory, "train-head",
+                                  " while training epoch 1; lower --batch-docs"),
+    "a validation pass": ("longdoc.train_head:HeadTask.validate", out_of_memory, "train-head",
+                          " while validating after epoch 1; lower --batch-docs"),
+    "fitting the linear branch": ("longdoc.train_head:fit_linear_branch", out_of_memory, "train-head",
+                                  " while fitting the linear branch; pass --inputs windows"),
+    "evaluate's pass": ("longdoc.evaluate:predict_logits", out_of_memory, "evaluate",
+                        " while scoring CACHE; lower --memory-budget-mb"),
+    "predict's files": ("longdoc.predict:predict", out_of_memory, "predict",
+                        " while classifying the FILEs; lower --batch-tokens"),
+    "predict's corpus": ("longdoc.predict:predict_corpus", out_of_memory, "predict --data",
+                         " while classifying CORPUS; lower --batch-tokens or --block-docs"),
+    "a step that names no setting": ("longdoc.evaluate:load_checkpoint", out_of_memory, "evaluate",
+                                     "; `python cli.py COMMAND --help` names the settings that bound it"),
+    "a GPU step that names no setting": ("longdoc.evaluate:load_checkpoint", cuda_out_of_memory, "evaluate",
+                                         "; `python cli.py COMMAND --help` names the settings that bound it"),
+}
+
+
+@pytest.mark.parametrize("step", MEMORY_STEPS)
+def test_out_of_memory_is_one_line_naming_the_step_and_exit_2(step, fused_head, tiny_bert, reference, tmp_path,
+                                                              monkeypatch):
+    import importlib
+
+    from synthetic import cli_error
+
+    target, failure, command, said = MEMORY_STEPS[step]
+    module, _, name = target.partition(":")
+    owner, _, attribute = name.rpartition(".")
+    monkeypatch.setattr(getattr(importlib.import_module(module), owner) if owner else importlib.import_module(module),
+                        attribute, failure)
+    cache, head = fused_head
+    post = tmp_path / "post.txt"
+    post.write_text("marker1x")
+    args = {"embed": ["embed", "--data", reference[0], "--model", tiny_bert, "--out", tmp_path / "c.h5",
+                      "--chunk-tokens", "32", "--stride", "8", "--precision", "fp32", "--no-progress"],
+            "train-head": ["train-head", "--train", cache, "--out", tmp_path / "h.pt", "--epochs", "1",
+                           "--no-progress"],
+            "evaluate": ["evaluate", "--head", head, "--cache", cache],
+            "predict": ["predict", "--head", head, post],
+            "predict --data": ["predict", "--head", head, "--data", reference[0], "--out", tmp_path / "p.jsonl"],
+            }[command]
+    code, lines = cli_error("in-process", *args)  # progress lines (an epoch's) may come before the error
+    assert code == 2 and [line for line in lines if line.startswith("error: ")] == lines[-1:], lines
+    said = said.replace("CACHE", str(cache)).replace("CORPUS", str(reference[0]))
+    assert lines[-1].startswith("error: out of memory" + said), lines[-1]
 
 
 def json_load(path):

@@ -309,6 +309,111 @@ def test_overwrite_resumes_an_interrupted_run_of_the_same_settings(tmp_path, toy
     assert load_checkpoint(resumed.out).training["history"] == load_checkpoint(reference.out).training["history"]
 
 
+# --- a state.pt that is not this run's -----------------------------------------------------
+
+PLANTED_RUN = dict(pooling="mean", max_epochs=4, patience=4, seed=4)
+
+
+def planted_run_args(cache, out, *extra):
+    return ["train-head", "--train", cache, "--out", out, "--pooling", "mean", "--epochs", "4", "--patience", "4",
+            "--seed", "4", "--no-progress", *extra]
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory, toy):
+    """(the work folder of a run stopped after its second epoch, the head of that run never stopped)."""
+    folder = tmp_path_factory.mktemp("interrupted")
+    with pytest.MonkeyPatch.context() as patch:
+        interrupted_after(2, patch)
+        with pytest.raises(KeyboardInterrupt):
+            train(folder, toy[0], **PLANTED_RUN)
+    return folder / "head.pt.partial", train(folder, toy[0], name="reference.pt", **PLANTED_RUN).out
+
+
+def first_weight(weights: dict) -> str:
+    return next(name for name, value in weights.items() if value.dim() == 2)
+
+
+# case: (the change to the state, what the error line names)
+PLANTED_STATES = {
+    "an empty history": (lambda s: s["progress"].update(history=[]), "progress.epoch: 3 after 0 finished epochs"),
+    "a history entry without its validation loss": (lambda s: s["progress"]["history"][1].pop("val_loss"),
+                                                    "history[1]: not an epoch's record"),
+    "a best epoch not in the history": (lambda s: s["progress"].update(best_epoch=7),
+                                        "progress.best_epoch: 7 where its history gives"),
+    "a missing field": (lambda s: s["progress"].pop("stale_epochs"), "progress.stale_epochs: missing"),
+    "weights of another shape": (lambda s: s["weights"].update({first_weight(s["weights"]): torch.zeros(2, 2)}),
+                                 "weights."),
+    "NaN weights": (lambda s: s["weights"][first_weight(s["weights"])].fill_(float("nan")), "NaN or infinite"),
+    "a best state of other keys": (lambda s: s["progress"].update(best_state={"other.weight": torch.zeros(3)}),
+                                   "progress.best_state: not the weights this task trains"),
+    "a step inside an epoch it never saves in": (lambda s: s["progress"].update(step_in_epoch=10**6),
+                                                 "progress.step_in_epoch: 1000000 is no step this run saves at"),
+    "a learning rate not the schedule's": (lambda s: s["optimizer"]["param_groups"][0].update(lr=1.0),
+                                           "learning rates other than the schedule's"),
+    "a schedule of other steps": (lambda s: s["schedule"].update(last_epoch=s["schedule"]["last_epoch"] + 1),
+                                  "schedule.last_epoch"),
+    "optimizer moments of another shape": (lambda s: s["optimizer"]["state"][0].update(exp_avg=torch.zeros(1)),
+                                           "optimizer.state[0]"),
+    "the generator's state of another task": (lambda s: s["progress"].update(task_state={}),
+                                              "progress.task_state"),
+    "a generator state that is not one": (lambda s: s["progress"]["task_state"].update(rng='{"state": 3}'),
+                                          "is not a checkpoint of this run"),
+    "not a record": (lambda s: s.clear(), "not a record of progress, weights"),
+}
+
+
+def plant(partial, out, change):
+    """`partial` copied to `out`'s work folder, its state.pt changed by `change`."""
+    import shutil
+
+    shutil.copytree(partial, Path(f"{out}.partial"))
+    state_path = Path(f"{out}.partial") / "state.pt"
+    state = torch.load(state_path, weights_only=True)
+    change(state)
+    torch.save(state, state_path)
+    return state_path
+
+
+@pytest.mark.parametrize("case", PLANTED_STATES)
+def test_a_state_that_is_not_this_runs_is_one_line(case, interrupted, toy, tmp_path):
+    change, names = PLANTED_STATES[case]
+    out = tmp_path / "head.pt"
+    state = plant(interrupted[0], out, change)
+    code, lines = cli_error("in-process", *planted_run_args(toy[0], out))
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"error: {state} ") and "; pass --overwrite to start again" in lines[0], lines[0]
+    assert names in lines[0], lines[0]
+    assert not out.exists() and state.exists()
+
+
+@pytest.mark.parametrize("case", ["an empty history", "a learning rate not the schedule's"])
+def test_with_overwrite_a_state_that_is_not_this_runs_starts_afresh_to_the_same_head(case, interrupted, toy,
+                                                                                      tmp_path):
+    """train-head --overwrite resumes a run of the same settings; a state that is not one is
+    then started afresh (the refusal's advice), to the head of a run never stopped."""
+    out = tmp_path / "head.pt"
+    plant(interrupted[0], out, PLANTED_STATES[case][0])
+    code, lines = cli_error("in-process", *planted_run_args(toy[0], out, "--overwrite"))
+    assert code == 0, lines
+    got, want = load_checkpoint(out), load_checkpoint(interrupted[1])
+    assert got.training["history"] == want.training["history"]
+    for name, value in want.head.state_dict().items():
+        assert torch.equal(got.head.state_dict()[name], value), name
+
+
+def test_an_untouched_planted_copy_resumes_to_the_same_head(interrupted, toy, tmp_path):
+    """The copy the cases above change, unchanged, is accepted: what they refuse is the change."""
+    out = tmp_path / "head.pt"
+    plant(interrupted[0], out, lambda state: None)
+    code, lines = cli_error("in-process", *planted_run_args(toy[0], out))
+    assert code == 0, lines
+    got, want = load_checkpoint(out), load_checkpoint(interrupted[1])
+    assert got.training["history"] == want.training["history"]
+    for name, value in want.head.state_dict().items():
+        assert torch.equal(got.head.state_dict()[name], value), name
+
+
 # --- bad input, through the CLI -------------------------------------------------------
 
 

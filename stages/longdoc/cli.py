@@ -153,15 +153,19 @@ def predict(files, as_json, **settings):
 
     from longdoc.predict import predict as run_predict
     from longdoc.predict import predict_corpus
+    from longdoc.runtime.process import memory_step
 
     if config.data is None:
-        for prediction in run_predict(config.head, list(files), device=config.device,
+        with memory_step("classifying the FILEs", "lower --batch-tokens, or pass fewer FILEs at once"):
+            predictions = run_predict(config.head, list(files), device=config.device,
                                       batch_tokens=config.batch_tokens, threads=config.threads,
-                                      explain=config.top_windows, explain_terms=config.explain_terms):
+                                      explain=config.top_windows, explain_terms=config.explain_terms)
+        for prediction in predictions:
             click.echo(json.dumps(prediction.record(), ensure_ascii=False) if as_json else prediction.line())
         return
     corpus = config.corpus()
-    with on_interrupt(f"finished blocks are kept in {config.out}.partial/; run the same command again to resume"):
+    with on_interrupt(f"finished blocks are kept in {config.out}.partial/; run the same command again to resume"), \
+            memory_step(f"classifying {corpus['data']}", "lower --batch-tokens or --block-docs"):
         summary = predict_corpus(
             config.head, corpus.pop("data"), config.out, **corpus, top_k=config.top_k,
             explain=config.top_windows, explain_terms=config.explain_terms, block_docs=config.block_docs,
@@ -204,10 +208,19 @@ def main(argv=None) -> int:
     except OSError as error:  # disk full, permissions changed under us, ...
         click.echo(f"error: {error}", err=True)
         return 1
-    except MemoryError:
-        click.echo("error: out of memory; lower --batch-tokens", err=True)
-        return 1
+    except MemoryError:  # outside the steps that name their setting (longdoc.runtime.process.memory_step)
+        click.echo(f"error: {OUT_OF_MEMORY}", err=True)
+        return 2
+    except RuntimeError as error:
+        torch = sys.modules.get("torch")  # imported by every command that can run out of GPU memory
+        if torch is None or not isinstance(error, torch.cuda.OutOfMemoryError):
+            raise
+        click.echo(f"error: {OUT_OF_MEMORY}", err=True)
+        return 2
     return 0
+
+
+OUT_OF_MEMORY = "out of memory; `python cli.py COMMAND --help` names the settings that bound it"
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from longdoc.cache.reader import open_cache
 from longdoc.configs import DEFAULT_MEMORY_BUDGET_MB, MAX_WRONG, N_CORRECT
 from longdoc.explain.text import WindowMapper, cached_geometry, load_cache_corpus
 from longdoc.heads.batches import (
+    LOADING_HINT,
     CacheDocuments,
     head_branch_logits,
     predict_logits,
@@ -45,6 +46,7 @@ from longdoc.reports.html import (
 )
 from longdoc.reports.metrics import MAX_PLOTTED_CLASSES, save_figure, scores
 from longdoc.runtime.errors import UserError
+from longdoc.runtime.process import memory_step
 from longdoc.runtime.workdir import atomic_write_bytes, check_not_an_input
 
 # Document length buckets, in windows: one window, a few, many, very many.
@@ -87,7 +89,8 @@ def evaluate(head_path: str | Path, cache_path: str | Path, report_dir: str | Pa
         texts = load_cache_corpus(cache, **corpus).texts if corpus is not None else None
         documents = CacheDocuments.from_cache(cache, labels=labels, memory_budget_mb=memory_budget_mb,
                                               term_weights=checkpoint.terms)
-        branches = predict_logits(checkpoint.head, documents, head_branch_logits)
+        with memory_step(f"scoring {cache_path}", LOADING_HINT):  # batches are fixed; the loaded cache is not
+            branches = predict_logits(checkpoint.head, documents, head_branch_logits)
         logits = checkpoint.head.combine(torch.from_numpy(branches)).numpy()
         windows = cache.window_counts
         metrics = _metrics(head_path, cache_path, labels, logits.argmax(1), windows, checkpoint.label_names)
@@ -96,7 +99,8 @@ def evaluate(head_path: str | Path, cache_path: str | Path, report_dir: str | Pa
         report = Path(report_dir) if report_dir else None
         if report is not None:
             write_report(report, metrics)
-            html = html_report(checkpoint, cache, documents, logits, labels, metrics, texts, max_wrong, n_correct)
+            with memory_step("explaining the documents of report.html", "lower --report-wrong and --report-correct"):
+                html = html_report(checkpoint, cache, documents, logits, labels, metrics, texts, max_wrong, n_correct)
             _write_text(report / "report.html", html)
     return Evaluation(metrics, report)
 

@@ -183,7 +183,7 @@ def run_finetune(config: FinetuneConfig, log=None) -> FinetuneSummary:
         task = inputs.task(config)
         progress = resume(work.dir, task, loop)
         resumed_step = progress.global_step
-        progress = run_epochs(task, progress, work.dir, loop, log)
+        progress = run_epochs(task, progress, work, loop, log)
         best = best_entry(progress)
         record = {
             "format": "longdoc-finetune", "package_version": longdoc.__version__,

@@ -36,7 +36,9 @@ fixed seed: the same weights), so the same command
 run again continues from the last finished epoch to the same head as an uninterrupted
 run, with or without `--overwrite` (so `make train-head`, which passes it, resumes too).
 Other settings (or other caches) against that folder are refused, naming the
-difference; with `--overwrite` they start afresh. A diverged run removes the folder.
+difference, and so is a `state.pt` that is not one this run could have saved
+(`longdoc.training.loop.check_state`); with `--overwrite` both start afresh. A diverged run
+removes the folder (the loop's check).
 
 Writes the checkpoint (`longdoc.heads.checkpoint`, atomically: an interrupted run leaves
 an earlier file intact) and `<out stem>-curve.png`, loss and validation accuracy
@@ -66,6 +68,7 @@ from longdoc.cache.reader import (
 )
 from longdoc.configs import TrainConfig
 from longdoc.heads.batches import (
+    LOADING_HINT,
     CacheDocuments,
     head_branch_logits,
     predict_logits,
@@ -74,7 +77,7 @@ from longdoc.heads.checkpoint import encoder_record, save_checkpoint
 from longdoc.heads.head import Head
 from longdoc.reports.metrics import scores
 from longdoc.runtime.errors import UserError
-from longdoc.runtime.process import Background, peak_memory_bytes
+from longdoc.runtime.process import Background, memory_step, peak_memory_bytes
 from longdoc.runtime.workdir import WorkDir, check_not_an_input, check_output_path
 from longdoc.settings.model import HeadConfig
 from longdoc.terms.tfidf import TermWeights
@@ -166,14 +169,13 @@ def window_logits(head: Head, batch) -> torch.Tensor:
     return head.window_logits(batch.x, batch.mask)
 
 
-class Diverged(UserError):
-    """The training loss became NaN or infinite: nothing is saved, the work folder goes too."""
-
-
 class HeadTask:
     """Stage two as a `longdoc.training.loop.TrainingTask`: batches of documents drawn by the
     seeded generator, the window branch's loss and validation scores (a terms-only head: the
     linear branch's, once)."""
+
+    score_names = ("val_loss", "val_accuracy", "val_macro_f1")  # `_scores`
+    memory_hint = f"lower --batch-docs or --batch-windows, or {LOADING_HINT.removeprefix('lower ')}"
 
     def __init__(self, head: Head, train: CacheDocuments, val: CacheDocuments, config: TrainConfig,
                  rng: np.random.Generator, loss_fn: nn.Module, steps_per_epoch: int):
@@ -204,8 +206,6 @@ class HeadTask:
         return loss.item(), len(batch)
 
     def validate(self, epoch: int, train_loss: float) -> dict:
-        if not np.isfinite(train_loss):
-            raise Diverged(f"training diverged at epoch {epoch} (loss {train_loss}); nothing saved; lower --lr")
         if not self.head.reads_windows:
             return self.head_scores()
         return self._scores(predict_logits(self.head, self.val, window_logits, terms=False))
@@ -252,9 +252,14 @@ def _fit_linear(head: Head, train: CacheDocuments, val: CacheDocuments, config: 
     return fit_linear_branch(head, train, val, config.term_c, log=lines.append), lines
 
 
+# The linear branch holds the TF-IDF rows (and mean window vectors) of every document it is fitted on.
+LINEAR_MEMORY_HINT = "pass --inputs windows (no linear branch), or train on fewer documents"
+
+
 def _install_linear(head: Head, linear: Background, log) -> LinearBranch:
     """Wait for the linear branch, log its lines, put it in `head`."""
-    chosen, lines = linear.result()
+    with memory_step("fitting the linear branch", LINEAR_MEMORY_HINT):
+        chosen, lines = linear.result()
     for line in lines:
         log(line)
     chosen.load_into(head)
@@ -328,17 +333,13 @@ def run_train_head(config: TrainConfig, log=None) -> TrainSummary:
         # --overwrite replaces an earlier head and an interrupted run of other settings; an
         # interrupted run of these settings resumes either way (it ends in the same head).
         with WorkDir(out, _settings(config, caches), replace_other_settings=config.overwrite) as work:
-            progress = resume(work.dir, task, loop)
+            progress = resume(work.dir, task, loop, replace_unusable=config.overwrite)
             linear = chosen = None
             if head.reads_terms:  # liblinear, in a second thread beside the window branch's epochs
                 linear = Background(lambda: _fit_linear(head, train, val, config), name="linear branch")
                 if not head.reads_windows:
                     chosen = _install_linear(head, linear, log)
-            try:
-                progress = run_epochs(task, progress, work.dir, loop, log)
-            except Diverged:
-                work.discard()  # resuming would diverge again
-                raise
+            progress = run_epochs(task, progress, work, loop, log)
             best = head_scores = best_entry(progress)
             if head.stacked:
                 chosen = _install_linear(head, linear, log)
@@ -347,7 +348,8 @@ def run_train_head(config: TrainConfig, log=None) -> TrainSummary:
                     f"accuracy {head_scores['val_accuracy']:.4f}, macro-F1 {head_scores['val_macro_f1']:.4f}")
             linear_record = chosen and chosen.record
             if head.reads_terms and config.refit_terms and val_cache is None:  # validation has chosen all
-                again = refit_linear_branch(head, [train, val], chosen, config.term_c)
+                with memory_step("fitting the linear branch again on all documents", LINEAR_MEMORY_HINT):
+                    again = refit_linear_branch(head, [train, val], chosen, config.term_c)
                 again.load_into(head)
                 linear_record = {**chosen.record, "refit": again.record}
                 log(f"linear branch fitted again on {again.record['documents']:,} documents (training and validation)")

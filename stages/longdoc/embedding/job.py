@@ -29,13 +29,16 @@ from longdoc.encoding.encoder import (
 )
 from longdoc.encoding.windows import SpecialTokens, WindowSpec
 from longdoc.runtime.errors import UserError
-from longdoc.runtime.process import progress_bar
+from longdoc.runtime.process import memory_step, progress_bar
 from longdoc.runtime.workdir import check_not_an_input, check_output_path
 from longdoc.settings.model import check_batch_holds_window, check_window_fits
 from longdoc.terms.hashing import NO_TERMS, TermHashing
 
 if TYPE_CHECKING:  # the settings it runs with; a block never imports the commands' settings at run time
     from longdoc.configs import EmbedConfig
+
+# What bounds a block's memory: the encoder's batch (activations) and the block's windows.
+EMBED_MEMORY_HINT = "lower --batch-tokens or --block-windows"
 
 
 @dataclass
@@ -197,8 +200,9 @@ def embed_documents(job: Job, partial: PartialCache, token_ids: list[np.ndarray]
     tokens_encoded = 0
     with progress_bar(int(window_counts[resumed_docs:].sum()), progress, unit="window") as bar:
         for start, end in todo:
-            windows = spec.pack(token_ids[start:end])
-            embeddings = encode_windows(job.encoder, windows, job.batch_tokens, on_batch=bar.update)
+            with memory_step(f"embedding documents {start:,} to {end:,}", EMBED_MEMORY_HINT):
+                windows = spec.pack(token_ids[start:end])
+                embeddings = encode_windows(job.encoder, windows, job.batch_tokens, on_batch=bar.update)
             partial.save(Block(start, end, embeddings, job.term_counts(texts[start:end])))
             tokens_encoded += len(windows.tokens)
             if on_block is not None:

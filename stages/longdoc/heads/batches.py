@@ -20,7 +20,7 @@ Reads an open cache (`longdoc.cache.reader.WindowCache`: vectors, labels, term r
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,7 +29,11 @@ from torch import nn
 
 from longdoc.cache.reader import WindowCache
 from longdoc.runtime.errors import UserError
+from longdoc.runtime.process import memory_step
 from longdoc.terms.tfidf import TermBatch, TermWeights
+
+# What bounds the memory of a cache loaded whole: the budget below which it is.
+LOADING_HINT = "lower --memory-budget-mb (a cache above it is read by slices)"
 
 
 @dataclass
@@ -61,11 +65,13 @@ class CacheDocuments:
         self.in_memory = (isinstance(embeddings, np.ndarray) or memory_budget_mb is None
                           or embeddings.nbytes <= memory_budget_mb * 2**20)
         self.source = getattr(getattr(embeddings, "file", None), "filename", "the cache")
-        with self._reading():
-            self.embeddings = embeddings if isinstance(embeddings, np.ndarray) or not self.in_memory else embeddings[:]
-        if self.in_memory:  # on disk, `load` checks each batch as it is read
-            for lo in range(0, len(self.embeddings), 65_536):  # bounded scratch memory
-                self._check_finite(self.embeddings[lo:lo + 65_536], lo)
+        loading = self.in_memory and not isinstance(embeddings, np.ndarray)  # a cache's, read whole
+        step = memory_step(f"loading {self.source} into memory", LOADING_HINT) if loading else nullcontext()
+        with self._reading(), step:
+            self.embeddings = embeddings[:] if loading else embeddings
+            if self.in_memory:  # on disk, `load` checks each batch as it is read
+                for lo in range(0, len(self.embeddings), 65_536):  # bounded scratch memory
+                    self._check_finite(self.embeddings[lo:lo + 65_536], lo)
         self.term_rows, self.term_weights = term_rows, term_weights
 
     @classmethod
@@ -79,7 +85,8 @@ class CacheDocuments:
         if term_weights is not None:
             term_rows = cache.term_rows
             if memory_budget_mb is None or cache.file["terms"]["indices"].nbytes * 2 <= memory_budget_mb * 2**20:
-                every = cache.term_rows(np.arange(cache.n_docs))
+                with memory_step(f"loading the term counts of {cache.path} into memory", LOADING_HINT):
+                    every = cache.term_rows(np.arange(cache.n_docs))
                 term_rows = every.__getitem__
         return cls(cache.embeddings, cache.doc_offsets, cache.labels if labels is None else labels, docs,
                    memory_budget_mb, term_rows, term_weights)

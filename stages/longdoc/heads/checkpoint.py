@@ -17,12 +17,21 @@ checkpoint never runs code from it):
 It is serialised in memory, then written to a private temporary beside `<out>`,
 fsynced and renamed (`longdoc.runtime.workdir.atomic_path`), so an interrupted or failed
 save (disk full) leaves any earlier checkpoint intact.
+
+`load_checkpoint` reads it with `longdoc.runtime.workdir.load_torch_file` (every record's CRC-32,
+then `weights_only`) and checks every field before it is used: the fields above and no
+others, the head record's types and ranges (sizes before anything is allocated), each
+weight's name, shape, dtype and finiteness against the head that record describes, the
+term statistics against their hashing, distinct printable label names, the encoder
+record's types and ranges. A head that fails is one line naming the file and the field.
+Not told apart from a trained head: finite weights (or idf, or term ids in order and
+range) changed to other finite values, and label names put in another order.
 """
 
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -31,8 +40,8 @@ import longdoc
 from longdoc.cache.reader import ENCODER_IDENTITY, WindowCache, differences
 from longdoc.heads.head import Head
 from longdoc.runtime.errors import UserError
-from longdoc.runtime.workdir import atomic_write_bytes
-from longdoc.settings.model import HeadConfig
+from longdoc.runtime.workdir import atomic_write_bytes, brief, first_line, load_torch_file, tensor_problem
+from longdoc.settings.model import PRECISIONS, WINDOW_VECTORS, HeadConfig
 from longdoc.terms.tfidf import TermWeights
 
 FORMAT_NAME = "longdoc-head"
@@ -77,51 +86,164 @@ def save_checkpoint(path: str | Path, head: Head, label_names: list[str], encode
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Read a head; anything that is not one is a UserError."""
+    """Read a head; anything that is not one is a UserError naming the file and the field.
+
+    Everything read is checked before it is used, and the sizes the file declares before
+    anything is allocated: the head record first (its fields, types and ranges), then every
+    weight against the shape that record implies (computed on torch's meta device, which
+    allocates nothing), so a head is built only from sizes its own tensors, read from the
+    file, hold."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such head file (train one with `python cli.py train-head`)")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch.load on a foreign file: UnpicklingError, KeyError, RuntimeError, ...
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"{path}: not a head checkpoint ({first[:120]})") from None
+        payload = load_torch_file(path)
+    except ValueError as error:
+        raise UserError(f"{path}: not a head checkpoint ({error})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
         raise UserError(f"{path}: not a head checkpoint (no format={FORMAT_NAME!r})")
-    if payload.get("format_version") not in READABLE_VERSIONS:
-        raise UserError(f"{path}: head format version {payload.get('format_version')}, "
+    version = payload.get("format_version")
+    if type(version) is not int or version not in READABLE_VERSIONS:
+        raise UserError(f"{path}: head format version {brief(version)}, "
                         f"this code reads {' and '.join(map(str, READABLE_VERSIONS))}")
-    try:
-        head = Head(HeadConfig(**payload["head"]))
-        head.load_state_dict(payload["state_dict"])
-        terms = TermWeights.from_dict(payload["terms"]) if payload.get("terms") is not None else None
-        if head.reads_terms and (terms is None or terms.n_terms != head.config.n_terms):
-            raise ValueError("the term branch's statistics are missing or do not match it")
-        label_names = list(payload["label_names"])
-        encoder = {"window_vector": "cls", **dict(payload["encoder"])}  # version 1 heads: [CLS] windows
-        training = dict(payload.get("training") or {})
-    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError, UserError) as error:
-        raise UserError(f"{path}: damaged head checkpoint ({type(error).__name__}: "
-                        f"{(str(error).splitlines() or [''])[0][:120]})") from None
-    _check_head(path, head, label_names, encoder)
+    missing = [key for key in PAYLOAD_KEYS if key not in payload]
+    unknown = [key for key in payload if key not in (*PAYLOAD_KEYS, *OPTIONAL_PAYLOAD_KEYS)]
+    if missing or unknown:
+        raise _damaged(path, _field("", (missing or unknown)[0]), "missing" if missing else "a field heads do not have")
+    config = _head_config(path, payload["head"])
+    weights = _weights(path, payload["state_dict"], config)
+    terms = None
+    if config.inputs != "windows":
+        try:
+            terms = TermWeights.from_dict(payload.get("terms"), config.n_terms)
+        except ValueError as error:
+            raise UserError(f"{path}: damaged head checkpoint ({error})") from None
+    elif payload.get("terms") is not None:
+        raise _damaged(path, "terms", "term statistics in a head without a term branch")
+    label_names = _label_names(path, payload["label_names"], config)
+    encoder = _encoder(path, payload["encoder"], config, version)
+    training = payload.get("training")
+    if training is not None and not isinstance(training, dict):
+        raise _damaged(path, "training", f"{brief(training)}, not a record")
+    if not isinstance(payload.get("package_version", ""), str):
+        raise _damaged(path, "package_version", f"{brief(payload['package_version'])}, not a version")
+    head = Head(config)  # every size checked against the tensors read: no more than the file holds
+    head.load_state_dict(weights)
     head.eval()
-    return Checkpoint(head, label_names, encoder, training, path, terms)
+    return Checkpoint(head, label_names, encoder, dict(training or {}), path, terms)
 
 
-def _check_head(path: Path, head: Head, label_names: list, encoder: dict):
-    """What predict and evaluate rely on: a printable name per output, the encoder's
-    settings, finite weights."""
-    if len(label_names) != head.config.n_classes:
-        raise UserError(f"{path}: damaged head checkpoint ({len(label_names)} label names for "
-                        f"{head.config.n_classes} outputs)")
-    bad = [n for n in label_names if not isinstance(n, str) or not n or not n.isprintable()]
-    if bad:
-        raise UserError(f"{path}: damaged head checkpoint (label name {bad[0]!r} is empty or not printable)")
-    missing = [k for k in ("model", "model_fingerprint", "chunk_tokens", "stride") if encoder.get(k) is None]
-    if missing:
-        raise UserError(f"{path}: damaged head checkpoint (its encoder record lacks {', '.join(missing)})")
-    if not all(torch.isfinite(v).all() for v in head.state_dict().values() if v.is_floating_point()):
-        raise UserError(f"{path}: damaged head checkpoint (weights that are NaN or infinite)")
+# What a head file holds (the module docstring); `terms`, `training` and `package_version` may be absent.
+PAYLOAD_KEYS = ("format", "format_version", "head", "state_dict", "label_names", "encoder")
+OPTIONAL_PAYLOAD_KEYS = ("package_version", "training", "terms")
+# No size of a head comes near this; a bound keeps the meta-device arithmetic far from overflowing.
+MAX_SIZE = 2**31 - 1
+# The types of HeadConfig's fields (their annotations), as a head file must hold them.
+FIELD_TYPES = {"str": str, "int": int, "float": float, "bool": bool}
+# An encoder record's window settings as a cache records them: resolved, never "auto".
+RECORDED_PRECISIONS = tuple(p for p in PRECISIONS if p != "auto")
+RECORDED_WINDOW_VECTORS = tuple(v for v in WINDOW_VECTORS if v != "auto")
+
+
+def _damaged(path: Path, field: str, problem: str) -> UserError:
+    return UserError(f"{path}: damaged head checkpoint ({field}: {problem})")
+
+
+def _field(record: str, name) -> str:
+    """`record.name` for an error message; a key that is not a short string is shown briefly."""
+    shown = name if isinstance(name, str) and name.isprintable() and len(name) <= 40 else brief(name)
+    return f"{record}.{shown}" if record else shown
+
+
+def _head_config(path: Path, record) -> HeadConfig:
+    """HeadConfig of the `head` record: exactly its fields, each of its type; then its own
+    checks (ranges, choices) and sizes below MAX_SIZE."""
+    if not isinstance(record, dict):
+        raise _damaged(path, "head", f"{brief(record)}, not a record")
+    types = {f.name: FIELD_TYPES[f.type] for f in fields(HeadConfig)}
+    for name in [*types, *record]:
+        if name not in record or name not in types:
+            raise _damaged(path, _field("head", name), "missing" if name in types else "a field heads do not have")
+        wanted, value = types[name], record[name]
+        if type(value) is not wanted and not (wanted is float and type(value) is int):
+            raise _damaged(path, f"head.{name}", f"{brief(value)}, not a {wanted.__name__}")
+        if wanted is int and not 0 <= value <= MAX_SIZE:
+            raise _damaged(path, f"head.{name}", f"{value} is outside 0 to {MAX_SIZE}")
+    try:
+        return HeadConfig(**record)
+    except UserError as error:
+        raise _damaged(path, "head", str(error)) from None
+
+
+def _weights(path: Path, state, config: HeadConfig) -> dict:
+    """`state_dict` checked against the head `config` describes: the same names, and each a
+    tensor of the shape and dtype that head has (built on the meta device: nothing allocated),
+    finite; `mix` (the branches' weights) not negative."""
+    if not isinstance(state, dict):
+        raise _damaged(path, "state_dict", f"{brief(state)}, not a dict of tensors")
+    try:
+        with torch.device("meta"):
+            expected = Head(config).state_dict()
+    except RuntimeError as error:  # sizes whose product overflows: no head has them
+        raise _damaged(path, "head", f"sizes no head can have ({first_line(error)[:80]})") from None
+    names = sorted(set(map(str, state)) ^ set(expected))
+    if names or not all(isinstance(name, str) for name in state):
+        raise _damaged(path, "state_dict", f"the weights of another head ({', '.join(names[:3])} differ from what "
+                                           f"a {config.pooling} head of {config.inputs} holds)")
+    for name, want in expected.items():
+        problem = tensor_problem(state[name], tuple(want.shape), want.dtype)
+        if problem:
+            raise _damaged(path, f"state_dict.{name}", problem)
+    if "mix" in state and (state["mix"] < 0).any():
+        raise _damaged(path, "state_dict.mix", "a negative weight of a branch")
+    return state
+
+
+def _label_names(path: Path, names, config: HeadConfig) -> list[str]:
+    """A printable, distinct name per output: predict prints them and evaluate matches by them."""
+    if not isinstance(names, list) or len(names) != config.n_classes:
+        count = f"{len(names)} label names" if isinstance(names, list) else brief(names)
+        raise _damaged(path, "label_names", f"{count} for {config.n_classes} outputs")
+    for name in names:
+        if not isinstance(name, str) or not name or not name.isprintable():
+            raise _damaged(path, "label_names", f"label name {brief(name)} is empty or not printable")
+    seen = set()
+    for name in names:
+        if name in seen:
+            raise _damaged(path, "label_names", f"{brief(name)} names two outputs")
+        seen.add(name)
+    return list(names)
+
+
+def _encoder(path: Path, record, config: HeadConfig, version: int) -> dict:
+    """The encoder and window settings predict runs and evaluate compares with a cache's:
+    exactly ENCODER_KEYS (version 1 heads, of [CLS] windows, lack `window_vector`)."""
+    if not isinstance(record, dict):
+        raise _damaged(path, "encoder", f"{brief(record)}, not a record")
+    record = {"window_vector": "cls", **record} if version == 1 else record
+    for key in [*ENCODER_KEYS, *record]:
+        if key not in record or key not in ENCODER_KEYS:
+            raise _damaged(path, _field("encoder", key),
+                           "missing" if key in ENCODER_KEYS else "a field an encoder record does not have")
+    problems = {
+        "model": None if isinstance(record["model"], str) and record["model"].strip() else "not a model name",
+        "model_fingerprint": None if isinstance(record["model_fingerprint"], str) and record["model_fingerprint"]
+        else "not a fingerprint",
+        "chunk_tokens": None if type(record["chunk_tokens"]) is int and 1 <= record["chunk_tokens"] <= MAX_SIZE
+        else "not a positive window size",
+        "stride": None if type(record["stride"]) is int and type(record["chunk_tokens"]) is int
+        and 0 <= record["stride"] < record["chunk_tokens"] else "not at least 0 and below chunk_tokens",
+        "precision": None if record["precision"] in RECORDED_PRECISIONS
+        else f"not one of {', '.join(RECORDED_PRECISIONS)}",
+        "window_vector": None if record["window_vector"] in RECORDED_WINDOW_VECTORS
+        else f"not one of {', '.join(RECORDED_WINDOW_VECTORS)}",
+        "hidden_size": None if type(record["hidden_size"]) is int and record["hidden_size"] == config.hidden_size
+        else f"not the head's {config.hidden_size}",
+    }
+    for key, problem in problems.items():
+        if problem:
+            raise _damaged(path, f"encoder.{key}", f"{brief(record[key])} is {problem}")
+    return dict(record)
 
 
 def check_compatible(checkpoint: Checkpoint, cache: WindowCache):
@@ -145,7 +267,7 @@ def labels_by_name(checkpoint: Checkpoint, cache: WindowCache):
     """The cache's labels as indices into the head's label_names (matched by name)."""
     unknown = [n for n in cache.label_names if n not in checkpoint.label_names]
     if unknown:
-        raise UserError(f"{cache.path} has classes the head does not know: {', '.join(unknown[:5])}"
+        raise UserError(f"{cache.path} has classes the head {checkpoint.path} does not know: {', '.join(unknown[:5])}"
                         f"{' ...' if len(unknown) > 5 else ''}; the head knows "
                         f"{', '.join(checkpoint.label_names[:5])}{' ...' if len(checkpoint.label_names) > 5 else ''}")
     index = [checkpoint.label_names.index(n) for n in cache.label_names]

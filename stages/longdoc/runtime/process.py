@@ -1,4 +1,5 @@
-"""What a command needs from the process it runs in: peak memory, a progress bar, work in the background.
+"""What a command needs from the process it runs in: peak memory, running out of it, a progress
+bar, work in the background.
 
 Reads nothing from disk but /proc-style resource counters; writes only to stderr.
 """
@@ -9,8 +10,11 @@ import os
 import resource
 import sys
 import threading
+from contextlib import contextmanager
 
 import torch
+
+from longdoc.runtime.errors import UserError
 
 
 def peak_memory_bytes(device: torch.device | None = None) -> int:
@@ -19,6 +23,18 @@ def peak_memory_bytes(device: torch.device | None = None) -> int:
     if device is not None and device.type == "cuda":
         peak += torch.cuda.max_memory_allocated(device)
     return peak
+
+
+@contextmanager
+def memory_step(step: str, hint: str):
+    """Running out of memory inside the block (Python's MemoryError, torch's CPU or CUDA
+    OutOfMemoryError) is one line naming the step and the setting that bounds it:
+    `out of memory while {step}; {hint}`. Wrap each step of a command whose memory a
+    setting bounds, so the line names that setting rather than a guess."""
+    try:
+        yield
+    except (MemoryError, torch.cuda.OutOfMemoryError):
+        raise UserError(f"out of memory while {step}; {hint}") from None
 
 
 def usable_cores() -> int:

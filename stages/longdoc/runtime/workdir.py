@@ -12,6 +12,10 @@ unpredictable temporary name in the same folder (created with O_EXCL, so a plant
 symlink is never written through), fsync, rename, fsync of the folder; on any failure
 the temporary is removed and an OSError (disk full, file too large, permissions)
 becomes a one-line UserError naming the path and the cause.
+
+`load_torch_file` is the one way a torch file (a head, a `state.pt`) is read back: proven
+whole, then loaded as tensors and plain containers only; `tensor_problem` checks each
+tensor read from one against what the reader expects before it is used.
 """
 
 from __future__ import annotations
@@ -286,6 +290,75 @@ class WriteGuard(io.RawIOBase):
                 self.raw.flush()
             except OSError as error:
                 self.error = error
+
+
+def load_torch_file(path: Path):
+    """What `torch.save` wrote to `path`, proven whole first: the file must be a zip of
+    uncompressed records (what torch writes) each matching its CRC-32, since torch's own
+    reader checks none and would read a flipped bit in a tensor as another weight. Then
+    `torch.load(weights_only=True)`: tensors and plain containers only, so a planted file
+    runs no code. One file object throughout, so the file checked is the file loaded.
+    ValueError with the first line of the cause when it is not such a file."""
+    import zipfile
+
+    import torch
+
+    try:
+        file = open(path, "rb")
+    except OSError as error:
+        raise ValueError(f"cannot read it: {error.strerror}") from None
+    with file:
+        try:
+            with zipfile.ZipFile(file) as archive:
+                records = archive.infolist()
+                packed = [r.filename for r in records if r.compress_type != zipfile.ZIP_STORED]
+                if packed:  # torch stores; decompressing a planted record could take any time
+                    raise ValueError(f"record {packed[0]!r} is compressed, which torch never writes")
+                damaged = archive.testzip()
+        except ValueError:
+            raise
+        except Exception as error:  # noqa: BLE001 - zipfile's many ways of meeting a foreign file
+            raise ValueError(f"not a torch file: {first_line(error)[:120]}") from None
+        if damaged is not None:
+            raise ValueError(f"damaged: its record {damaged!r} fails its CRC-32 check")
+        file.seek(0)
+        try:
+            return torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as error:  # noqa: BLE001 - UnpicklingError, RuntimeError, KeyError, ...
+            raise ValueError(f"{type(error).__name__}: {first_line(error)[:120]}") from None
+
+
+def tensor_problem(value, shape: tuple, dtype) -> str | None:
+    """None when `value`, read from a file, is a dense CPU tensor of `shape` and `dtype`
+    holding its own numbers, all finite (floating point); else what is wrong, in a few
+    words. A view is refused (torch loads an expanded [10**10] tensor over one number), so
+    a tensor that passes holds no more numbers than the file's bytes."""
+    import torch
+
+    if not isinstance(value, torch.Tensor):
+        return f"a {type(value).__name__}, not a tensor"
+    if value.layout != torch.strided or value.device.type != "cpu":
+        return f"a {value.layout} tensor on {value.device.type}, not a dense one"
+    if value.dtype != dtype or tuple(value.shape) != tuple(shape):
+        return f"{str(value.dtype).removeprefix('torch.')} {list(value.shape)} where " \
+               f"{str(dtype).removeprefix('torch.')} {list(shape)} belongs"
+    if not value.is_contiguous() or (
+            (value.storage_offset() + value.numel()) * value.element_size() > value.untyped_storage().nbytes()):
+        return "a view of fewer numbers than its shape holds"
+    if value.is_floating_point() and not torch.isfinite(value).all():
+        return "NaN or infinite values"
+    return None
+
+
+def brief(value) -> str:
+    """A value read from a file, short enough for one line of an error message."""
+    text = repr(value) if isinstance(value, (str, int, float, bool, type(None))) else f"a {type(value).__name__}"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def first_line(error: BaseException) -> str:
+    """An error's message in one line, for a one-line UserError."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def check_not_an_input(out: str | Path, inputs: dict[str, str | Path | None], what: str = "--out",

@@ -95,6 +95,10 @@ class HeadConfig:
         if self.inputs != "windows" and self.n_terms < 1:
             raise UserError("a head with a term branch needs at least one kept term; the training documents "
                             "have none that occur in two of them")
+        if self.inputs == "windows" and self.n_terms != 0:
+            raise UserError(f"a head without a term branch keeps no terms; got n_terms {self.n_terms}")
+        if self.transformer_heads < 1:
+            raise UserError(f"transformer_heads must be positive; got {self.transformer_heads}")
         if self.inner_dim % self.transformer_heads:
             raise UserError(f"inner_dim {self.inner_dim} must be a multiple of transformer_heads "
                             f"{self.transformer_heads}")

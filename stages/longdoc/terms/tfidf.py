@@ -15,6 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from longdoc.runtime.workdir import tensor_problem
+from longdoc.terms.hashing import TermHashing
+
 # The settings of the TF-IDF + LinearSVC reference (shared/datasets/README.md):
 # a term must occur in 2 training documents to be learned from (rarer ones are mostly
 # typos and ids that never recur), and terms in over half the documents carry no signal.
@@ -75,9 +78,27 @@ class TermWeights:
                 "idf": torch.from_numpy(self.idf)}
 
     @classmethod
-    def from_dict(cls, record: dict) -> "TermWeights":
-        features = record["features"].numpy().astype(np.int64)
-        idf = record["idf"].numpy().astype(np.float32)
-        if features.ndim != 1 or idf.shape != features.shape or np.any(np.diff(features) <= 0):
-            raise ValueError("term statistics are malformed")
-        return cls(str(record["hashing"]), features, idf)
+    def from_dict(cls, record, n_terms: int) -> "TermWeights":
+        """The statistics `to_dict` wrote, read from a file and checked against a term branch
+        of `n_terms` rows: ValueError naming the field otherwise."""
+        if not isinstance(record, dict) or set(record) != {"hashing", "features", "idf"}:
+            raise ValueError("terms: not a record of hashing, features and idf")
+        hashing = record["hashing"]
+        try:
+            n_features = TermHashing.from_json(hashing).n_features
+        except (ValueError, TypeError, RecursionError) as error:  # not JSON, not a hashing
+            raise ValueError(f"terms.hashing: not a term hashing ({type(error).__name__}: "
+                             f"{(str(error).splitlines() or [''])[0][:80]})") from None
+        if type(n_features) is not int or n_features < 1:
+            raise ValueError(f"terms.hashing: n_features {str(n_features)[:20]!r} is not a positive integer")
+        for name, dtype in (("features", torch.int64), ("idf", torch.float32)):
+            problem = tensor_problem(record[name], (n_terms,), dtype)
+            if problem:
+                raise ValueError(f"terms.{name}: {problem}")
+        features, idf = record["features"].numpy(), record["idf"].numpy()
+        if n_terms and not (features[0] >= 0 and features[-1] < n_features and np.all(np.diff(features) > 0)):
+            raise ValueError(f"terms.features: not increasing hashed ids below the hashing's {n_features}")
+        # idf = log((1 + n) / (1 + df)) + 1 with df <= n: below 1 (a negative one flips a term's sign) is damage
+        if np.any(idf < 1.0):
+            raise ValueError("terms.idf: weights below 1, which no fitted idf has")
+        return cls(hashing, features.astype(np.int64), idf.astype(np.float32))

@@ -198,6 +198,9 @@ class WindowTask:
     """Fine-tuning as a `longdoc.training.loop.TrainingTask`: the training documents' windows
     in `epoch_batches`, a `WindowTrainer` step, `validate_windows` on the others."""
 
+    score_names = ("val_window_loss", "val_window_accuracy", "val_accuracy", "val_macro_f1")  # `validate_windows`
+    memory_hint = "lower --batch-tokens or --feature-cache-gb, or pass --gradient-checkpointing"
+
     def __init__(self, trainer: WindowTrainer, labels: np.ndarray, train_docs: np.ndarray, val_docs: np.ndarray):
         self.trainer, self.model, self.config = trainer, trainer.model, trainer.config
         self.labels, self.train_docs, self.val_docs = labels, train_docs, val_docs
