@@ -6,8 +6,10 @@ For each of AdamW's CPU implementations (`loop`: one tensor at a time, torch's d
 CPU; `foreach`: grouped ops; `fused`: one kernel, what `train-head` uses), the head
 `train-head` builds by default (lstm pooling, the command's defaults, one torch thread)
 trains one epoch of the window branch over the training cache's documents in its batches
-(32 documents, length-grouped, seed 0), the same batches for every implementation, and
-the time of each phase is summed: reading the batch, forward, backward, optimizer step.
+(32 documents, length-grouped, seed 0), the same batches for every implementation, with
+train-head's own step (`HeadTask.load`, `loss`, `backward`, `advance`: AdamW and its
+schedule), and the time of each phase is summed: reading the batch, forward, backward,
+optimizer step.
 The batches are also timed by their width (windows of the longest document), since the
 LSTM reads a document's windows one after another. Run it with the machine alone: two
 torch jobs on two cores slow each other several-fold.
@@ -36,6 +38,7 @@ from longdoc.configs import TrainConfig
 from longdoc.heads.batches import CacheDocuments
 from longdoc.heads.head import Head
 from longdoc.settings.model import HeadConfig
+from longdoc.training.head_task import HeadTask
 
 IMPLEMENTATIONS = {"loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
 WIDTHS = ((1, 1), (2, 2), (3, 4), (5, 16), (17, None))  # batch widths, in windows, reported apart
@@ -48,25 +51,25 @@ def band(width: int) -> str:
 
 
 def epoch_phases(documents: CacheDocuments, hidden: int, n_classes: int, implementation: str) -> dict:
+    """One epoch of train-head's own step (`HeadTask`: load, loss, backward, advance), timed by phase."""
     defaults = TrainConfig()
     torch.manual_seed(0)
     head = Head(HeadConfig(pooling=defaults.pooling, hidden_size=hidden, n_classes=n_classes))
-    head.train()
-    optimizer = torch.optim.AdamW(head.parameters(), lr=defaults.lr, weight_decay=defaults.weight_decay,
-                                  **IMPLEMENTATIONS[implementation])
     plan = documents.plan(defaults.batch_docs, defaults.batch_windows, np.random.default_rng(0))
+    task = HeadTask(head, documents, documents, defaults, np.random.default_rng(0), torch.nn.CrossEntropyLoss(),
+                    len(plan), optimizer_options=IMPLEMENTATIONS[implementation])
+    task.start_epoch(1)
     phases = dict.fromkeys(("load", "forward", "backward", "optimizer"), 0.0)
     by_width = dict.fromkeys(BANDS, 0.0)
     for docs in plan:
         t0 = time.perf_counter()
-        batch = documents.load(docs, terms=False)
+        batch = task.load(docs)
         t1 = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(head.window_logits(batch.x, batch.mask), batch.labels)
+        loss = task.loss(batch)
         t2 = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        task.backward(loss)
         t3 = time.perf_counter()
-        optimizer.step()
+        task.advance()
         t4 = time.perf_counter()
         for phase, seconds in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
             phases[phase] += seconds

@@ -1,4 +1,4 @@
-"""Fuzz the head file (`longdoc.heads.checkpoint`) and train-head's work folder (`longdoc.training.loop`).
+"""Fuzz the head file (`longdoc.heads.checkpoint`) and train-head's work folder (`longdoc.training.state`).
 
 Once per module: a small head of both inputs (so the term branch is there) is trained on a
 synthetic cache with terms, and a windows-only train-head run is stopped after its second

@@ -526,16 +526,16 @@ def test_predict_refuses_file_names_it_could_not_print_on_one_line(name, good, t
 
 @pytest.mark.parametrize("where", ["training loss", "validation loss"])
 def test_a_diverging_training_saves_nothing(where, good, tmp_path, capsys, monkeypatch):
-    import longdoc.train_head
+    import longdoc.training.head_task
 
     cache, _ = good
     if where == "training loss":
-        real = longdoc.train_head.window_logits
-        monkeypatch.setattr(longdoc.train_head, "window_logits", lambda head, batch: real(head, batch) * float("nan"))
+        real = longdoc.training.head_task.window_logits
+        monkeypatch.setattr(longdoc.training.head_task, "window_logits", lambda head, batch: real(head, batch) * float("nan"))
         said = "training diverged at epoch 1, step 1 (loss nan)"
     else:
-        real_scores = longdoc.train_head.HeadTask._scores
-        monkeypatch.setattr(longdoc.train_head.HeadTask, "_scores",
+        real_scores = longdoc.training.head_task.HeadTask._scores
+        monkeypatch.setattr(longdoc.training.head_task.HeadTask, "_scores",
                             lambda task, logits: {**real_scores(task, logits), "val_loss": float("inf")})
         said = "training diverged at epoch 1 (validation val_loss inf)"
     out = tmp_path / "head.pt"

@@ -354,7 +354,7 @@ class WindowModelTask:
     def __init__(self, model):
         import torch
 
-        from longdoc.training.split import lr_lambda
+        from longdoc.training.loop import lr_lambda
 
         self.model = model
         self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])

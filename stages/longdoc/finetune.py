@@ -62,13 +62,12 @@ from longdoc.encoding.encoder import (
 from longdoc.encoding.windows import tokenize
 from longdoc.runtime.errors import UserError
 from longdoc.runtime.process import peak_memory_bytes
-from longdoc.runtime.workdir import WorkDir, atomic_path, check_not_an_input
+from longdoc.runtime.workdir import WorkDir, atomic_path, check_not_an_input, first_line
 from longdoc.settings.model import check_window_fits
 from longdoc.training.loop import (
     LoopOutcome,
     LoopSettings,
     best_entry,
-    first_line,
     plot_curve,
     resume,
     run_epochs,

@@ -28,8 +28,8 @@ generator seeds the split, the batch order and the tie-breaks; torch's seed the
 initial weights and dropout). Memory: see `longdoc.heads.batches` (the cache is
 loaded whole below `memory_budget_mb`, else read per batch by h5py slices).
 
-The epochs are `longdoc.training.loop`'s (the loop `finetune` runs too); `HeadTask` is what
-is particular to a head. Resumable: after each epoch, `<out>.partial/state.pt` holds the
+The epochs are `longdoc.training.loop`'s (the loop `finetune` runs too); `HeadTask`
+(`longdoc.training.head_task`) is what is particular to a head. Resumable: after each epoch, `<out>.partial/state.pt` holds the
 window branch, optimizer, schedule, the generator's and torch's random states, the
 history and the best state; a resumed run fits the linear branch again (liblinear with a
 fixed seed: the same weights), so the same command
@@ -37,7 +37,7 @@ run again continues from the last finished epoch to the same head as an uninterr
 run, with or without `--overwrite` (so `make train-head`, which passes it, resumes too).
 Other settings (or other caches) against that folder are refused, naming the
 difference, and so is a `state.pt` that is not one this run could have saved
-(`longdoc.training.loop.check_state`); with `--overwrite` both start afresh. A diverged run
+(`longdoc.training.state.check_state`); with `--overwrite` both start afresh. A diverged run
 removes the folder (the loop's check).
 
 Writes the checkpoint (`longdoc.heads.checkpoint`, atomically: an interrupted run leaves
@@ -68,19 +68,16 @@ from longdoc.cache.reader import (
 )
 from longdoc.configs import TrainConfig
 from longdoc.heads.batches import (
-    LOADING_HINT,
     CacheDocuments,
-    head_branch_logits,
-    predict_logits,
 )
 from longdoc.heads.checkpoint import encoder_record, save_checkpoint
 from longdoc.heads.head import Head
-from longdoc.reports.metrics import scores
 from longdoc.runtime.errors import UserError
 from longdoc.runtime.process import Background, memory_step, peak_memory_bytes
 from longdoc.runtime.workdir import WorkDir, check_not_an_input, check_output_path
 from longdoc.settings.model import HeadConfig
 from longdoc.terms.tfidf import TermWeights
+from longdoc.training.head_task import HeadTask, class_weight_tensor
 from longdoc.training.linear_fit import LinearBranch, fit_linear_branch, refit_linear_branch
 from longdoc.training.loop import (
     LoopOutcome,
@@ -90,11 +87,7 @@ from longdoc.training.loop import (
     resume,
     run_epochs,
 )
-from longdoc.training.split import (
-    class_weight_tensor,
-    lr_lambda,
-    validation_split,
-)
+from longdoc.training.split import validation_split
 
 
 @dataclass
@@ -163,84 +156,6 @@ def _open_validation(config: TrainConfig, train_cache: WindowCache, rng):
                         f"({len(val_cache.label_names)} vs {len(train_cache.label_names)} classes, "
                         f"or another order)")
     return np.arange(train_cache.n_docs), CacheDocuments.from_cache(val_cache, memory_budget_mb=budget), val_cache
-
-
-def window_logits(head: Head, batch) -> torch.Tensor:
-    return head.window_logits(batch.x, batch.mask)
-
-
-class HeadTask:
-    """Stage two as a `longdoc.training.loop.TrainingTask`: batches of documents drawn by the
-    seeded generator, the window branch's loss and validation scores (a terms-only head: the
-    linear branch's, once)."""
-
-    score_names = ("val_loss", "val_accuracy", "val_macro_f1")  # `_scores`
-    memory_hint = f"lower --batch-docs or --batch-windows, or {LOADING_HINT.removeprefix('lower ')}"
-
-    def __init__(self, head: Head, train: CacheDocuments, val: CacheDocuments, config: TrainConfig,
-                 rng: np.random.Generator, loss_fn: nn.Module, steps_per_epoch: int):
-        self.head, self.train, self.val, self.config, self.rng, self.loss_fn = head, train, val, config, rng, loss_fn
-        self.optimizer = self.schedule = None
-        if head.reads_windows:
-            # fused: one kernel for all of the head's tensors, ~2.5x faster than AdamW's loop over
-            # them on this CPU (a tenth of each epoch; bench/head_step.py)
-            self.optimizer = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=config.lr,
-                                               weight_decay=config.weight_decay, fused=True)
-            total = steps_per_epoch * config.max_epochs
-            self.schedule = torch.optim.lr_scheduler.LambdaLR(
-                self.optimizer, lr_lambda(total, max(1, int(config.warmup_fraction * total))))
-
-    def start_epoch(self, epoch: int) -> list[np.ndarray]:
-        self.head.train()
-        return self.train.plan(self.config.batch_docs, self.config.batch_windows, self.rng) if epoch else []
-
-    def step(self, docs: np.ndarray) -> tuple[float, int]:
-        # The window branch learns on its own loss, so it never leans on the linear one
-        # (and the batch needs no terms).
-        batch = self.train.load(docs, terms=False)
-        loss = self.loss_fn(window_logits(self.head, batch), batch.labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.schedule.step()
-        return loss.item(), len(batch)
-
-    def validate(self, epoch: int, train_loss: float) -> dict:
-        if not self.head.reads_windows:
-            return self.head_scores()
-        return self._scores(predict_logits(self.head, self.val, window_logits, terms=False))
-
-    def head_scores(self) -> dict:
-        """The whole head's validation scores; a head with both inputs first weighs its two
-        branches on validation (`Head.fit_mix`), so its linear branch must be in place."""
-        head, labels = self.head, torch.from_numpy(self.val.labels[self.val.docs])
-        branches = torch.from_numpy(predict_logits(head, self.val, head_branch_logits))  # one pass
-        if head.stacked:
-            head.fit_mix(branches, labels)
-        return self._scores(head.combine(branches).numpy())
-
-    def _scores(self, logits: np.ndarray) -> dict:
-        labels = self.val.labels[self.val.docs]
-        loss = nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels), weight=self.loss_fn.weight)
-        return {"val_loss": float(loss), **{f"val_{k}": v for k, v in scores(labels, logits.argmax(1)).items()}}
-
-    def describe(self, entry: dict) -> str:
-        branch = "window branch: " if self.head.stacked else ""
-        return (f"epoch {entry['epoch']:3d}  train loss {entry['train_loss']:.4f}  {branch}val loss "
-                f"{entry['val_loss']:.4f}  val accuracy {entry['val_accuracy']:.4f}  macro-F1 {entry['val_macro_f1']:.4f}")
-
-    def trainable_state(self) -> dict:
-        return self.head.window_branch_state()  # the linear branch and the mix are fitted after the epochs
-
-    def load_trainable_state(self, state: dict):
-        self.head.load_window_branch_state(state)
-
-    def state(self) -> dict:
-        return {"rng": json.dumps(self.rng.bit_generator.state)}
-
-    def load_state(self, state: dict):
-        if state:
-            self.rng.bit_generator.state = json.loads(state["rng"])
 
 
 def _fit_linear(head: Head, train: CacheDocuments, val: CacheDocuments, config: TrainConfig

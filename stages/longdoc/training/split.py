@@ -5,11 +5,9 @@ Pure functions of labels, ids, a generator and step counts; reads and writes not
 
 from __future__ import annotations
 
-import math
 import re
 
 import numpy as np
-import torch
 
 _DIGITS = frozenset("0123456789")
 
@@ -70,25 +68,6 @@ def latest_split(labels: np.ndarray, doc_ids: list[str], fraction: float) -> tup
         val.extend(members[len(members) - n_val:])
         train.extend(members[:len(members) - n_val])
     return np.sort(np.asarray(train, dtype=np.int64)), np.sort(np.asarray(val, dtype=np.int64))
-
-
-def lr_lambda(total_steps: int, warmup_steps: int):
-    """Linear warm-up to 1, then cosine decay to 0 at `total_steps`."""
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    return factor
-
-
-def class_weight_tensor(labels: np.ndarray, n_classes: int) -> torch.Tensor:
-    """n / (k * count_c) for the k classes present; 1 for absent ones (never in the loss)."""
-    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
-    present = counts > 0
-    weights = np.ones(n_classes)
-    weights[present] = counts[present].sum() / (present.sum() * counts[present])
-    return torch.tensor(weights, dtype=torch.float32)
 
 
 def iterative_split(label_sets: np.ndarray, fraction: float, rng: np.random.Generator

@@ -31,7 +31,7 @@ from torch import nn
 from longdoc.encoding.batches import pack_batches, pad_batch
 from longdoc.encoding.windows import PackedWindows, SpecialTokens, WindowSpec
 from longdoc.reports.metrics import scores
-from longdoc.training.split import lr_lambda
+from longdoc.training.loop import adamw_with_schedule
 from longdoc.training.window_model import WindowClassifier, build_window_model
 
 
@@ -128,12 +128,10 @@ class WindowTrainer:
         self.model, self.encoder, self.windows, self.config = model, encoder, windows, config
         self.window_labels = torch.from_numpy(window_labels)
         self.parameters = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(
+        self.optimizer, self.schedule = adamw_with_schedule(
             [{"params": list(model.top_layers.parameters()), "lr": config.lr},
              {"params": list(model.classifier.parameters()), "lr": config.head_lr}],
-            weight_decay=config.weight_decay)
-        self.schedule = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(total_steps, max(1, int(config.warmup_fraction * total_steps))))
+            config.lr, config.weight_decay, total_steps, config.warmup_fraction)
         self.scaler = torch.amp.GradScaler(encoder.device.type, enabled=encoder.precision == "fp16")
         store_dtype = {"fp32": torch.float32, "fp16": torch.float16}.get(encoder.precision, torch.bfloat16)
         self.store = FeatureStore(config.feature_cache_gb * 2**30 if model.stores_features else 0,
