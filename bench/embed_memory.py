@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/embed_memory.py --json docs/bench/embed_memory.json
 
-Each measurement runs `run_embed` (the code behind `cli.py embed`, default settings)
+Each measurement runs `longdoc.embed.run` (the code behind `cli.py embed`, default settings)
 on a one-document JSONL corpus in a fresh process and reports that process's peak
 resident memory (ru_maxrss). The long document is real 20 Newsgroups text, cut to
 the requested token count.
@@ -47,7 +47,7 @@ def make_document(n_tokens: int, data_home: str | None) -> str:
 def child(corpus: str, out: str, batch_tokens: int):
     """Runs in the measured process."""
     from longdoc.configs import EmbedConfig
-    from longdoc.embed import run_embed
+    from longdoc.embed import run as run_embed
 
     summary = run_embed(EmbedConfig(out=Path(out), data=corpus, batch_tokens=batch_tokens, progress=False))
     print(json.dumps({"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,

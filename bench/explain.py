@@ -124,10 +124,11 @@ def main(argv=None) -> dict:
         "random_seeds": args.seeds,
     }
     if args.report_dir and corpus_args is not None:
-        from longdoc.evaluate import evaluate
+        from longdoc.configs import EvaluateConfig
+        from longdoc.evaluate import run as run_evaluate
 
         started = time.perf_counter()
-        evaluate(args.head, args.cache, args.report_dir, corpus=corpus_args)
+        run_evaluate(EvaluateConfig(head=str(args.head), cache=str(args.cache), report=str(args.report_dir), **corpus_args))
         result["report_seconds"] = round(time.perf_counter() - started, 2)
         result["report_html_mb"] = round((Path(args.report_dir) / "report.html").stat().st_size / 1e6, 2)
     result["peak_rss_gib"] = round(peak_memory_bytes() / 2**30, 3)

@@ -40,8 +40,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from machine import cpu_name  # noqa: E402  (bench/machine.py, beside this file)
 
 from longdoc.cache.reader import open_cache  # noqa: E402
+from longdoc.configs import EvaluateConfig  # noqa: E402
 from longdoc.corpus.sources import load_corpus  # noqa: E402
-from longdoc.evaluate import evaluate  # noqa: E402
+from longdoc.evaluate import run as run_evaluate  # noqa: E402
 from longdoc.heads.checkpoint import load_checkpoint  # noqa: E402
 from longdoc.reports.metrics import scores  # noqa: E402
 from longdoc.settings.model import POOLINGS  # noqa: E402
@@ -92,7 +93,7 @@ def train_head(train: Path, out: Path, pooling: str, seed: int, extra: list[str]
 
 def head_row(name: str, head: Path, test: Path, run: dict) -> dict:
     checkpoint = load_checkpoint(head)
-    metrics = evaluate(head, test).metrics
+    metrics = run_evaluate(EvaluateConfig(head=str(head), cache=str(test))).metrics
     return {"method": name, "val_f1": checkpoint.training["val_macro_f1"], "acc": metrics["accuracy"],
             "f1": metrics["macro_f1"], "epochs": f"{checkpoint.training['best_epoch']}/"
             f"{len(checkpoint.training['history'])}", "seconds": run["seconds"], "peak_gib": run["peak_gib"],

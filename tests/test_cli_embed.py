@@ -123,9 +123,9 @@ def test_sigkill_at_any_moment_then_rerun_equals_an_uninterrupted_run(tmp_path):
     assert not partial.exists()
 
 
-@pytest.mark.parametrize("command, runner", [("embed", "longdoc.embed.run_embed"),
-                                             ("finetune", "longdoc.finetune.run_finetune"),
-                                             ("train-head", "longdoc.train_head.run_train_head")])
+@pytest.mark.parametrize("command, runner", [("embed", "longdoc.embed.run"),
+                                             ("finetune", "longdoc.finetune.run"),
+                                             ("train-head", "longdoc.train_head.run")])
 def test_an_interrupted_command_exits_130(command, runner, monkeypatch, tmp_path, capsys):
     """Ctrl-C inside a command: its 'interrupted: ... resume' line and exit status 130,
     which scripts and make read (click hands the code back instead of raising it)."""

@@ -19,7 +19,7 @@ from conftest import ROOT, make_class_folders
 
 from longdoc.cache.reader import read_attrs
 from longdoc.configs import EmbedConfig
-from longdoc.embed import run_embed
+from longdoc.embed import run as run_embed
 from longdoc.embedding.shards import (
     encoded_tokens,
     even_slice,

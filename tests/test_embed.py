@@ -10,7 +10,7 @@ from synthetic import tiny_embed_config as config
 
 from longdoc.cache.reader import open_cache
 from longdoc.cache.writer import PartialCache
-from longdoc.embed import run_embed
+from longdoc.embed import run as run_embed
 from longdoc.embedding.job import plan_blocks
 from longdoc.encoding.batches import encode_windows, pack_batches
 from longdoc.encoding.encoder import load_encoder

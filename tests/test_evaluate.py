@@ -9,10 +9,10 @@ import pytest
 import torch
 from synthetic import cli_error, lexical_cache, runners, write_synthetic_cache
 
-from longdoc.configs import TrainConfig
-from longdoc.evaluate import evaluate
+from longdoc.configs import EvaluateConfig, TrainConfig
+from longdoc.evaluate import run as run_evaluate
 from longdoc.runtime.errors import UserError
-from longdoc.train_head import run_train_head
+from longdoc.train_head import run as run_train_head
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def trained(tmp_path_factory):
 
 def test_report_files_and_figures(trained, tmp_path):
     head, test, _ = trained
-    result = evaluate(head, test, tmp_path / "report")
+    result = run_evaluate(EvaluateConfig(head=str(head), cache=str(test), report=str(tmp_path / "report")))
     files = sorted(p.name for p in (tmp_path / "report").iterdir())
     assert files == ["confusion_matrix.png", "metrics.json", "report.html", "report.md"]
     metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
@@ -52,7 +52,7 @@ def test_macro_f1_matches_sklearn(trained):
     with open_cache(test) as cache:
         pred = predict_logits(load_checkpoint(head).head, CacheDocuments.from_cache(cache)).argmax(1)
         truth = cache.labels
-    assert evaluate(head, test).metrics["macro_f1"] == pytest.approx(f1_score(truth, pred, average="macro"))
+    assert run_evaluate(EvaluateConfig(head=str(head), cache=str(test))).metrics["macro_f1"] == pytest.approx(f1_score(truth, pred, average="macro"))
 
 
 def test_a_fused_head_reports_each_branch_alone(tmp_path):
@@ -65,7 +65,7 @@ def test_a_fused_head_reports_each_branch_alone(tmp_path):
     train, test = lexical_cache(tmp_path / "train.h5", seed=0), lexical_cache(tmp_path / "test.h5", seed=1)
     run_train_head(TrainConfig(train=str(train), out=str(tmp_path / "head.pt"), pooling="mean", max_epochs=3,
                                progress=False, curve=False), log=lambda line: None)
-    result = evaluate(tmp_path / "head.pt", test, tmp_path / "report")
+    result = run_evaluate(EvaluateConfig(head=str(tmp_path / "head.pt"), cache=str(test), report=str(tmp_path / "report")))
     branches = result.metrics["branches"]
     checkpoint = load_checkpoint(tmp_path / "head.pt")
     assert branches["mix"] == pytest.approx(checkpoint.head.mix.tolist())
@@ -82,7 +82,7 @@ def test_a_fused_head_reports_each_branch_alone(tmp_path):
 
 def test_a_head_of_one_input_reports_no_branches(trained):
     head, test, _ = trained
-    result = evaluate(head, test)
+    result = run_evaluate(EvaluateConfig(head=str(head), cache=str(test)))
     assert "branches" not in result.metrics and "alone" not in result.line()
 
 
@@ -95,19 +95,19 @@ def test_cache_from_another_encoder_or_windows_is_refused(trained, tmp_path, cha
     head, _, _ = trained
     other = write_synthetic_cache(tmp_path / "other.h5", n_docs=12, **change)
     with pytest.raises(UserError, match=named):
-        evaluate(head, other)
+        run_evaluate(EvaluateConfig(head=str(head), cache=str(other)))
 
 
 def test_other_hidden_size_is_refused(trained, tmp_path):
     other = write_synthetic_cache(tmp_path / "wide.h5", n_docs=12, hidden=32)
     with pytest.raises(UserError, match="hidden_size"):
-        evaluate(trained[0], other)
+        run_evaluate(EvaluateConfig(head=str(trained[0]), cache=str(other)))
 
 
 def test_labels_are_matched_by_name(trained, tmp_path):
     """A cache listing the same classes in another order is scored correctly; unknown classes are refused."""
     head, test, _ = trained
-    base = evaluate(head, test).metrics["accuracy"]
+    base = run_evaluate(EvaluateConfig(head=str(head), cache=str(test))).metrics["accuracy"]
     import h5py
 
     reordered = tmp_path / "reordered.h5"
@@ -115,11 +115,11 @@ def test_labels_are_matched_by_name(trained, tmp_path):
     with h5py.File(reordered, "r+") as f:
         f.attrs["label_names"] = json.dumps(["class2", "class0", "class1"])
         f["labels"][:] = np.array([1, 2, 0])[f["labels"][:]]  # same documents, renamed indices
-    assert evaluate(head, reordered).metrics["accuracy"] == pytest.approx(base)
+    assert run_evaluate(EvaluateConfig(head=str(head), cache=str(reordered))).metrics["accuracy"] == pytest.approx(base)
     with h5py.File(reordered, "r+") as f:
         f.attrs["label_names"] = json.dumps(["class2", "class0", "sports"])
     with pytest.raises(UserError, match="sports"):
-        evaluate(head, reordered)
+        run_evaluate(EvaluateConfig(head=str(head), cache=str(reordered)))
 
 
 @pytest.mark.parametrize("runner", runners())
@@ -174,7 +174,7 @@ def test_every_report_file_shows_any_legal_class_name(tmp_path):
     test = write_synthetic_cache(tmp_path / "test.h5", n_docs=30, seed=1, label_names=names)
     run_train_head(TrainConfig(train=str(train), out=str(tmp_path / "head.pt"), pooling="mean", max_epochs=5,
                                lr=1e-2, progress=False, curve=False), log=lambda line: None)
-    evaluate(tmp_path / "head.pt", test, tmp_path / "report")
+    run_evaluate(EvaluateConfig(head=str(tmp_path / "head.pt"), cache=str(test), report=str(tmp_path / "report")))
     report = tmp_path / "report"
     assert (report / "confusion_matrix.png").stat().st_size > 1000
     html = (report / "report.html").read_text()

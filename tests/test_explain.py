@@ -165,7 +165,7 @@ def test_heads_without_a_term_branch_say_so():
 def word_cache(tmp_path_factory, tiny_bert):
     """A cache of documents made of whole vocabulary words: one token per word."""
     from longdoc.configs import EmbedConfig
-    from longdoc.embed import run_embed
+    from longdoc.embed import run as run_embed
 
     folder = tmp_path_factory.mktemp("words")
     rng = np.random.default_rng(0)

@@ -50,7 +50,7 @@ from longdoc import cli
 from longdoc.configs import TrainConfig
 from longdoc.heads.checkpoint import load_checkpoint
 from longdoc.terms.hashing import TermHashing
-from longdoc.train_head import run_train_head
+from longdoc.train_head import run as run_train_head
 
 CASES = int(os.environ.get("FUZZ_CASES", "150"))
 SEED = int(os.environ.get("FUZZ_SEED", "0"))

@@ -25,7 +25,7 @@ from longdoc.configs import TrainConfig
 from longdoc.terms.hashing import TermHashing
 
 # --- the table of hostile corpora ----------------------------------------------------------
-from longdoc.train_head import run_train_head
+from longdoc.train_head import run as run_train_head
 
 # --- the table of hostile corpora ----------------------------------------------------------
 

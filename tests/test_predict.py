@@ -11,13 +11,13 @@ from conftest import make_class_folders, run_cli
 from synthetic import cli_error, runners
 
 from longdoc.cache.reader import open_cache
-from longdoc.configs import EmbedConfig, TrainConfig
-from longdoc.embed import run_embed
+from longdoc.configs import EmbedConfig, PredictConfig, TrainConfig
+from longdoc.embed import run as run_embed
 from longdoc.heads.batches import CacheDocuments, predict_logits
 from longdoc.heads.checkpoint import load_checkpoint
-from longdoc.predict import predict
+from longdoc.predict import run as run_predict
 from longdoc.runtime.errors import UserError
-from longdoc.train_head import run_train_head
+from longdoc.train_head import run as run_train_head
 
 
 def embed_and_train(folder, model, chunk_tokens, stride, pooling="attention", precision="fp32"):
@@ -50,7 +50,7 @@ def test_predict_matches_the_head_on_the_cache(tiny):
     """Same windows, same encoder, same settings: predictions equal the head applied to the cached vectors."""
     corpus, cache, head = tiny
     ids, probabilities, names = cache_probabilities(head, cache)
-    predictions = predict(head, [str(corpus / doc_id) for doc_id in ids], device="cpu", batch_tokens=2048)
+    predictions = run_predict(PredictConfig(head=str(head), files=tuple([str(corpus / doc_id) for doc_id in ids]), device="cpu", batch_tokens=2048)).predictions
     got = np.array([p.probability for p in predictions])
     np.testing.assert_allclose(got, probabilities.max(1), atol=2e-3)
     assert [p.label for p in predictions] == [names[k] for k in probabilities.argmax(1)]
@@ -80,7 +80,7 @@ def test_an_encoder_that_changed_is_refused(tiny, tmp_path):
     payload["encoder"]["model_fingerprint"] = "0" * 64
     torch.save(payload, tmp_path / "changed.pt")
     with pytest.raises(UserError, match="fingerprint"):
-        predict(tmp_path / "changed.pt", [str(head)], device="cpu")
+        run_predict(PredictConfig(head=str(tmp_path / "changed.pt"), files=tuple([str(head)]), device="cpu")).predictions
 
 
 @pytest.mark.parametrize("runner", runners())

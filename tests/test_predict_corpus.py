@@ -18,8 +18,9 @@ from conftest import ROOT
 from synthetic import cli_error, runners
 from test_predict import embed_and_train
 
+from longdoc.configs import PredictConfig
 from longdoc.corpus.sources import iter_documents
-from longdoc.predict import predict, predict_corpus
+from longdoc.predict import run as run_predict
 from longdoc.runtime.errors import UserError
 
 
@@ -33,7 +34,7 @@ def tiny(tmp_path_factory, tiny_bert):
 def windows_head(tiny, tmp_path_factory):
     """A head of the same cache without a term branch."""
     from longdoc.configs import TrainConfig
-    from longdoc.train_head import run_train_head
+    from longdoc.train_head import run as run_train_head
 
     out = tmp_path_factory.mktemp("windows-head") / "head.pt"
     run_train_head(TrainConfig(train=str(tiny[1]), out=str(out), pooling="mean", inputs="windows", max_epochs=1,
@@ -47,12 +48,12 @@ def read_jsonl(path):
 
 def test_jsonl_rows_match_file_mode_with_true_labels(tiny, tmp_path):
     corpus, _, head = tiny
-    summary = predict_corpus(head, str(corpus), tmp_path / "p.jsonl", device="cpu", block_docs=5, progress=False)
+    summary = run_predict(PredictConfig(head=str(head), data=str(corpus), out=str(tmp_path / "p.jsonl"), device="cpu", block_docs=5, progress=False))
     rows = read_jsonl(tmp_path / "p.jsonl")
     assert summary.documents == len(rows) == 18 and not (tmp_path / "p.jsonl.partial").exists()
     ids = [r["id"] for r in rows]
     assert ids == sorted(ids) and all(r["true_label"] == r["id"].split("/")[0] for r in rows)
-    singles = predict(head, [str(corpus / i) for i in ids], device="cpu")
+    singles = run_predict(PredictConfig(head=str(head), files=tuple([str(corpus / i) for i in ids]), device="cpu")).predictions
     assert [r["label"] for r in rows] == [p.label for p in singles]
     np.testing.assert_allclose([r["probability"] for r in rows], [p.probability for p in singles], atol=1e-4)
     for r in rows:
@@ -63,7 +64,7 @@ def test_jsonl_rows_match_file_mode_with_true_labels(tiny, tmp_path):
 def test_csv_top_k_and_explanations(tiny, tmp_path):
     corpus, _, head = tiny
     out = tmp_path / "p.csv"
-    predict_corpus(head, str(corpus), out, device="cpu", top_k=2, explain=2, progress=False)
+    run_predict(PredictConfig(head=str(head), data=str(corpus), out=str(out), device="cpu", top_k=2, explain=True, explain_windows=2, progress=False))
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["id", "label", "probability", "true_label", "windows", "top1_label",
@@ -84,7 +85,7 @@ def test_csv_top_k_and_explanations(tiny, tmp_path):
 def test_term_explanations_name_terms_of_the_text(tiny, tmp_path):
     """A head with a term branch: --explain-terms gives words and bigrams of each document."""
     corpus, _, head = tiny
-    predict_corpus(head, str(corpus), tmp_path / "t.jsonl", device="cpu", explain_terms=True, progress=False)
+    run_predict(PredictConfig(head=str(head), data=str(corpus), out=str(tmp_path / "t.jsonl"), device="cpu", explain_terms=True, progress=False))
     rows = read_jsonl(tmp_path / "t.jsonl")
     assert "top_windows" not in rows[0]
     named = 0
@@ -103,12 +104,11 @@ def test_unlabelled_jsonl_and_file_mode_explain(tiny, tmp_path):
     corpus, _, head = tiny
     texts = [(corpus / "space" / f"00{i}.txt").read_text() for i in range(4)]
     (tmp_path / "in.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    predict_corpus(head, str(tmp_path / "in.jsonl"), tmp_path / "out.jsonl", device="cpu", explain=1,
-                   progress=False)
+    run_predict(PredictConfig(head=str(head), data=str(tmp_path / "in.jsonl"), out=str(tmp_path / "out.jsonl"), device="cpu", explain=True, explain_windows=1, progress=False))
     rows = read_jsonl(tmp_path / "out.jsonl")
     assert [r["id"] for r in rows] == ["line1", "line2", "line3", "line4"]
     assert all(r["true_label"] is None and len(r["top_windows"]) == 1 for r in rows)
-    singles = predict(head, [str(corpus / "space" / f"00{i}.txt") for i in range(4)], device="cpu", explain=1)
+    singles = run_predict(PredictConfig(head=str(head), files=tuple([str(corpus / "space" / f"00{i}.txt") for i in range(4)]), device="cpu", explain=True, explain_windows=1)).predictions
     assert [s.top_windows for s in singles] == [r["top_windows"] for r in rows]
 
 
@@ -133,14 +133,14 @@ def test_resume_after_an_interruption_in_process(tiny, tmp_path, monkeypatch):
     corpus, _, head = tiny
     from longdoc import predict as predict_module
 
-    predict_corpus(head, str(corpus), tmp_path / "whole.csv", device="cpu", block_docs=4, progress=False)
+    run_predict(PredictConfig(head=str(head), data=str(corpus), out=str(tmp_path / "whole.csv"), device="cpu", block_docs=4, progress=False))
     original, calls = interrupt_classify_after(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
-        predict_corpus(head, str(corpus), tmp_path / "p.csv", device="cpu", block_docs=4, progress=False)
+        run_predict(PredictConfig(head=str(head), data=str(corpus), out=str(tmp_path / "p.csv"), device="cpu", block_docs=4, progress=False))
     monkeypatch.setattr(predict_module.Predictor, "classify", original)
     with pytest.raises(UserError, match="other settings"):
-        predict_corpus(head, str(corpus), tmp_path / "p.csv", device="cpu", block_docs=5, progress=False)
-    summary = predict_corpus(head, str(corpus), tmp_path / "p.csv", device="cpu", block_docs=4, progress=False)
+        run_predict(PredictConfig(head=str(head), data=str(corpus), out=str(tmp_path / "p.csv"), device="cpu", block_docs=5, progress=False))
+    summary = run_predict(PredictConfig(head=str(head), data=str(corpus), out=str(tmp_path / "p.csv"), device="cpu", block_docs=4, progress=False))
     assert summary.resumed_documents == 8 and summary.documents == 18
     assert (tmp_path / "p.csv").read_text() == (tmp_path / "whole.csv").read_text()
 
@@ -193,8 +193,7 @@ def test_a_million_lines_are_streamed(tmp_path, tiny, monkeypatch):
     _, _, head = tiny
     tracemalloc.start()  # on 100,000 of the lines: traced, a line takes ~10x longer to read
     with pytest.raises(KeyboardInterrupt):
-        predict_corpus(head, str(path), tmp_path / "out.csv", device="cpu", block_docs=500, limit=100_000,
-                       progress=False)
+        run_predict(PredictConfig(head=str(head), data=str(path), out=str(tmp_path / "out.csv"), device="cpu", block_docs=500, limit=100_000, progress=False))
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert calls == [500, 500, 500]
@@ -206,8 +205,8 @@ def test_an_existing_output_needs_overwrite(tiny, tmp_path):
     corpus, _, head = tiny
     (tmp_path / "p.jsonl").write_text("old\n")
     with pytest.raises(UserError, match="exists; pass --overwrite"):
-        predict_corpus(head, str(corpus), tmp_path / "p.jsonl", device="cpu", progress=False)
-    predict_corpus(head, str(corpus), tmp_path / "p.jsonl", device="cpu", progress=False, overwrite=True, limit=3)
+        run_predict(PredictConfig(head=str(head), data=str(corpus), out=str(tmp_path / "p.jsonl"), device="cpu", progress=False))
+    run_predict(PredictConfig(head=str(head), data=str(corpus), out=str(tmp_path / "p.jsonl"), device="cpu", progress=False, overwrite=True, limit=3))
     assert len(read_jsonl(tmp_path / "p.jsonl")) == 3
 
 
@@ -253,7 +252,7 @@ def reference(tiny, tmp_path_factory):
     def bytes_of(fmt: str, block_docs: int = 4) -> bytes:
         if (fmt, block_docs) not in made:
             out = folder / f"whole-{block_docs}.{fmt}"
-            predict_corpus(head, str(corpus), out, device="cpu", block_docs=block_docs, progress=False)
+            run_predict(PredictConfig(head=str(head), data=str(corpus), out=str(out), device="cpu", block_docs=block_docs, progress=False))
             made[fmt, block_docs] = out.read_bytes()
         return made[fmt, block_docs]
 
@@ -267,7 +266,7 @@ def interrupted(tiny, out, monkeypatch, n_blocks: int, block_docs: int = 4):
     corpus, _, head = tiny
     original, _ = interrupt_classify_after(monkeypatch, n_blocks)
     with pytest.raises(KeyboardInterrupt):
-        predict_corpus(head, str(corpus), out, device="cpu", block_docs=block_docs, progress=False)
+        run_predict(PredictConfig(head=str(head), data=str(corpus), out=str(out), device="cpu", block_docs=block_docs, progress=False))
     monkeypatch.setattr(predict_module.Predictor, "classify", original)
     return sorted(Path(f"{out}.partial").glob("rows-*.part"))
 
@@ -312,7 +311,7 @@ def test_planted_symlinks_are_never_written_through(tiny, reference, tmp_path):
                     partial / "rows-000000000000-000000000004.part.tmp",
                     partial / "rows-000000000004-000000000008.part.tmp"):
         planted.symlink_to(victim)
-    summary = predict_corpus(head, str(corpus), out, device="cpu", block_docs=4, progress=False)
+    summary = run_predict(PredictConfig(head=str(head), data=str(corpus), out=str(out), device="cpu", block_docs=4, progress=False))
     assert victim.read_text() == "precious"
     assert summary.resumed_documents == 0 and out.read_bytes() == reference("csv")
     assert (tmp_path / "p.csv.tmp").is_symlink() and not partial.exists()  # not ours: left where it was
@@ -369,7 +368,7 @@ def test_resume_proves_each_block_and_recomputes_the_rest(tiny, reference, tmp_p
     blocks = interrupted(tiny, out, monkeypatch, 2)
     assert [b.name for b in blocks] == ["rows-000000000000-000000000004.part", "rows-000000000004-000000000008.part"]
     damage(blocks)
-    summary = predict_corpus(head, str(corpus), out, device="cpu", block_docs=4, progress=False)
+    summary = run_predict(PredictConfig(head=str(head), data=str(corpus), out=str(out), device="cpu", block_docs=4, progress=False))
     assert summary.documents == 18 and summary.resumed_documents == resumed
     assert out.read_bytes() == reference(fmt)
     assert not Path(f"{out}.partial").exists()
@@ -386,7 +385,7 @@ def test_resume_against_an_edited_corpus_is_refused_naming_the_change(tiny, refe
 
     original, _ = interrupt_classify_after(monkeypatch, 1)
     with pytest.raises(KeyboardInterrupt):
-        predict_corpus(head, str(data), out, device="cpu", block_docs=4, progress=False)
+        run_predict(PredictConfig(head=str(head), data=str(data), out=str(out), device="cpu", block_docs=4, progress=False))
     monkeypatch.setattr(predict_module.Predictor, "classify", original)
     texts[7] = "god church faith"  # a document after the finished block
     data.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
@@ -396,7 +395,7 @@ def test_resume_against_an_edited_corpus_is_refused_naming_the_change(tiny, refe
     code, _ = cli_error("in-process", *args, "--overwrite")
     assert code == 0
     fresh = tmp_path / "fresh.jsonl"
-    predict_corpus(head, str(data), fresh, device="cpu", block_docs=4, progress=False)
+    run_predict(PredictConfig(head=str(head), data=str(data), out=str(fresh), device="cpu", block_docs=4, progress=False))
     assert out.read_bytes() == fresh.read_bytes()
 
 
@@ -416,7 +415,7 @@ def test_a_corpus_changed_during_the_run_keeps_no_rows(tiny, tmp_path, monkeypat
     monkeypatch.setattr(predict_module, "iter_documents", edited_on_the_second_pass)
     out = tmp_path / "p.jsonl"
     with pytest.raises(UserError, match="changed while it was being classified"):
-        predict_corpus(head, str(corpus), out, device="cpu", block_docs=4, progress=False)
+        run_predict(PredictConfig(head=str(head), data=str(corpus), out=str(out), device="cpu", block_docs=4, progress=False))
     assert os.listdir(tmp_path) == []
 
 
@@ -442,7 +441,7 @@ def test_a_full_disk_is_one_line_naming_the_file_and_keeps_the_finished_blocks(t
     blocks = sorted(p.name for p in (tmp_path / "p.csv.partial").iterdir() if p.name.startswith("rows-"))
     assert len(blocks) == 5 and not [p for p in (tmp_path / "p.csv.partial").iterdir() if p.suffix == ".tmp"]
     monkeypatch.setattr(prediction_rows.shutil, "copyfileobj", real_copy)
-    summary = predict_corpus(head, str(corpus), out, device="cpu", block_docs=4, progress=False)
+    summary = run_predict(PredictConfig(head=str(head), data=str(corpus), out=str(out), device="cpu", block_docs=4, progress=False))
     assert summary.resumed_documents == 18 and out.read_bytes() == reference("csv")
 
 
@@ -461,7 +460,7 @@ def test_a_file_size_limit_is_one_line_and_leaves_no_temporaries(tiny, reference
     assert os.listdir(tmp_path) == ["p.csv.partial"]
     partial = tmp_path / "p.csv.partial"
     assert len(list(partial.glob("rows-*.part"))) == 5 and not [p for p in partial.iterdir() if p.suffix == ".tmp"]
-    summary = predict_corpus(head, str(corpus), out, device="cpu", block_docs=4, progress=False)
+    summary = run_predict(PredictConfig(head=str(head), data=str(corpus), out=str(out), device="cpu", block_docs=4, progress=False))
     assert summary.resumed_documents == 18 and out.read_bytes() == reference("csv")
 
 
@@ -477,7 +476,7 @@ def test_csv_cells_a_spreadsheet_would_evaluate_are_escaped(tiny, tmp_path, monk
     data = tmp_path / "in.jsonl"
     data.write_text("".join(json.dumps({"id": i, "text": "space rocket " * (k + 1), **({"label": l} if l else {})})
                             + "\n" for k, (i, l) in enumerate(zip(ids, labels))))
-    predict_corpus(head, str(data), tmp_path / "p.jsonl", device="cpu", progress=False)
+    run_predict(PredictConfig(head=str(head), data=str(data), out=str(tmp_path / "p.jsonl"), device="cpu", progress=False))
     rows = read_jsonl(tmp_path / "p.jsonl")
     assert [r["id"] for r in rows] == ids and [r["true_label"] for r in rows] == labels
 
@@ -488,10 +487,9 @@ def test_csv_cells_a_spreadsheet_would_evaluate_are_escaped(tiny, tmp_path, monk
 
     original, _ = interrupt_classify_after(monkeypatch, 1)
     with pytest.raises(KeyboardInterrupt):
-        predict_corpus(head, str(data), tmp_path / "p.csv", device="cpu", block_docs=4, top_k=2, progress=False)
+        run_predict(PredictConfig(head=str(head), data=str(data), out=str(tmp_path / "p.csv"), device="cpu", block_docs=4, top_k=2, progress=False))
     monkeypatch.setattr(predict_module.Predictor, "classify", original)
-    summary = predict_corpus(head, str(data), tmp_path / "p.csv", device="cpu", block_docs=4, top_k=2,
-                             progress=False)
+    summary = run_predict(PredictConfig(head=str(head), data=str(data), out=str(tmp_path / "p.csv"), device="cpu", block_docs=4, top_k=2, progress=False))
     assert summary.resumed_documents == 4  # the escaped ids were recognised as the corpus's
     with open(tmp_path / "p.csv", newline="") as f:
         cells = list(csv.DictReader(f))

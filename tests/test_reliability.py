@@ -14,7 +14,7 @@ from synthetic import read_all
 from synthetic import tiny_embed_config as config
 
 from longdoc.cache.writer import Block, PartialCache, write_cache
-from longdoc.embed import run_embed
+from longdoc.embed import run as run_embed
 from longdoc.runtime.errors import UserError
 from longdoc.runtime.workdir import WorkDir, atomic_path, atomic_write_bytes, check_output_path
 
@@ -584,7 +584,7 @@ def fused_head(tmp_path_factory):
     from synthetic import lexical_cache
 
     from longdoc.configs import TrainConfig
-    from longdoc.train_head import run_train_head
+    from longdoc.train_head import run as run_train_head
 
     folder = tmp_path_factory.mktemp("fused")
     cache = lexical_cache(folder / "lexical.h5")
@@ -620,9 +620,9 @@ MEMORY_STEPS = {
                                   " while fitting the linear branch; pass --inputs windows"),
     "evaluate's pass": ("longdoc.evaluate:predict_logits", out_of_memory, "evaluate",
                         " while scoring CACHE; lower --memory-budget-mb"),
-    "predict's files": ("longdoc.predict:predict", out_of_memory, "predict",
+    "predict's files": ("longdoc.predict:Predictor.__init__", out_of_memory, "predict",
                         " while classifying the FILEs; lower --batch-tokens"),
-    "predict's corpus": ("longdoc.predict:predict_corpus", out_of_memory, "predict --data",
+    "predict's corpus": ("longdoc.predict:Predictor.__init__", out_of_memory, "predict --data",
                          " while classifying CORPUS; lower --batch-tokens or --block-docs"),
     "a step that names no setting": ("longdoc.evaluate:load_checkpoint", out_of_memory, "evaluate",
                                      "; `python cli.py COMMAND --help` names the settings that bound it"),

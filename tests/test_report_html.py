@@ -14,7 +14,8 @@ from conftest import make_class_folders
 from synthetic import cli_error, runners
 
 from longdoc.cache.reader import open_cache
-from longdoc.evaluate import evaluate
+from longdoc.configs import EvaluateConfig
+from longdoc.evaluate import run as run_evaluate
 from longdoc.heads.batches import CacheDocuments, predict_logits
 from longdoc.heads.checkpoint import encoder_record, load_checkpoint, save_checkpoint
 from longdoc.heads.head import Head
@@ -31,7 +32,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 def setup(tmp_path_factory, tiny_bert):
     """A tiny-BERT cache of a folder corpus and an untrained head: plenty of mistakes to show."""
     from longdoc.configs import EmbedConfig
-    from longdoc.embed import run_embed
+    from longdoc.embed import run as run_embed
 
     folder = tmp_path_factory.mktemp("report")
     corpus = make_class_folders(folder / "corpus")
@@ -57,7 +58,7 @@ def first_misclassified(head, cache):
 
 def test_report_html_with_texts(setup, tmp_path):
     corpus, cache, head = setup
-    result = evaluate(head, cache, tmp_path / "r", corpus={"data": str(corpus)}, max_wrong=5, n_correct=2)
+    result = run_evaluate(EvaluateConfig(head=str(head), cache=str(cache), report=str(tmp_path / "r"), **{"data": str(corpus)}, report_wrong=5, report_correct=2))
     page = (tmp_path / "r" / "report.html").read_text()
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert f'data-metric="accuracy">{metrics["accuracy"]:.4f}<' in page
@@ -75,17 +76,17 @@ def test_report_html_with_texts(setup, tmp_path):
 
 def test_report_shows_the_terms_of_a_term_head(setup, tmp_path):
     from longdoc.configs import TrainConfig
-    from longdoc.train_head import run_train_head
+    from longdoc.train_head import run as run_train_head
 
     corpus, cache, _ = setup
     head = tmp_path / "both.pt"
     run_train_head(TrainConfig(train=str(cache), out=str(head), pooling="mean", inputs="both", max_epochs=2,
                                val_fraction=0.2, progress=False, curve=False), log=lambda line: None)
-    evaluate(head, cache, tmp_path / "r", corpus={"data": str(corpus)}, max_wrong=3, n_correct=3)
+    run_evaluate(EvaluateConfig(head=str(head), cache=str(cache), report=str(tmp_path / "r"), **{"data": str(corpus)}, report_wrong=3, report_correct=3))
     page = (tmp_path / "r" / "report.html").read_text()
     terms = re.findall(r'<p class="terms">(.*?)</p>', page)
     assert terms and all("<code" in t for t in terms)
-    evaluate(head, cache, tmp_path / "r2", max_wrong=3, n_correct=3)  # no text: no names, no terms shown
+    run_evaluate(EvaluateConfig(head=str(head), cache=str(cache), report=str(tmp_path / "r2"), report_wrong=3, report_correct=3))  # no text: no names, no terms shown
     assert 'class="terms"' not in (tmp_path / "r2" / "report.html").read_text()
 
 
@@ -102,7 +103,7 @@ def test_long_texts_are_cut_around_their_top_windows():
 
 def test_report_without_texts_lists_documents(setup, tmp_path):
     _, cache, head = setup
-    evaluate(head, cache, tmp_path / "r", max_wrong=3, n_correct=0)
+    run_evaluate(EvaluateConfig(head=str(head), cache=str(cache), report=str(tmp_path / "r"), report_wrong=3, report_correct=0))
     page = (tmp_path / "r" / "report.html").read_text()
     assert "Texts are not shown" in page and page.count('class="doc wrong"') == 3 and "<pre" not in page
 
@@ -156,7 +157,7 @@ def test_the_report_in_a_real_browser(setup, tmp_path):
     from playwright.sync_api import sync_playwright
 
     corpus, cache, head = setup
-    evaluate(head, cache, tmp_path / "r", corpus={"data": str(corpus)})
+    run_evaluate(EvaluateConfig(head=str(head), cache=str(cache), report=str(tmp_path / "r"), **{"data": str(corpus)}))
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
     doc_id, n_wrong = first_misclassified(head, cache)
     with sync_playwright() as p:

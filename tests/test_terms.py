@@ -8,13 +8,13 @@ import torch
 from synthetic import cli_error, write_synthetic_cache
 
 from longdoc.cache.reader import open_cache
-from longdoc.configs import TrainConfig
-from longdoc.evaluate import evaluate
+from longdoc.configs import EvaluateConfig, TrainConfig
+from longdoc.evaluate import run as run_evaluate
 from longdoc.heads.checkpoint import load_checkpoint
 from longdoc.runtime.errors import UserError
 from longdoc.terms.hashing import TermHashing
 from longdoc.terms.tfidf import TermWeights
-from longdoc.train_head import run_train_head
+from longdoc.train_head import run as run_train_head
 
 QUIET = dict(progress=False, curve=False)
 FILLER = "the of and to in is it that for on with as was he be by at this have from or one had".split()
@@ -164,7 +164,7 @@ def test_the_term_branch_learns_what_the_windows_cannot_see(tmp_path, lexical):
     for inputs in ("windows", "terms", "both"):
         summary = train(tmp_path, train_cache, name=f"{inputs}.pt", inputs=inputs, pooling="mean", max_epochs=30,
                         lr=3e-3)
-        scores[inputs] = evaluate(summary.out, test_cache).metrics["accuracy"]
+        scores[inputs] = run_evaluate(EvaluateConfig(head=str(summary.out), cache=str(test_cache))).metrics["accuracy"]
     assert scores["terms"] >= 0.95 and scores["both"] >= 0.95
     assert scores["windows"] <= 0.6  # noise windows: near chance (1/3)
 
@@ -195,7 +195,7 @@ def test_a_fused_head_stacks_a_window_branch_chosen_by_its_own_validation_loss(t
     assert len(history) == 6 and checkpoint.training["best_epoch"] == 1 + int(np.argmin([h["val_loss"] for h in history]))
     assert max(h["val_accuracy"] for h in history) <= 0.7  # noise windows alone: near chance
     # With --val there is no refit: the saved head is the one validation scored.
-    metrics = evaluate(summary.out, lexical[1]).metrics
+    metrics = run_evaluate(EvaluateConfig(head=str(summary.out), cache=str(lexical[1]))).metrics
     assert checkpoint.training["val_accuracy"] == pytest.approx(metrics["accuracy"]) == summary.val_accuracy
     assert metrics["accuracy"] >= 0.95
     mix = checkpoint.head.mix.tolist()
@@ -240,14 +240,14 @@ def test_refit_terms_fits_the_linear_branch_again_on_validation_too(tmp_path, le
     for name, value in before.head.state_dict().items():
         if not name.startswith("terms"):
             assert torch.equal(after.head.state_dict()[name], value), name
-    assert evaluate(tmp_path / "refit.pt", lexical[1]).metrics["accuracy"] > 0.9
+    assert run_evaluate(EvaluateConfig(head=str(tmp_path / "refit.pt"), cache=str(lexical[1]))).metrics["accuracy"] > 0.9
 
 
 def test_a_term_head_refuses_a_cache_without_terms(tmp_path, lexical):
     plain = write_synthetic_cache(tmp_path / "plain.h5", n_docs=30)
     summary = train(tmp_path, lexical[0], inputs="terms", max_epochs=1)
     with pytest.raises(UserError, match="holds no term counts.*--inputs windows"):
-        evaluate(summary.out, plain)
+        run_evaluate(EvaluateConfig(head=str(summary.out), cache=str(plain)))
     code, err = cli_error("in-process", "train-head", "--train", plain, "--inputs", "both",
                           "--out", tmp_path / "x.pt", "--no-progress")
     assert code == 2 and len(err) == 1 and "holds no term counts" in err[0]
@@ -290,7 +290,7 @@ def test_odd_documents_all_embed_and_get_their_term_rows(tiny_bert, tmp_path):
     """Empty, one word repeated, binary junk and a 150,000-token post: each keeps all its
     windows and a term row of its own whole text; nothing is truncated or dropped."""
     from longdoc.configs import EmbedConfig
-    from longdoc.embed import run_embed
+    from longdoc.embed import run as run_embed
     from longdoc.encoding.encoder import load_tokenizer
     from longdoc.encoding.windows import SpecialTokens, WindowSpec, tokenize
 

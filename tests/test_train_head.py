@@ -15,7 +15,7 @@ from longdoc.configs import TrainConfig
 from longdoc.heads.batches import CacheDocuments, predict_logits
 from longdoc.heads.checkpoint import load_checkpoint
 from longdoc.runtime.errors import UserError
-from longdoc.train_head import run_train_head
+from longdoc.train_head import run as run_train_head
 from longdoc.training.split import latest_split, natural_key, stratified_split
 
 QUIET = dict(progress=False, curve=False)
@@ -34,11 +34,12 @@ def toy(tmp_path_factory):
 
 
 def test_learns_a_separable_problem(tmp_path, toy):
-    from longdoc.evaluate import evaluate
+    from longdoc.configs import EvaluateConfig
+    from longdoc.evaluate import run as run_evaluate
 
     summary = train(tmp_path, toy[0], pooling="attention", max_epochs=30, lr=3e-3)
     assert summary.val_macro_f1 >= 0.9
-    assert evaluate(summary.out, toy[1]).metrics["accuracy"] >= 0.9
+    assert run_evaluate(EvaluateConfig(head=str(summary.out), cache=str(toy[1]))).metrics["accuracy"] >= 0.9
 
 
 def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path, toy):

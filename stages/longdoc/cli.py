@@ -83,13 +83,13 @@ def embed(as_json, **settings):
     documents and rank 0 joins them into --out (stages/longdoc/distributed.py).
     """
     config = EmbedConfig(**settings)
-    from longdoc.distributed import Ranks, run_embed_sharded
-    from longdoc.embed import run_embed
+    from longdoc import distributed
+    from longdoc import embed as stage
 
-    ranks = Ranks.from_env()  # None unless torchrun started several ranks
+    ranks = distributed.Ranks.from_env()  # None unless torchrun started several ranks
     said_by = ranks is None or ranks.rank == 0  # one line for a torchrun job, not one per rank
     with on_interrupt("finished blocks are kept; run the same command again to resume" if said_by else None):
-        summary = run_embed(config) if ranks is None else run_embed_sharded(config, ranks)
+        summary = stage.run(config) if ranks is None else distributed.run(config, ranks)
     if summary is not None:  # only rank 0 of a torchrun job has one
         _echo_summary(summary, as_json)
 
@@ -100,10 +100,10 @@ def embed(as_json, **settings):
 def finetune(as_json, **settings):
     """Optional: fine-tune the encoder's top layers on windows labelled with their document's class."""
     config = FinetuneConfig(**settings)
-    from longdoc.finetune import run_finetune
+    from longdoc import finetune as stage
 
     with on_interrupt(f"the last checkpoint is in {config.out}.partial/; run the same command again to resume"):
-        summary = run_finetune(config, log=log_line)
+        summary = stage.run(config, log=log_line)
     _echo_summary(summary, as_json)
 
 
@@ -113,10 +113,10 @@ def finetune(as_json, **settings):
 def train_head(as_json, **settings):
     """Stage two: train a pooling head on a window cache; keep the best on validation macro-F1."""
     config = TrainConfig(**settings)
-    from longdoc.train_head import run_train_head
+    from longdoc import train_head as stage
 
     with on_interrupt(f"finished epochs are in {config.out}.partial/; rerun the same command to resume"):
-        summary = run_train_head(config, log=log_line)
+        summary = stage.run(config, log=log_line)
     _echo_summary(summary, as_json)
 
 
@@ -126,14 +126,9 @@ def train_head(as_json, **settings):
 def evaluate(as_json, **settings):
     """Score a head on a cache: accuracy, macro-F1, per-class table, confusion matrix, HTML report."""
     config = EvaluateConfig(**settings)
-    import torch
+    from longdoc import evaluate as stage
 
-    from longdoc.evaluate import evaluate as run_evaluate
-
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    _echo_summary(run_evaluate(config.head, config.cache, config.report, config.memory_budget_mb,
-                               config.corpus(), config.report_wrong, config.report_correct), as_json)
+    _echo_summary(stage.run(config), as_json)
 
 
 @cli.command("predict")
@@ -146,31 +141,12 @@ def predict(files, as_json, **settings):
 
     FILE mode prints label, probability and source per document; --data mode writes one
     JSON line or CSV row per document (id, label, probabilities, true label if known)."""
-    if settings["data"] is not None and files:
-        raise click.UsageError("give FILEs or --data, not both")
-    config = PredictConfig(**settings)
-    import json
+    config = PredictConfig(**settings, files=files)
+    from longdoc import predict as stage
 
-    from longdoc.predict import predict as run_predict
-    from longdoc.predict import predict_corpus
-    from longdoc.runtime.process import memory_step
-
-    if config.data is None:
-        with memory_step("classifying the FILEs", "lower --batch-tokens, or pass fewer FILEs at once"):
-            predictions = run_predict(config.head, list(files), device=config.device,
-                                      batch_tokens=config.batch_tokens, threads=config.threads,
-                                      explain=config.top_windows, explain_terms=config.explain_terms)
-        for prediction in predictions:
-            click.echo(json.dumps(prediction.record(), ensure_ascii=False) if as_json else prediction.line())
-        return
-    corpus = config.corpus()
-    with on_interrupt(f"finished blocks are kept in {config.out}.partial/; run the same command again to resume"), \
-            memory_step(f"classifying {corpus['data']}", "lower --batch-tokens or --block-docs"):
-        summary = predict_corpus(
-            config.head, corpus.pop("data"), config.out, **corpus, top_k=config.top_k,
-            explain=config.top_windows, explain_terms=config.explain_terms, block_docs=config.block_docs,
-            overwrite=config.overwrite, device=config.device, batch_tokens=config.batch_tokens,
-            threads=config.threads, progress=config.progress)
+    interrupted = f"finished blocks are kept in {config.out}.partial/; run the same command again to resume"
+    with on_interrupt(interrupted if config.data is not None else None):
+        summary = stage.run(config)
     _echo_summary(summary, as_json)
 
 
@@ -179,6 +155,9 @@ def _echo_summary(summary, as_json: bool):
     (what scripts and bench/ read; the line is for people and may change)."""
     if not as_json:
         click.echo(summary.line())
+        return
+    if hasattr(summary, "as_json"):  # a summary of its own form (predict's FILE mode: a line per document)
+        click.echo(summary.as_json())
         return
     import dataclasses
     import json

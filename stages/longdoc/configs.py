@@ -395,9 +395,13 @@ class PredictConfig(CorpusSettings):
     batch_tokens: int | None = setting(None, "Token budget of one encoder batch; bounds activation memory.",
                                        shown="1024 on CPU, 32768 on CUDA", check=positive)
     threads: int = threads_setting(0)
+    files: tuple[str, ...] = ()  # FILE mode's text files (- for stdin): the command's arguments, not an option
 
     def __post_init__(self):
         check_settings(self)
+        self.files = tuple(str(f) for f in self.files)
+        if self.data is not None and self.files:
+            raise UserError("give FILEs or --data, not both")
         if self.data is None and self.out is not None:
             raise UserError("--out goes with --data; FILE mode prints to stdout")
         if self.data is not None and self.out is None:

@@ -76,7 +76,7 @@ from longdoc.runtime.process import peak_memory_bytes
 from longdoc.runtime.ranks import Group, Ranks, rank_device, thread_count
 
 
-def run_embed_sharded(config: EmbedConfig, ranks: Ranks) -> EmbedSummary | None:
+def run(config: EmbedConfig, ranks: Ranks) -> EmbedSummary | None:
     """Stage one as one rank of a torchrun job: rank 0 returns the summary of the
     joined cache, every other rank None. See the module docstring for the steps."""
     started = time.perf_counter()

@@ -32,8 +32,8 @@ from longdoc.encoding.windows import tokenize
 from longdoc.runtime.process import peak_memory_bytes
 
 
-def run_embed(config: EmbedConfig) -> EmbedSummary:
-    """Stage one in one process. Under torchrun, `longdoc.distributed.run_embed_sharded`
+def run(config: EmbedConfig) -> EmbedSummary:
+    """Stage one in one process. Under torchrun, `longdoc.distributed.run`
     runs the same steps on one shard of the documents per rank."""
     started = time.perf_counter()
     out = Path(config.out)

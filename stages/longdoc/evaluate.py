@@ -2,6 +2,7 @@
 
     python cli.py evaluate --head runs/head.pt --cache data/cache/test.h5 --report runs/report
     python cli.py evaluate ... --report runs/report --data 20newsgroups --split test   # with texts
+    run(EvaluateConfig(head="runs/head.pt", cache="data/cache/test.h5"))           # from Python: an Evaluation
 
 The cache must come from the head's encoder and window settings (refused otherwise,
 naming what differs); its classes are matched to the head's by name. The report:
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 
 from longdoc.cache.reader import open_cache
-from longdoc.configs import DEFAULT_MEMORY_BUDGET_MB, MAX_WRONG, N_CORRECT
+from longdoc.configs import EvaluateConfig
 from longdoc.explain.text import WindowMapper, cached_geometry, load_cache_corpus
 from longdoc.heads.batches import (
     LOADING_HINT,
@@ -72,12 +73,14 @@ class Evaluation:
                 f"on {m['documents']:,} documents of {m['cache']}{alone}{where}")
 
 
-def evaluate(head_path: str | Path, cache_path: str | Path, report_dir: str | Path | None = None,
-             memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB, corpus: dict | None = None,
-             max_wrong: int = MAX_WRONG, n_correct: int = N_CORRECT) -> Evaluation:
-    """`corpus`: keyword arguments of `longdoc.explain.text.load_cache_corpus` (data, split, ...),
-    for the texts in report.html; needs `report_dir`. The settings' ranges are checked by
+def run(config: EvaluateConfig) -> Evaluation:
+    """Score `config.head` on `config.cache`; with `config.report`, write the report there
+    (with `config.data`, report.html shows the texts). The settings are checked by
     `EvaluateConfig`."""
+    head_path, cache_path, report_dir, corpus = config.head, config.cache, config.report, config.corpus()
+    memory_budget_mb, max_wrong, n_correct = config.memory_budget_mb, config.report_wrong, config.report_correct
+    if config.threads:
+        torch.set_num_threads(config.threads)
     if corpus is not None and report_dir is None:
         raise UserError("--data is read only for the HTML report: give --report too")
     for name in ("metrics.json", "report.md", "confusion_matrix.png", "report.html") if report_dir else ():

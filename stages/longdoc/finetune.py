@@ -137,7 +137,7 @@ class FinetuneInputs:
     val_docs: np.ndarray
 
     def task(self, config: FinetuneConfig) -> WindowTask:
-        """The training task `run_finetune` runs (and bench/ times): every window labelled
+        """The training task `run` runs (and bench/ times): every window labelled
         with its document's class, the model initialised from `config.seed`."""
         return WindowTask.build(self.encoder, tokenize(self.encoder.tokenizer, self.corpus.texts), self.labels,
                                 len(self.corpus.label_names), self.unfreeze_top, self.train_docs, self.val_docs,
@@ -165,7 +165,7 @@ def load_inputs(config: FinetuneConfig) -> FinetuneInputs:
     return FinetuneInputs(corpus, labels, encoder, k, train_docs, val_docs)
 
 
-def run_finetune(config: FinetuneConfig, log=None) -> FinetuneSummary:
+def run(config: FinetuneConfig, log=None) -> FinetuneSummary:
     started = time.perf_counter()
     log = log or (lambda line: print(line, file=sys.stderr))
     out = Path(config.out)

@@ -28,6 +28,7 @@ spreadsheet would evaluate escaped), `.jsonl` JSON lines.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import sys
 import time
@@ -37,8 +38,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from longdoc.configs import BLOCK_DOCS
-from longdoc.corpus.builtin import LABEL_SEP, NEWSGROUPS
+from longdoc.configs import PredictConfig
+from longdoc.corpus.builtin import NEWSGROUPS
 from longdoc.corpus.sources import DocumentDigest, iter_documents
 from longdoc.encoding.batches import default_batch_tokens, encode_windows
 from longdoc.encoding.encoder import load_encoder
@@ -49,7 +50,7 @@ from longdoc.heads.batches import CacheDocuments, predict_logits
 from longdoc.heads.checkpoint import load_checkpoint
 from longdoc.reports.predictions import RowBlocks, RowFormat, plan_blocks
 from longdoc.runtime.errors import UserError
-from longdoc.runtime.process import peak_memory_bytes, progress_bar
+from longdoc.runtime.process import memory_step, peak_memory_bytes, progress_bar
 from longdoc.runtime.workdir import WorkDir, check_not_an_input, check_output_path, work_folder
 from longdoc.terms.hashing import TermHashing
 
@@ -97,8 +98,13 @@ def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
 class Predictor:
     """A head with the encoder and window geometry it was trained with, ready to classify text."""
 
-    def __init__(self, head_path: str | Path, device: str = "auto", batch_tokens: int | None = None,
-                 threads: int = 0, explain_terms: bool = False):
+    def __init__(self, config: PredictConfig):
+        """The head, encoder and window geometry of `config.head`, on `config.device`, with
+        `config.batch_tokens` (None: stage one's default for the device) and `config.threads`;
+        `config.explain_terms` needs a head with a term branch."""
+        head_path, batch_tokens, threads, explain_terms = (config.head, config.batch_tokens, config.threads,
+                                                           config.explain_terms)
+        device = config.device
         if threads:
             torch.set_num_threads(threads)
         self.checkpoint = load_checkpoint(head_path)
@@ -186,12 +192,30 @@ def read_texts(sources: list[str]) -> list[str]:
     return texts
 
 
-def predict(head_path: str | Path, sources: list[str], device: str = "auto", batch_tokens: int | None = None,
-            threads: int = 0, explain: int = 0, explain_terms: bool = False) -> list[Prediction]:
-    """One Prediction per source, in order. `batch_tokens` None: stage one's default for the device."""
-    texts = read_texts(list(sources))  # bad files are refused before any encoder is loaded
-    predictor = Predictor(head_path, device, batch_tokens, threads, explain_terms)
-    return predictor.classify(list(sources), texts, explain)
+@dataclass
+class FilePredictions:
+    """FILE mode's result: one Prediction per FILE, in order. The summary is a line per
+    document (tab-separated) or, with --json, a JSON object per document."""
+
+    predictions: list[Prediction]
+
+    def line(self) -> str:
+        return "\n".join(prediction.line() for prediction in self.predictions)
+
+    def as_json(self) -> str:
+        return "\n".join(json.dumps(prediction.record(), ensure_ascii=False) for prediction in self.predictions)
+
+
+def run(config: PredictConfig) -> FilePredictions | CorpusSummary:
+    """FILE mode (`config.files`): each file classified, nothing written; --data mode: every
+    document of the corpus into `config.out` (`predict_corpus`). Settings checked by `PredictConfig`."""
+    if config.data is not None:
+        with memory_step(f"classifying {config.data}", "lower --batch-tokens or --block-docs"):
+            return predict_corpus(config)
+    texts = read_texts(list(config.files))  # bad files are refused before any encoder is loaded
+    with memory_step("classifying the FILEs", "lower --batch-tokens, or pass fewer FILEs at once"):
+        predictor = Predictor(config)
+        return FilePredictions(predictor.classify(list(config.files), texts, config.top_windows))
 
 
 # --- corpus mode -----------------------------------------------------------------------
@@ -220,14 +244,13 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def predict_corpus(head_path: str | Path, data: str, out: str | Path, *, split: str = "test",
-                   categories: list[str] | None = None, remove: tuple[str, ...] = (), data_home: str | None = None,
-                   limit: int | None = None, label_sep: str = LABEL_SEP, top_k: int = 0, explain: int = 0,
-                   explain_terms: bool = False, block_docs: int = BLOCK_DOCS,
-                   overwrite: bool = False, device: str = "auto", batch_tokens: int | None = None,
-                   threads: int = 0, progress: bool | None = None) -> CorpusSummary:
-    """Classify every document of `--data` into `out` (CSV or JSON lines), resumably. The
-    settings' ranges are checked by `PredictConfig`."""
+def predict_corpus(config: PredictConfig) -> CorpusSummary:
+    """Classify every document of `config.data` into `config.out` (CSV or JSON lines),
+    resumably. The settings are checked by `PredictConfig`."""
+    head_path, data, out, overwrite, progress = config.head, config.data, config.out, config.overwrite, config.progress
+    split, categories, remove, data_home, limit, label_sep = (config.split, config.categories, tuple(config.remove),
+                                                              config.data_home, config.limit, config.label_sep)
+    top_k, explain, explain_terms, block_docs = config.top_k, config.top_windows, config.explain_terms, config.block_docs
     started = time.perf_counter()
     out = Path(out)
     inputs = {"--data": None if data == NEWSGROUPS else data, "--head": head_path}
@@ -246,7 +269,7 @@ def predict_corpus(head_path: str | Path, data: str, out: str | Path, *, split: 
         corpus.add(record)
     if not corpus.documents:
         raise UserError(f"--data {data}: no documents found")
-    predictor = Predictor(head_path, device, batch_tokens, threads, explain_terms)
+    predictor = Predictor(config)
     if top_k > len(predictor.label_names):
         raise UserError(f"--top-k {top_k} is above the head's {len(predictor.label_names)} classes")
     settings = {"head": str(Path(head_path).resolve()), "head_sha256": _sha256(Path(head_path)), "data": data,

@@ -191,7 +191,7 @@ def _settings(config: TrainConfig, caches: dict) -> dict:
     return json.loads(json.dumps(settings, default=str))
 
 
-def run_train_head(config: TrainConfig, log=None) -> TrainSummary:
+def run(config: TrainConfig, log=None) -> TrainSummary:
     started = time.perf_counter()
     log = log or (lambda line: print(line, file=sys.stderr))
     out = Path(config.out)
