@@ -166,9 +166,9 @@ def test_20newsgroups_matches_scikit_learn(tmp_path, split, categories, remove):
 
 
 def test_20newsgroups_offline_without_copy_is_one_clear_error(tmp_path, monkeypatch):
-    import longdoc.corpus.sources
+    import longdoc.corpus.newsgroups
 
-    monkeypatch.setattr(longdoc.corpus.sources, "newsgroups_search_path", lambda home: [tmp_path])
+    monkeypatch.setattr(longdoc.corpus.newsgroups, "newsgroups_search_path", lambda home: [tmp_path])
     monkeypatch.setattr("sklearn.datasets.fetch_20newsgroups",
                         lambda **kw: (_ for _ in ()).throw(OSError("network unreachable")))
     with pytest.raises(UserError, match="put 20news-bydate.tar.gz in one of"):
