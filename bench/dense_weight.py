@@ -14,7 +14,7 @@ says which w `bracketing_search` (train-head's rule) picks from those validation
 
 On a cache whose encoder `finetune` trained on these documents, pass --seeds with the
 fine-tuning run's seed only (0 by default): any other split validates on documents the
-encoder was trained on (docs/BENCHMARKS.md, fine-tuned encoder with terms).
+encoder was trained on (docs/benchmarks-history.md, fine-tuned encoder with terms).
 Reads the two caches; writes OUT.json (every fit) and OUT.md (the table). The test set
 is scored here to show what the choice costs, and chooses nothing.
 """

@@ -108,7 +108,7 @@ def _held_out_by_finetune(config: TrainConfig, train_cache: WindowCache) -> tupl
     """(train, val) as `finetune` split these very documents, when the cache's encoder was
     fine-tuned on them; else None. A head validated on documents the encoder trained on
     trusts its windows more than test does: with seeds 1 and 2 (finetune used 0), the
-    20-class fused head scored 0.863 and 0.872, seed 0 0.879 (docs/BENCHMARKS.md). So the head
+    20-class fused head scored 0.863 and 0.872, seed 0 0.879 (docs/benchmarks-history.md). So the head
     holds out finetune's documents whatever its own seed; a different fraction or kind of
     split is refused, since no split could then keep both promises."""
     try:
@@ -239,7 +239,7 @@ def run(config: TrainConfig, log=None) -> TrainSummary:
         # A terms-only head has nothing left to train: one scoring pass ("epoch 0"). In a fused
         # head the window branch is one input of a stack that weighs its logits by cross-entropy,
         # so its epoch is the one of lowest validation loss; on 20 Newsgroups the head's own
-        # macro-F1 moved by a few of 1,131 documents from epoch to epoch (docs/BENCHMARKS.md).
+        # macro-F1 moved by a few of 1,131 documents from epoch to epoch (docs/benchmarks-history.md).
         loop = LoopSettings(max_epochs=config.max_epochs if head.reads_windows else 0, patience=config.patience,
                             first_epoch=1 if head.reads_windows else 0, progress=config.progress, unit="batch",
                             leave_bar=False, monitor="val_loss" if head.stacked else "val_macro_f1",

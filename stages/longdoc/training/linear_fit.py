@@ -79,7 +79,7 @@ def fit_linear_svm(terms: sp.csr_matrix, dense: np.ndarray | None, labels: np.nd
 # MAX_WIDENING more fits: the chosen scale always scored above a smaller and a larger one,
 # or is the last the search could try. (A fixed grid 0.2, 0.4, 0.8 chose its smallest
 # end for the fine-tuned 20-class encoder, where 0.1 scored higher on validation:
-# docs/BENCHMARKS.md, bench/dense_weight.py.)
+# docs/benchmarks-history.md, bench/dense_weight.py.)
 DENSE_WEIGHTS = (0.2, 0.1, 0.4)
 MAX_WIDENING = 3
 
