@@ -149,6 +149,7 @@ def test_feature_store_gives_what_the_bottom_computes(tiny_bert, corpus, k):
 # --- the command ------------------------------------------------------------------
 
 
+@pytest.mark.slow  # subprocesses
 def test_finetune_trains_the_top_layers_only_and_saves_a_loadable_model(tiny_bert, corpus, tmp_path):
     out = tmp_path / "ft"
     result = run_cli(*finetune_args(tiny_bert, corpus, out, "--unfreeze-top", "1", "--epochs", "4",
@@ -188,6 +189,7 @@ def test_finetune_trains_the_top_layers_only_and_saves_a_loadable_model(tiny_ber
     assert lineage["base_fingerprint"] == record["base_fingerprint"] and lineage["unfreeze_top"] == 1
 
 
+@pytest.mark.slow  # a subprocess
 def test_head_only_leaves_the_encoder_as_it_was(minilm, tmp_path):
     """K = 0 trains the window classifier alone: the saved encoder is the base encoder,
     fingerprint included (the packaged tokenizer's truncation state must not count)."""
@@ -226,6 +228,7 @@ def test_unknown_model_and_existing_out(tiny_bert, corpus, tmp_path, capsys):
     assert (out / "mine.txt").read_text() == "keep me"
 
 
+@pytest.mark.slow  # subprocesses, one killed
 def test_a_killed_run_resumes_to_the_same_model(tiny_bert, corpus, tmp_path):
     args = finetune_args(tiny_bert, corpus, tmp_path / "OUT", "--epochs", "3", "--patience", "3",
                          "--checkpoint-steps", "2", "--lr", "3e-3", "--head-lr", "1e-2")
