@@ -9,6 +9,7 @@ import time
 import h5py
 import numpy as np
 import pytest
+from assertions import one_line_error
 from conftest import ROOT, SHARED_DATASETS, run_cli
 
 from longdoc import cli
@@ -32,7 +33,7 @@ def test_bad_options_give_one_line_and_exit_2(tiny_bert, folder_corpus, tmp_path
     code = cli.main(embed_args(tiny_bert, folder_corpus, tmp_path / "c.h5", *extra))
     err = capsys.readouterr().err
     assert code == 2
-    assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err
+    one_line_error(err, message)
     assert not (tmp_path / "c.h5").exists()
 
 
@@ -41,7 +42,7 @@ def test_missing_data_and_unknown_model(tiny_bert, folder_corpus, tmp_path, caps
     assert "no such file or directory" in capsys.readouterr().err
     assert cli.main(embed_args("no-such-org/no-such-model", folder_corpus, tmp_path / "c.h5")) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: --model no-such-org/no-such-model: cannot load") and err.count("\n") == 1
+    assert one_line_error(err).startswith("error: --model no-such-org/no-such-model: cannot load")
 
 
 def test_a_real_process_prints_no_traceback(tiny_bert, tmp_path):

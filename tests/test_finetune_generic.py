@@ -10,6 +10,7 @@ import json
 import h5py
 import pytest
 import torch
+from assertions import one_line_error, same_weights
 from conftest import make_class_folders
 from safetensors.torch import load_file
 from torch import nn
@@ -263,8 +264,7 @@ def test_an_interrupted_run_resumes_to_the_same_model(encoders, corpus, tmp_path
     assert cli.main(args(out)) == 0
     assert "resuming from" in capsys.readouterr().err
     want, got = weights(reference), weights(out)
-    for name in want:
-        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6)
+    same_weights(got, want)
     history = [json.loads((d / "finetune.json").read_text())["history"] for d in (reference, out)]
     assert [h["val_macro_f1"] for h in history[0]] == pytest.approx([h["val_macro_f1"] for h in history[1]])
 
@@ -272,14 +272,14 @@ def test_an_interrupted_run_resumes_to_the_same_model(encoders, corpus, tmp_path
 def test_unfreeze_top_beyond_depth_is_one_line(encoders, corpus, tmp_path, capsys):
     assert cli.main(finetune_args(encoders["distilbert"], corpus, tmp_path / "ft", "--unfreeze-top", "3")) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "has 2 layers; give 0 to 2, or 'all'" in err, err
+    one_line_error(err, "has 2 layers; give 0 to 2, or 'all'")
 
 
 def test_a_model_without_a_layer_list_is_one_line(tiny_bert, corpus, tmp_path, capsys):
     flat = build_tiny_encoder(tmp_path / "flat", "distilbert", tiny_bert, layers=0)
     assert cli.main(finetune_args(flat, corpus, tmp_path / "ft")) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: fine-tuning needs an encoder whose layers form a list")
+    assert one_line_error(err).startswith("error: fine-tuning needs an encoder whose layers form a list")
     assert "DistilBertModel has none" in err
     assert not (tmp_path / "ft").exists()
 

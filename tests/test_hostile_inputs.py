@@ -17,10 +17,10 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from assertions import refused
 from conftest import run_cli
 from synthetic import write_synthetic_cache
 
-from longdoc import cli
 from longdoc.configs import TrainConfig
 from longdoc.terms.hashing import TermHashing
 
@@ -96,19 +96,6 @@ def snapshot(folder) -> dict:
             with open(path, "rb") as f:
                 found[path] = hashlib.sha256(f.read()).hexdigest()
     return found
-
-
-def refused(capsys, args, *expected):
-    """Run cli.py ARGS in this process: exit 2, one line `error: ...` holding each of `expected`."""
-    code = cli.main([str(a) for a in args])
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert code == 2, captured.err
-    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
-    assert "Traceback" not in captured.err + captured.out
-    for text in expected:
-        assert text in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.mark.parametrize("name", list(CORPORA))

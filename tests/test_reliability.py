@@ -9,6 +9,7 @@ import sys
 import h5py
 import numpy as np
 import pytest
+from assertions import one_line_error
 from conftest import ROOT
 from synthetic import read_all
 from synthetic import tiny_embed_config as config
@@ -324,7 +325,7 @@ def test_a_planted_finetune_checkpoint_runs_no_code(tiny_bert, reference, tmp_pa
     torch.save({"progress": Planted()}, tmp_path / "ft.partial" / "state.pt")
     assert cli.main(finetune_args(tiny_bert, corpus, out)) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "cannot be read as a checkpoint" in err, err
+    one_line_error(err, "cannot be read as a checkpoint")
     assert not marker.exists() and not out.exists()
 
 
@@ -342,7 +343,7 @@ def test_a_planted_train_head_state_runs_no_code(tmp_path, monkeypatch, capsys):
     assert cli.main(["train-head", "--train", str(train), "--out", str(tmp_path / "head.pt"), "--epochs", "1",
                      "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "cannot be read as a checkpoint" in err, err
+    one_line_error(err, "cannot be read as a checkpoint")
     assert not marker.exists() and not (tmp_path / "head.pt").exists()
 
 
@@ -441,14 +442,16 @@ def test_embed_and_finetune_never_replace_their_inputs(tiny_bert, tmp_path, caps
     code = cli.main(["embed", "--data", str(corpus), "--model", str(tiny_bert), "--out", str(corpus),
                      "--overwrite", "--no-progress"])
     err = capsys.readouterr().err
-    assert code == 2 and "never replaces an input" in err and err.count("\n") == 1, err
+    assert code == 2
+    one_line_error(err, "never replaces an input")
     folder = tmp_path / "folder"
     (folder / "a").mkdir(parents=True)
     (folder / "a" / "1.txt").write_text("space")
     for out in (folder, tmp_path):  # the corpus itself, or a folder holding it
         code = cli.main(finetune_args(tiny_bert, folder, out, "--overwrite"))
         err = capsys.readouterr().err
-        assert code == 2 and "never replaces an input" in err and err.count("\n") == 1, err
+        assert code == 2
+        one_line_error(err, "never replaces an input")
     assert corpus.read_text().startswith("text,label") and (folder / "a" / "1.txt").read_text() == "space"
 
 
