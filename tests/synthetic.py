@@ -30,7 +30,7 @@ def write_synthetic_cache(path: Path, n_docs: int = 60, n_classes: int = 3, hidd
     rng = np.random.default_rng(seed)
     if label_sets is not None:
         labels = None
-        label_sets = [sorted(int(k) for k in s) for s in label_sets]
+        label_sets = [[int(k) for k in s] for s in label_sets]  # as given: the writer checks them
         n_docs = len(label_sets)
     else:
         labels = np.arange(n_docs) % n_classes if labels is None else np.asarray(labels)
@@ -42,7 +42,7 @@ def write_synthetic_cache(path: Path, n_docs: int = 60, n_classes: int = 3, hidd
         if labels is not None:
             centre = centres[labels[doc]]
         else:
-            centre = centres[label_sets[doc]].mean(0) if label_sets[doc] else 0
+            centre = centres[np.clip(label_sets[doc], 0, n_classes - 1)].mean(0) if label_sets[doc] else 0
         rows.append(noise + (centre if separable else 0))
     embeddings = np.concatenate(rows).astype(np.float32) if rows else np.zeros((0, hidden), np.float32)
     block = Path(f"{path}.block.npy")
