@@ -241,6 +241,9 @@ def open_cache(path: str | Path) -> WindowCache:
         attrs = {**VERSION_2_DEFAULTS, **attrs} if version in (1, 2) else attrs
         if attrs.get("complete") is not True:  # the writer writes True; "no" is a truthy string
             raise UserError(f"{path}: cache is incomplete (complete = {shown(attrs.get('complete'))})")
+        if version in (1, 2) and "label_sets" in file:
+            raise UserError(f"{path}: cache format version {version} holds one label per document, yet the file "
+                            f"holds label_sets/ (damaged cache)")
         if "task" not in attrs:
             raise UserError(f"{path}: cache lacks its task attribute (damaged cache)")
         task = attrs["task"] if isinstance(attrs["task"], str) else shown(attrs["task"])
