@@ -17,7 +17,7 @@ from synthetic import tiny_embed_config as config
 from longdoc.cache.reader import open_cache, read_attrs
 from longdoc.cache.writer import join_caches
 from longdoc.corpus.sources import load_corpus
-from longdoc.embed import run_embed
+from longdoc.embed import run as run_embed
 from longdoc.runtime.errors import UserError
 
 SETS = [[], [0, 2], [1], [0, 1, 2, 3], [3], [], [2]]  # the first and the last-but-one without a label
