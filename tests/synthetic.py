@@ -18,19 +18,32 @@ ATTRS = {"model": "synthetic", "model_fingerprint": "f" * 64, "chunk_tokens": 25
 
 def write_synthetic_cache(path: Path, n_docs: int = 60, n_classes: int = 3, hidden: int = 16,
                           max_windows: int = 12, seed: int = 0, separable: bool = True,
-                          window_counts=None, labels=None, texts=None, **attrs) -> Path:
+                          window_counts=None, labels=None, texts=None, label_sets=None, **attrs) -> Path:
     """A cache whose class c documents have windows near a class centre (separable)
     or pure noise; window counts vary from 1 to `max_windows`. With `texts` (one per
-    document), it also holds their hashed term counts, as stage one would."""
+    document), it also holds their hashed term counts, as stage one would.
+
+    With `label_sets` (one sorted list of class indices per document, possibly empty) it is
+    a multi-label cache, whose documents' windows lie near the mean of their labels' centres
+    (plain noise for a document without a label)."""
     centres = np.random.default_rng(1234).normal(size=(n_classes, hidden)) * 3  # shared by all seeds
     rng = np.random.default_rng(seed)
-    labels = np.arange(n_docs) % n_classes if labels is None else np.asarray(labels)
+    if label_sets is not None:
+        labels = None
+        label_sets = [[int(k) for k in s] for s in label_sets]  # as given: the writer checks them
+        n_docs = len(label_sets)
+    else:
+        labels = np.arange(n_docs) % n_classes if labels is None else np.asarray(labels)
     counts = (rng.integers(1, max_windows + 1, n_docs) if window_counts is None
               else np.asarray(window_counts))
     rows = []
-    for label, count in zip(labels, counts):
+    for doc, count in enumerate(counts):
         noise = rng.normal(size=(count, hidden))
-        rows.append(noise + (centres[label] if separable else 0))
+        if labels is not None:
+            centre = centres[labels[doc]]
+        else:
+            centre = centres[np.clip(label_sets[doc], 0, n_classes - 1)].mean(0) if label_sets[doc] else 0
+        rows.append(noise + (centre if separable else 0))
     embeddings = np.concatenate(rows).astype(np.float32) if rows else np.zeros((0, hidden), np.float32)
     block = Path(f"{path}.block.npy")
     np.save(block, embeddings)
@@ -44,13 +57,44 @@ def write_synthetic_cache(path: Path, n_docs: int = 60, n_classes: int = 3, hidd
     # exactly fills its windows, whose bodies start `step` tokens apart.
     body = all_attrs["chunk_tokens"] - 2
     step = body - all_attrs["stride"]
-    write_cache(Path(path), all_attrs, [(0, n_docs, block)] if n_docs else [], labels=labels,
+    label_data = {"labels": labels} if labels is not None else {"label_sets": label_sets}
+    write_cache(Path(path), all_attrs, [(0, n_docs, block)] if n_docs else [], **label_data,
                 doc_ids=[f"doc{i}" for i in range(n_docs)], doc_tokens=(counts - 1) * step + body,
                 window_counts=counts, window_starts=np.concatenate([np.arange(c) * step for c in counts])
                 if n_docs else np.zeros(0, np.int64), hidden=hidden)
     block.unlink()
     terms_path(block).unlink(missing_ok=True)
     return Path(path)
+
+
+def random_label_sets(n_docs: int, n_labels: int, seed: int = 0, max_labels: int = 3,
+                      unlabelled: float = 0.1) -> list[list[int]]:
+    """Label sets as multi-label corpora have them: 1 to `max_labels` labels a document,
+    drawn with Zipf-like frequencies (label 0 the most common), and a fraction `unlabelled`
+    of documents without any."""
+    rng = np.random.default_rng(seed)
+    weights = 1.0 / np.arange(1, n_labels + 1)
+    sets = []
+    for _ in range(n_docs):
+        size = 0 if rng.random() < unlabelled else int(rng.integers(1, min(max_labels, n_labels) + 1))
+        sets.append(sorted(rng.choice(n_labels, size=size, replace=False, p=weights / weights.sum()).tolist()))
+    return sets
+
+
+def write_multilabel_cache(path: Path, n_docs: int = 60, n_labels: int = 5, seed: int = 0, label_sets=None,
+                           texts=None, **options) -> Path:
+    """A small multi-label cache for stage-two tests: `label_sets` (or `random_label_sets`),
+    windows near the mean of each document's labels' centres (`write_synthetic_cache`),
+    label names `class0`...; with `texts=True` it holds term counts of texts that say each
+    document's labels (`marker<k>x` for each label k), with a list those of its texts."""
+    label_sets = random_label_sets(n_docs, n_labels, seed) if label_sets is None else label_sets
+    if texts is True:
+        filler = ["the", "a", "of", "and", "to", "in", "is", "it"]
+        rng = np.random.default_rng(seed + 1)
+        texts = [" ".join([*rng.choice(filler, 4), *(f"marker{k}x" for k in s), *rng.choice(filler, 3)])
+                 for s in label_sets]
+    return write_synthetic_cache(path, n_classes=n_labels, seed=seed, label_sets=label_sets,
+                                 texts=texts or None, **options)
 
 
 def lexical_cache(path, n_docs=90, seed=0):

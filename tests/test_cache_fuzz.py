@@ -57,12 +57,14 @@ TRAIN_ARGS = ["--pooling", "mean", "--epochs", "2", "--threads", "1", "--no-prog
 
 DATASETS = ["embeddings", "doc_offsets", "window_starts", "labels", "doc_ids", "doc_tokens",
             "terms/indptr", "terms/indices", "terms/counts"]
+LABEL_SET_DATASETS = ["label_sets/indptr", "label_sets/indices"]  # a multi-label cache's, instead of labels
 ATTRIBUTES = ["format", "format_version", "complete", "model", "model_fingerprint", "chunk_tokens", "stride",
               "precision", "hidden_size", "window_vector", "data_source", "data_fingerprint", "label_names",
-              "term_hashing", "package_version"]
+              "term_hashing", "package_version", "task"]
 INTEGER_ATTRIBUTES = ["format_version", "chunk_tokens", "stride", "hidden_size"]
 FREE_TEXT = ["model", "data_source", "package_version"]
 N_FEATURES = TermHashing().n_features  # the cache's term hashing: ids are below it
+N_LABELS = 5  # the multi-label cache's labels
 
 
 # --- the mutations: each (file, rng, target) -> None, on a copy open for writing --------------
@@ -133,8 +135,13 @@ def out_of_range(f, rng, name):
         data[at] = rng.choice([-1, N_FEATURES, N_FEATURES + 7, 2**31 - 1, *repeat])
     elif name == "terms/counts":
         data[at] = rng.choice([0, -1, -(2**31)])
-    elif name == "terms/indptr":
+    elif name in ("terms/indptr", "label_sets/indptr"):
         data[at] = rng.choice([-1, int(data[-1]) + 1, 2**40]) if at else rng.choice([1, -1])
+    elif name == "label_sets/indices":
+        indptr = f["label_sets/indptr"][:]
+        in_one_row = at > 0 and indptr.searchsorted(at, "right") == indptr.searchsorted(at - 1, "right")
+        repeat = [int(data[at - 1])] if in_one_row else []  # a label twice in a document's set
+        data[at] = rng.choice([-1, N_LABELS, N_LABELS + 3, 2**31 - 1, *repeat])
     elif name == "doc_tokens":
         data[at] = rng.choice([-1, -(2**40), 2**40, int(data[at]) + rng.choice([-300, 1, 300, 10_000])])
     else:  # doc_offsets, window_starts
@@ -164,7 +171,7 @@ def junk_attribute(f, rng, name):
 
 
 def link(f, rng, name):
-    other = rng.choice([d for d in DATASETS if d != name and d in f])
+    other = rng.choice([d for d in DATASETS + LABEL_SET_DATASETS if d != name and d in f])
     del f[name]
     f[name] = rng.choice([h5py.SoftLink("/" + other), h5py.ExternalLink("/etc/hostname", "/data"),
                           h5py.SoftLink("/nowhere")])
@@ -308,3 +315,156 @@ def test_the_default_cases_draw_every_mutation_of_every_target():
     drawn = {(mutation, target) for _, mutation, target in plan(DEFAULT_CASES)}
     every = {(mutation, target) for mutation, (_, targets) in MUTATIONS.items() for target in targets}
     assert drawn == every and len(every) * 3 <= DEFAULT_CASES
+
+
+# --- multi-label caches: label_sets/ and the task attribute ---------------------------------------
+# Stage two refuses multi-label caches for now (`WindowCache.single_label_only`), so these cases
+# read the cache with `open_cache` itself: either the label sets read back exactly as written,
+# or one UserError line naming the file. The named checks below each get their own case.
+
+LABEL_SET_MUTATIONS = {"drop dataset": drop_dataset, "truncate": truncate, "extend": extend, "retype": retype,
+                       "rerank": rerank, "out of range": out_of_range, "link": link}
+
+
+@pytest.fixture(scope="module")
+def multi_label_reference(tmp_path_factory):
+    from synthetic import write_multilabel_cache
+
+    cache = write_multilabel_cache(tmp_path_factory.mktemp("fuzz-multi") / "multi.h5", n_docs=30, n_labels=N_LABELS,
+                                   max_windows=4, hidden=8, texts=True)
+    with open_cache_of(cache) as opened:
+        return cache, opened.label_sets_of()
+
+
+def open_cache_of(path):
+    from longdoc.cache.reader import open_cache
+
+    return open_cache(path)
+
+
+def assert_one_line_naming(error, path):
+    message = str(error)
+    assert str(path) in message and "\n" not in message.strip(), message
+
+
+def label_set_cases():
+    pairs = [(m, t) for m in LABEL_SET_MUTATIONS for t in LABEL_SET_DATASETS]
+    pairs += [("drop group", "label_sets"), ("drop attribute", "task"), ("junk attribute", "task")]
+    return [(seed, m, t) for m, t in pairs for seed in range(3)]
+
+
+@pytest.mark.parametrize("seed, mutation, target", label_set_cases(), ids=lambda x: str(x).replace("/", "_"))
+def test_a_mutated_multi_label_cache_reads_the_same_label_sets_or_one_line(multi_label_reference, tmp_path,
+                                                                           seed, mutation, target):
+    from longdoc.runtime.errors import UserError
+
+    cache, label_sets = multi_label_reference
+    mutant = tmp_path / "mutant.h5"
+    shutil.copyfile(cache, mutant)
+    rng = random.Random(f"{SEED}-multi-{seed}-{mutation}-{target}")
+    with h5py.File(mutant, "r+") as f:
+        ({**MUTATIONS, **{k: (v, None) for k, v in LABEL_SET_MUTATIONS.items()}}[mutation][0])(f, rng, target)
+    try:
+        with open_cache_of(mutant) as opened:
+            assert opened.label_sets_of() == label_sets, f"{mutation} {target} read other label sets"
+    except UserError as error:
+        assert_one_line_naming(error, mutant)
+    code, out, err = run(["train-head", "--train", mutant, "--out", tmp_path / "head.pt", *TRAIN_ARGS])
+    assert_refused_in_one_line(code, out, err, mutant)  # damaged, or (for now) multi-label
+
+
+def set_indptr(values):
+    def mutate(f):
+        recreate(f, "label_sets/indptr", np.asarray(values, dtype=np.int64))
+    return mutate
+
+
+def set_indices(values):
+    def mutate(f):
+        recreate(f, "label_sets/indices", np.asarray(values, dtype=np.int32))
+    return mutate
+
+
+def set_attribute(name, value):
+    def mutate(f):
+        f.attrs[name] = value
+    return mutate
+
+
+def drop_attr(name):
+    def mutate(f):
+        del f.attrs[name]
+    return mutate
+
+
+def with_labels(f):
+    f.create_dataset("labels", data=np.zeros(4, dtype=np.int64))
+
+
+def label_sets_as_dataset(f):
+    del f["label_sets"]
+    f.create_dataset("label_sets", data=np.zeros(5, dtype=np.int64))
+
+
+def float_indices(f):
+    recreate(f, "label_sets/indices", f["label_sets/indices"][:].astype(np.float64))
+
+
+def as_version_2(f):
+    f.attrs["format_version"] = 2
+    del f.attrs["task"]
+
+
+# Four documents: {0, 2}, {}, {1}, {0, 3, 4}, in a cache of five labels.
+NAMED_CHECKS = [
+    ("indptr does not start at 0", set_indptr([1, 2, 2, 3, 6]), "label_sets/indptr starts at 1, not at 0"),
+    ("indptr decreases", set_indptr([0, 3, 2, 3, 6]), "label_sets/indptr decreases after document 1"),
+    ("indptr ends before the indices", set_indptr([0, 2, 2, 3, 5]),
+     "label_sets/indptr ends at 5, not at the 6 entries of label_sets/indices"),
+    ("a label past the labels", set_indices([0, 2, 1, 0, 3, 5]),
+     "label_sets/indices holds 5 for document 3, outside the 5 label_names"),
+    ("a negative label", set_indices([0, 2, -1, 0, 3, 4]),
+     "label_sets/indices holds -1 for document 2, outside the 5 label_names"),
+    ("an unsorted set", set_indices([0, 2, 1, 3, 0, 4]), "label_sets/indices: the label set of document 3 is not sorted"),
+    ("a label twice in a set", set_indices([0, 2, 1, 0, 4, 4]),
+     "label_sets/indices: the label set of document 3 holds label 4 twice"),
+    ("float indices", float_indices, "label_sets/indices is a 1-D float64, not a 1-D dataset of integers as the cache format says"),
+    ("both labels and label_sets", with_labels, "cache holds both labels and label_sets/, one label and a set of labels per document"),
+    ("task unknown", set_attribute("task", "multi"), "attribute task is 'multi', not one of single_label, multi_label"),
+    ("task not text", set_attribute("task", 3), "attribute task is '3', not one of single_label, multi_label"),
+    ("task single_label on label sets", set_attribute("task", "single_label"),
+     "attribute task is single_label but the cache holds label_sets/, not labels"),
+    ("no task", drop_attr("task"), "cache lacks its task attribute"),
+    ("version 2 with label sets", as_version_2,
+     "cache format version 2 holds one label per document, yet the file holds label_sets/"),
+    ("label_sets not a group", label_sets_as_dataset, "label_sets is not a group of this file as the cache format says"),
+]
+
+
+@pytest.mark.parametrize("name, mutation, message", NAMED_CHECKS, ids=[c[0] for c in NAMED_CHECKS])
+def test_each_check_of_label_sets_is_one_line_naming_the_file(tmp_path, name, mutation, message):
+    from synthetic import write_multilabel_cache
+
+    from longdoc.runtime.errors import UserError
+
+    path = write_multilabel_cache(tmp_path / "c.h5", n_labels=N_LABELS, label_sets=[[0, 2], [], [1], [0, 3, 4]])
+    with h5py.File(path, "r+") as f:
+        mutation(f)
+    with pytest.raises(UserError) as refused:
+        open_cache_of(path)
+    assert str(refused.value) == f"{path}: {message} (damaged cache)" or \
+        str(refused.value) == f"{path}: {message}", str(refused.value)
+    code, out, err = run(["train-head", "--train", path, "--out", tmp_path / "head.pt", *TRAIN_ARGS])
+    assert_refused_in_one_line(code, out, err, path)
+    assert message in err
+
+
+def test_a_single_label_cache_claiming_multi_label_is_one_line(tmp_path):
+    from longdoc.runtime.errors import UserError
+
+    path = write_synthetic_cache(tmp_path / "c.h5", n_docs=6)
+    with h5py.File(path, "r+") as f:
+        f.attrs["task"] = "multi_label"
+    with pytest.raises(UserError, match=r"c.h5: attribute task is multi_label but the cache holds labels, not "
+                                        r"label_sets/ \(damaged cache\)$"):
+        open_cache_of(path)

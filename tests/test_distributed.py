@@ -165,11 +165,11 @@ def run_torchrun(tiny_bert, corpus, out) -> subprocess.CompletedProcess:
     return subprocess.run(command, **options)
 
 
-def assert_same_cache(got_path, want_path):
+def assert_same_cache(got_path, want_path, labels=("labels",)):
     with h5py.File(got_path, "r") as got, h5py.File(want_path, "r") as want:
         assert set(got) == set(want)
         np.testing.assert_allclose(got["embeddings"][:], want["embeddings"][:], rtol=1e-5, atol=1e-6)
-        for name in ("doc_offsets", "window_starts", "labels", "doc_ids", "doc_tokens",
+        for name in ("doc_offsets", "window_starts", *labels, "doc_ids", "doc_tokens",
                      "terms/indptr", "terms/indices", "terms/counts"):  # term rows joined in order
             np.testing.assert_array_equal(got[name][:], want[name][:], err_msg=name)
         assert {k: str(v) for k, v in got.attrs.items() if k != "shards"} == \
@@ -197,6 +197,27 @@ def test_two_ranks_join_into_the_one_process_cache(tiny_bert, corpus_and_referen
 
     again = run_torchrun(tiny_bert, corpus, out)
     assert again.returncode == 0 and "complete already" in again.stdout
+
+
+@pytest.mark.slow
+def test_two_ranks_join_the_label_sets_of_a_multi_label_corpus_into_the_one_process_cache(tiny_bert, tmp_path):
+    rng = np.random.default_rng(3)
+    words = ["grain", "trade", "oil", "the", "of", "and", "rose", "fell"]
+    rows = [{"id": f"d{i}", "text": " ".join(rng.choice(words, int(rng.integers(3, 200)))),
+             "labels": sorted({str(x) for x in rng.choice(["grain", "trade", "oil", "ship"], int(rng.integers(0, 3)))})}
+            for i in range(24)]
+    corpus = tmp_path / "sets.jsonl"
+    corpus.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    reference = tmp_path / "reference.h5"
+    run_embed(EmbedConfig(out=reference, **settings(tiny_bert, corpus), progress=False))
+    out = tmp_path / "c.h5"
+    result = run_torchrun(tiny_bert, corpus, out)
+    assert result.returncode == 0, result.stderr
+    assert "on 2 ranks" in result.stdout and "multi-label: " in result.stdout
+    assert_same_cache(out, reference, labels=("label_sets/indptr", "label_sets/indices"))
+    with h5py.File(out, "r") as joined:
+        assert joined.attrs["task"] == "multi_label" and "labels" not in joined
+        assert len(joined["label_sets/indptr"]) == 25 and np.any(np.diff(joined["label_sets/indptr"][:]) == 0)
 
 
 @pytest.mark.slow

@@ -199,10 +199,10 @@ def test_unwritable_output_is_refused_before_any_work(tiny_bert, folder_corpus, 
         run_embed(config(tiny_bert, folder_corpus, tmp_path))
 
 
-@pytest.mark.parametrize("command", ["embed", "finetune"])
+@pytest.mark.parametrize("command", ["finetune"])
 def test_a_multi_label_corpus_is_refused_in_one_line_before_the_encoder_loads(command, tmp_path):
-    """The cache and finetune take one label per document, for now: label sets are refused,
-    never cut down to one label."""
+    """finetune takes one label per document, for now: label sets are refused, never cut
+    down to one label. (embed stores them: tests/test_label_cache.py.)"""
     from synthetic import cli_error
 
     corpus = tmp_path / "sets.jsonl"

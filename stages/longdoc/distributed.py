@@ -59,6 +59,7 @@ from longdoc.embedding.job import (
     Job,
     complete_already,
     embed_documents,
+    label_stats,
     prepare,
     publish,
 )
@@ -108,8 +109,8 @@ def _run(config: EmbedConfig, group: Group, device_error: str | None, started: f
     setup, doc_tokens = _set_up(config, group, device_error)
     job = setup.job
     if doc_tokens is None:  # complete already
-        return EmbedSummary(out, len(job.corpus), 0, 0, 0, 0.0, peak_memory_bytes(),
-                            already_complete=True) if group.rank == 0 else None
+        return EmbedSummary(out, len(job.corpus), 0, 0, 0, 0.0, peak_memory_bytes(), already_complete=True,
+                            **label_stats(job.corpus)) if group.rank == 0 else None
     if group.rank == 0:
         for path, _ in shards_of_other_runs(out, group.world_size):  # --overwrite: an earlier run on other ranks
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
@@ -127,7 +128,8 @@ def _run(config: EmbedConfig, group: Group, device_error: str | None, started: f
     return EmbedSummary(out, len(job.corpus), int((doc_tokens == 0).sum()), int(job.spec.counts(doc_tokens).sum()),
                         sum(r["tokens"] for r in reports), time.perf_counter() - started, max(peaks),
                         resumed_documents=sum(r["resumed"] for r in reports), ranks=group.world_size,
-                        rank_peak_memory_bytes=peaks, shards_reused=sum(r["reused"] for r in reports))
+                        rank_peak_memory_bytes=peaks, shards_reused=sum(r["reused"] for r in reports),
+                        **label_stats(job.corpus))
 
 
 def _set_up(config: EmbedConfig, group: Group, device_error: str | None) -> tuple[_Setup, np.ndarray | None]:

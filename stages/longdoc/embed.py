@@ -25,6 +25,7 @@ from longdoc.embedding.job import (
     EmbedSummary,
     complete_already,
     embed_documents,
+    label_stats,
     prepare,
     publish,
 )
@@ -40,18 +41,20 @@ def run(config: EmbedConfig) -> EmbedSummary:
     job = prepare(config)
     corpus = job.corpus
     if complete_already(out, job.attrs, config.overwrite) and not Path(f"{out}.partial").exists():
-        return EmbedSummary(out, len(corpus), 0, 0, 0, 0.0, peak_memory_bytes(), already_complete=True)
+        return EmbedSummary(out, len(corpus), 0, 0, 0, 0.0, peak_memory_bytes(), already_complete=True,
+                            **label_stats(corpus))
     with PartialCache(out, job.identity, fresh=config.overwrite) as partial:
         # Again under the lock: another run may have finished `out` while this one loaded
         # (or was killed between publishing it and removing its blocks, now stale).
         if complete_already(out, job.attrs, config.overwrite):
             partial.discard()
-            return EmbedSummary(out, len(corpus), 0, 0, 0, 0.0, peak_memory_bytes(), already_complete=True)
+            return EmbedSummary(out, len(corpus), 0, 0, 0, 0.0, peak_memory_bytes(), already_complete=True,
+                                **label_stats(corpus))
         token_ids = tokenize(job.encoder.tokenizer, corpus.texts)
         done = embed_documents(job, partial, token_ids, corpus.texts, config.progress)
         publish(job, partial, out, job.attrs, done)
     return EmbedSummary(out, len(corpus), int((done.doc_tokens == 0).sum()), int(done.window_counts.sum()),
                         done.tokens_encoded, time.perf_counter() - started, peak_memory_bytes(job.encoder.device),
-                        resumed_documents=done.resumed_documents)
+                        resumed_documents=done.resumed_documents, **label_stats(corpus))
 
 

@@ -87,6 +87,7 @@ def run(config: EvaluateConfig) -> Evaluation:
         check_not_an_input(Path(report_dir) / name, {"--head": head_path, "--cache": cache_path}, what="--report")
     checkpoint = load_checkpoint(head_path)
     with open_cache(cache_path) as cache:
+        cache.single_label_only("evaluate")
         check_compatible(checkpoint, cache)
         labels = labels_by_name(checkpoint, cache)
         texts = load_cache_corpus(cache, **corpus).texts if corpus is not None else None

@@ -142,6 +142,9 @@ def _open_validation(config: TrainConfig, train_cache: WindowCache, rng):
                             f"leaves no validation documents; raise it or pass --val")
         return train_docs, CacheDocuments.from_cache(train_cache, val_docs, memory_budget_mb=budget), None
     val_cache = open_cache(config.val)
+    if val_cache.multi_label:
+        val_cache.close()
+        val_cache.single_label_only("train-head")
     diff = differences(val_cache.attrs, train_cache.attrs, ENCODER_IDENTITY, names=("--train", "--val"))
     if diff:
         val_cache.close()
@@ -209,6 +212,7 @@ def run(config: TrainConfig, log=None) -> TrainSummary:
     train_cache = open_cache(config.train)
     val_cache = None
     try:
+        train_cache.single_label_only("train-head")
         names = train_cache.label_names
         present = np.unique(train_cache.labels)
         if len(present) < 2:

@@ -18,6 +18,7 @@ writer is refused.
 
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ import numpy as np
 if TYPE_CHECKING:
     import scipy.sparse as sp
 
+from longdoc.cache.checks import label_sets_problem
 from longdoc.cache.reader import FORMAT_NAME, FORMAT_VERSION
 from longdoc.cache.term_files import (
     TermsWriter,
@@ -136,10 +138,15 @@ def _finite_block(path: Path) -> bool:
         return False
 
 
-def write_cache(out: Path, attrs: dict, blocks: list[tuple[int, int, Path]], *, labels, doc_ids,
-                doc_tokens, window_counts, window_starts, hidden: int):
+def write_cache(out: Path, attrs: dict, blocks: list[tuple[int, int, Path]], *, doc_ids, doc_tokens,
+                window_counts, window_starts, hidden: int, labels=None, label_sets=None):
     """Assemble finished blocks into the final file: a private temporary beside `out`,
     fsynced, then renamed (`longdoc.runtime.workdir.atomic_path`).
+
+    The documents' labels are either `labels`, one index into the `label_names` attribute
+    each (a single-label cache), or `label_sets`, one sorted list of indices each, possibly
+    empty (a multi-label cache, stored as `label_sets/`); `attrs["task"]`, when given, must
+    name that task (the file's `task` attribute always does).
 
     Nothing is marked complete unless the blocks provably cover every document once:
     contiguous from document 0 to the last, each holding exactly its documents' windows,
@@ -149,6 +156,7 @@ def write_cache(out: Path, attrs: dict, blocks: list[tuple[int, int, Path]], *, 
     """
     out = Path(out)
     offsets = np.concatenate([[0], np.cumsum(window_counts)]).astype(np.int64)
+    label_data = _label_data(attrs, labels, label_sets, len(window_counts))
     covered = 0
     for start, end, path in blocks:
         if start != covered or end <= start:
@@ -180,7 +188,7 @@ def write_cache(out: Path, attrs: dict, blocks: list[tuple[int, int, Path]], *, 
                                     f"{end - start}; pass --overwrite to start again")
                 terms.append(matrix.indptr, matrix.indices, matrix.data)
             terms.close()
-        _write_the_rest(f, attrs, offsets, window_starts=window_starts, labels=labels, doc_ids=doc_ids,
+        _write_the_rest(f, attrs, offsets, label_data, window_starts=window_starts, doc_ids=doc_ids,
                         doc_tokens=doc_tokens)
 
 
@@ -190,7 +198,8 @@ def join_caches(out: Path, parts: list[Path], attrs: dict, rows_per_copy: int = 
 
     The result is laid out exactly like a cache written by one process: per-window and
     per-document arrays concatenated, `doc_offsets` rebased onto the joined embeddings,
-    root attributes `attrs`. Embeddings are copied `rows_per_copy` windows at a time
+    root attributes `attrs`; label sets (a multi-label cache) joined row after row, each
+    shard's proven well formed first. Embeddings are copied `rows_per_copy` windows at a time
     (96 MB at hidden 384), so memory stays flat however large the shards.
     """
     out = Path(out)
@@ -219,9 +228,9 @@ def join_caches(out: Path, parts: list[Path], attrs: dict, rows_per_copy: int = 
                     terms.append(group["indptr"][:], group["indices"][:], group["counts"][:])
                 terms.close()
             joined = {name: np.concatenate([src[name][:] for src in sources])
-                      for name in ("window_starts", "labels", "doc_tokens")}
+                      for name in ("window_starts", "doc_tokens")}
             doc_ids = [x for src in sources for x in src["doc_ids"].asstr()[:]]
-            _write_the_rest(f, attrs, offsets, doc_ids=doc_ids, **joined)
+            _write_the_rest(f, attrs, offsets, _joined_labels(sources, attrs), doc_ids=doc_ids, **joined)
     finally:
         for src in sources:
             src.close()
@@ -249,15 +258,71 @@ def _create_embeddings(f: h5py.File, n_windows: int, hidden: int) -> h5py.Datase
                             chunks=(min(n_windows, 4096), hidden) if n_windows else None)
 
 
-def _write_the_rest(f: h5py.File, attrs: dict, offsets, *, window_starts, labels, doc_ids, doc_tokens):
+def _label_data(attrs: dict, labels, label_sets, n_docs: int) -> dict:
+    """The label datasets to write, by their path in the file, and the task they make:
+    {"task": ..., "labels": int64} or {"task": ..., "label_sets/indptr": int64,
+    "label_sets/indices": int32}, once they fit the documents and `label_names`."""
+    if (labels is None) == (label_sets is None):
+        raise ValueError("a cache holds either labels (single-label) or label_sets (multi-label)")
+    task = "single_label" if label_sets is None else "multi_label"
+    if attrs.get("task", task) != task:
+        raise ValueError(f"attrs name task {attrs['task']!r} for the labels of a {task} cache")
+    if labels is not None:  # as they always were: the corpus's, checked when it was read
+        return {"task": task, "labels": np.asarray(labels, dtype=np.int64)}
+    n_labels = len(json.loads(attrs["label_names"]))
+    if len(label_sets) != n_docs:
+        raise ValueError(f"{len(label_sets)} label sets for {n_docs} documents")
+    indptr = np.concatenate([[0], np.cumsum([len(s) for s in label_sets])]).astype(np.int64)
+    indices = np.fromiter((k for s in label_sets for k in s), dtype=np.int64, count=int(indptr[-1]))
+    return _label_set_data(indptr, indices, n_labels, "the label sets to write")
+
+
+def _label_set_data(indptr, indices, n_labels: int, what: str) -> dict:
+    problem = label_sets_problem(indptr, indices, n_labels)
+    if problem:
+        raise UserError(f"{what}: {problem}")
+    return {"task": "multi_label", "label_sets/indptr": np.asarray(indptr, dtype=np.int64),
+            "label_sets/indices": np.asarray(indices, dtype=np.int32)}
+
+
+def _joined_labels(sources: list[h5py.File], attrs: dict) -> dict:
+    """The label datasets of shards joined in order (see `_label_data`); every shard of the
+    task `attrs` names, its label sets proven well formed before they are rebased."""
+    task = attrs.get("task", "single_label")
+    for src in sources:
+        theirs = src.attrs.get("task", "single_label")
+        if theirs != task or ("label_sets" in src) != (task == "multi_label"):
+            raise UserError(f"{src.filename}: holds labels of another task than {task}; pass --overwrite to "
+                            f"embed again")
+    if task == "single_label":
+        return {"task": task, "labels": np.concatenate([src["labels"][:] for src in sources]).astype(np.int64)}
+    n_labels = len(json.loads(attrs["label_names"]))
+    indptrs, indices, at = [np.zeros(1, dtype=np.int64)], [], 0
+    for src in sources:
+        group = src["label_sets"]
+        part_indptr, part_indices = group["indptr"][:], group["indices"][:]
+        problem = label_sets_problem(part_indptr, part_indices, n_labels, prefix="label_sets/")
+        if problem:
+            raise UserError(f"{src.filename}: {problem}; pass --overwrite to embed again")
+        indptrs.append(part_indptr[1:].astype(np.int64) + at)
+        indices.append(part_indices.astype(np.int64))
+        at += len(part_indices)
+    return _label_set_data(np.concatenate(indptrs), np.concatenate(indices or [np.zeros(0, np.int64)]),
+                           n_labels, "the joined label sets")
+
+
+def _write_the_rest(f: h5py.File, attrs: dict, offsets, label_data: dict, *, window_starts, doc_ids, doc_tokens):
     """Every dataset but `embeddings`, and the root attributes, marked complete."""
     f.create_dataset("doc_offsets", data=offsets)
     f.create_dataset("window_starts", data=np.asarray(window_starts, dtype=np.int64))
-    f.create_dataset("labels", data=np.asarray(labels, dtype=np.int64))
+    for name, data in label_data.items():
+        if name != "task":
+            f.create_dataset(name, data=data)
     f.create_dataset("doc_ids", data=list(doc_ids), dtype=h5py.string_dtype("utf-8"))
     f.create_dataset("doc_tokens", data=np.asarray(doc_tokens, dtype=np.int64))
     for key, value in attrs.items():
         f.attrs[key] = value
+    f.attrs["task"] = label_data["task"]
     f.attrs["format"] = FORMAT_NAME
     f.attrs["format_version"] = FORMAT_VERSION
     f.attrs["complete"] = True

@@ -57,6 +57,11 @@ class EmbedSummary:
     ranks: int = 1
     rank_peak_memory_bytes: tuple[int, ...] = ()
     shards_reused: int = 0
+    # The labels (`label_stats`): the task, how many labels, per document, documents without one.
+    task: str = "single_label"
+    n_labels: int = 0
+    labels_per_document: float = 1.0
+    documents_without_labels: int = 0
 
     def line(self) -> str:
         if self.already_complete:
@@ -77,7 +82,24 @@ class EmbedSummary:
             memory = f"peak memory {self.peak_memory_bytes / 2**30:.2f}"
         parts.append(f": {self.windows:,} windows, {self.tokens:,} tokens in {self.seconds:,.1f} s "
                      f"({rate:,.0f} tokens/s), {memory} GiB -> {self.out}")
+        parts.append(f"; {self.labels_line()}")
         return "".join(parts)
+
+    def labels_line(self) -> str:
+        if self.task == "single_label":
+            return f"single-label: {self.n_labels:,} classes"
+        return (f"multi-label: {self.n_labels:,} labels, {self.labels_per_document:.2f} per document, "
+                f"{self.documents_without_labels:,} document{'s' * (self.documents_without_labels != 1)} with none")
+
+
+def label_stats(corpus: Corpus) -> dict:
+    """The summary's label fields (`EmbedSummary.task` ...) for `corpus`."""
+    if not corpus.multi_label:
+        return {"task": "single_label", "n_labels": len(corpus.label_names)}
+    sizes = np.array([len(s) for s in corpus.label_sets], dtype=np.int64)
+    return {"task": "multi_label", "n_labels": len(corpus.label_names),
+            "labels_per_document": float(sizes.mean()) if len(sizes) else 0.0,
+            "documents_without_labels": int((sizes == 0).sum())}
 
 
 # --- encoding ----------------------------------------------------------------------
@@ -142,7 +164,6 @@ def prepare(config: EmbedConfig) -> Job:
         torch.set_num_threads(config.threads)
     corpus = load_corpus(config.data, config.split, config.categories, config.remove,
                          config.data_home, config.limit, config.label_sep)
-    corpus.single_label_only("embed")  # the cache holds one label per document (for now)
     encoder = load_encoder(config.model, config.device, config.precision, config.window_vector)
     check_window_fits(config.chunk_tokens, encoder.max_tokens, config.model)
     batch_tokens = config.batch_tokens or default_batch_tokens(encoder.device)
@@ -157,6 +178,7 @@ def prepare(config: EmbedConfig) -> Job:
         "data_source": corpus.source,
         "data_fingerprint": corpus.fingerprint(),
         "label_names": json.dumps(corpus.label_names),
+        "task": "multi_label" if corpus.multi_label else "single_label",
         "hidden_size": encoder.hidden_size,
         "window_vector": encoder.window_vector,
         "term_hashing": TermHashing().to_json() if config.terms else NO_TERMS,
@@ -214,7 +236,9 @@ def publish(job: Job, partial: PartialCache, out: Path, attrs: dict, done: Embed
     """Assemble the finished blocks in `partial` (documents `docs` of the corpus, as
     `embed_documents` left them) into the cache `out` with root attributes `attrs`,
     atomically; then delete the work area."""
-    write_cache(out, attrs, partial.finished_blocks(), labels=job.corpus.labels[docs],
-                doc_ids=job.corpus.doc_ids[docs], doc_tokens=done.doc_tokens, window_counts=done.window_counts,
-                window_starts=done.window_starts, hidden=job.encoder.hidden_size)
+    corpus = job.corpus
+    labels = {"label_sets": corpus.label_sets[docs]} if corpus.multi_label else {"labels": corpus.labels[docs]}
+    write_cache(out, attrs, partial.finished_blocks(), doc_ids=corpus.doc_ids[docs], doc_tokens=done.doc_tokens,
+                window_counts=done.window_counts, window_starts=done.window_starts, hidden=job.encoder.hidden_size,
+                **labels)
     partial.discard()
