@@ -1,8 +1,11 @@
-"""Small synthetic window caches, written with the real writer (`longdoc.cache.writer.write_cache`)."""
+"""Synthetic test material: a tiny random BERT, small class-folder corpora, and window caches
+written with the real writer (`longdoc.cache.writer.write_cache`)."""
 
 from __future__ import annotations
 
 import json
+import random
+import string
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +13,70 @@ import numpy as np
 from longdoc.cache.term_files import save_terms, terms_path
 from longdoc.cache.writer import write_cache
 from longdoc.terms.hashing import TermHashing
+
+WORDS = ("the a of and to in is it that for on with as was he be by at this have from or one had "
+         "space rocket orbit nasa launch moon god church faith bible jesus belief graphics image "
+         "pixel render polygon hockey team game goal season player").split()
+
+
+def build_tiny_bert(folder: Path, hidden: int = 32, layers: int = 2, max_positions: int = 128, seed: int = 0):
+    """Save a randomly initialised BERT and a WordPiece tokenizer to `folder`."""
+    import torch
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+    )
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    letters = list(string.ascii_lowercase + string.digits + string.punctuation)
+    vocab = specials + WORDS + letters + ["##" + c for c in letters]
+    vocab = list(dict.fromkeys(vocab))
+    backend = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
+    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.decoder = decoders.WordPiece()
+    cls, sep = vocab.index("[CLS]"), vocab.index("[SEP]")
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+        sep_token="[SEP]", mask_token="[MASK]", model_max_length=max_positions)
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=4, intermediate_size=hidden * 2,
+                        max_position_embeddings=max_positions, pad_token_id=0)
+    BertModel(config).eval().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+
+TOPICS = {
+    "space": "space rocket orbit nasa launch moon",
+    "religion": "god church faith bible jesus belief",
+    "graphics": "graphics image pixel render polygon",
+}
+
+
+def make_class_folders(root: Path, docs_per_class: int = 6, seed: int = 0) -> Path:
+    """A folder corpus: documents of very different lengths (some empty, some long)."""
+    rng = random.Random(seed)
+    for label, words in TOPICS.items():
+        (root / label).mkdir(parents=True, exist_ok=True)
+        vocab = words.split() + WORDS[:20]
+        for i in range(docs_per_class):
+            n_words = [0, 3, 40, 150, 600, 1500][i % 6]
+            text = " ".join(rng.choice(vocab) for _ in range(n_words))
+            (root / label / f"{i:03d}.txt").write_text(text)
+    return root
+
+
 
 ATTRS = {"model": "synthetic", "model_fingerprint": "f" * 64, "chunk_tokens": 256, "stride": 32,
          "precision": "fp32", "data_source": "synthetic", "data_fingerprint": "0" * 64,

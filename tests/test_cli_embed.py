@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 from assertions import one_line_error
-from conftest import ROOT, SHARED_DATASETS, run_cli
+from checkout import ROOT, SHARED_DATASETS, run_cli
 
 from longdoc import cli
 

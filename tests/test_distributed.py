@@ -15,7 +15,8 @@ import h5py
 import numpy as np
 import pytest
 import torch.distributed as dist
-from conftest import ROOT, make_class_folders
+from checkout import ROOT
+from synthetic import make_class_folders
 
 from longdoc.cache.reader import read_attrs
 from longdoc.configs import EmbedConfig

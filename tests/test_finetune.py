@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 from assertions import one_line_error, same_weights
-from conftest import kill_cli_once_written, make_class_folders, run_cli
+from checkout import kill_cli_once_written, run_cli
 from safetensors.torch import load_file
+from synthetic import make_class_folders
 from transformers import AutoModel
 
 from longdoc import cli

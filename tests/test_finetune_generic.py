@@ -11,8 +11,8 @@ import h5py
 import pytest
 import torch
 from assertions import one_line_error, same_weights
-from conftest import make_class_folders
 from safetensors.torch import load_file
+from synthetic import make_class_folders
 from torch import nn
 
 from longdoc import cli

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 from assertions import refused
-from conftest import run_cli
+from checkout import run_cli
 from synthetic import write_synthetic_cache
 
 from longdoc.configs import TrainConfig

@@ -11,7 +11,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from checkout import ROOT
 
 
 def build_wheel(out: Path) -> Path:

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import make_class_folders, run_cli
-from synthetic import cli_error, runners
+from checkout import run_cli
+from synthetic import cli_error, make_class_folders, runners
 
 from longdoc.cache.reader import open_cache
 from longdoc.configs import EmbedConfig, PredictConfig, TrainConfig

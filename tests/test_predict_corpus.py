@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from checkout import ROOT
 from synthetic import cli_error, runners
 from test_predict import embed_and_train
 

@@ -17,7 +17,7 @@ literature's "R90" narrows it:
   topics occur in the split: 25 in training stories only, 3 in test stories only);
 * stories left with no R90 topic are dropped, and so are stories without text.
 
-What that gives in this archive (`tests/test_reuters.py::test_the_real_archive` holds it):
+What that gives in this archive (`tests/corpus/test_reuters.py::test_the_real_archive` holds it):
 
 | stories | train | test |
 | --- | --- | --- |

@@ -4,7 +4,7 @@ Stage one keeps only the last layer's output at position 0. In a BERT-style
 encoder the last layer's keys and values need every token, but its query, output
 projection and feed-forward block only matter at position 0. So the last layer
 runs for [CLS] alone: on MiniLM-L6 (6 layers) that skips about 14% of the encoder's
-FLOPs with the same result up to float rounding (tests/test_cls_forward.py).
+FLOPs with the same result up to float rounding (tests/encoding/test_cls_forward.py).
 
 Supported: encoders whose layers follow BERT's module layout (BERT, RoBERTa,
 ELECTRA, MiniLM, XLM-R, ...) with absolute positions and bidirectional attention.

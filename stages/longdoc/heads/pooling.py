@@ -115,7 +115,7 @@ class TransformerPooling(nn.Module):
         return self.mean(h, mask)
 
 
-# One module per name of `longdoc.settings.model.POOLINGS` (tests/test_heads.py checks the two agree).
+# One module per name of `longdoc.settings.model.POOLINGS` (tests/heads/test_heads.py checks the two agree).
 POOLING_LAYERS: dict[str, type[nn.Module]] = {
     "mean": MeanPooling,
     "max": MaxPooling,

@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 from assertions import one_line_error
-from conftest import ROOT
+from checkout import ROOT
 from synthetic import read_all
 from synthetic import tiny_embed_config as config
 

@@ -8,7 +8,7 @@ import sys
 
 import click
 import pytest
-from conftest import ROOT
+from checkout import ROOT
 
 from longdoc import cli
 from longdoc.configs import EmbedConfig, EvaluateConfig, FinetuneConfig, PredictConfig, TrainConfig

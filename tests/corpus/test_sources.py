@@ -5,7 +5,7 @@ import tarfile
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATASETS
+from checkout import SHARED_DATASETS
 
 from longdoc.corpus.sources import iter_documents, load_corpus
 from longdoc.runtime.errors import UserError

@@ -9,7 +9,7 @@ import tarfile
 import time
 
 import pytest
-from conftest import SHARED_DATASETS
+from checkout import SHARED_DATASETS
 
 from longdoc.corpus.reuters import Story, modapte_r90, parse_sgml
 from longdoc.corpus.sources import iter_documents, load_corpus

@@ -10,7 +10,7 @@ import json
 import h5py
 import numpy as np
 import pytest
-from conftest import SHARED_DATASETS
+from checkout import SHARED_DATASETS
 from synthetic import cli_error, read_all, write_multilabel_cache, write_synthetic_cache
 from synthetic import tiny_embed_config as config
 

@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_class_folders
-from synthetic import cli_error, runners
+from synthetic import cli_error, make_class_folders, runners
 
 from longdoc.cache.reader import open_cache
 from longdoc.configs import EvaluateConfig

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import WORDS
+from synthetic import WORDS
 
 from longdoc.cache.reader import open_cache
 from longdoc.encoding.windows import tokenize
