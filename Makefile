@@ -7,6 +7,7 @@
 #   make embed NPROC=2  stage one under torchrun, 2 ranks on this machine (one per GPU on a GPU machine);
 #   across machines: make embed NPROC=8 TORCHRUN_ARGS="--nnodes 2 --node-rank 0 --rdzv-backend c10d
 #   --rdzv-endpoint HOST:29400 --rdzv-id embed-1" on each machine (node-rank 0, 1, ...)
+#   make predict DATA=corpus.jsonl OUT=runs/predictions.jsonl [HEAD=...] [NPROC=2]   a whole corpus classified
 
 PYTHON_BASE ?= python3
 VENV        ?= .venv
@@ -47,11 +48,14 @@ CORPUS_ARGS = $(if $(DATA),--data $(DATA)) $(if $(CATEGORIES),--categories $(CAT
 # evaluate reads no corpus unless told, so 20newsgroups, embed's default, is named here.
 REPORT_DATA ?= --data $(or $(DATA),20newsgroups) --split test $(if $(CATEGORIES),--categories $(CATEGORIES)) \
 	$(if $(REMOVE),--remove $(REMOVE))
-# Stage one under torchrun: ranks per machine (empty: one process), and torchrun's own
-# options; --standalone picks a free local port, multi-machine runs replace it.
+# embed, finetune and predict under torchrun: ranks per machine (empty: one process), and
+# torchrun's own options; --standalone picks a free local port, multi-machine runs replace it.
 NPROC       ?=
 TORCHRUN_ARGS ?= --standalone
-EMBED_RUN   = $(if $(NPROC),$(VENV)/bin/torchrun --nproc_per_node $(NPROC) $(TORCHRUN_ARGS),$(PY))
+RUN         = $(if $(NPROC),$(VENV)/bin/torchrun --nproc_per_node $(NPROC) $(TORCHRUN_ARGS),$(PY))
+# predict --data: the rows file to write (.jsonl or .csv), and predict's other options
+OUT         ?= $(RUNS)/predictions$(if $(TAG),-$(TAG)).jsonl
+PREDICT_EXTRA ?=
 # Validation of finetune and train-head: VAL_SPLIT=latest holds out each class's newest documents
 # (the ids that sort last) instead of a random draw; give it to both so they hold out the same ones.
 VAL_SPLIT   ?=
@@ -67,7 +71,7 @@ ENCODER_ARGS = $(if $(MODEL),--model $(MODEL)) $(if $(CHUNK),--chunk-tokens $(CH
 	$(if $(DEVICE),--device $(DEVICE))
 EMBED_ARGS = $(CORPUS_ARGS) $(ENCODER_ARGS) $(if $(BATCH_TOKENS),--batch-tokens $(BATCH_TOKENS)) $(EXTRA)
 
-.PHONY: all install finetune embed train-head evaluate test test-fast clean
+.PHONY: all install finetune embed train-head evaluate predict test test-fast clean
 # Each stage reads what the previous one wrote, so they run in order even under make -j.
 all: install
 	$(MAKE) embed
@@ -88,8 +92,8 @@ finetune: install
 		$(if $(UNFREEZE_TOP),--unfreeze-top $(UNFREEZE_TOP)) $(VAL_ARGS) $(FT_EXTRA)
 
 embed: install
-	$(EMBED_RUN) cli.py embed --split train --out $(CACHE_DIR)/train.h5 $(EMBED_ARGS)
-	$(EMBED_RUN) cli.py embed --split test --out $(CACHE_DIR)/test.h5 $(EMBED_ARGS)
+	$(RUN) cli.py embed --split train --out $(CACHE_DIR)/train.h5 $(EMBED_ARGS)
+	$(RUN) cli.py embed --split test --out $(CACHE_DIR)/test.h5 $(EMBED_ARGS)
 
 train-head: install
 	$(PY) cli.py train-head --train $(CACHE_DIR)/train.h5 --out $(HEAD) --overwrite \
@@ -97,6 +101,11 @@ train-head: install
 
 evaluate: install
 	$(PY) cli.py evaluate --head $(HEAD) --cache $(CACHE_DIR)/test.h5 --report $(REPORT) $(REPORT_DATA)
+
+predict: install
+	$(RUN) cli.py predict --head $(HEAD) --data $(or $(DATA),20newsgroups) --out $(OUT) \
+		$(if $(CATEGORIES),--categories $(CATEGORIES)) $(if $(REMOVE),--remove $(REMOVE)) \
+		$(if $(BATCH_TOKENS),--batch-tokens $(BATCH_TOKENS)) $(if $(DEVICE),--device $(DEVICE)) $(PREDICT_EXTRA)
 
 test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q

@@ -522,8 +522,9 @@ def test_json_summary_has_the_fields_a_script_needs(tiny, tmp_path, capsys):
                      "--device", "cpu", "--json", "--limit", "5", "--no-progress"])
     summary = json.loads(capsys.readouterr().out)
     assert code == 0
-    assert set(summary) == {"out", "documents", "resumed_documents", "seconds", "peak_memory_bytes", "format"}
-    assert summary["out"] == str(tmp_path / "p.csv") and summary["documents"] == 5
+    assert set(summary) == {"out", "documents", "resumed_documents", "seconds", "peak_memory_bytes", "format",
+                            "ranks"}
+    assert summary["out"] == str(tmp_path / "p.csv") and summary["documents"] == 5 and summary["ranks"] == 1
     assert summary["resumed_documents"] == 0 and summary["format"] == "csv"
 
 

@@ -140,14 +140,19 @@ def predict(files, as_json, **settings):
     """Classify raw text FILES (- for stdin), or every document of --data into --out.
 
     FILE mode prints label, probability and source per document; --data mode writes one
-    JSON line or CSV row per document (id, label, probabilities, true label if known)."""
+    JSON line or CSV row per document (id, label, probabilities, true label if known).
+    Under `torchrun --nproc_per_node N cli.py predict --data ...` the ranks share the blocks
+    and rank 0 writes --out (stages/longdoc/predict.py)."""
     config = PredictConfig(**settings, files=files)
     from longdoc import predict as stage
 
+    ranks = stage.Ranks.from_env()  # None unless torchrun started several ranks
+    said_by = ranks is None or ranks.rank == 0
     interrupted = f"finished blocks are kept in {config.out}.partial/; run the same command again to resume"
-    with on_interrupt(interrupted if config.data is not None else None):
-        summary = stage.run(config)
-    _echo_summary(summary, as_json)
+    with on_interrupt(interrupted if config.data is not None and said_by else None):
+        summary = stage.run(config, ranks)
+    if summary is not None:  # only rank 0 of a torchrun job has one
+        _echo_summary(summary, as_json)
 
 
 def _echo_summary(summary, as_json: bool):

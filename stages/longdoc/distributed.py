@@ -41,17 +41,15 @@ GPUs (one rank per GPU).
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
-import traceback
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from longdoc.cache.reader import CACHE_IDENTITY, differences
+from longdoc.cache.reader import CACHE_IDENTITY
 from longdoc.cache.writer import PartialCache, join_caches
 from longdoc.configs import EmbedConfig
 from longdoc.embedding.job import (
@@ -74,18 +72,15 @@ from longdoc.embedding.shards import (
 from longdoc.encoding.windows import tokenize
 from longdoc.runtime.errors import UserError
 from longdoc.runtime.process import peak_memory_bytes
-from longdoc.runtime.ranks import Group, Ranks, rank_device, thread_count
+from longdoc.runtime.ranks import Group, Ranks, failure_line, same_as_rank_zero, start
 
 
 def run(config: EmbedConfig, ranks: Ranks) -> EmbedSummary | None:
     """Stage one as one rank of a torchrun job: rank 0 returns the summary of the
     joined cache, every other rank None. See the module docstring for the steps."""
     started = time.perf_counter()
-    threads = thread_count(config.threads, ranks.local_world_size)
-    os.environ.setdefault("RAYON_NUM_THREADS", str(threads))  # the tokenizer's thread pool too
+    group, threads, _, device_error = start(ranks, config.threads, config.device)
     config = replace(config, threads=threads, progress=config.progress if ranks.rank == 0 else False)
-    device, device_error = rank_device(config.device, ranks)
-    group = Group(ranks, "nccl" if device.type == "cuda" else "gloo")
     try:
         return _run(config, group, device_error, started)
     finally:
@@ -155,20 +150,10 @@ def _set_up(config: EmbedConfig, group: Group, device_error: str | None) -> tupl
                 "doc_tokens": np.array([len(t) for t in setup.counted_tokens], dtype=np.int64)}
     except (UserError, OSError) as error:
         mine = {"error": str(error)}
-    everyone = group.agree("setup", mine, check=_same_settings)
+    everyone = group.agree("setup", mine, check=same_as_rank_zero("identity", CACHE_IDENTITY))
     if everyone[0]["complete"]:
         return setup, None
     return setup, np.concatenate([outcome["doc_tokens"] for outcome in everyone])
-
-
-def _same_settings(everyone: list[dict]):
-    """Mark failed a rank whose cache identity differs from rank 0's (e.g. precision
-    "auto" resolved otherwise on another machine)."""
-    for r, outcome in enumerate(everyone[1:], start=1):
-        diff = "error" not in outcome and "error" not in everyone[0] and differences(
-            everyone[0]["identity"], outcome["identity"], CACHE_IDENTITY, names=(f"rank {r}", "rank 0"))
-        if diff:
-            outcome["error"] = f"settings differ from rank 0's ({'; '.join(diff)}); give them explicitly"
 
 
 def _open_shard(shard: Shard, overwrite: bool, group: Group, stack: ExitStack) -> tuple[bool, PartialCache | None]:
@@ -202,11 +187,8 @@ def _embed_shard(setup: _Setup, shard: Shard, partial: PartialCache | None, reus
             report.update(tokens=done.tokens_encoded, resumed=done.resumed_documents)
         report["peak"] = peak_memory_bytes(job.encoder.device)
         return report
-    except (UserError, OSError) as error:  # bad input, or the machine (disk full, permissions)
-        raise group.report_failure(str(error)) from None
-    except Exception as error:  # a bug: keep its traceback, then say which rank
-        traceback.print_exc()
-        raise group.report_failure(f"{type(error).__name__}: {error}") from None
+    except Exception as error:  # bad input, the machine (disk full, permissions), or a bug (with its traceback)
+        raise failure_line(group, error) from None
 
 
 def _join(out: Path, job: Job, plan: list[tuple[int, int]], overwrite: bool):

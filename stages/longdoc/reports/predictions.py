@@ -15,6 +15,11 @@ that fails is deleted with every block after it, and they are recomputed; an ent
 `rows-*` that is not a block name (a planted `rows-x-y.part`, a link, a folder) is
 deleted when found, never read.
 
+Under torchrun the plan is the same (it depends on the corpus alone, never on the number
+of ranks): block b is classified by rank b mod N (`owner`), each rank keeps its own
+blocks in the one shared work folder (`RowBlocks(owned=...)`), and rank 0 joins them all.
+A run resumed on another number of ranks keeps every proven block.
+
 CSV text cells (id, label, true_label, topK_label) that a spreadsheet would evaluate
 (OWASP, "CSV injection": starting with `=`, `+`, `-`, `@`, a tab or a carriage return)
 get one `'` in front, and so does a cell starting with `'`, so that dropping one leading
@@ -61,6 +66,13 @@ def plan_blocks(records, block_docs: int):
             start, block, chars = start + len(block), [], 0
     if block:
         yield start, block
+
+
+def owner(block: int, world_size: int) -> int:
+    """The rank that classifies block number `block` of the plan: round robin, so every
+    rank gets blocks from the whole corpus (a corpus sorted by length is shared evenly)
+    and the blocks of a rank are a function of the plan and N alone."""
+    return block % world_size
 
 
 class RowFormat:
@@ -143,17 +155,22 @@ class RowFormat:
 
 class RowBlocks:
     """The blocks of rows in a work folder (`<out>.partial/` of a `longdoc.runtime.workdir.WorkDir`,
-    whose lock the caller holds): found, proven before a resume trusts them, saved, joined."""
+    whose lock the caller holds): found, proven before a resume trusts them, saved, joined.
 
-    def __init__(self, folder: Path, rows: RowFormat):
+    `owned`, the (start, end) of the blocks this rank classifies under torchrun (None: every
+    block, one process), limits what it finds, proves and deletes to its own blocks; `tidy`
+    (one process, or rank 0 before any rank writes) deletes what is planted."""
+
+    def __init__(self, folder: Path, rows: RowFormat, owned: set[tuple[int, int]] | None = None, tidy: bool = True):
         self.folder, self.rows = Path(folder), rows
         self.trusting = True  # until a block fails its proof: from there on every block is recomputed
         self.found: dict[tuple[int, int], Path] = {}
         for path in sorted(self.folder.glob("rows-*")):
             name = BLOCK_NAME.fullmatch(path.name)
             if name and int(name[1]) < int(name[2]) and path.is_file() and not path.is_symlink():
-                self.found[int(name[1]), int(name[2])] = path
-            else:  # a name this module never writes, a link or a folder: planted, never read
+                if owned is None or (int(name[1]), int(name[2])) in owned:
+                    self.found[int(name[1]), int(name[2])] = path
+            elif tidy:  # a name this module never writes, a link or a folder: planted, never read
                 _remove(path)
 
     def resume(self, start: int, ids: list[str]) -> Path | None:
@@ -186,9 +203,13 @@ class RowBlocks:
         except (OSError, ValueError, RecursionError, csv.Error):  # unreadable, not UTF-8, not rows
             return False
 
+    def path(self, start: int, end: int) -> Path:
+        """Where the block of documents start..end-1 is kept."""
+        return self.folder / f"rows-{start:012d}-{end:012d}.part"
+
     def save(self, start: int, predictions: list) -> Path:
         """Publish the rows of `predictions` (documents start..) as a finished block."""
-        path = self.folder / f"rows-{start:012d}-{start + len(predictions):012d}.part"
+        path = self.path(start, start + len(predictions))
         atomic_write_bytes(path, "".join(self.rows.row(p) for p in predictions).encode("utf-8"))
         return path
 

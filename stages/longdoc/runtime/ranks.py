@@ -5,15 +5,19 @@ Reads torchrun's environment (WORLD_SIZE, RANK, LOCAL_RANK, LOCAL_WORLD_SIZE,
 OMP_NUM_THREADS, TORCHELASTIC_RESTART_COUNT) and joins its rendezvous. Writes keys in
 the run's key-value store (each rank's report, its count of finished blocks, whether
 rank 0 has printed the error) and, on rank 0, the one `error: ...` line naming every
-failing rank. Knows nothing of embedding: `longdoc.distributed` runs stage one with it.
+failing rank, and `visible-RRR` in a work folder (`shared_folder`: is it the same
+folder for every rank?). Knows nothing of the work it coordinates: `longdoc.distributed`
+runs stage one with it, `longdoc.predict` and `longdoc.finetune` their corpus-sized work.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -23,6 +27,7 @@ import torch.distributed as dist
 from longdoc.runtime.devices import resolve_device
 from longdoc.runtime.errors import ReportedElsewhere, UserError
 from longdoc.runtime.process import usable_cores
+from longdoc.runtime.workdir import atomic_write_bytes, differences
 
 # Setup collectives wait at most this long for the slowest rank. Every rank does the
 # same work before them (load the corpus and the encoder, tokenize an N-th), so the
@@ -89,6 +94,64 @@ def rank_device(device: str, ranks: Ranks) -> tuple[torch.device, str | None]:
     return resolved, None
 
 
+def start(ranks: Ranks, threads: int, device: str) -> tuple[Group, int, torch.device, str | None]:
+    """What every rank does first: its threads (`thread_count`, torch's and the
+    tokenizer's), its device (`rank_device`) and the process group (nccl on GPUs, gloo
+    on CPUs). Returns the group, the threads, the device and the device error, if any,
+    to be reported in the first `Group.agree` (so it is printed once)."""
+    threads = thread_count(threads, ranks.local_world_size)
+    os.environ.setdefault("RAYON_NUM_THREADS", str(threads))  # the tokenizer's thread pool too
+    resolved, device_error = rank_device(device, ranks)
+    return Group(ranks, "nccl" if resolved.type == "cuda" else "gloo"), threads, resolved, device_error
+
+
+def same_as_rank_zero(key: str, keys=None, hint: str = "give them explicitly"):
+    """A `Group.agree` check: mark failed every rank whose `outcome[key]` (a dict of
+    settings) differs from rank 0's on `keys` (all of both dicts' keys when None),
+    naming each differing setting (e.g. precision "auto" resolved otherwise elsewhere)."""
+    def check(everyone: list[dict]):
+        first = everyone[0]
+        for r, outcome in enumerate(everyone[1:], start=1):
+            if "error" in outcome or "error" in first:
+                continue
+            names = sorted(set(first[key]) | set(outcome[key])) if keys is None else keys
+            diff = differences(first[key], outcome[key], names, names=(f"rank {r}", "rank 0"))
+            if diff:
+                outcome["error"] = f"settings differ from rank 0's ({'; '.join(diff)}); {hint}"
+    return check
+
+
+def failure_line(group: Group, error: BaseException):
+    """Report `error`, met by this rank in its own work, to rank 0 and return the one-line
+    UserError to raise (`raise failure_line(group, e) from None`): bad input or the
+    machine (UserError, OSError) as it is, a bug with its traceback printed first."""
+    if isinstance(error, (UserError, OSError)):
+        return group.report_failure(str(error))
+    traceback.print_exc()
+    return group.report_failure(f"{type(error).__name__}: {error}")
+
+
+def shared_folder(group: Group, folder, what: str) -> None:
+    """Check that `folder` (a work folder rank 0 holds) is the same folder for every rank,
+    as a run across machines needs: rank 0 writes a random token into it, each rank
+    must read it back. A rank that cannot fails the run in one line naming `what`."""
+    token = secrets.token_hex(8)
+    mine: dict = {}
+    if group.rank == 0:
+        try:
+            atomic_write_bytes(folder / "visible", token.encode())
+        except OSError as error:
+            mine = {"error": f"cannot write {folder / 'visible'}: {error.strerror}"}
+    token = group.agree(f"{what}/token", {**mine, "token": token})[0]["token"]
+    try:
+        seen = (folder / "visible").read_text()
+    except OSError:
+        seen = None
+    group.agree(f"{what}/seen", {} if seen == token else {
+        "error": f"{what} {folder} is not the folder rank 0 writes (not on a filesystem every rank sees); "
+                 f"give a path on a shared filesystem"})
+
+
 class Group:
     """This rank in the process group, with a key-value store private to this run
     (torchrun's, or rank 0's outside its agent) for what the collectives do not carry."""
@@ -105,6 +168,9 @@ class Group:
 
     def close(self):
         dist.destroy_process_group()
+
+    def barrier(self):
+        dist.barrier()
 
     def agree(self, step: str, mine: dict, check=None) -> list[dict]:
         """Every rank's outcome of `step`, in rank order: `mine` here, {"error": cause}
