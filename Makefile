@@ -1,7 +1,7 @@
 # One-command entry points. Each target installs what it needs into .venv first.
 #   make all        embed -> train-head -> evaluate on 20 Newsgroups with the defaults
 #   make finetune   optional: fine-tune the encoder's top layers, then embed with it:
-#                   make finetune && make all MODEL=runs/finetuned
+#                   make finetune && make all MODEL=runs/finetuned   (make finetune NPROC=2: under torchrun)
 #   make test       the whole test suite (what CI runs); make test-fast skips slow tests
 # Settings pass through as variables, only when set: make embed MODEL=bert-base-uncased CHUNK=512 STRIDE=64
 #   make embed NPROC=2  stage one under torchrun, 2 ranks on this machine (one per GPU on a GPU machine);
@@ -88,7 +88,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 finetune: install
-	$(PY) cli.py finetune --out $(FT_OUT) $(CORPUS_ARGS) $(ENCODER_ARGS) \
+	$(RUN) cli.py finetune --out $(FT_OUT) $(CORPUS_ARGS) $(ENCODER_ARGS) \
 		$(if $(UNFREEZE_TOP),--unfreeze-top $(UNFREEZE_TOP)) $(VAL_ARGS) $(FT_EXTRA)
 
 embed: install

@@ -7,7 +7,9 @@ ARGS are `cli.py`'s. The rank named by LONGDOC_FAULT_RANK (no other) then
 * runs in the folder LONGDOC_FAULT_CWD, so a relative --out names another file there;
 * with LONGDOC_FAULT_KILL="PATTERN:N", SIGKILLs itself right after the N-th file whose name
   matches the glob PATTERN is published (renamed into place by `os.replace`, as
-  `longdoc.runtime.workdir.atomic_path` publishes every file): a crash at a chosen moment.
+  `longdoc.runtime.workdir.atomic_path` publishes every file): a crash at a chosen moment;
+* with LONGDOC_FAULT_KILL_WHEN=PATH, SIGKILLs itself as soon as PATH exists (a file another
+  rank writes, e.g. rank 0's first checkpoint).
 Reads only its environment; writes nothing itself.
 """
 
@@ -16,6 +18,8 @@ import json
 import os
 import signal
 import sys
+import threading
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,6 +38,15 @@ def _kill_after(pattern: str, count: int):
     os.replace = replace_then_maybe_die
 
 
+def _kill_when(path: Path):
+    def watch():
+        while not path.exists():
+            time.sleep(0.005)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def main() -> int:
     args = sys.argv[1:]
     if os.environ.get("RANK") == os.environ.get("LONGDOC_FAULT_RANK"):
@@ -43,6 +56,8 @@ def main() -> int:
         if os.environ.get("LONGDOC_FAULT_KILL"):
             pattern, count = os.environ["LONGDOC_FAULT_KILL"].rsplit(":", 1)
             _kill_after(pattern, int(count))
+        if os.environ.get("LONGDOC_FAULT_KILL_WHEN"):
+            _kill_when(Path(os.environ["LONGDOC_FAULT_KILL_WHEN"]))
     sys.path.insert(0, str(ROOT / "stages"))
     from longdoc.cli import main as cli_main
 

@@ -2,7 +2,7 @@
 `longdoc COMMAND --help` explains each option and its default.
 
     python cli.py embed --split train --out data/cache/train.h5      # stage one
-    torchrun --standalone --nproc_per_node 2 cli.py embed ...         # stage one, sharded
+    torchrun --standalone --nproc_per_node 2 cli.py embed ...         # stage one, sharded (finetune, predict --data too)
     python cli.py finetune --out runs/finetuned; python cli.py embed --model runs/finetuned ...  # optional
     python cli.py train-head --train data/cache/train.h5 --out runs/head.pt   # stage two
     python cli.py evaluate --head runs/head.pt --cache data/cache/test.h5 --report runs/report \
@@ -98,13 +98,21 @@ def embed(as_json, **settings):
 @click_options(FinetuneConfig, first=("data", "split", "out"))
 @json_option()
 def finetune(as_json, **settings):
-    """Optional: fine-tune the encoder's top layers on windows labelled with their document's class."""
+    """Optional: fine-tune the encoder's top layers on windows labelled with their document's class.
+
+    Under `torchrun --nproc_per_node N cli.py finetune ...` the ranks train data-parallel
+    on the same global batches and rank 0 writes --out (stages/longdoc/finetune.py).
+    """
     config = FinetuneConfig(**settings)
     from longdoc import finetune as stage
 
-    with on_interrupt(f"the last checkpoint is in {config.out}.partial/; run the same command again to resume"):
-        summary = stage.run(config, log=log_line)
-    _echo_summary(summary, as_json)
+    ranks = stage.Ranks.from_env()  # None unless torchrun started several ranks
+    said_by = ranks is None or ranks.rank == 0
+    with on_interrupt(f"the last checkpoint is in {config.out}.partial/; run the same command again to resume"
+                      if said_by else None):
+        summary = stage.run(config, log=log_line, ranks=ranks)
+    if summary is not None:  # only rank 0 of a torchrun job has one
+        _echo_summary(summary, as_json)
 
 
 @cli.command("train-head")

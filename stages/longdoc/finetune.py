@@ -44,7 +44,8 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -60,11 +61,14 @@ from longdoc.encoding.encoder import (
     load_encoder,
 )
 from longdoc.encoding.windows import tokenize
-from longdoc.runtime.errors import UserError
+from longdoc.runtime.errors import ReportedElsewhere, UserError
 from longdoc.runtime.process import peak_memory_bytes
+from longdoc.runtime.ranks import Group, Ranks, failure_line, same_as_rank_zero, shared_folder, start
 from longdoc.runtime.workdir import WorkDir, atomic_path, check_not_an_input, first_line
 from longdoc.settings.model import check_window_fits
+from longdoc.training.data_parallel import WindowShare
 from longdoc.training.loop import (
+    Diverged,
     LoopOutcome,
     LoopSettings,
     best_entry,
@@ -73,6 +77,7 @@ from longdoc.training.loop import (
     run_epochs,
 )
 from longdoc.training.split import validation_split
+from longdoc.training.state import TrainingProgress
 from longdoc.training.window_model import WindowClassifier, encoder_depth, parse_unfreeze_top
 from longdoc.training.window_task import WindowTask
 
@@ -88,11 +93,13 @@ class FinetuneSummary(LoopOutcome):
     n_val_docs: int
     n_train_windows: int
     resumed_from_step: int = 0
+    ranks: int = 1  # processes of the torchrun job (1: one process)
 
     def line(self) -> str:
         resumed = f" (resumed at step {self.resumed_from_step:,})" if self.resumed_from_step else ""
+        on = f" on {self.ranks} ranks" if self.ranks > 1 else ""
         return (f"fine-tuned the top {self.unfreeze_top} layers ({self.trainable_parameters:,} trainable "
-                f"parameters) on {self.n_train_windows:,} windows of {self.n_train_docs:,} documents{resumed}: "
+                f"parameters) on {self.n_train_windows:,} windows of {self.n_train_docs:,} documents{on}{resumed}: "
                 f"{self.outcome(self.n_val_docs)}; {self.seconds:,.1f} s, "
                 f"peak memory {self.peak_memory_bytes / 2**30:.2f} GiB -> {self.out}")
 
@@ -100,14 +107,15 @@ class FinetuneSummary(LoopOutcome):
 # --- the run ---------------------------------------------------------------------
 
 
-def _settings(config: FinetuneConfig, base_fingerprint: str, data_fingerprint: str, k: int) -> dict:
-    """What a resumed run must share with the interrupted one."""
+def _settings(config: FinetuneConfig, base_fingerprint: str, data_fingerprint: str, k: int, ranks: int) -> dict:
+    """What a resumed run must share with the interrupted one: the number of ranks too
+    (rank r owns the windows r mod N, and a checkpoint's dropout draws are per rank)."""
     keep = ("data", "split", "model", "chunk_tokens", "stride", "batch_tokens", "max_epochs", "patience", "lr",
             "head_lr", "weight_decay", "warmup_fraction", "dropout", "max_grad_norm", "val_fraction", "val_split",
             "seed", "precision", "categories", "remove", "limit")
     settings = {key: getattr(config, key) for key in keep}
     settings.update(unfreeze_top=k, base_fingerprint=base_fingerprint, data_fingerprint=data_fingerprint,
-                    remove=list(config.remove))
+                    remove=list(config.remove), ranks=ranks)
     return json.loads(json.dumps(settings))
 
 
@@ -136,12 +144,13 @@ class FinetuneInputs:
     train_docs: np.ndarray
     val_docs: np.ndarray
 
-    def task(self, config: FinetuneConfig) -> WindowTask:
+    def task(self, config: FinetuneConfig, share: WindowShare | None = None) -> WindowTask:
         """The training task `run` runs (and bench/ times): every window labelled
-        with its document's class, the model initialised from `config.seed`."""
+        with its document's class, the model initialised from `config.seed`; under
+        torchrun, this rank's `share` of each batch."""
         return WindowTask.build(self.encoder, tokenize(self.encoder.tokenizer, self.corpus.texts), self.labels,
                                 len(self.corpus.label_names), self.unfreeze_top, self.train_docs, self.val_docs,
-                                config)
+                                config, share)
 
 
 def load_inputs(config: FinetuneConfig) -> FinetuneInputs:
@@ -165,24 +174,67 @@ def load_inputs(config: FinetuneConfig) -> FinetuneInputs:
     return FinetuneInputs(corpus, labels, encoder, k, train_docs, val_docs)
 
 
-def run(config: FinetuneConfig, log=None) -> FinetuneSummary:
+def run(config: FinetuneConfig, log=None, ranks: Ranks | None = None) -> FinetuneSummary | None:
+    """Fine-tune in one process, or under torchrun (`ranks`, several) as one rank of a
+    data-parallel run (`longdoc.training.data_parallel`): rank 0 returns the summary,
+    every other rank None."""
     started = time.perf_counter()
     log = log or (lambda line: print(line, file=sys.stderr))
+    if ranks is None:
+        return _train(config, log, started)
+    group, threads, _, device_error = start(ranks, config.threads, config.device)
+    config = replace(config, threads=threads, progress=config.progress if ranks.rank == 0 else False)
+    try:
+        return _train(config, log if ranks.rank == 0 else (lambda line: None), started, group, device_error)
+    finally:
+        group.close()
+
+
+def _train(config: FinetuneConfig, log, started: float, group: Group | None = None,
+           device_error: str | None = None) -> FinetuneSummary | None:
+    """The run on one rank (`group`: None in one process). Under torchrun every rank
+    checks and loads what one process does, and its settings must equal rank 0's; rank 0
+    alone holds the work folder (which must be every rank's: `shared_folder`) and writes
+    the checkpoints and the model folder; every rank resumes from the same checkpoint."""
     out = Path(config.out)
-    check_out_folder(out, config.overwrite, {"--data": config.data if config.data != NEWSGROUPS else None,
-                                             "--model": config.model})
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    inputs = load_inputs(config)
+    rank, world = (0, 1) if group is None else (group.rank, group.world_size)
+    try:
+        if device_error:
+            raise UserError(device_error)
+        check_out_folder(out, config.overwrite, {"--data": config.data if config.data != NEWSGROUPS else None,
+                                                 "--model": config.model})
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        inputs = load_inputs(config)
+        data_fingerprint = inputs.corpus.fingerprint()  # sha256 over every text: computed once
+        settings = _settings(config, inputs.encoder.fingerprint, data_fingerprint, inputs.unfreeze_top, world)
+        mine = {"settings": settings}
+    except (UserError, OSError) as error:
+        if group is None:
+            raise
+        mine = {"error": str(error)}
+    if group is not None:
+        group.agree("setup", mine, check=same_as_rank_zero("settings", hint="start every rank with the same options"))
     corpus, encoder, k = inputs.corpus, inputs.encoder, inputs.unfreeze_top
-    data_fingerprint = corpus.fingerprint()  # sha256 over every text: computed once
     loop = LoopSettings(max_epochs=config.max_epochs, patience=config.patience,
-                        checkpoint_steps=config.checkpoint_steps, timed=True, progress=config.progress)
-    with WorkDir(out, _settings(config, encoder.fingerprint, data_fingerprint, k), fresh=config.overwrite) as work:
-        task = inputs.task(config)
-        progress = resume(work.dir, task, loop)
-        resumed_step = progress.global_step
-        progress = run_epochs(task, progress, work, loop, log)
+                        checkpoint_steps=config.checkpoint_steps, timed=True, progress=config.progress,
+                        saves=rank == 0)
+    work = WorkDir(out, settings, fresh=config.overwrite)
+    with ExitStack() as stack:
+        progress = _resume(config, inputs, work, loop, group, stack)
+        task, resumed_step = progress.task, progress.progress.global_step
+        try:
+            progress = run_epochs(task, progress.progress, work, loop, log)
+        except Diverged as error:  # every rank sees the same losses and scores: rank 0 says it
+            if rank != 0:
+                raise ReportedElsewhere(str(error)) from None
+            raise
+        except Exception as error:
+            if group is None:
+                raise
+            raise failure_line(group, error) from None
+        if rank != 0:
+            return None
         best = best_entry(progress)
         record = {
             "format": "longdoc-finetune", "package_version": longdoc.__version__,
@@ -193,17 +245,53 @@ def run(config: FinetuneConfig, log=None) -> FinetuneSummary:
             "data_fingerprint": data_fingerprint, "n_train_docs": len(inputs.train_docs),
             "n_val_docs": len(inputs.val_docs), "n_train_windows": len(task.train_windows),
             "best_epoch": progress.best_epoch, "val_accuracy": best["val_accuracy"],
-            "val_macro_f1": best["val_macro_f1"], "history": progress.history,
+            "val_macro_f1": best["val_macro_f1"], "history": progress.history, "ranks": world,
             "settings": {key: (str(v) if isinstance(v, Path) else v) for key, v in asdict(config).items()},
         }
-        save_model_folder(out, task.model, encoder.tokenizer, record)
+        try:
+            save_model_folder(out, task.model, encoder.tokenizer, record)
+        except (UserError, OSError) as error:
+            raise UserError(f"rank 0 failed: {error}" if group is not None else str(error)) from None
         work.discard()
     return FinetuneSummary(
         out=out, unfreeze_top=k, trainable_parameters=task.trainer.trainable_parameters(),
         n_train_docs=len(inputs.train_docs), n_val_docs=len(inputs.val_docs), n_train_windows=len(task.train_windows),
         best_epoch=progress.best_epoch, epochs_run=len(progress.history), val_accuracy=best["val_accuracy"],
         val_macro_f1=best["val_macro_f1"], seconds=time.perf_counter() - started,
-        peak_memory_bytes=peak_memory_bytes(encoder.device), resumed_from_step=resumed_step)
+        peak_memory_bytes=peak_memory_bytes(encoder.device), resumed_from_step=resumed_step, ranks=world)
+
+
+@dataclass
+class _Resumed:
+    task: WindowTask
+    progress: TrainingProgress
+
+
+def _resume(config: FinetuneConfig, inputs: FinetuneInputs, work: WorkDir, loop: LoopSettings,
+            group: Group | None, stack: ExitStack) -> _Resumed:
+    """Enter the work folder (rank 0, or the one process; the lock is held in `stack`),
+    build this rank's task, and load the last checkpoint into it (every rank, the same
+    file). Under torchrun each step is agreed, so a failure anywhere is one line."""
+    if group is None:
+        stack.enter_context(work)
+        task = inputs.task(config)
+        return _Resumed(task, resume(work.dir, task, loop))
+    mine = {}
+    try:
+        if group.rank == 0:
+            stack.enter_context(work)
+    except (UserError, OSError) as error:
+        mine = {"error": str(error)}
+    group.agree("work folder", mine)
+    shared_folder(group, work.dir, "--out's work folder")
+    result, mine = None, {}
+    try:
+        task = inputs.task(config, WindowShare(group.rank, group.world_size))
+        result = _Resumed(task, resume(work.dir, task, loop))
+    except (UserError, OSError) as error:
+        mine = {"error": str(error)}
+    group.agree("resume", mine)
+    return result
 
 
 def save_model_folder(out: Path, model: WindowClassifier, tokenizer, record: dict):

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import sys
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -27,7 +29,7 @@ import torch.distributed as dist
 from longdoc.runtime.devices import resolve_device
 from longdoc.runtime.errors import ReportedElsewhere, UserError
 from longdoc.runtime.process import usable_cores
-from longdoc.runtime.workdir import atomic_write_bytes, differences
+from longdoc.runtime.workdir import atomic_write_bytes, differences, first_line
 
 # Setup collectives wait at most this long for the slowest rank. Every rank does the
 # same work before them (load the corpus and the encoder, tokenize an N-th), so the
@@ -121,10 +123,31 @@ def same_as_rank_zero(key: str, keys=None, hint: str = "give them explicitly"):
     return check
 
 
+class PeerLost(UserError):
+    """A collective failed because another rank is gone (killed, or failed itself)."""
+
+
+@contextmanager
+def collective(what: str):
+    """Around a collective of the work (an all-reduce of a step): a peer that died turns
+    torch's RuntimeError (gloo: "Connection reset by peer", nccl: a watchdog error) into one
+    line that says what happened; torchrun's report below it names the rank."""
+    try:
+        yield
+    except RuntimeError as error:
+        cause = re.sub(r"^\[[^\]]*\]\s*", "", first_line(error))[:100]  # gloo's source location first
+        raise PeerLost(f"another rank stopped during {what} ({cause}); torchrun's report names it; "
+                       f"rerun the same command to resume") from None
+
+
 def failure_line(group: Group, error: BaseException):
     """Report `error`, met by this rank in its own work, to rank 0 and return the one-line
     UserError to raise (`raise failure_line(group, e) from None`): bad input or the
-    machine (UserError, OSError) as it is, a bug with its traceback printed first."""
+    machine (UserError, OSError) as it is, a bug with its traceback printed first. A lost
+    peer (`PeerLost`: this rank did not fail) is said once for the run: not at all when the
+    rank that failed has said why itself, else by rank 0 alone (a rank was killed)."""
+    if isinstance(error, PeerLost):
+        return ReportedElsewhere(str(error)) if group.rank != 0 or group.failure_reported() else error
     if isinstance(error, (UserError, OSError)):
         return group.report_failure(str(error))
     traceback.print_exc()
@@ -207,6 +230,14 @@ class Group:
         except Exception:  # the store may be gone with torchrun's agent; the line below still says it
             pass
         return UserError(f"rank {self.rank} failed: {cause}")
+
+    def failure_reported(self) -> bool:
+        """Whether some rank has reported a failure of its own (`report_failure`)."""
+        try:
+            keys = [f"report/{r}" for r in range(self.world_size)]
+            return any("error" in json.loads(self.store.get(key)) for key in keys if self.store.check([key]))
+        except Exception:  # the store may be gone with torchrun's agent
+            return False
 
     def reports(self) -> list[dict]:
         """Rank 0: every rank's report, once all are in (`wait_for_reports`)."""

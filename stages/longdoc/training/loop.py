@@ -102,6 +102,9 @@ class LoopSettings:
     progress: bool | None = None  # the bar: None shows it on a terminal only
     unit: str = "step"
     leave_bar: bool = True
+    # False on every torchrun rank but 0: the replicas are equal, so rank 0 alone writes the
+    # state (and discards the work folder on divergence); the others only read it to resume.
+    saves: bool = True
 
 
 class Diverged(UserError):
@@ -132,7 +135,8 @@ def run_epochs(task: TrainingTask, progress: TrainingProgress, work: WorkDir, se
             for step in range(progress.step_in_epoch, len(batches)):
                 loss, examples = task.step(batches[step])
                 if not math.isfinite(loss):
-                    raise _diverged(work, f"training diverged at epoch {epoch}, step {step + 1} (loss {loss})")
+                    raise _diverged(work, settings,
+                                    f"training diverged at epoch {epoch}, step {step + 1} (loss {loss})")
                 progress.record_step(loss, examples)
                 bar.update(1)
                 bar.set_postfix(loss=f"{progress.epoch_loss():.4f}", refresh=False)
@@ -140,7 +144,7 @@ def run_epochs(task: TrainingTask, progress: TrainingProgress, work: WorkDir, se
                 if every and progress.step_in_epoch % every == 0 and progress.step_in_epoch < len(batches):
                     progress.epoch_seconds += time.perf_counter() - started
                     started = time.perf_counter()
-                    _save(progress, task, folder)
+                    _save(progress, task, folder, settings)
         progress.epoch_seconds += time.perf_counter() - started
         with memory_step(f"validating after epoch {epoch}", task.memory_hint):
             scores = task.validate(epoch, progress.epoch_loss())
@@ -148,10 +152,11 @@ def run_epochs(task: TrainingTask, progress: TrainingProgress, work: WorkDir, se
             raise RuntimeError(f"validate returned {sorted(scores)}, not the task's score_names {task.score_names}")
         broken = [name for name in task.score_names if not math.isfinite(scores[name])]
         if broken:
-            raise _diverged(work, f"training diverged at epoch {epoch} (validation {broken[0]} {scores[broken[0]]})")
+            raise _diverged(work, settings,
+                            f"training diverged at epoch {epoch} (validation {broken[0]} {scores[broken[0]]})")
         improved = progress.end_epoch(scores, task, settings)
         log(task.describe(progress.history[-1]) + ("  *" if improved else ""))
-        _save(progress, task, folder)
+        _save(progress, task, folder, settings)
     task.load_trainable_state(progress.best_state)
     return progress
 
@@ -177,14 +182,16 @@ def adamw_with_schedule(parameters, lr: float, weight_decay: float, total_steps:
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, warmup))
 
 
-def _diverged(work: WorkDir, what: str) -> Diverged:
-    work.discard()  # resuming would diverge again
+def _diverged(work: WorkDir, settings: LoopSettings, what: str) -> Diverged:
+    if settings.saves:
+        work.discard()  # resuming would diverge again
     return Diverged(f"{what}; nothing saved; lower --lr")
 
 
-def _save(progress: TrainingProgress, task: TrainingTask, folder: Path):
-    progress.task_state = task.state()
-    progress.save(folder, task)
+def _save(progress: TrainingProgress, task: TrainingTask, folder: Path, settings: LoopSettings):
+    if settings.saves:
+        progress.task_state = task.state()
+        progress.save(folder, task)
 
 
 def best_entry(progress: TrainingProgress) -> dict:

@@ -16,6 +16,9 @@
   the mean of each document's window probabilities.
 * `WindowTask`: the above as a `longdoc.training.loop.TrainingTask`.
 
+Under torchrun each of these takes this rank's `WindowShare` (`longdoc.training.data_parallel`,
+which says how N ranks take one step of the same global batch).
+
 `config` is the fine-tuning settings (`longdoc.configs.FinetuneConfig`; any object with
 its fields). Reads and writes nothing on disk.
 """
@@ -31,6 +34,7 @@ from torch import nn
 from longdoc.encoding.batches import pack_batches, pad_batch
 from longdoc.encoding.windows import PackedWindows, SpecialTokens, WindowSpec
 from longdoc.reports.metrics import scores
+from longdoc.training.data_parallel import WindowShare
 from longdoc.training.loop import adamw_with_schedule
 from longdoc.training.window_model import WindowClassifier, build_window_model
 
@@ -80,11 +84,13 @@ class FeatureStore:
     """
 
     def __init__(self, budget_bytes: float, lengths: np.ndarray, width: int, dtype: torch.dtype,
-                 per_token: bool):
+                 per_token: bool, owned: np.ndarray | None = None):
+        """`owned`: the windows this store may hold (under torchrun, this rank's share), all when None."""
         self.lengths = lengths if per_token else np.ones_like(lengths)
         self.per_token = per_token
         row_bytes = width * torch.finfo(dtype).bits // 8
-        capacity = int(min(self.lengths.sum(), budget_bytes // row_bytes))
+        rows = self.lengths.sum() if owned is None else self.lengths[owned].sum()
+        capacity = int(min(rows, budget_bytes // row_bytes))
         self.buffer = torch.empty((capacity, width), dtype=dtype)
         self.start = np.full(len(lengths), -1, dtype=np.int64)  # first buffer row of each window
         self.used = 0  # rows filled
@@ -121,11 +127,12 @@ class FeatureStore:
 
 class WindowTrainer:
     """What one training step needs: the model, AdamW with its schedule, the loss
-    scaler (fp16 only) and the store of frozen-bottom features."""
+    scaler (fp16 only) and the store of frozen-bottom features; under torchrun, this
+    rank's `share` of the windows (`longdoc.training.data_parallel`)."""
 
     def __init__(self, model: WindowClassifier, encoder, windows: WindowSet, window_labels: np.ndarray,
-                 config, total_steps: int):
-        self.model, self.encoder, self.windows, self.config = model, encoder, windows, config
+                 config, total_steps: int, share: WindowShare | None = None):
+        self.model, self.encoder, self.windows, self.config, self.share = model, encoder, windows, config, share
         self.window_labels = torch.from_numpy(window_labels)
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         self.optimizer, self.schedule = adamw_with_schedule(
@@ -135,8 +142,8 @@ class WindowTrainer:
         self.scaler = torch.amp.GradScaler(encoder.device.type, enabled=encoder.precision == "fp16")
         store_dtype = {"fp32": torch.float32, "fp16": torch.float16}.get(encoder.precision, torch.bfloat16)
         self.store = FeatureStore(config.feature_cache_gb * 2**30 if model.stores_features else 0,
-                                  windows.lengths, encoder.hidden_size,
-                                  store_dtype, per_token=model.unfreeze_top > 0)
+                                  windows.lengths, encoder.hidden_size, store_dtype, per_token=model.unfreeze_top > 0,
+                                  owned=None if share is None else share.of(np.arange(len(windows.lengths))))
         self.pad_id = SpecialTokens.of(encoder.tokenizer).pad_id
 
     def trainable_parameters(self) -> int:
@@ -148,7 +155,10 @@ class WindowTrainer:
         return self.store.get(self.model, self.windows, batch, self.pad_id, self.encoder.device)
 
     def step(self, batch: np.ndarray) -> float:
-        """One AdamW step on the windows `batch`; returns the mean loss."""
+        """One AdamW step on the windows `batch`; returns the mean loss. Under torchrun
+        `batch` is the global batch: this rank computes its share, the gradients are summed."""
+        if self.share is not None:
+            return self._step_of_share(batch)
         with self.encoder.autocast():
             x, mask = self.features(batch)
             logits = self.model.top(x, mask)
@@ -156,31 +166,57 @@ class WindowTrainer:
         loss = nn.functional.cross_entropy(logits.float(), self.window_labels[batch].to(self.encoder.device))
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        return self._update(loss.item())
+
+    def _step_of_share(self, batch: np.ndarray) -> float:
+        """This rank's windows of `batch`: their summed loss over the whole batch's size, so
+        that the gradients summed over the ranks are those of the batch's mean loss."""
+        torch.manual_seed(self.share.step_seed(self.config.seed, self.schedule.last_epoch))  # dropout
+        mine = self.share.of(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = 0.0
+        if len(mine):
+            with self.encoder.autocast():
+                x, mask = self.features(mine)
+                logits = self.model.top(x, mask)
+            total = nn.functional.cross_entropy(logits.float(), self.window_labels[mine].to(self.encoder.device),
+                                                reduction="sum") / len(batch)
+            self.scaler.scale(total).backward()
+            loss = total.item()
+        return self._update(self.share.reduce_gradients(self.parameters, loss))
+
+    def _update(self, loss: float) -> float:
         self.scaler.unscale_(self.optimizer)
         nn.utils.clip_grad_norm_(self.parameters, self.config.max_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.schedule.step()
-        return loss.item()
+        return loss
 
 
 @torch.inference_mode()
 def validate_windows(model: WindowClassifier, windows: WindowSet, val_windows: np.ndarray,
-                     labels: np.ndarray, val_docs: np.ndarray, features, batch_tokens: int, encoder) -> dict:
+                     labels: np.ndarray, val_docs: np.ndarray, features, batch_tokens: int, encoder,
+                     share: WindowShare | None = None) -> dict:
     """Window loss and accuracy; document accuracy and macro-F1 (as `evaluate` scores
-    them) from the mean of each document's window probabilities."""
+    them) from the mean of each document's window probabilities. Under torchrun each
+    rank scores its `share` and the sums are added up, so every rank has the same scores."""
     model.eval()
     n_classes = model.classifier.out_features
     probabilities = np.zeros((len(val_windows), n_classes), dtype=np.float64)
     loss_sum = 0.0
+    rows = np.arange(len(val_windows)) if share is None else share.positions(val_windows)
     with encoder.autocast():
-        for batch in pack_batches(windows.lengths[val_windows], batch_tokens):
+        for batch in pack_batches(windows.lengths[val_windows[rows]], batch_tokens):
+            batch = rows[batch]
             ids = val_windows[batch]
             x, mask = features(ids)
             logits = model.top(x, mask).float()
             target = torch.from_numpy(labels[windows.doc_of_window[ids]]).to(logits.device)
             loss_sum += float(nn.functional.cross_entropy(logits, target, reduction="sum"))
             probabilities[batch] = logits.softmax(-1).cpu().numpy()
+    if share is not None:
+        probabilities, loss_sum = share.sum(probabilities, loss_sum, encoder.device)
     owners = windows.doc_of_window[val_windows]
     window_truth = labels[owners]
     position = np.searchsorted(val_docs, owners)  # val_docs is sorted
@@ -207,11 +243,12 @@ class WindowTask:
 
     @classmethod
     def build(cls, encoder, token_ids: list[np.ndarray], labels: np.ndarray, n_classes: int, unfreeze_top: int,
-              train_docs: np.ndarray, val_docs: np.ndarray, config) -> WindowTask:
+              train_docs: np.ndarray, val_docs: np.ndarray, config, share: WindowShare | None = None) -> WindowTask:
         """What `finetune` trains: the windows of the documents `token_ids` (`tokenize`), the
         window model (`build_window_model`: the BERT fast path or the generic one) whose top
         `unfreeze_top` layers train, initialised from `config.seed`, and its trainer over
-        `config.max_epochs` epochs of the windows of `train_docs`."""
+        `config.max_epochs` epochs of the windows of `train_docs`; under torchrun, this
+        rank's `share` of every batch (every rank builds the same model from the seed)."""
         torch.manual_seed(config.seed)
         model = build_window_model(encoder.model, n_classes, unfreeze_top, config.dropout,
                                    config.gradient_checkpointing, encoder.window_vector)
@@ -221,7 +258,7 @@ class WindowTask:
         steps_per_epoch = len(epoch_batches(windows.of_docs(train_docs), windows.lengths, config.batch_tokens,
                                             config.seed, 0))
         trainer = WindowTrainer(model, encoder, windows, labels[windows.doc_of_window], config,
-                                steps_per_epoch * config.max_epochs)
+                                steps_per_epoch * config.max_epochs, share)
         return cls(trainer, labels, train_docs, val_docs)
 
     def start_epoch(self, epoch: int) -> list[np.ndarray]:
@@ -234,7 +271,8 @@ class WindowTask:
 
     def validate(self, epoch: int, train_loss: float) -> dict:
         return validate_windows(self.model, self.trainer.windows, self.val_windows, self.labels, self.val_docs,
-                                self.trainer.features, self.config.batch_tokens, self.trainer.encoder)
+                                self.trainer.features, self.config.batch_tokens, self.trainer.encoder,
+                                self.trainer.share)
 
     def describe(self, entry: dict) -> str:
         return (f"epoch {entry['epoch']}  train loss {entry['train_loss']:.4f}  "
