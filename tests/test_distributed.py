@@ -30,7 +30,7 @@ from longdoc.embedding.shards import (
 )
 from longdoc.encoding.windows import SpecialTokens, WindowSpec
 from longdoc.runtime.errors import ReportedElsewhere, UserError
-from longdoc.runtime.ranks import Ranks, describe_failures, thread_count, wait_for_reports
+from longdoc.runtime.ranks import Ranks, describe_failures, same_as_rank_zero, thread_count, wait_for_reports
 
 # --- the shard plan ------------------------------------------------------------------
 
@@ -104,6 +104,14 @@ def test_failures_are_described_in_one_line():
     assert describe_failures([(0, "x"), (2, "x")], 4) == "ranks 0, 2 failed: x"
     assert describe_failures([(0, "x"), (1, "x")], 2) == "every rank failed: x"
     assert describe_failures([(0, "x"), (1, "y")], 2) == "rank 0 failed: x; rank 1 failed: y"
+
+
+def test_a_rank_whose_settings_differ_from_rank_zeros_is_marked_failed_naming_the_setting():
+    everyone = [{"settings": {"top_k": 0, "data": "x"}}, {"settings": {"top_k": 2, "data": "x"}},
+                {"settings": {"top_k": 0, "data": "x"}}, {"error": "disk full"}]
+    same_as_rank_zero("settings", hint="same options")(everyone)
+    assert everyone[1]["error"] == "settings differ from rank 0's (top_k: 2 (rank 1) vs 0 (rank 0)); same options"
+    assert "error" not in everyone[2] and everyone[3]["error"] == "disk full"
 
 
 def test_rank_zero_waits_for_reports_and_stops_on_a_failure_or_a_silent_rank():
