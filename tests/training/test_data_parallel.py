@@ -50,3 +50,13 @@ def test_reduce_gradients_fills_a_rank_without_windows_with_zeros_and_returns_th
         assert share.step_seed(0, 5) == WindowShare(0, 2).step_seed(0, 5) != WindowShare(1, 2).step_seed(0, 5)
     finally:
         dist.destroy_process_group()
+
+
+def test_each_ranks_feature_store_holds_room_for_its_own_windows_only():
+    from longdoc.training.window_task import FeatureStore
+
+    lengths = np.array([5, 7, 3, 9, 4], dtype=np.int64)
+    whole = FeatureStore(1e9, lengths, 8, torch.float32, per_token=True)
+    shares = [FeatureStore(1e9, lengths, 8, torch.float32, per_token=True,
+                           owned=WindowShare(r, 2).of(np.arange(5))) for r in range(2)]
+    assert len(whole.buffer) == 28 and [len(s.buffer) for s in shares] == [5 + 3 + 4, 7 + 9]
