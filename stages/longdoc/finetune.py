@@ -208,7 +208,7 @@ def _train(config: FinetuneConfig, log, started: float, group: Group | None = No
         inputs = load_inputs(config)
         data_fingerprint = inputs.corpus.fingerprint()  # sha256 over every text: computed once
         settings = _settings(config, inputs.encoder.fingerprint, data_fingerprint, inputs.unfreeze_top, world)
-        mine = {"settings": settings}
+        mine = {"settings": {**settings, "precision run": inputs.encoder.precision}}  # "auto" resolved here
     except (UserError, OSError) as error:
         if group is None:
             raise
@@ -221,10 +221,10 @@ def _train(config: FinetuneConfig, log, started: float, group: Group | None = No
                         saves=rank == 0)
     work = WorkDir(out, settings, fresh=config.overwrite)
     with ExitStack() as stack:
-        progress = _resume(config, inputs, work, loop, group, stack)
-        task, resumed_step = progress.task, progress.progress.global_step
+        task, progress = _resume(config, inputs, work, loop, group, stack)
+        resumed_step = progress.global_step
         try:
-            progress = run_epochs(task, progress.progress, work, loop, log)
+            progress = run_epochs(task, progress, work, loop, log)
         except Diverged as error:  # every rank sees the same losses and scores: rank 0 says it
             if rank != 0:
                 raise ReportedElsewhere(str(error)) from None
@@ -261,21 +261,15 @@ def _train(config: FinetuneConfig, log, started: float, group: Group | None = No
         peak_memory_bytes=peak_memory_bytes(encoder.device), resumed_from_step=resumed_step, ranks=world)
 
 
-@dataclass
-class _Resumed:
-    task: WindowTask
-    progress: TrainingProgress
-
-
 def _resume(config: FinetuneConfig, inputs: FinetuneInputs, work: WorkDir, loop: LoopSettings,
-            group: Group | None, stack: ExitStack) -> _Resumed:
+            group: Group | None, stack: ExitStack) -> tuple[WindowTask, TrainingProgress]:
     """Enter the work folder (rank 0, or the one process; the lock is held in `stack`),
     build this rank's task, and load the last checkpoint into it (every rank, the same
     file). Under torchrun each step is agreed, so a failure anywhere is one line."""
     if group is None:
         stack.enter_context(work)
         task = inputs.task(config)
-        return _Resumed(task, resume(work.dir, task, loop))
+        return task, resume(work.dir, task, loop)
     mine = {}
     try:
         if group.rank == 0:
@@ -287,7 +281,7 @@ def _resume(config: FinetuneConfig, inputs: FinetuneInputs, work: WorkDir, loop:
     result, mine = None, {}
     try:
         task = inputs.task(config, WindowShare(group.rank, group.world_size))
-        result = _Resumed(task, resume(work.dir, task, loop))
+        result = task, resume(work.dir, task, loop)
     except (UserError, OSError) as error:
         mine = {"error": str(error)}
     group.agree("resume", mine)
