@@ -263,7 +263,7 @@ def test_an_interrupted_run_resumes_to_the_same_head(tmp_path, toy, monkeypatch,
 
 @pytest.mark.slow
 def test_a_killed_process_resumes_to_the_same_head(tmp_path, toy):
-    from conftest import kill_cli_once_written, run_cli
+    from checkout import kill_cli_once_written, run_cli
 
     def args(out):
         return ["train-head", "--train", str(toy[0]), "--out", str(out), "--pooling", "transformer", "--epochs", "8",
