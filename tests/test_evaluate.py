@@ -30,8 +30,12 @@ def test_report_files_and_figures(trained, tmp_path):
     head, test, _ = trained
     result = run_evaluate(EvaluateConfig(head=str(head), cache=str(test), report=str(tmp_path / "report")))
     files = sorted(p.name for p in (tmp_path / "report").iterdir())
-    assert files == ["confusion_matrix.png", "metrics.json", "report.html", "report.md"]
+    assert files == ["confusion_matrix.png", "metrics.json", "reliability.png", "report.html", "report.md"]
     metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    # calibration: each document's top probability against whether its top class is right
+    assert metrics["calibration"]["predictions"] == 60 and 0.0 <= metrics["calibration"]["ece"] <= 1.0
+    assert sum(b["count"] for b in metrics["calibration"]["bins"]) == 60
+    assert "expected calibration error" in (tmp_path / "report" / "report.md").read_text()
     assert metrics["accuracy"] == pytest.approx(result.metrics["accuracy"]) and metrics["accuracy"] > 0.8
     assert np.asarray(metrics["confusion_matrix"]).sum() == 60
     assert np.trace(metrics["confusion_matrix"]) / 60 == pytest.approx(metrics["accuracy"])
