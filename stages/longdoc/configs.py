@@ -310,15 +310,17 @@ class TrainConfig:
     max_epochs: int = setting(40, "Most epochs; early stopping usually ends sooner.", option="epochs",
                               check=at_least(1))
     patience: int = setting(5, "Stop after this many epochs without a better validation macro-F1 (with both "
-                               "inputs: the window branch's validation loss).", check=at_least(1))
+                               "inputs or label sets: the window branch's validation loss).", check=at_least(1))
     # Warm-up over the first 5% of steps keeps the first updates of a fresh head small.
     warmup_fraction: float = 0.05
     # 32 documents per step: ~320 steps per epoch on 20NG, stable AdamW statistics.
     batch_docs: int = setting(32, "Documents per training step.", check=at_least(1))
     # At most 4096 padded windows (6 MB of MiniLM vectors) per batch bounds memory.
     batch_windows: int = setting(4096, "Most padded windows per batch (bounds memory).", check=at_least(1))
-    # Inverse-frequency weights in the loss (for skewed classes).
-    class_weights: bool = setting(False, "Weight the loss by inverse class frequency.", negatable=True)
+    # Inverse-frequency weights in the loss (for skewed classes); label sets: each label's
+    # positives by negatives / positives in the loss and class_weight="balanced" in its SVM.
+    class_weights: bool = setting(False, "Weight the loss by inverse class frequency (label sets: each label's "
+                                         "positives, in both branches).", negatable=True)
     seed: int = setting(0, "Seeds the split, the batch order, the weights and dropout.")
     memory_budget_mb: float = memory_budget_setting()
     # The head's matrices are small: one thread avoids OpenMP hand-offs, which cost
