@@ -254,3 +254,22 @@ def test_labels_the_head_never_saw_are_scored_as_missed_and_counted(multi_traine
     assert result.metrics["micro_f1"] <= 2 * (true_pairs - 20) / (2 * true_pairs - 20) + 1e-9  # 20 pairs missed
     assert "2 labels unseen in training, scored as missed" in result.line()
     assert "scored as missed" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_a_multi_label_report_shows_any_legal_label_name(tmp_path):
+    from synthetic import write_multilabel_cache
+
+    names = json.dumps(HOSTILE_BUT_LEGAL)
+    n = len(HOSTILE_BUT_LEGAL)
+    train = write_multilabel_cache(tmp_path / "train.h5", n_docs=80, n_labels=n, seed=0, label_names=names)
+    test = write_multilabel_cache(tmp_path / "test.h5", n_docs=30, n_labels=n, seed=1, label_names=names)
+    run_train_head(TrainConfig(train=str(train), out=str(tmp_path / "head.pt"), pooling="mean", max_epochs=3,
+                               progress=False, curve=False), log=lambda line: None)
+    run_evaluate(EvaluateConfig(head=str(tmp_path / "head.pt"), cache=str(test), report=str(tmp_path / "report")))
+    report = tmp_path / "report"
+    assert (report / "label_f1.png").stat().st_size > 1000 and (report / "reliability.png").stat().st_size > 1000
+    lines = (report / "report.md").read_text().splitlines()
+    table = lines[lines.index("| label | precision | recall | F1 | support | predicted | threshold |") + 2:][:n]
+    assert all(line.count("|") - line.count("\\|") == 8 for line in table), table  # seven cells each
+    assert "\\<script\\>" in "".join(table) and "<script>" not in "".join(lines)
+    assert [c["label"] for c in json.loads((report / "metrics.json").read_text())["per_label"]] == HOSTILE_BUT_LEGAL
