@@ -611,6 +611,22 @@ def test_a_multi_label_runs_validation_is_iterative_and_class_weights_weigh_both
         np.testing.assert_array_equal(calls[0], cache.label_matrix(val))
     record = load_checkpoint(summary.out).training["linear_branch"]
     assert record["balanced"] is True and "val_micro_macro_f1" in record
+    by_default = train(tmp_path, label_sets[0], name="default.pt", inputs="terms")  # on for label sets
+    assert load_checkpoint(by_default.out).training["linear_branch"]["balanced"] is True
+    off = train(tmp_path, label_sets[0], name="off.pt", inputs="terms", class_weights=False)
+    assert load_checkpoint(off.out).training["linear_branch"]["balanced"] is False
+
+
+def test_class_weights_default_to_off_for_classes_and_on_for_label_sets_from_the_command_line(tmp_path, label_sets):
+    from synthetic import cli_error
+
+    for cache, name in ((label_sets[0], "multi.pt"), (lexical_cache(tmp_path / "single.h5"), "single.pt")):
+        code, lines = cli_error("in-process", "train-head", "--train", cache, "--out", tmp_path / name, "--epochs",
+                                "1", "--no-progress")
+        assert code == 0, lines
+    multi, single = load_checkpoint(tmp_path / "multi.pt"), load_checkpoint(tmp_path / "single.pt")
+    assert multi.training["config"]["class_weights"] is None and multi.training["linear_branch"]["balanced"] is True
+    assert single.training["config"]["class_weights"] is None and "balanced" not in single.training["linear_branch"]
 
 
 def test_a_label_of_one_document_and_documents_without_labels_train(tmp_path):

@@ -47,7 +47,8 @@ the encoder, GPUs beyond what `--device` gives torch for the (small) head.
 
 Label sets. The task is the training cache's (`--val` of the other task is refused): on a
 multi-label cache the head has a sigmoid per label and the window branch learns by binary
-cross-entropy (`--class-weights`: each label's positives weighed by its negatives / positives,
+cross-entropy (`--class-weights`, on by default for label sets: each label's positives weighed by
+its negatives / positives,
 `longdoc.training.head_task.positive_weight_tensor`; the linear branch's SVMs then weigh
 theirs as `class_weight="balanced"` does), epochs compared by validation loss; the linear
 branch is one binary SVM per label (`longdoc.training.linear_fit.fit_binary_svms`); the
@@ -198,9 +199,14 @@ def _fit_linear(head: Head, train: CacheDocuments, val: CacheDocuments, config: 
     return fit_linear_branch(head, train, val, config.term_c, log=lines.append, balanced=_balanced(head, config)), lines
 
 
+def _weighted(head: Head, config: TrainConfig) -> bool:
+    """--class-weights, or where not given its default: on for label sets, off for classes (configs.py)."""
+    return config.class_weights if config.class_weights is not None else head.multi_label
+
+
 def _balanced(head: Head, config: TrainConfig) -> bool:
-    """Whether the linear branch's SVMs weigh each label's documents (label sets with --class-weights)."""
-    return head.multi_label and config.class_weights
+    """Whether the linear branch's SVMs weigh each label's documents (label sets with class weights)."""
+    return head.multi_label and _weighted(head, config)
 
 
 def _fit_decision(head: Head, task: HeadTask, config: TrainConfig, log) -> tuple[Decision, dict]:
@@ -290,7 +296,7 @@ def run(config: TrainConfig, log=None) -> TrainSummary:
                                  task=train_cache.task)
         head = Head(head_config)
         weights = None
-        if config.class_weights:
+        if _weighted(head, config):
             weights = (positive_weight_tensor(train.labels[train_docs]) if head.multi_label
                        else class_weight_tensor(train_cache.labels[train_docs], len(names)))
         loss_fn = task_loss(head.multi_label, weights)  # on logits: it applies log-softmax or log-sigmoid itself
