@@ -181,3 +181,40 @@ def test_label_filters_in_a_real_browser(tmp_path):
         assert len(set(styles.values())) == 4, styles
         browser.close()
     assert all(url.startswith("file://") for url in requests), requests
+
+
+def test_views_of_a_head_explain_its_most_probable_predicted_labels():
+    """From a head's probabilities and decision to the page: each shown document's predicted
+    labels explained (most probable first, at most MAX_EXPLAINED), its chips, its terms."""
+    import torch
+
+    from longdoc.heads.batches import CacheDocuments, predict_logits
+    from longdoc.heads.head import Head
+    from longdoc.reports.label_set_views import MAX_EXPLAINED, build_label_set_views
+    from longdoc.settings.model import HeadConfig
+    from longdoc.training.thresholds import Decision
+
+    counts = [1, 4, 2, 7, 3]
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    documents = CacheDocuments(np.random.default_rng(0).normal(size=(offsets[-1], 8)).astype(np.float32), offsets,
+                               np.zeros(len(counts), dtype=np.int64))
+    torch.manual_seed(0)
+    head = Head(HeadConfig("attention", 8, 8, inner_dim=8)).eval()
+    probabilities = torch.sigmoid(torch.from_numpy(predict_logits(head, documents))).numpy()
+    decision = Decision(np.full(8, 0.3), "best")
+    predicted = decision.apply(probabilities)
+    truth = np.zeros_like(predicted)
+    truth[:, 0] = True
+    wrong, right = select_label_set_documents(truth, predicted, 10, 10)
+    shown = np.concatenate([wrong, right])
+    views = build_label_set_views(head, documents, shown, probabilities, truth, predicted, decision.thresholds,
+                                  [f"d{i}" for i in range(5)])
+    for v in views:
+        assert v.predicted.tolist() == np.flatnonzero(predicted[v.index]).tolist() and v.true.tolist() == [0]
+        labels = [e.label for e in v.explained]
+        assert len(labels) == min(MAX_EXPLAINED, len(v.predicted))
+        assert [v.probabilities[k] for k in labels] == sorted([v.probabilities[k] for k in labels], reverse=True)
+        assert all(len(e.contributions) == counts[v.index] for e in v.explained)
+    page = render_label_set_report(label_set_metrics([f"l{i}" for i in range(8)]), views, len(wrong), len(right),
+                                   10, 10)
+    assert page.count('<details class="doc') == 5 and 'class="why" data-label=' in page

@@ -52,7 +52,7 @@ from longdoc.reports.html import (
     shaded_text,
     strip,
 )
-from longdoc.reports.label_set_views import LabelSetView
+from longdoc.reports.label_set_views import MAX_EXPLAINED, LabelSetView
 from longdoc.reports.metrics import LABEL_F1_PNG, by_support
 
 # Rows of the per-label table: the most frequent labels; every label's figures are in metrics.json.
@@ -63,8 +63,6 @@ MAX_LISTED_LABELS = 200
 MAX_FILTER_LABELS = 1000
 # Chips per row of a document (a document may carry 500 labels); the rest are counted.
 MAX_CHIPS = 40
-# Predicted labels whose windows and terms are shown per document, most probable first.
-MAX_EXPLAINED_LABELS = 5
 
 LABEL_STYLE = """
 .chip{display:inline-block;border-radius:9px;padding:0 .5em;margin:1px 2px;font-size:.85em;border:1px solid}
@@ -137,7 +135,7 @@ def _document(view: LabelSetView, names: list[str], opened: bool, max_chars: int
             f'{"exact" if view.exact else f"{missed} missed, {extra} extra"}; {windows} '
             f'window{"s" * (windows != 1)}</summary>')
     body = _chips(view, names)
-    for explained in view.explained[:MAX_EXPLAINED_LABELS]:
+    for explained in view.explained[:MAX_EXPLAINED]:
         body += (f'<div class="why" data-label="{explained.label}"><span class="note">windows for '
                  f'{label_html(names[explained.label])}:</span>{strip(explained.contributions, view.spans)}')
         if explained.terms:
@@ -146,8 +144,9 @@ def _document(view: LabelSetView, names: list[str], opened: bool, max_chars: int
                 f'<code style="background:{shade(t.contribution, scale)}">{E(visible(t.term or "?"))}</code> '
                 f'{t.contribution:+.3f}' for t in explained.terms[:8]) + "</p>")
         body += "</div>"
-    if len(view.explained) > MAX_EXPLAINED_LABELS:
-        body += f'<p class="note">{len(view.explained) - MAX_EXPLAINED_LABELS:,} more predicted labels not explained</p>'
+    unexplained = len(view.predicted) - len(view.explained[:MAX_EXPLAINED])
+    if view.explained and unexplained > 0:
+        body += f'<p class="note">{unexplained:,} less probable predicted labels not explained</p>'
     if view.text is not None and view.explained:
         first = view.explained[0]
         body += (f'<p class="note">text shaded for {label_html(names[first.label])}, the most probable predicted '
