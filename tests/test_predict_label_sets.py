@@ -23,7 +23,7 @@ from longdoc.heads.batches import CacheDocuments, predict_logits
 from longdoc.heads.checkpoint import load_checkpoint
 from longdoc.predict import Prediction
 from longdoc.predict import run as run_predict
-from longdoc.reports.label_sets import MULTI_LABEL, probabilities, split_cell
+from longdoc.reports.label_set_rows import MULTI_LABEL, probabilities, split_cell
 from longdoc.training.thresholds import Decision
 
 

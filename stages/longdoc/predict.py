@@ -12,7 +12,7 @@ on. Windowing and encoding are stage one's own code (`longdoc.encoding.windows`,
 (`longdoc.explain.contributions`), with their character spans and text; `--explain-terms`, for a
 head with a term branch, its terms with the largest contribution.
 
-A multi-label head (its config's `task`, `longdoc.reports.label_sets.head_task`) gives each
+A multi-label head (its config's `task`, `longdoc.reports.label_set_rows.head_task`) gives each
 document a label set: every label whose sigmoid probability reaches the threshold the head
 recorded for it (its `Decision`, fitted on validation), and, where the decision says so, the
 most probable label when none does. Each predicted label comes with its probability and its
@@ -55,7 +55,7 @@ from longdoc.explain.contributions import EXPLAIN_TERMS, explain_documents, expl
 from longdoc.explain.text import name_terms, tokenize_with_offsets, window_spans
 from longdoc.heads.batches import CacheDocuments, predict_logits
 from longdoc.heads.checkpoint import load_checkpoint
-from longdoc.reports.label_sets import MULTI_LABEL, chosen_labels, head_task, join_cell, probabilities
+from longdoc.reports.label_set_rows import MULTI_LABEL, chosen_labels, head_task, join_cell, probabilities
 from longdoc.reports.predictions import RowBlocks, RowFormat, plan_blocks
 from longdoc.runtime.errors import UserError
 from longdoc.runtime.process import memory_step, peak_memory_bytes, progress_bar

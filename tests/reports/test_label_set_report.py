@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from html.parser import HTMLParser
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -218,3 +219,44 @@ def test_views_of_a_head_explain_its_most_probable_predicted_labels():
     page = render_label_set_report(label_set_metrics([f"l{i}" for i in range(8)]), views, len(wrong), len(right),
                                    10, 10)
     assert page.count('<details class="doc') == 5 and 'class="why" data-label=' in page
+
+
+def test_the_page_of_a_head_on_a_multi_label_cache_with_unseen_labels(tmp_path):
+    """label_set_html, evaluate's one call: a cache's label sets, a head and its decision; the
+    test labels the head never saw are missed chips, named after the head's labels."""
+    import torch
+    from synthetic import random_label_sets, write_synthetic_cache
+
+    from longdoc.cache.reader import open_cache
+    from longdoc.heads.batches import CacheDocuments, predict_logits
+    from longdoc.heads.head import Head
+    from longdoc.reports.label_set_rows import MULTI_LABEL, probabilities
+    from longdoc.reports.label_sets_html import label_set_html
+    from longdoc.settings.model import HeadConfig
+    from longdoc.training.thresholds import Decision
+
+    sets = random_label_sets(30, 6, seed=2)
+    path = write_synthetic_cache(tmp_path / "c.h5", n_docs=30, n_classes=6, label_sets=sets)
+    torch.manual_seed(0)
+    head = Head(HeadConfig("mean", 16, 5)).eval()  # knows labels 0-4; label 5 is unseen
+    decision = Decision(np.full(5, 0.5), "best", "global")
+    checkpoint = SimpleNamespace(head=head, decision=decision, terms=None)
+    truth = np.zeros((30, 6), dtype=bool)
+    for d, s in enumerate(sets):
+        truth[d, s] = True
+    with open_cache(path) as cache:
+        documents = CacheDocuments.from_cache(cache, labels=np.zeros(30))
+        p = probabilities(predict_logits(head, documents), MULTI_LABEL)
+        names = [f"label {i}" for i in range(5)]
+        metrics = label_set_metrics(names + ["<unseen>"])
+        metrics["label_names"] = names
+        page = label_set_html(checkpoint, cache, documents, p, truth[:, :5], metrics, None, 30, 30, truth[:, 5:])
+    docs = re.findall(r'<details class="doc (\w+)" id="doc-(\d+)" data-true="([\d ]*)" data-pred="([\d ]*)"', page)
+    assert len(docs) == 30
+    for kind, d, true, pred in docs:
+        assert true.split() == [str(k) for k in sets[int(d)]]
+        assert pred.split() == [str(k) for k in np.flatnonzero(decision.apply(p[int(d):int(d) + 1])[0])]
+        assert (kind == "right") == (true == pred)
+    unseen_doc = next(int(d) for d, s in enumerate(sets) if 5 in s)
+    block = page[page.index(f'id="doc-{unseen_doc}"'):]
+    assert '<span class="chip missed" data-label="5" title="&lt;unseen&gt;: missed"' in block[:block.index("</details>")]

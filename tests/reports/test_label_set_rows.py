@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from longdoc.reports.label_sets import (
+from longdoc.reports.label_set_rows import (
     MULTI_LABEL,
     SINGLE_LABEL,
     chosen_labels,

@@ -55,7 +55,8 @@ def build_label_set_views(head, documents, docs: np.ndarray, probabilities: np.n
                           spans: list[np.ndarray] | None = None, texts: list[str] | None = None,
                           term_weights=None, max_explained: int = MAX_EXPLAINED) -> list[LabelSetView]:
     """LabelSetViews of documents `docs` (cache indices). `probabilities` [documents, labels]
-    (sigmoid), `truth` and `predicted` bool [documents, labels] (the head's decision applied),
+    (sigmoid), `truth` and `predicted` bool [documents, labels] (the head's decision applied;
+    they may hold more labels than the head: unseen ones, never predicted),
     `thresholds` [labels]: all indexed by cache document; `spans`/`texts` are per entry of
     `docs`. With texts and the head's `term_weights`, the top terms are named."""
     docs = np.asarray(docs, dtype=np.int64)
@@ -68,9 +69,10 @@ def build_label_set_views(head, documents, docs: np.ndarray, probabilities: np.n
     if named:
         flat = [e for per_doc in explanations for e in per_doc]
         name_terms(flat, term_weights, [texts[n] for n, per_doc in enumerate(explanations) for _ in per_doc])
+    n_head = probabilities.shape[1]  # labels past it: test labels the head never saw (no probability)
     for n, (d, per_doc) in enumerate(zip(docs.tolist(), explanations)):
         true, chosen = np.flatnonzero(truth[d]), np.flatnonzero(predicted[d])
-        shown = np.union1d(true, chosen).tolist()
+        shown = [k for k in np.union1d(true, chosen).tolist() if k < n_head]
         views.append(LabelSetView(
             d, doc_ids[d], true.astype(np.int64), chosen.astype(np.int64),
             {k: float(probabilities[d, k]) for k in shown}, {k: float(thresholds[k]) for k in shown},

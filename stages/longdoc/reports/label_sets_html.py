@@ -16,6 +16,9 @@ Metrics read (absent optional ones are left out of the page):
     decision    {rule, empty, ...} (`longdoc.training.thresholds.Decision.to_dict`)  optional
     calibration (`longdoc.reports.metrics.calibration`)                   optional
 
+`label_set_html` is evaluate's one call: it picks the documents, maps their windows to text,
+explains them and renders the page.
+
 What it shows: the figures, the decision rule, the per-label table and LABEL_F1_PNG (the
 `MAX_TABLE_LABELS` most frequent labels; every label is in metrics.json), the labels with
 true documents that were never predicted (up to `MAX_LISTED_LABELS` named), calibration,
@@ -41,6 +44,7 @@ import unicodedata
 
 import numpy as np
 
+from longdoc.explain.text import WindowMapper, cached_geometry
 from longdoc.reports.html import (
     HEAD_CHARS,
     MAX_CHARS,
@@ -52,7 +56,7 @@ from longdoc.reports.html import (
     shaded_text,
     strip,
 )
-from longdoc.reports.label_set_views import MAX_EXPLAINED, LabelSetView
+from longdoc.reports.label_set_views import MAX_EXPLAINED, LabelSetView, build_label_set_views
 from longdoc.reports.metrics import LABEL_F1_PNG, by_support
 
 # Rows of the per-label table: the most frequent labels; every label's figures are in metrics.json.
@@ -108,6 +112,32 @@ def select_label_set_documents(truth: np.ndarray, predicted: np.ndarray, max_wro
     return wrong, np.sort(right[pick])
 
 
+def label_set_html(checkpoint, cache, documents, probabilities: np.ndarray, truth: np.ndarray, metrics: dict,
+                   texts: list[str] | None, max_wrong: int, n_correct: int, unseen: np.ndarray | None = None) -> str:
+    """report.html of a multi-label head (`checkpoint`: its head, decision and term weights)
+    on `cache`: `probabilities` [documents, head labels], `truth` bool [documents, head labels],
+    `unseen` bool [documents, labels the head never saw] (missed chips; their names follow the
+    head's in `metrics["per_label"]`); with `texts` (the corpus's, by cache document) the
+    windows are mapped to text. Explains the documents it shows, then renders the page."""
+    predicted = checkpoint.decision.apply(probabilities)
+    if unseen is not None and unseen.shape[1]:
+        truth = np.concatenate([truth, unseen], 1)
+        predicted = np.concatenate([predicted, np.zeros_like(unseen, dtype=bool)], 1)
+    wrong, right = select_label_set_documents(truth, predicted, max_wrong, n_correct)
+    shown = np.concatenate([wrong, right]).astype(np.int64)
+    doc_ids = cache.doc_ids()
+    spans = shown_texts = None
+    if texts is not None:
+        doc_tokens, starts = cached_geometry(cache, shown)
+        shown_texts = [texts[i] for i in shown.tolist()]
+        spans = WindowMapper.for_cache(cache).spans([doc_ids[i] for i in shown.tolist()], shown_texts,
+                                                    doc_tokens, starts)
+    views = build_label_set_views(checkpoint.head, documents, shown, probabilities, truth, predicted,
+                                  checkpoint.decision.thresholds, doc_ids, spans, shown_texts, checkpoint.terms)
+    n_wrong = int((truth != predicted).any(1).sum())
+    return render_label_set_report(metrics, views, n_wrong, len(truth) - n_wrong, max_wrong, n_correct)
+
+
 def _chips(view: LabelSetView, names: list[str]) -> str:
     true, predicted = set(view.true.tolist()), set(view.predicted.tolist())
 
@@ -159,8 +189,18 @@ def _document(view: LabelSetView, names: list[str], opened: bool, max_chars: int
             f'{" open" if opened else ""}>{head}{body}</details>')
 
 
+def label_names(m: dict) -> list[str]:
+    """Every label the page names, by index: the head's (`label_names`), then the test labels
+    the head never saw, which evaluate appends to `per_label` (scored as missed)."""
+    names = list(m["label_names"])
+    rows = m.get("per_label") or []
+    return names + [str(r.get("label")) for r in rows[len(names):]]
+
+
 def _per_label(m: dict) -> str:
-    names, rows = m["label_names"], m["per_label"]
+    names, rows = label_names(m), m.get("per_label")
+    if not rows:
+        return ""
     f1 = np.array([r["f1"] for r in rows], dtype=np.float64)
     support = np.array([r["support"] for r in rows], dtype=np.int64)
     order = by_support(support, f1)
@@ -196,22 +236,27 @@ def _figure_table(title: str, table_id: str, rows: list[dict], first: str) -> st
 
 
 def _decision(m: dict) -> str:
-    decision = m.get("decision")
+    decision, unseen = m.get("decision"), m.get("unseen_labels") or {}
+    note = (f'<p id="unseen">{unseen["labels"]:,} labels of this cache were never seen in training: their '
+            f'{unseen.get("missed", 0):,} true (document, label) pairs, in {unseen.get("documents", 0):,} documents, '
+            f'count as missed.</p>' if unseen.get("labels") else "")
     if not decision:
-        return ""
+        return note
     empty = ("its most probable label" if decision.get("empty") == "best" else "no label")
     return (f'<p id="decision">Decision: <b>{E(str(decision.get("rule")))}</b> thresholds, fitted on validation; '
-            f'a document whose labels all stay below their thresholds gets {empty}.</p>')
+            f'a document whose labels all stay below their thresholds gets {empty}.</p>{note}')
 
 
 def render_label_set_report(m: dict, views: list[LabelSetView], wrong_total: int, exact_total: int,
                             max_wrong: int, n_correct: int, max_chars: int = MAX_CHARS) -> str:
     """The whole page."""
-    names = m["label_names"]
+    names = label_names(m)
     wrong = [v for v in views if not v.exact]
     right = [v for v in views if v.exact]
-    figures = [(k, f"{m[k]:.4f}") for k in ("micro_f1", "macro_f1", "samples_f1", "subset_accuracy", "hamming_loss")]
-    figures += [("documents", f'{m["documents"]:,}'), ("labels", f"{len(names):,}"), ("with_mistakes", f"{wrong_total:,}")]
+    figures = [(k, f"{m[k]:.4f}") for k in ("micro_f1", "macro_f1", "samples_f1", "subset_accuracy", "hamming_loss")
+               if m.get(k) is not None]
+    figures += [("documents", f'{m["documents"]:,}'), ("labels", f'{len(m["label_names"]):,}'),
+                ("with_mistakes", f"{wrong_total:,}")]
     summary = "".join(f'<div class="figure"><b data-metric="{k}">{v}</b>{k.replace("_", "-")}</div>'
                       for k, v in figures)
     texts = any(v.text is not None for v in views)

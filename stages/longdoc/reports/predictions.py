@@ -32,7 +32,7 @@ import re
 import shutil
 from pathlib import Path
 
-from longdoc.reports.label_sets import MULTI_LABEL, SINGLE_LABEL, join_cell
+from longdoc.reports.label_set_rows import MULTI_LABEL, SINGLE_LABEL, join_cell
 from longdoc.runtime.errors import UserError
 from longdoc.runtime.workdir import atomic_path, atomic_write_bytes
 
@@ -78,7 +78,7 @@ class RowFormat:
     "multi_label"): id, labels (the predicted set: label, probability, threshold, most
     probable first), true_labels, windows, then every label's probability (or the top K),
     explanations (per predicted label: its top_windows and top_terms). In CSV a set is one
-    cell (`longdoc.reports.label_sets.join_cell`: `|`-joined, `\\|` inside a label), its
+    cell (`longdoc.reports.label_set_rows.join_cell`: `|`-joined, `\\|` inside a label), its
     probabilities and thresholds two more cells in the same order."""
 
     def __init__(self, kind: str, label_names: list[str], top_k: int, explain: int, terms: bool = False,

@@ -1,4 +1,4 @@
-"""What a head predicts, per task: one class (softmax), or a label set (sigmoid + a Decision).
+"""A head's answers per task: one class (softmax) or a label set (sigmoid, Decision); sets in rows.
 
 The small interface `predict` and the reports need of a head, whatever wrote it:
 
