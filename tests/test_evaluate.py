@@ -216,7 +216,7 @@ def test_a_multi_label_report_scores_label_sets_as_scikit_learn_does(multi_train
                                   window_counts=[1, 3, 10, 20] * 15)
     result = run_evaluate(EvaluateConfig(head=str(head), cache=str(test), report=str(tmp_path / "report")))
     assert sorted(p.name for p in (tmp_path / "report").iterdir()) == [
-        "label_f1.png", "metrics.json", "reliability.png", "report.md"]
+        "label_f1.png", "metrics.json", "reliability.png", "report.html", "report.md"]
     metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
     checkpoint = load_checkpoint(head)
     with open_cache(test) as cache:
@@ -273,3 +273,5 @@ def test_a_multi_label_report_shows_any_legal_label_name(tmp_path):
     assert all(line.count("|") - line.count("\\|") == 8 for line in table), table  # seven cells each
     assert "\\<script\\>" in "".join(table) and "<script>" not in "".join(lines)
     assert [c["label"] for c in json.loads((report / "metrics.json").read_text())["per_label"]] == HOSTILE_BUT_LEGAL
+    html = (report / "report.html").read_text()
+    assert "<script>alert(1)</script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html

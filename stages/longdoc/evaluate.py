@@ -27,8 +27,8 @@ task is refused in one line), by its recorded decision; its report is
 `longdoc.reports.label_sets`': metrics.json (micro-, macro-, samples-F1, subset accuracy,
 Hamming loss, per-label figures, the labels never predicted, by length, calibration of every
 (document, label) probability, each branch alone), report.md, label_f1.png (F1 against
-support per label, in place of the confusion matrix) and reliability.png; report.html is
-not written for label sets yet. Test labels the head never saw are scored as missed, and counted.
+support per label, in place of the confusion matrix), reliability.png and report.html
+(`longdoc.reports.label_sets_html`: label sets as chips, filters by label). Test labels the head never saw are scored as missed, and counted.
 """
 
 from __future__ import annotations
@@ -55,8 +55,16 @@ from longdoc.reports.html import (
     render_report,
     select_documents,
 )
-from longdoc.reports.label_sets import label_set_metrics, markdown_label_sets, plot_label_f1
-from longdoc.reports.metrics import MAX_PLOTTED_CLASSES, calibration, plot_reliability, save_figure, scores
+from longdoc.reports.label_sets import label_set_metrics, markdown_label_sets
+from longdoc.reports.label_sets_html import label_set_html
+from longdoc.reports.metrics import (
+    MAX_PLOTTED_CLASSES,
+    calibration,
+    plot_label_f1,
+    plot_reliability,
+    save_figure,
+    scores,
+)
 from longdoc.runtime.errors import UserError
 from longdoc.runtime.process import memory_step
 from longdoc.runtime.workdir import atomic_write_bytes, check_not_an_input
@@ -157,10 +165,17 @@ def _run_label_sets(checkpoint, cache, config: EvaluateConfig) -> Evaluation:
         _make_folder(report)
         _write_text(report / "metrics.json", json.dumps(metrics, indent=1))
         _write_text(report / "report.md", markdown_label_sets(metrics, markdown_text))
-        plot_label_f1(metrics["per_label"], report / "label_f1.png")
+        per_label = metrics["per_label"]
+        plot_label_f1([c["label"] for c in per_label], [c["f1"] for c in per_label], [c["support"] for c in per_label],
+                      report / "label_f1.png", f"{Path(config.head).name} on {Path(config.cache).name}")
         plot_reliability(metrics["calibration"], report / "reliability.png", "every (document, label) probability")
-        for stale in ("confusion_matrix.png", "report.html"):  # an earlier single-label report's would mislead
-            (report / stale).unlink(missing_ok=True)
+        (report / "confusion_matrix.png").unlink(missing_ok=True)  # an earlier single-label report's would mislead
+        corpus = config.corpus()
+        texts = load_cache_corpus(cache, **corpus).texts if corpus is not None else None
+        with memory_step("explaining the documents of report.html", "lower --report-wrong and --report-correct"):
+            html = label_set_html(checkpoint, cache, documents, probabilities, truth, metrics, texts,
+                                  config.report_wrong, config.report_correct, unseen)
+        _write_text(report / "report.html", html)
     return Evaluation(metrics, report)
 
 

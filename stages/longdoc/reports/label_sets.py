@@ -19,12 +19,10 @@ and draws the per-label F1 against support (`label_f1.png`). Pure functions but 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from longdoc.heads.decision import Decision
-from longdoc.reports.metrics import calibration, multilabel_scores, per_label_scores, save_figure
+from longdoc.reports.metrics import calibration, multilabel_scores, per_label_scores
 
 # Document length buckets, in windows: one window, a few, many, very many (as for classes).
 LENGTH_BUCKETS = (("1", 1, 1), ("2-4", 2, 4), ("5-16", 5, 16), (">16", 17, None))
@@ -110,25 +108,3 @@ def markdown_label_sets(m: dict, escape) -> str:
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
-
-
-def plot_label_f1(per_label: list[dict], path: Path):
-    """Each label's F1 against its support (test documents), support on a log scale: where
-    the confusion matrix of classes would be. Labels without test documents are left out."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    shown = [c for c in per_label if c["support"]]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.scatter([c["support"] for c in shown], [c["f1"] for c in shown], s=12, alpha=0.7,
-               color=["tab:red" if not c["predicted"] else "tab:blue" for c in shown])
-    ax.set_xscale("log")
-    ax.set_ylim(-0.03, 1.03)
-    ax.set_xlabel("test documents of the label (support)")
-    ax.set_ylabel("F1")
-    ax.set_title(f"F1 per label ({len(shown)} labels; red: never predicted)", fontsize=9)
-    fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
