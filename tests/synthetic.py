@@ -176,7 +176,7 @@ def lexical_cache(path, n_docs=90, seed=0):
 def cli_error(runner: str, *args) -> tuple[int, list[str]]:
     """(exit code, stderr lines) of `cli.py ARGS`, in this process or in a subprocess."""
     if runner == "subprocess":
-        from conftest import run_cli
+        from checkout import run_cli
 
         result = run_cli(*args)
         return result.returncode, result.stderr.strip().splitlines()

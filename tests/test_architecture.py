@@ -131,3 +131,18 @@ def test_command_settings_import_no_torch_and_no_block_with_it():
     it reaches only torch-free modules, which test_settings.py checks in a real process."""
     heavy = {m for m in reached("longdoc.configs") if floor(m) not in ("root", "runtime", "settings", "corpus")}
     assert not heavy, f"longdoc.configs reaches {sorted(heavy)}"
+
+
+def test_tests_mirror_the_package_and_take_helpers_by_name():
+    """A block's tests sit in tests/<its sub-package>/, a stage's at the top of tests/; shared
+    helpers come from synthetic, checkout or assertions, never from conftest (fixtures only)."""
+    tests = PACKAGE.parent.parent / "tests"
+    sub_packages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
+    for folder in (p for p in tests.iterdir() if p.is_dir() and p.name != "__pycache__"):
+        assert folder.name in sub_packages, f"tests/{folder.name}/ mirrors no sub-package of longdoc"
+    for path in tests.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        bad = [node.lineno for node in ast.walk(tree)
+               if isinstance(node, (ast.Import, ast.ImportFrom))
+               and "conftest" in ([a.name for a in node.names] if isinstance(node, ast.Import) else [node.module])]
+        assert not bad, f"{path.relative_to(tests)} line {bad[0]} imports conftest: import the helper's own module"

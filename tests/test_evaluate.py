@@ -30,8 +30,12 @@ def test_report_files_and_figures(trained, tmp_path):
     head, test, _ = trained
     result = run_evaluate(EvaluateConfig(head=str(head), cache=str(test), report=str(tmp_path / "report")))
     files = sorted(p.name for p in (tmp_path / "report").iterdir())
-    assert files == ["confusion_matrix.png", "metrics.json", "report.html", "report.md"]
+    assert files == ["confusion_matrix.png", "metrics.json", "reliability.png", "report.html", "report.md"]
     metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    # calibration: each document's top probability against whether its top class is right
+    assert metrics["calibration"]["predictions"] == 60 and 0.0 <= metrics["calibration"]["ece"] <= 1.0
+    assert sum(b["count"] for b in metrics["calibration"]["bins"]) == 60
+    assert "expected calibration error" in (tmp_path / "report" / "report.md").read_text()
     assert metrics["accuracy"] == pytest.approx(result.metrics["accuracy"]) and metrics["accuracy"] > 0.8
     assert np.asarray(metrics["confusion_matrix"]).sum() == 60
     assert np.trace(metrics["confusion_matrix"]) / 60 == pytest.approx(metrics["accuracy"])
@@ -183,3 +187,91 @@ def test_every_report_file_shows_any_legal_class_name(tmp_path):
     assert all(line.count("|") - line.count("\\|") == 6 for line in table[:5]), table  # five cells each
     assert "\\$x^\\$ or \\$y\\$" in table[2] and "\\<script\\>" in table[3] and "\\*b\\*" in table[3]
     assert [c["class"] for c in json.loads((report / "metrics.json").read_text())["per_class"]] == HOSTILE_BUT_LEGAL
+
+
+# --- label sets ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def multi_trained(tmp_path_factory):
+    from synthetic import write_multilabel_cache
+
+    folder = tmp_path_factory.mktemp("eval-multi")
+    train = write_multilabel_cache(folder / "train.h5", n_docs=200, n_labels=5, seed=0, texts=True)
+    run_train_head(TrainConfig(train=str(train), out=str(folder / "head.pt"), pooling="mean", max_epochs=10, lr=1e-2,
+                               progress=False, curve=False), log=lambda line: None)
+    return folder / "head.pt", folder
+
+
+def test_a_multi_label_report_scores_label_sets_as_scikit_learn_does(multi_trained, tmp_path):
+    from sklearn.metrics import f1_score, hamming_loss
+    from synthetic import write_multilabel_cache
+
+    from longdoc.cache.reader import open_cache
+    from longdoc.heads.batches import CacheDocuments, predict_logits
+    from longdoc.heads.checkpoint import load_checkpoint
+
+    head, _ = multi_trained
+    test = write_multilabel_cache(tmp_path / "test.h5", n_docs=60, n_labels=5, seed=1, texts=True,
+                                  window_counts=[1, 3, 10, 20] * 15)
+    result = run_evaluate(EvaluateConfig(head=str(head), cache=str(test), report=str(tmp_path / "report")))
+    assert sorted(p.name for p in (tmp_path / "report").iterdir()) == [
+        "label_f1.png", "metrics.json", "reliability.png", "report.html", "report.md"]
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    checkpoint = load_checkpoint(head)
+    with open_cache(test) as cache:
+        truth = cache.label_matrix()
+        documents = CacheDocuments.from_cache(cache, term_weights=checkpoint.terms)
+        probabilities = torch.sigmoid(torch.from_numpy(predict_logits(checkpoint.head, documents))).numpy()
+    predicted = checkpoint.decision.apply(probabilities)
+    assert metrics["micro_f1"] == pytest.approx(f1_score(truth, predicted, average="micro")) and metrics["micro_f1"] > 0.9
+    assert metrics["samples_f1"] == pytest.approx(f1_score(truth, predicted, average="samples", zero_division=1))
+    assert metrics["hamming_loss"] == pytest.approx(hamming_loss(truth, predicted))
+    assert [c["support"] for c in metrics["per_label"]] == truth.sum(0).tolist()
+    assert [c["threshold"] for c in metrics["per_label"]] == pytest.approx(checkpoint.decision.thresholds.tolist())
+    assert metrics["calibration"]["predictions"] == truth.size and metrics["unseen_labels"]["labels"] == 0
+    assert [(b["windows"], b["documents"]) for b in metrics["by_length"]] == [
+        ("1", 15), ("2-4", 15), ("5-16", 15), (">16", 15)]
+    assert set(metrics["branches"]) == {"mix", "windows (mean pooling)", "linear (terms and the mean window vector)"}
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "micro-F1 **" in report and "| class0 |" in report and "expected calibration error" in report
+    assert result.metrics["micro_f1"] == metrics["micro_f1"] and "micro-F1" in result.line()
+
+
+def test_labels_the_head_never_saw_are_scored_as_missed_and_counted(multi_trained, tmp_path):
+    from synthetic import write_multilabel_cache
+
+    head, _ = multi_trained
+    sets = [[0], [0, 5], [6], [1, 2], [], [5, 6]] * 5  # labels 5 and 6: class5 and class6, unknown to the head
+    test = write_multilabel_cache(tmp_path / "test.h5", n_labels=7, label_sets=sets, texts=True)
+    result = run_evaluate(EvaluateConfig(head=str(head), cache=str(test), report=str(tmp_path / "report")))
+    unseen = result.metrics["unseen_labels"]
+    assert unseen == {"labels": 2, "names": ["class5", "class6"], "documents": 15, "missed": 20}
+    per_label = {c["label"]: c for c in result.metrics["per_label"]}
+    assert per_label["class5"]["recall"] == 0.0 and per_label["class5"]["support"] == 10
+    assert per_label["class5"]["threshold"] is None and "class5" in result.metrics["never_predicted"]
+    true_pairs = sum(len(s) for s in sets)
+    assert result.metrics["micro_f1"] <= 2 * (true_pairs - 20) / (2 * true_pairs - 20) + 1e-9  # 20 pairs missed
+    assert "2 labels unseen in training, scored as missed" in result.line()
+    assert "scored as missed" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_a_multi_label_report_shows_any_legal_label_name(tmp_path):
+    from synthetic import write_multilabel_cache
+
+    names = json.dumps(HOSTILE_BUT_LEGAL)
+    n = len(HOSTILE_BUT_LEGAL)
+    train = write_multilabel_cache(tmp_path / "train.h5", n_docs=80, n_labels=n, seed=0, label_names=names)
+    test = write_multilabel_cache(tmp_path / "test.h5", n_docs=30, n_labels=n, seed=1, label_names=names)
+    run_train_head(TrainConfig(train=str(train), out=str(tmp_path / "head.pt"), pooling="mean", max_epochs=3,
+                               progress=False, curve=False), log=lambda line: None)
+    run_evaluate(EvaluateConfig(head=str(tmp_path / "head.pt"), cache=str(test), report=str(tmp_path / "report")))
+    report = tmp_path / "report"
+    assert (report / "label_f1.png").stat().st_size > 1000 and (report / "reliability.png").stat().st_size > 1000
+    lines = (report / "report.md").read_text().splitlines()
+    table = lines[lines.index("| label | precision | recall | F1 | support | predicted | threshold |") + 2:][:n]
+    assert all(line.count("|") - line.count("\\|") == 8 for line in table), table  # seven cells each
+    assert "\\<script\\>" in "".join(table) and "<script>" not in "".join(lines)
+    assert [c["label"] for c in json.loads((report / "metrics.json").read_text())["per_label"]] == HOSTILE_BUT_LEGAL
+    html = (report / "report.html").read_text()
+    assert "<script>alert(1)</script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html

@@ -2,7 +2,7 @@
 
 Tiny random DistilBERT and ModernBERT (plus MPNet and DeBERTa-v2 for the model-level
 checks) are built in-process from a config, with the tests' WordPiece tokenizer
-(conftest.build_tiny_bert) saved beside them: nothing is downloaded.
+(synthetic.build_tiny_bert) saved beside them: nothing is downloaded.
 """
 
 import json

@@ -263,7 +263,7 @@ def test_an_interrupted_run_resumes_to_the_same_head(tmp_path, toy, monkeypatch,
 
 @pytest.mark.slow
 def test_a_killed_process_resumes_to_the_same_head(tmp_path, toy):
-    from conftest import kill_cli_once_written, run_cli
+    from checkout import kill_cli_once_written, run_cli
 
     def args(out):
         return ["train-head", "--train", str(toy[0]), "--out", str(out), "--pooling", "transformer", "--epochs", "8",
@@ -557,3 +557,106 @@ def test_the_loop_keeps_the_epoch_of_the_lowest_loss_when_told_to_minimize():
         if progress.stopped:
             break
     assert (progress.best_epoch, progress.best_state, len(progress.history)) == (4, {"epoch": 4}, 6)
+
+
+# --- label sets ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def label_sets(tmp_path_factory):
+    """A separable multi-label problem: windows near the mean of their labels' centres, texts
+    naming the labels; a tenth of the documents have no label."""
+    from synthetic import write_multilabel_cache
+
+    folder = tmp_path_factory.mktemp("label-sets")
+    return (write_multilabel_cache(folder / "train.h5", n_docs=240, n_labels=5, seed=0, texts=True),
+            write_multilabel_cache(folder / "test.h5", n_docs=80, n_labels=5, seed=1, texts=True))
+
+
+@pytest.mark.parametrize("inputs", ["windows", "both"])
+def test_learns_separable_label_sets_end_to_end(tmp_path, label_sets, inputs):
+    from longdoc.configs import EvaluateConfig
+    from longdoc.evaluate import run as run_evaluate
+
+    lines = []
+    summary = train(tmp_path, label_sets[0], inputs=inputs, pooling="mean", max_epochs=30, lr=1e-2, log=lines.append)
+    assert summary.task == "multi_label" and summary.val_micro_f1 >= 0.9
+    assert "validation micro-F1" in summary.line()
+    assert any(line.startswith("decision: ") for line in lines)
+    checkpoint = load_checkpoint(summary.out)
+    assert checkpoint.head.multi_label and checkpoint.decision is not None
+    assert checkpoint.training["val_micro_f1"] == summary.val_micro_f1
+    metrics = run_evaluate(EvaluateConfig(head=str(summary.out), cache=str(label_sets[1]))).metrics
+    assert metrics["micro_f1"] >= 0.95 and metrics["macro_f1"] >= 0.9, metrics
+    if inputs == "both":  # the texts name the labels: the linear branch alone is right
+        assert metrics["branches"]["linear (terms and the mean window vector)"]["micro_f1"] >= 0.95
+
+
+def test_a_multi_label_runs_validation_is_iterative_and_class_weights_weigh_both_branches(tmp_path, label_sets,
+                                                                                          monkeypatch):
+    import longdoc.train_head
+    from longdoc.training.split import iterative_split
+
+    calls = []
+    real = longdoc.train_head.fit_decision
+
+    def spy(probabilities, truth, rng):
+        calls.append(truth)
+        return real(probabilities, truth, rng)
+
+    monkeypatch.setattr(longdoc.train_head, "fit_decision", spy)
+    summary = train(tmp_path, label_sets[0], inputs="both", pooling="mean", max_epochs=2, class_weights=True, seed=3)
+    with open_cache(label_sets[0]) as cache:
+        _, val = iterative_split(cache.label_matrix(), 0.1, np.random.default_rng(3))
+        np.testing.assert_array_equal(calls[0], cache.label_matrix(val))
+    record = load_checkpoint(summary.out).training["linear_branch"]
+    assert record["balanced"] is True and "val_micro_macro_f1" in record
+    by_default = train(tmp_path, label_sets[0], name="default.pt", inputs="terms")  # on for label sets
+    assert load_checkpoint(by_default.out).training["linear_branch"]["balanced"] is True
+    off = train(tmp_path, label_sets[0], name="off.pt", inputs="terms", class_weights=False)
+    assert load_checkpoint(off.out).training["linear_branch"]["balanced"] is False
+
+
+def test_class_weights_default_to_off_for_classes_and_on_for_label_sets_from_the_command_line(tmp_path, label_sets):
+    from synthetic import cli_error
+
+    for cache, name in ((label_sets[0], "multi.pt"), (lexical_cache(tmp_path / "single.h5"), "single.pt")):
+        code, lines = cli_error("in-process", "train-head", "--train", cache, "--out", tmp_path / name, "--epochs",
+                                "1", "--no-progress")
+        assert code == 0, lines
+    multi, single = load_checkpoint(tmp_path / "multi.pt"), load_checkpoint(tmp_path / "single.pt")
+    assert multi.training["config"]["class_weights"] is None and multi.training["linear_branch"]["balanced"] is True
+    assert single.training["config"]["class_weights"] is None and "balanced" not in single.training["linear_branch"]
+
+
+def test_a_label_of_one_document_and_documents_without_labels_train(tmp_path):
+    from synthetic import random_label_sets, write_multilabel_cache
+
+    sets = random_label_sets(80, 4, seed=2)
+    sets[5] = [4]  # label 4: one document
+    cache = write_multilabel_cache(tmp_path / "rare.h5", label_sets=sets, n_labels=5, texts=True)
+    summary = train(tmp_path, cache, inputs="both", pooling="lstm", max_epochs=2)
+    assert len(load_checkpoint(summary.out).decision.thresholds) == 5
+
+
+def test_an_interrupted_multi_label_run_resumes_to_the_same_head(tmp_path, label_sets, monkeypatch):
+    settings = {"pooling": "attention", "inputs": "both", "max_epochs": 5, "patience": 3, "lr": 3e-3, "seed": 4}
+    reference = load_checkpoint(train(tmp_path, label_sets[0], name="reference.pt", **settings).out)
+    with monkeypatch.context() as patch:
+        interrupted_after(2, patch)
+        with pytest.raises(KeyboardInterrupt):
+            train(tmp_path, label_sets[0], **settings)
+    resumed = load_checkpoint(train(tmp_path, label_sets[0], **settings).out)
+    for key in ("history", "best_epoch", "val_micro_f1", "val_macro_f1", "linear_branch"):
+        assert resumed.training[key] == reference.training[key], key
+    assert resumed.decision.to_dict() == reference.decision.to_dict()
+    for name, value in resumed.head.state_dict().items():
+        assert torch.equal(value, reference.head.state_dict()[name]), name
+
+
+def test_a_multi_label_cache_where_no_document_has_a_label_is_one_line(tmp_path):
+    from synthetic import write_multilabel_cache
+
+    cache = write_multilabel_cache(tmp_path / "none.h5", label_sets=[[]] * 20, n_labels=3)
+    with pytest.raises(UserError, match="no document has a label"):
+        train(tmp_path, cache, max_epochs=1)

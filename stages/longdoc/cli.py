@@ -132,7 +132,8 @@ def train_head(as_json, **settings):
 @click_options(EvaluateConfig, first=("head", "cache", "report"))
 @json_option()
 def evaluate(as_json, **settings):
-    """Score a head on a cache: accuracy, macro-F1, per-class table, confusion matrix, HTML report."""
+    """Score a head on a cache: accuracy, macro-F1, per-class table, confusion matrix, HTML report
+    (label sets: micro-, macro-, samples-F1, subset accuracy, per-label table)."""
     config = EvaluateConfig(**settings)
     from longdoc import evaluate as stage
 

@@ -7,11 +7,13 @@
 The cache must come from the head's encoder and window settings (refused otherwise,
 naming what differs); its classes are matched to the head's by name. The report:
 
-    metrics.json           accuracy, macro-F1, per-class and per-length figures, confusion matrix;
-                           for a head of both inputs, each branch scored alone and its weight
+    metrics.json           accuracy, macro-F1, per-class and per-length figures, confusion matrix,
+                           calibration (each document's top probability against whether its top
+                           class is right); for a head of both inputs, each branch alone and its weight
     report.md              the per-class precision / recall / F1 table, the branches, accuracy by length
     confusion_matrix.png   rows: true class, columns: predicted, with class names (up to
                            MAX_PLOTTED_CLASSES; beyond, only the numbers in metrics.json)
+    reliability.png        how often the top class is right against its probability (ECE)
     report.html            one self-contained page (`longdoc.reports.html`): the figures above, and
                            the misclassified documents (plus a sample of correct ones) with their
                            windows shaded by contribution (`longdoc.explain.contributions`)
@@ -19,6 +21,14 @@ naming what differs); its classes are matched to the head's by name. The report:
 The page shows the documents' text only when given the corpus the cache was embedded
 from (`corpus`: the `--data` options of `embed`), which is checked against the cache's
 `data_fingerprint` and read through `longdoc.explain.text`; the encoder is never run here.
+
+A multi-label head (label sets) is scored on a multi-label cache only (a cache of the other
+task is refused in one line), by its recorded decision; its report is
+`longdoc.reports.label_sets`': metrics.json (micro-, macro-, samples-F1, subset accuracy,
+Hamming loss, per-label figures, the labels never predicted, by length, calibration of every
+(document, label) probability, each branch alone), report.md, label_f1.png (F1 against
+support per label, in place of the confusion matrix), reliability.png and report.html
+(`longdoc.reports.label_sets_html`: label sets as chips, filters by label). Test labels the head never saw are scored as missed, and counted.
 """
 
 from __future__ import annotations
@@ -39,13 +49,22 @@ from longdoc.heads.batches import (
     head_branch_logits,
     predict_logits,
 )
-from longdoc.heads.checkpoint import check_compatible, labels_by_name, load_checkpoint
+from longdoc.heads.checkpoint import check_compatible, label_matrix_by_name, labels_by_name, load_checkpoint
 from longdoc.reports.html import (
     build_views,
     render_report,
     select_documents,
 )
-from longdoc.reports.metrics import MAX_PLOTTED_CLASSES, save_figure, scores
+from longdoc.reports.label_sets import label_set_metrics, markdown_label_sets
+from longdoc.reports.label_sets_html import label_set_html
+from longdoc.reports.metrics import (
+    MAX_PLOTTED_CLASSES,
+    calibration,
+    plot_label_f1,
+    plot_reliability,
+    save_figure,
+    scores,
+)
 from longdoc.runtime.errors import UserError
 from longdoc.runtime.process import memory_step
 from longdoc.runtime.workdir import atomic_write_bytes, check_not_an_input
@@ -67,6 +86,14 @@ class Evaluation:
     def line(self) -> str:
         m = self.metrics
         where = f" -> {self.report_dir}" if self.report_dir else ""
+        if m.get("task") == "multi_label":
+            alone = "".join(f"; {name.split()[0]} alone micro-F1 {value['micro_f1']:.4f}"
+                            for name, value in m.get("branches", {}).items() if name != "mix")
+            unseen = m["unseen_labels"]
+            missed = f"; {unseen['labels']} labels unseen in training, scored as missed" if unseen["labels"] else ""
+            return (f"micro-F1 {m['micro_f1']:.4f}  macro-F1 {m['macro_f1']:.4f}  samples-F1 {m['samples_f1']:.4f}  "
+                    f"subset accuracy {m['subset_accuracy']:.4f}  on {m['documents']:,} documents of "
+                    f"{m['cache']}{missed}{alone}{where}")
         alone = "".join(f"; {name.split()[0]} alone {value['accuracy']:.4f}"
                         for name, value in m.get("branches", {}).items() if name != "mix")
         return (f"accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  "
@@ -83,12 +110,13 @@ def run(config: EvaluateConfig) -> Evaluation:
         torch.set_num_threads(config.threads)
     if corpus is not None and report_dir is None:
         raise UserError("--data is read only for the HTML report: give --report too")
-    for name in ("metrics.json", "report.md", "confusion_matrix.png", "report.html") if report_dir else ():
+    for name in REPORT_FILES if report_dir else ():
         check_not_an_input(Path(report_dir) / name, {"--head": head_path, "--cache": cache_path}, what="--report")
     checkpoint = load_checkpoint(head_path)
     with open_cache(cache_path) as cache:
-        cache.single_label_only("evaluate")
-        check_compatible(checkpoint, cache)
+        check_compatible(checkpoint, cache)  # the task first: a head of classes on label sets is refused
+        if checkpoint.head.multi_label:
+            return _run_label_sets(checkpoint, cache, config)
         labels = labels_by_name(checkpoint, cache)
         texts = load_cache_corpus(cache, **corpus).texts if corpus is not None else None
         documents = CacheDocuments.from_cache(cache, labels=labels, memory_budget_mb=memory_budget_mb,
@@ -98,6 +126,8 @@ def run(config: EvaluateConfig) -> Evaluation:
         logits = checkpoint.head.combine(torch.from_numpy(branches)).numpy()
         windows = cache.window_counts
         metrics = _metrics(head_path, cache_path, labels, logits.argmax(1), windows, checkpoint.label_names)
+        top = checkpoint.head.probabilities(torch.from_numpy(logits)).numpy().max(1)
+        metrics["calibration"] = calibration(top, logits.argmax(1) == labels)
         if checkpoint.head.stacked:
             metrics["branches"] = branch_scores(checkpoint.head, branches, labels)
         report = Path(report_dir) if report_dir else None
@@ -107,6 +137,51 @@ def run(config: EvaluateConfig) -> Evaluation:
                 html = html_report(checkpoint, cache, documents, logits, labels, metrics, texts, max_wrong, n_correct)
             _write_text(report / "report.html", html)
     return Evaluation(metrics, report)
+
+
+# Every file a report may write: none of them may be an input.
+REPORT_FILES = ("metrics.json", "report.md", "confusion_matrix.png", "report.html", "reliability.png", "label_f1.png")
+
+
+def _run_label_sets(checkpoint, cache, config: EvaluateConfig) -> Evaluation:
+    """A multi-label head on a multi-label cache: scored by the head's decision, the report
+    of `longdoc.reports.label_sets`."""
+    truth, unseen, unseen_names = label_matrix_by_name(checkpoint, cache)
+    documents = CacheDocuments.from_cache(cache, labels=truth, memory_budget_mb=config.memory_budget_mb,
+                                          term_weights=checkpoint.terms)
+    head = checkpoint.head
+    with memory_step(f"scoring {config.cache}", LOADING_HINT):
+        branches = torch.from_numpy(predict_logits(head, documents, head_branch_logits))
+    probabilities = head.probabilities(head.combine(branches)).numpy()
+    alone = None
+    if head.stacked:
+        alone = {"mix": head.mix.tolist(),
+                 **{name: head.probabilities(branches[:, i]).numpy() for i, name in enumerate(branch_names(head))}}
+    metrics = {"head": str(config.head), "cache": str(config.cache),
+               **label_set_metrics(truth, unseen, unseen_names, probabilities, checkpoint.decision,
+                                   cache.window_counts, checkpoint.label_names, alone)}
+    report = Path(config.report) if config.report else None
+    if report is not None:
+        _make_folder(report)
+        _write_text(report / "metrics.json", json.dumps(metrics, indent=1))
+        _write_text(report / "report.md", markdown_label_sets(metrics, markdown_text))
+        per_label = metrics["per_label"]
+        plot_label_f1([c["label"] for c in per_label], [c["f1"] for c in per_label], [c["support"] for c in per_label],
+                      report / "label_f1.png", f"{Path(config.head).name} on {Path(config.cache).name}")
+        plot_reliability(metrics["calibration"], report / "reliability.png", "every (document, label) probability")
+        (report / "confusion_matrix.png").unlink(missing_ok=True)  # an earlier single-label report's would mislead
+        corpus = config.corpus()
+        texts = load_cache_corpus(cache, **corpus).texts if corpus is not None else None
+        with memory_step("explaining the documents of report.html", "lower --report-wrong and --report-correct"):
+            html = label_set_html(checkpoint, cache, documents, probabilities, truth, metrics, texts,
+                                  config.report_wrong, config.report_correct, unseen)
+        _write_text(report / "report.html", html)
+    return Evaluation(metrics, report)
+
+
+def branch_names(head) -> tuple[str, str]:
+    """How a report names a fused head's two branches, windows first."""
+    return (f"windows ({head.config.pooling} pooling)", "linear (terms and the mean window vector)")
 
 
 def html_report(checkpoint, cache, documents: CacheDocuments, logits: np.ndarray, labels: np.ndarray,
@@ -152,17 +227,23 @@ def _metrics(head_path, cache_path, labels: np.ndarray, y_pred: np.ndarray, wind
 def branch_scores(head, branches: np.ndarray, labels: np.ndarray) -> dict:
     """Each branch of a fused head scored alone, and the weights that combine them: where
     the head's answers come from (on 20 Newsgroups almost all from the linear branch)."""
-    names = (f"windows ({head.config.pooling} pooling)", "linear (terms and the mean window vector)")
+    names = branch_names(head)
     return {"mix": head.mix.tolist(),
             **{name: scores(labels, branches[:, i].argmax(1)) for i, name in enumerate(names)}}
 
 
-def write_report(folder: Path, metrics: dict):
+def _make_folder(folder: Path):
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UserError(f"--report {folder}: cannot create it ({error.strerror})") from None
+
+
+def write_report(folder: Path, metrics: dict):
+    _make_folder(folder)
     _write_text(folder / "metrics.json", json.dumps(metrics, indent=1))
+    if "calibration" in metrics:
+        plot_reliability(metrics["calibration"], folder / "reliability.png", "each document's top class")
     n_classes = len(metrics["label_names"])
     skipped = (f"\nConfusion matrix: {n_classes} classes, too many to draw (more than {MAX_PLOTTED_CLASSES}); "
                f"its numbers are in metrics.json.\n") if n_classes > MAX_PLOTTED_CLASSES else ""
@@ -177,6 +258,9 @@ def write_report(folder: Path, metrics: dict):
 def markdown_report(m: dict) -> str:
     lines = [f"# {m['head']} on {m['cache']}", "",
              f"accuracy **{m['accuracy']:.4f}**, macro-F1 **{m['macro_f1']:.4f}**, {m['documents']:,} documents", "",
+             *([f"Calibration: expected calibration error {m['calibration']['ece']:.4f} of each document's top "
+                f"probability; {m['calibration']['wrong_above_0.99']:,} wrong answers had a probability above 0.99 "
+                f"(reliability.png).", ""] if "calibration" in m else []),
              "| class | precision | recall | F1 | support |", "| --- | ---: | ---: | ---: | ---: |"]
     lines += [f"| {markdown_text(c['class'])} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} "
               f"| {c['support']} |" for c in m["per_class"]]

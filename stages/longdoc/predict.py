@@ -12,6 +12,13 @@ on. Windowing and encoding are stage one's own code (`longdoc.encoding.windows`,
 (`longdoc.explain.contributions`), with their character spans and text; `--explain-terms`, for a
 head with a term branch, its terms with the largest contribution.
 
+A multi-label head (its config's `task`, `longdoc.reports.label_set_rows.head_task`) gives each
+document a label set: every label whose sigmoid probability reaches the threshold the head
+recorded for it (its `Decision`, fitted on validation), and, where the decision says so, the
+most probable label when none does. Each predicted label comes with its probability and its
+threshold, most probable first; `--explain` explains every predicted label, toward that
+label's logit (`explain_label_sets`).
+
 Corpus mode (`--data`, any corpus `embed` reads, labels optional) streams: documents
 are read one at a time (`longdoc.corpus.sources.iter_documents`), twice. The first pass, before the
 encoder is loaded, checks every record and fingerprints the corpus (`DocumentDigest`,
@@ -51,16 +58,18 @@ from longdoc.corpus.sources import DocumentDigest, iter_documents
 from longdoc.encoding.batches import default_batch_tokens, encode_windows
 from longdoc.encoding.encoder import load_encoder
 from longdoc.encoding.windows import SpecialTokens, WindowSpec, tokenize
-from longdoc.explain.contributions import EXPLAIN_TERMS, explain_documents, require_term_branch
+from longdoc.explain.contributions import EXPLAIN_TERMS, explain_documents, explain_label_sets, require_term_branch
 from longdoc.explain.text import name_terms, tokenize_with_offsets, window_spans
 from longdoc.heads.batches import CacheDocuments, predict_logits
 from longdoc.heads.checkpoint import load_checkpoint
+from longdoc.reports.label_set_rows import MULTI_LABEL, chosen_labels, head_task, join_cell, probabilities
 from longdoc.reports.predictions import RowBlocks, RowFormat, owner, plan_blocks
 from longdoc.runtime.errors import UserError
 from longdoc.runtime.process import memory_step, peak_memory_bytes, progress_bar
 from longdoc.runtime.ranks import Group, Ranks, failure_line, same_as_rank_zero, shared_folder, start
 from longdoc.runtime.workdir import WorkDir, check_not_an_input, check_output_path, work_folder
 from longdoc.terms.hashing import TermHashing
+from longdoc.training.thresholds import Decision
 
 STDIN = "-"
 # Characters of a window's text shown in --explain output (whitespace collapsed).
@@ -71,15 +80,29 @@ OUTPUT_FORMATS = {".jsonl": "jsonl", ".csv": "csv"}
 @dataclass
 class Prediction:
     source: str
-    label: str
+    label: str  # the most probable class (multi-label: label)
     probability: float
     windows: int
     probabilities: dict[str, float] = field(default_factory=dict)  # every class, head order
     top_windows: list[dict] | None = None  # with --explain: window, start, end, contribution, excerpt
-    true_label: str | None = None
+    true_label: str | tuple | None = None  # a multi-label corpus's: a tuple of names
     top_terms: list[dict] | None = None  # with --explain-terms: term, contribution
+    labels: list[dict] | None = None  # multi-label: the predicted set [{label, probability, threshold}]
+    explanations: list[dict] | None = None  # multi-label, --explain*: per predicted label, top_windows/top_terms
 
     def line(self) -> str:
+        if self.labels is not None:
+            shown = [f"{x['probability']:.4f}" for x in self.labels]
+            text = f"{join_cell(x['label'] for x in self.labels)}\t{join_cell(shown)}\t{self.source}"
+            for explained in self.explanations or []:
+                text += f"\n  {explained['label']}:"
+                for w in explained.get("top_windows") or []:
+                    text += (f"\n    window {w['window']} [{w['start']}:{w['end']}] {w['contribution']:+.3f} "
+                             f"{w['excerpt']}")
+                if explained.get("top_terms"):
+                    text += "\n    terms " + ", ".join(f"{t['term']} {t['contribution']:+.3f}"
+                                                     for t in explained["top_terms"])
+            return text
         text = f"{self.label}\t{self.probability:.4f}\t{self.source}"
         for w in self.top_windows or []:
             text += (f"\n  window {w['window']} [{w['start']}:{w['end']}] {w['contribution']:+.3f} "
@@ -89,6 +112,11 @@ class Prediction:
         return text
 
     def record(self) -> dict:
+        if self.labels is not None:
+            record = {"source": self.source, "labels": self.labels, "windows": self.windows}
+            if self.explanations is not None:
+                record["explanations"] = self.explanations
+            return record
         record = {"source": self.source, "label": self.label, "probability": round(self.probability, 6),
                   "windows": self.windows}
         if self.top_windows is not None:
@@ -116,6 +144,8 @@ class Predictor:
         if threads:
             torch.set_num_threads(threads)
         self.checkpoint = load_checkpoint(head_path)
+        self.task = head_task(self.checkpoint)
+        self.decision = head_decision(self.checkpoint) if self.task == MULTI_LABEL else None
         self.explain_terms = explain_terms
         if explain_terms:
             require_term_branch(self.checkpoint.head, head_path)
@@ -153,26 +183,75 @@ class Predictor:
         documents = CacheDocuments(vectors, np.concatenate([[0], np.cumsum(counts)]), np.zeros(len(texts)),
                                    term_rows=term_rows, term_weights=terms)
         head, names = self.checkpoint.head, self.label_names
-        probabilities = torch.from_numpy(predict_logits(head, documents)).softmax(-1).numpy()
-        best = probabilities.argmax(1)
+        probability = probabilities(predict_logits(head, documents), self.task)
+        best = probability.argmax(1)
         predictions = [Prediction(source, names[k], float(p[k]), int(n), dict(zip(names, p.tolist())))
-                       for source, k, p, n in zip(sources, best, probabilities, counts)]
-        if explain or self.explain_terms:
+                       for source, k, p, n in zip(sources, best, probability, counts)]
+        explaining = bool(explain or self.explain_terms)
+        if self.task == MULTI_LABEL:
+            return self._label_sets(predictions, probability, documents, texts, explain,
+                                    tokenized if explaining else None)
+        if explaining:
             explanations = explain_documents(head, documents, targets=best, terms_k=EXPLAIN_TERMS)
             if self.explain_terms:
                 name_terms(explanations, terms, texts)
                 for prediction, explanation in zip(predictions, explanations):
-                    prediction.top_terms = [{"term": t.term, "contribution": round(t.contribution, 5)}
-                                            for t in explanation.terms]
+                    prediction.top_terms = _terms(explanation)
         if explain:
             for prediction, explanation, text, (ids, offsets) in zip(predictions, explanations, texts, tokenized):
-                spans = window_spans(offsets, self.spec.starts(len(ids)), self.spec.body, len(text))
-                prediction.top_windows = [
-                    {"window": int(i), "start": int(spans[i, 0]), "end": int(spans[i, 1]),
-                     "contribution": round(float(explanation.windows[i]), 5),
-                     "excerpt": excerpt(text[spans[i, 0]:spans[i, 1]])}
-                    for i in explanation.ranked(explain)]
+                prediction.top_windows = self._windows(explanation, text, ids, offsets, explain)
         return predictions
+
+    def _label_sets(self, predictions, probability, documents, texts, explain, tokenized) -> list[Prediction]:
+        """Multi-label: each prediction's label set, and with --explain* each label's explanation."""
+        names, thresholds = self.label_names, self.decision.thresholds
+        sets = chosen_labels(probability, self.decision)
+        for prediction, p, labels in zip(predictions, probability, sets):
+            prediction.labels = [{"label": names[k], "probability": round(float(p[k]), 6),
+                                  "threshold": round(float(thresholds[k]), 6)} for k in labels.tolist()]
+        if tokenized is None:
+            return predictions
+        explained = explain_label_sets(self.checkpoint.head, documents, sets, thresholds=thresholds,
+                                       terms_k=EXPLAIN_TERMS)
+        if self.explain_terms:
+            name_terms([e for per_doc in explained for e in per_doc], self.checkpoint.terms,
+                       [text for text, per_doc in zip(texts, explained) for _ in per_doc])
+        for prediction, per_doc, text, (ids, offsets) in zip(predictions, explained, texts, tokenized):
+            prediction.explanations = []
+            for explanation in per_doc:
+                entry = {"label": names[explanation.target]}
+                if explain:
+                    entry["top_windows"] = self._windows(explanation, text, ids, offsets, explain)
+                if self.explain_terms:
+                    entry["top_terms"] = _terms(explanation)
+                prediction.explanations.append(entry)
+        return predictions
+
+    def _windows(self, explanation, text: str, ids, offsets, k: int) -> list[dict]:
+        """The k top windows of an explanation: index, character span, contribution, excerpt."""
+        spans = window_spans(offsets, self.spec.starts(len(ids)), self.spec.body, len(text))
+        return [{"window": int(i), "start": int(spans[i, 0]), "end": int(spans[i, 1]),
+                 "contribution": round(float(explanation.windows[i]), 5),
+                 "excerpt": excerpt(text[spans[i, 0]:spans[i, 1]])} for i in explanation.ranked(k)]
+
+
+def _terms(explanation) -> list[dict]:
+    return [{"term": t.term, "contribution": round(t.contribution, 5)} for t in explanation.terms]
+
+
+def head_decision(checkpoint) -> Decision:
+    """The Decision a multi-label head recorded (its checkpoint's `decision`: a Decision or
+    its `to_dict` record), checked against its labels: one line naming the file if damaged."""
+    decision = getattr(checkpoint, "decision", None)
+    if isinstance(decision, Decision):
+        decision = decision.to_dict()
+    if decision is None:
+        raise UserError(f"{checkpoint.path}: a multi-label head without its decision (thresholds fitted on "
+                        f"validation); train it again with train-head")
+    try:
+        return Decision.from_dict(decision, len(checkpoint.label_names))
+    except (ValueError, TypeError) as error:
+        raise UserError(f"{checkpoint.path}: damaged head checkpoint (decision: {error})") from None
 
 
 def read_texts(sources: list[str]) -> list[str]:
@@ -312,7 +391,8 @@ def _corpus_job(config: PredictConfig) -> _CorpusJob:
                     "limit": config.limit, "label_sep": config.label_sep, "format": kind, "top_k": config.top_k,
                     "explain": config.top_windows, "explain_terms": config.explain_terms,
                     "block_docs": config.block_docs}
-    job.rows = RowFormat(kind, predictor.label_names, config.top_k, config.top_windows, config.explain_terms)
+    job.rows = RowFormat(kind, predictor.label_names, config.top_k, config.top_windows, config.explain_terms,
+                         predictor.task)
     return job
 
 

@@ -43,8 +43,21 @@ removes the folder (the loop's check).
 Writes the checkpoint (`longdoc.heads.checkpoint`, atomically: an interrupted run leaves
 an earlier file intact) and `<out stem>-curve.png`, loss and validation accuracy
 per epoch; `<out>.partial/` goes once they are written. Not supported: fine-tuning
-the encoder, multi-label targets, GPUs beyond what `--device` gives torch for the
-(small) head.
+the encoder, GPUs beyond what `--device` gives torch for the (small) head.
+
+Label sets. The task is the training cache's (`--val` of the other task is refused): on a
+multi-label cache the head has a sigmoid per label and the window branch learns by binary
+cross-entropy (`--class-weights`, on by default for label sets: each label's positives weighed by
+its negatives / positives,
+`longdoc.training.head_task.positive_weight_tensor`; the linear branch's SVMs then weigh
+theirs as `class_weight="balanced"` does), epochs compared by validation loss; the linear
+branch is one binary SVM per label (`longdoc.training.linear_fit.fit_binary_svms`); the
+stack's two weights are fitted by binary cross-entropy on validation; validation is drawn
+by iterative stratification (`longdoc.training.split.iterative_split`). Last, the decision
+(a threshold per label and what a document no label reaches gets) is fitted on the whole
+head's validation probabilities (`longdoc.training.thresholds.fit_decision`, before the
+refit) and saved in the head. The record's validation scores are the decision's: subset
+accuracy (as `val_accuracy`), macro-F1 and micro-F1.
 """
 
 from __future__ import annotations
@@ -57,7 +70,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from longdoc.cache.reader import (
     CACHE_IDENTITY,
@@ -71,13 +83,15 @@ from longdoc.heads.batches import (
     CacheDocuments,
 )
 from longdoc.heads.checkpoint import encoder_record, save_checkpoint
+from longdoc.heads.decision import Decision
 from longdoc.heads.head import Head
+from longdoc.reports.metrics import multilabel_scores
 from longdoc.runtime.errors import UserError
 from longdoc.runtime.process import Background, memory_step, peak_memory_bytes
 from longdoc.runtime.workdir import WorkDir, check_not_an_input, check_output_path
 from longdoc.settings.model import HeadConfig
 from longdoc.terms.tfidf import TermWeights
-from longdoc.training.head_task import HeadTask, class_weight_tensor
+from longdoc.training.head_task import HeadTask, class_weight_tensor, positive_weight_tensor, task_loss
 from longdoc.training.linear_fit import LinearBranch, fit_linear_branch, refit_linear_branch
 from longdoc.training.loop import (
     LoopOutcome,
@@ -88,6 +102,7 @@ from longdoc.training.loop import (
     run_epochs,
 )
 from longdoc.training.split import validation_split
+from longdoc.training.thresholds import fit_decision
 
 
 @dataclass
@@ -97,10 +112,17 @@ class TrainSummary(LoopOutcome):
     parameters: int
     n_train: int
     n_val: int
+    task: str = "single_label"
+    val_micro_f1: float | None = None  # label sets: validation micro-F1 at the head's decision
 
     def line(self) -> str:
+        outcome = self.outcome(self.n_val)
+        if self.val_micro_f1 is not None:
+            outcome = (f"best epoch {self.best_epoch}/{self.epochs_run}, validation micro-F1 {self.val_micro_f1:.4f}, "
+                       f"macro-F1 {self.val_macro_f1:.4f}, subset accuracy {self.val_accuracy:.4f} "
+                       f"({self.n_val:,} documents)")
         return (f"trained {self.pooling} head ({self.parameters:,} parameters) on {self.n_train:,} documents: "
-                f"{self.outcome(self.n_val)}; {self.seconds:.1f} s, "
+                f"{outcome}; {self.seconds:.1f} s, "
                 f"peak memory {self.peak_memory_bytes / 2**30:.2f} GiB -> {self.out}")
 
 
@@ -127,8 +149,13 @@ def _held_out_by_finetune(config: TrainConfig, train_cache: WindowCache) -> tupl
         raise UserError(f"{config.train}: its encoder was fine-tuned on these documents holding out "
                         f"--val-fraction {tuned_fraction} --val-split {tuned_split}; pass the same, or a --val "
                         f"cache of other documents")
-    return validation_split(train_cache.labels, train_cache.doc_ids(), config,
+    return validation_split(_split_labels(train_cache), train_cache.doc_ids(), config,
                             np.random.default_rng(seed))
+
+
+def _split_labels(cache: WindowCache) -> np.ndarray:
+    """What the validation split stratifies by: the classes, or the label matrix of label sets."""
+    return cache.label_matrix() if cache.multi_label else cache.labels
 
 
 def _open_validation(config: TrainConfig, train_cache: WindowCache, rng):
@@ -136,15 +163,17 @@ def _open_validation(config: TrainConfig, train_cache: WindowCache, rng):
     budget = config.memory_budget_mb
     if config.val is None:
         train_docs, val_docs = _held_out_by_finetune(config, train_cache) or validation_split(
-            train_cache.labels, train_cache.doc_ids(), config, rng)
+            _split_labels(train_cache), train_cache.doc_ids(), config, rng)
         if len(val_docs) == 0:
             raise UserError(f"--val-fraction {config.val_fraction} of {train_cache.n_docs} documents "
                             f"leaves no validation documents; raise it or pass --val")
         return train_docs, CacheDocuments.from_cache(train_cache, val_docs, memory_budget_mb=budget), None
     val_cache = open_cache(config.val)
-    if val_cache.multi_label:
+    if val_cache.task != train_cache.task:
         val_cache.close()
-        val_cache.single_label_only("train-head")
+        raise UserError(f"--val {config.val} is a {val_cache.task.replace('_', '-')} cache and --train "
+                        f"{config.train} a {train_cache.task.replace('_', '-')} one; validate on a cache of "
+                        f"the same task")
     diff = differences(val_cache.attrs, train_cache.attrs, ENCODER_IDENTITY, names=("--train", "--val"))
     if diff:
         val_cache.close()
@@ -167,7 +196,33 @@ def _fit_linear(head: Head, train: CacheDocuments, val: CacheDocuments, config: 
     second thread: reads `head` for its configuration only and logs nothing itself, so the
     log's lines come in the same order on every run."""
     lines = []
-    return fit_linear_branch(head, train, val, config.term_c, log=lines.append), lines
+    return fit_linear_branch(head, train, val, config.term_c, log=lines.append, balanced=_balanced(head, config)), lines
+
+
+def _weighted(head: Head, config: TrainConfig) -> bool:
+    """--class-weights, or where not given its default: on for label sets, off for classes (configs.py)."""
+    return config.class_weights if config.class_weights is not None else head.multi_label
+
+
+def _balanced(head: Head, config: TrainConfig) -> bool:
+    """Whether the linear branch's SVMs weigh each label's documents (label sets with class weights)."""
+    return head.multi_label and _weighted(head, config)
+
+
+def _fit_decision(head: Head, task: HeadTask, config: TrainConfig, log) -> tuple[Decision, dict]:
+    """The decision of a multi-label head fitted on the whole head's validation probabilities
+    (its own generator, so a resumed run draws the same folds), and the validation scores
+    at that decision."""
+    task.head_scores()  # the whole head's validation logits (weighing the branches first if stacked)
+    probabilities = head.probabilities(torch.from_numpy(task.val_logits)).numpy()
+    truth = task.val.labels[task.val.docs]
+    decision = fit_decision(probabilities, truth, np.random.default_rng(config.seed))
+    found = multilabel_scores(truth, decision.apply(probabilities))
+    log(f"decision: {decision.rule} thresholds, a document that no label reaches gets "
+        f"{'its best label' if decision.empty == 'best' else 'no label'}: validation micro-F1 "
+        f"{found['micro_f1']:.4f}, macro-F1 {found['macro_f1']:.4f}, subset accuracy {found['subset_accuracy']:.4f}")
+    return decision, {"val_accuracy": found["subset_accuracy"], "val_macro_f1": found["macro_f1"],
+                      "val_micro_f1": found["micro_f1"], "val_samples_f1": found["samples_f1"]}
 
 
 # The linear branch holds the TF-IDF rows (and mean window vectors) of every document it is fitted on.
@@ -212,12 +267,15 @@ def run(config: TrainConfig, log=None) -> TrainSummary:
     train_cache = open_cache(config.train)
     val_cache = None
     try:
-        train_cache.single_label_only("train-head")
         names = train_cache.label_names
-        present = np.unique(train_cache.labels)
-        if len(present) < 2:
-            raise UserError(f"{config.train}: every document is of class {names[present[0]]!r}; "
-                            f"a classifier needs at least two classes")
+        if train_cache.multi_label:
+            if not train_cache.label_indices.size:
+                raise UserError(f"{config.train}: no document has a label; a classifier needs some")
+        else:
+            present = np.unique(train_cache.labels)
+            if len(present) < 2:
+                raise UserError(f"{config.train}: every document is of class {names[present[0]]!r}; "
+                                f"a classifier needs at least two classes")
         inputs = config.inputs or ("both" if train_cache.has_terms else "windows")
         if inputs != "windows" and not train_cache.has_terms:
             raise UserError(f"--inputs {inputs}: {config.train} holds no term counts (embedded with --no-terms "
@@ -234,20 +292,26 @@ def run(config: TrainConfig, log=None) -> TrainSummary:
         head_config = HeadConfig(pooling=config.pooling, hidden_size=train_cache.hidden_size,
                                  n_classes=len(names), dropout=config.dropout, input_norm=config.input_norm,
                                  inner_dim=config.inner_dim, transformer_layers=config.transformer_layers,
-                                 inputs=inputs, n_terms=term_weights.n_terms if term_weights else 0)
+                                 inputs=inputs, n_terms=term_weights.n_terms if term_weights else 0,
+                                 task=train_cache.task)
         head = Head(head_config)
-        weights = class_weight_tensor(train_cache.labels[train_docs], len(names)) if config.class_weights else None
-        loss_fn = nn.CrossEntropyLoss(weight=weights)  # on logits: it applies log-softmax itself
+        weights = None
+        if _weighted(head, config):
+            weights = (positive_weight_tensor(train.labels[train_docs]) if head.multi_label
+                       else class_weight_tensor(train_cache.labels[train_docs], len(names)))
+        loss_fn = task_loss(head.multi_label, weights)  # on logits: it applies log-softmax or log-sigmoid itself
         steps_per_epoch = len(train.plan(config.batch_docs, config.batch_windows))
         task = HeadTask(head, train, val, config, rng, loss_fn, steps_per_epoch)
         # A terms-only head has nothing left to train: one scoring pass ("epoch 0"). In a fused
         # head the window branch is one input of a stack that weighs its logits by cross-entropy,
         # so its epoch is the one of lowest validation loss; on 20 Newsgroups the head's own
         # macro-F1 moved by a few of 1,131 documents from epoch to epoch (docs/benchmarks-history.md).
+        # Label sets: macro-F1 at a fixed 0.5 says little before thresholds are fitted, so by loss too.
+        by_loss = head.stacked or head.multi_label
         loop = LoopSettings(max_epochs=config.max_epochs if head.reads_windows else 0, patience=config.patience,
                             first_epoch=1 if head.reads_windows else 0, progress=config.progress, unit="batch",
-                            leave_bar=False, monitor="val_loss" if head.stacked else "val_macro_f1",
-                            minimize=head.stacked)
+                            leave_bar=False, monitor="val_loss" if by_loss else "val_macro_f1",
+                            minimize=by_loss)
         caches = {"train_cache": train_cache, **({"val_cache": val_cache} if val_cache is not None else {})}
         # --overwrite replaces an earlier head and an interrupted run of other settings; an
         # interrupted run of these settings resumes either way (it ends in the same head).
@@ -263,12 +327,19 @@ def run(config: TrainConfig, log=None) -> TrainSummary:
             if head.stacked:
                 chosen = _install_linear(head, linear, log)
                 head_scores = task.head_scores()
-                log(f"head: window branch x {head.mix[0]:.3f} + linear branch x {head.mix[1]:.3f}: validation "
-                    f"accuracy {head_scores['val_accuracy']:.4f}, macro-F1 {head_scores['val_macro_f1']:.4f}")
+                if not head.multi_label:
+                    log(f"head: window branch x {head.mix[0]:.3f} + linear branch x {head.mix[1]:.3f}: validation "
+                        f"accuracy {head_scores['val_accuracy']:.4f}, macro-F1 {head_scores['val_macro_f1']:.4f}")
+                else:
+                    log(f"head: window branch x {head.mix[0]:.3f} + linear branch x {head.mix[1]:.3f}")
+            decision = None
+            if head.multi_label:
+                decision, decided = _fit_decision(head, task, config, log)
+                head_scores = {**head_scores, **decided}
             linear_record = chosen and chosen.record
             if head.reads_terms and config.refit_terms and val_cache is None:  # validation has chosen all
                 with memory_step("fitting the linear branch again on all documents", LINEAR_MEMORY_HINT):
-                    again = refit_linear_branch(head, [train, val], chosen, config.term_c)
+                    again = refit_linear_branch(head, [train, val], chosen, config.term_c, _balanced(head, config))
                 again.load_into(head)
                 linear_record = {**chosen.record, "refit": again.record}
                 log(f"linear branch fitted again on {again.record['documents']:,} documents (training and validation)")
@@ -278,14 +349,18 @@ def run(config: TrainConfig, log=None) -> TrainSummary:
                         "val_accuracy": head_scores["val_accuracy"], "val_macro_f1": head_scores["val_macro_f1"],
                         "history": progress.history, "linear_branch": linear_record,
                         "seconds": time.perf_counter() - started}
-            save_checkpoint(out, head, names, encoder_record(train_cache), training, term_weights)
+            if head.multi_label:
+                training.update(task="multi_label", val_micro_f1=head_scores["val_micro_f1"],
+                                val_samples_f1=head_scores["val_samples_f1"])
+            save_checkpoint(out, head, names, encoder_record(train_cache), training, term_weights, decision)
             if config.curve:
                 plot_curve(progress.history, best["epoch"], config.curve_path)
             work.discard()
         return TrainSummary(out=out, pooling=config.pooling, parameters=head.n_parameters(), n_train=len(train),
                             n_val=len(val), best_epoch=best["epoch"], epochs_run=len(progress.history),
                             val_accuracy=head_scores["val_accuracy"], val_macro_f1=head_scores["val_macro_f1"],
-                            seconds=time.perf_counter() - started, peak_memory_bytes=peak_memory_bytes())
+                            seconds=time.perf_counter() - started, peak_memory_bytes=peak_memory_bytes(),
+                            task=train_cache.task, val_micro_f1=head_scores.get("val_micro_f1"))
     finally:
         train_cache.close()
         if val_cache is not None:

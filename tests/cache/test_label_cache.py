@@ -153,19 +153,31 @@ def test_embed_writes_a_multi_label_corpus_and_says_so(tiny_bert, tmp_path):
         run_embed(config(tiny_bert, single, out))
 
 
-def test_stage_two_refuses_a_multi_label_cache_in_one_line(tmp_path):
+def test_stage_two_refuses_a_cache_of_the_other_task_in_one_line(tmp_path):
     multi = write_multilabel_cache(tmp_path / "multi.h5", n_docs=20)
     single = write_synthetic_cache(tmp_path / "single.h5", n_docs=30, max_windows=3)
-    head = tmp_path / "head.pt"
-    code, lines = cli_error("in-process", "train-head", "--train", single, "--out", head, "--epochs", "1",
-                            "--inputs", "windows", "--no-progress")
-    assert code == 0, lines
-    for args, command in ((["train-head", "--train", multi, "--out", tmp_path / "h.pt"], "train-head"),
-                          (["train-head", "--train", single, "--val", multi, "--out", tmp_path / "h.pt"], "train-head"),
-                          (["evaluate", "--head", head, "--cache", multi], "evaluate")):
+    heads = {}
+    for name, cache in (("single", single), ("multi", multi)):
+        heads[name] = tmp_path / f"{name}.pt"
+        code, lines = cli_error("in-process", "train-head", "--train", cache, "--out", heads[name], "--epochs", "1",
+                                "--inputs", "windows", "--no-progress")
+        assert code == 0, lines
+    refusals = [
+        (["train-head", "--train", single, "--val", multi, "--out", tmp_path / "h.pt"],
+         f"error: --val {multi} is a multi-label cache and --train {single} a single-label one; validate on a "
+         f"cache of the same task"),
+        (["train-head", "--train", multi, "--val", single, "--out", tmp_path / "h.pt"],
+         f"error: --val {single} is a single-label cache and --train {multi} a multi-label one; validate on a "
+         f"cache of the same task"),
+        (["evaluate", "--head", heads["single"], "--cache", multi],
+         f"error: {multi} is a multi-label cache and the head {heads['single']} a single-label one; score a head "
+         f"on a cache of its own task"),
+        (["evaluate", "--head", heads["multi"], "--cache", single],
+         f"error: {single} is a single-label cache and the head {heads['multi']} a multi-label one; score a head "
+         f"on a cache of its own task")]
+    for args, want in refusals:
         code, lines = cli_error("in-process", *args)
-        assert code == 2 and lines == [f"error: {multi}: multi-label caches are not yet supported by {command} "
-                                       f"(the cache holds a set of labels per document)"], lines
+        assert code == 2 and lines == [want], lines
     assert not (tmp_path / "h.pt").exists()
 
 

@@ -321,7 +321,7 @@ def test_missing_or_null_labels_are_refused_where_labels_are_required(tmp_path):
 def test_the_default_search_path_is_the_checkouts_data_and_the_shared_datasets_beside_it(monkeypatch):
     """Without --data-home or $SCIKIT_LEARN_DATA, `data/` of this checkout, then
     `../shared/datasets` beside it (where the tests, CI and benchmarks keep the archives)."""
-    from conftest import ROOT
+    from checkout import ROOT
 
     from longdoc.corpus.sources import newsgroups_search_path
 

@@ -56,7 +56,7 @@ def embed_killed_after_three_blocks(tiny_bert, corpus, tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def reference(tiny_bert, tmp_path_factory):
-    from conftest import make_class_folders
+    from synthetic import make_class_folders
 
     root = tmp_path_factory.mktemp("ref")
     corpus = make_class_folders(root / "corpus")
@@ -523,7 +523,7 @@ def test_sigkill_at_random_moments_then_resume_with_random_block_sizes_equals_an
     import signal
     import time
 
-    from conftest import make_class_folders
+    from synthetic import make_class_folders
 
     corpus = make_class_folders(tmp_path / "corpus", docs_per_class=24, seed=3)
     reference = tmp_path / "reference.h5"

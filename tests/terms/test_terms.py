@@ -94,7 +94,7 @@ def test_a_planted_token_pattern_is_refused_not_compiled():
     import subprocess
     import sys
 
-    from conftest import ROOT
+    from checkout import ROOT
 
     script = ("import sys\nfrom longdoc.terms.hashing import TermHashing\n"
               "try:\n    hashing = TermHashing.from_json(sys.argv[1])\n"

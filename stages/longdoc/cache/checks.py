@@ -19,7 +19,7 @@ import numpy as np
 from longdoc.cache.term_files import CHECK_CHUNK, term_rows_problem
 from longdoc.runtime.errors import UserError
 from longdoc.settings.labels import check_label_names
-from longdoc.settings.model import PRECISIONS, WINDOW_VECTORS
+from longdoc.settings.model import PRECISIONS, TASKS, WINDOW_VECTORS
 from longdoc.terms.hashing import NO_TERMS, TermHashing
 
 # What the attributes may hold: the precision the encoder ran at and the window vector
@@ -28,9 +28,8 @@ from longdoc.terms.hashing import NO_TERMS, TermHashing
 RUN_PRECISIONS = tuple(p for p in PRECISIONS if p != "auto")
 CACHE_WINDOW_VECTORS = tuple(v for v in WINDOW_VECTORS if v != "auto")
 MAX_CHUNK_TOKENS = 2**20
-# The task a cache's labels are for (its `task` attribute): one label per document
-# (`labels`), or a set of labels per document (`label_sets/`).
-TASKS = ("single_label", "multi_label")
+# The task a cache's labels are for (its `task` attribute, one of TASKS): one label per
+# document (`labels`), or a set of labels per document (`label_sets/`).
 LABEL_SET_DATASETS = {"indptr": (1, "iu"), "indices": (1, "iu")}
 
 

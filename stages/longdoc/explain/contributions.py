@@ -31,6 +31,12 @@ summand. `Explanation.terms` holds the `terms_k` largest, by compact term id;
 `longdoc.explain.text.name_terms` turns ids back into the words and bigrams of the text
 (hashing is one-way, so naming needs the text). Window leave-one-out keeps the
 document's terms, so a window's contribution is what the window branch loses.
+
+Label sets (a multi-label head, sigmoid outputs: `explain_label_sets`): the same, toward
+each label j asked for, logit_j being that label's own logit; one set of leave-one-out
+variants serves every label of a document. A one-window document's contribution toward j
+is logit_j's margin over the logit of j's threshold. Terms: W[term, j] * tfidf_j, their
+exact share of the linear (one-vs-rest) branch's logit for j.
 """
 
 from __future__ import annotations
@@ -92,14 +98,26 @@ def require_term_branch(head: nn.Module, head_path) -> None:
 
 def explain_terms(head: nn.Module, terms: TermBatch, targets: np.ndarray, k: int = EXPLAIN_TERMS) -> list:
     """The k largest term contributions to class targets[i] of each document i of `terms`."""
+    return [toward[0] for toward in _terms_toward(head, terms, [np.array([t]) for t in np.asarray(targets)], k)]
+
+
+def _terms_toward(head: nn.Module, terms: TermBatch, target_sets: list[np.ndarray], k: int) -> list:
+    """For each document i of `terms`, per label of target_sets[i]: its k largest term
+    contributions (W[term, label] * tfidf), largest first."""
     weight = head.terms.weight.detach()
     ids, values = terms.ids.numpy(), terms.weights.numpy()
     ends = np.append(terms.offsets.numpy()[1:], len(ids))
     out = []
-    for start, end, target in zip(terms.offsets.numpy().tolist(), ends.tolist(), np.asarray(targets).tolist()):
-        contribution = weight[torch.from_numpy(ids[start:end]), target].numpy() * values[start:end]
-        order = np.argsort(-contribution, kind="stable")[:k]
-        out.append([TermContribution(int(ids[start + j]), float(contribution[j])) for j in order.tolist()])
+    for start, end, targets in zip(terms.offsets.numpy().tolist(), ends.tolist(), target_sets):
+        targets = np.asarray(targets, dtype=np.int64)
+        # [terms of the document, labels explained]: one gather of the rows, then the columns
+        rows = weight[torch.from_numpy(ids[start:end])][:, torch.from_numpy(targets)].numpy()
+        contribution = rows * values[start:end, None]
+        per_label = []
+        for j in range(len(targets)):
+            order = np.argsort(-contribution[:, j], kind="stable")[:k]
+            per_label.append([TermContribution(int(ids[start + i]), float(contribution[i, j])) for i in order.tolist()])
+        out.append(per_label)
     return out
 
 
@@ -162,32 +180,66 @@ def explain_documents(head: nn.Module, documents: CacheDocuments, docs: np.ndarr
     docs = documents.docs if docs is None else np.asarray(docs, dtype=np.int64)
     if targets is not None and len(targets) != len(docs):
         raise ValueError("targets needs one class per document")
+    target_sets = None if targets is None else [np.array([t], dtype=np.int64) for t in np.asarray(targets).tolist()]
+    out = _explain(head, documents, docs, target_sets, None, batch_windows, terms_k)
+    return [explanations[0] for explanations in out]
+
+
+@torch.inference_mode()
+def explain_label_sets(head: nn.Module, documents: CacheDocuments, label_sets: list[np.ndarray],
+                       docs: np.ndarray | None = None, thresholds: np.ndarray | None = None,
+                       batch_windows: int = EXPLAIN_BATCH_WINDOWS,
+                       terms_k: int = EXPLAIN_TERMS) -> list[list[Explanation]]:
+    """For a multi-label head: per document of `docs` (default: all), one Explanation per
+    label of `label_sets[i]`, in that order, each toward that label's logit (`target`).
+
+    The same leave-one-out variants serve every label of a document: its cost is that of
+    one label. A one-window document's contribution toward label j is its logit's margin over
+    the label's threshold, logit_j - logit(thresholds[j]) (positive when the label clears it;
+    without `thresholds`, over 0, a probability of 0.5)."""
+    docs = documents.docs if docs is None else np.asarray(docs, dtype=np.int64)
+    if len(label_sets) != len(docs):
+        raise ValueError("label_sets needs one set of labels per document")
+    target_sets = [np.asarray(labels, dtype=np.int64).reshape(-1) for labels in label_sets]
+    if thresholds is None:
+        baseline = None
+    else:
+        t = np.clip(np.asarray(thresholds, dtype=np.float64), 1e-7, 1 - 1e-7)
+        baseline = np.log(t) - np.log1p(-t)  # the logit at which each label's probability is its threshold
+    return _explain(head, documents, docs, target_sets, baseline, batch_windows, terms_k, sets=True)
+
+
+def _explain(head, documents, docs, target_sets, baseline, batch_windows, terms_k, sets=False) -> list[list]:
+    """Explanations per document of `docs`, one per label of target_sets[i] (None: the
+    predicted class); `sets`: one-window contributions are margins over `baseline` (label
+    sets), else over the best other class."""
     was_training = head.training
     head.eval()
     counts = documents.counts[docs]
-    out: list[Explanation | None] = [None] * len(docs)
+    out: list[list[Explanation] | None] = [None] * len(docs)
     group, cost = [], 0
     for pos in np.argsort(counts, kind="stable").tolist():  # similar lengths share calls
         n = int(counts[pos])
         rows = n * max(n - 1, 1)
         if group and (cost + rows > batch_windows or len(group) >= EXPLAIN_GROUP_DOCS):
-            _explain_group(head, documents, docs, targets, group, out, batch_windows, terms_k)
+            _explain_group(head, documents, docs, target_sets, baseline, sets, group, out, batch_windows, terms_k)
             group, cost = [], 0
         group.append(pos)
         cost += rows
     if group:
-        _explain_group(head, documents, docs, targets, group, out, batch_windows, terms_k)
+        _explain_group(head, documents, docs, target_sets, baseline, sets, group, out, batch_windows, terms_k)
     head.train(was_training)
     return out
 
 
-def _explain_group(head, documents, docs, targets, group, out, batch_windows, terms_k):
+def _explain_group(head, documents, docs, target_sets, baseline, sets, group, out, batch_windows, terms_k):
     group = np.asarray(group)
     batch = documents.load(docs[group])
     full = head_logits(head, batch).float().numpy()
-    target = full.argmax(1) if targets is None else np.asarray(targets)[group]
+    targets = ([np.array([t]) for t in full.argmax(1).tolist()] if target_sets is None
+               else [target_sets[pos] for pos in group.tolist()])
     lengths = documents.counts[docs[group]]
-    contributions = [np.zeros(n, dtype=np.float32) for n in lengths.tolist()]
+    contributions = [np.zeros((len(t), n), dtype=np.float32) for t, n in zip(targets, lengths.tolist())]
     # Every (document row, left-out window) pair of the documents with more than one window.
     pair_rows = np.concatenate([np.full(n, r) for r, n in enumerate(lengths.tolist()) if n > 1] or [[]])
     pair_drop = np.concatenate([np.arange(n) for n in lengths.tolist() if n > 1] or [[]])
@@ -199,17 +251,21 @@ def _explain_group(head, documents, docs, targets, group, out, batch_windows, te
             end += 1
         rows, drop = pair_rows[at:end], pair_drop[at:end]
         less = head_logits(head, _without(batch, rows, drop, lengths[rows])).float().numpy()
-        t = target[rows]
-        delta = full[rows, t] - less[np.arange(len(rows)), t]
-        for row, window, value in zip(rows.tolist(), drop.tolist(), delta.tolist()):
-            contributions[row][window] = value
+        for i, (row, window) in enumerate(zip(rows.tolist(), drop.tolist())):
+            t = targets[row]
+            contributions[row][:, window] = full[row, t] - less[i, t]
         at = end
-    terms = (explain_terms(head, batch.terms, target, terms_k)
-             if has_term_branch(head) and batch.terms is not None else [None] * len(group))
+    terms = (_terms_toward(head, batch.terms, targets, terms_k)
+             if has_term_branch(head) and batch.terms is not None else [[None] * len(t) for t in targets])
     for r, pos in enumerate(group.tolist()):
         if lengths[r] == 1:
-            contributions[r][0] = _margin(full[r], int(target[r]))
-        out[pos] = Explanation(int(docs[pos]), int(target[r]), full[r].copy(), contributions[r], terms[r])
+            for j, target in enumerate(targets[r].tolist()):
+                if not sets:
+                    contributions[r][j, 0] = _margin(full[r], target)
+                else:
+                    contributions[r][j, 0] = full[r, target] - (0.0 if baseline is None else baseline[target])
+        out[pos] = [Explanation(int(docs[pos]), int(target), full[r].copy(), contributions[r][j], terms[r][j])
+                    for j, target in enumerate(targets[r].tolist())]
 
 
 @torch.inference_mode()

@@ -1,7 +1,8 @@
 """Batches of documents from a window cache, grouped by window count.
 
 A batch is a padded tensor `x` [docs, windows, hidden], a mask [docs, windows] and
-the labels. Documents of similar window count go together, so padding is small,
+the labels: class indices, or for label sets the rows of the label matrix (0/1 floats,
+the targets of binary cross-entropy). Documents of similar window count go together, so padding is small,
 and a batch holds at most `batch_docs` documents and `batch_windows` padded windows:
 memory is bounded by the batch, whatever the longest document. A document longer
 than `batch_windows` forms a batch of its own (never truncated or dropped).
@@ -40,7 +41,7 @@ LOADING_HINT = "lower --memory-budget-mb (a cache above it is read by slices)"
 class Batch:
     x: torch.Tensor  # float32 [docs, windows, hidden], zeros at padded windows
     mask: torch.Tensor  # bool [docs, windows]
-    labels: torch.Tensor  # int64 [docs]
+    labels: torch.Tensor  # int64 [docs]; label sets: float32 [docs, n_labels] of 0 and 1
     docs: np.ndarray  # indices of these documents
     terms: TermBatch | None = None  # TF-IDF terms of these documents, for heads with a term branch
 
@@ -59,7 +60,9 @@ class CacheDocuments:
         every batch carries its documents' TF-IDF terms."""
         self.offsets = np.asarray(offsets, dtype=np.int64)
         self.counts = np.diff(self.offsets)
-        self.labels = np.asarray(labels, dtype=np.int64)
+        # class indices, int64 [n_docs]; or a bool label matrix [n_docs, n_labels] (label sets)
+        labels = np.asarray(labels)
+        self.labels = labels.astype(bool) if labels.ndim == 2 else labels.astype(np.int64)
         self.docs = np.arange(len(self.counts)) if docs is None else np.asarray(docs, dtype=np.int64)
         self.hidden = int(embeddings.shape[1])
         self.in_memory = (isinstance(embeddings, np.ndarray) or memory_budget_mb is None
@@ -78,7 +81,8 @@ class CacheDocuments:
     def from_cache(cls, cache: WindowCache, docs: np.ndarray | None = None, labels: np.ndarray | None = None,
                    memory_budget_mb: float | None = None,
                    term_weights: TermWeights | None = None) -> "CacheDocuments":
-        """`labels` may replace the cache's (evaluation maps them to the head's order by name).
+        """`labels` may replace the cache's (evaluation maps them to the head's order by name);
+        a multi-label cache's labels are its label matrix (`WindowCache.label_matrix`).
         With `term_weights`, batches carry terms: the cache's term counts are read whole when
         they fit in the memory budget, else per batch."""
         term_rows = None
@@ -88,7 +92,9 @@ class CacheDocuments:
                 with memory_step(f"loading the term counts of {cache.path} into memory", LOADING_HINT):
                     every = cache.term_rows(np.arange(cache.n_docs))
                 term_rows = every.__getitem__
-        return cls(cache.embeddings, cache.doc_offsets, cache.labels if labels is None else labels, docs,
+        if labels is None:
+            labels = cache.label_matrix() if cache.multi_label else cache.labels
+        return cls(cache.embeddings, cache.doc_offsets, labels, docs,
                    memory_budget_mb, term_rows, term_weights)
 
     def __len__(self) -> int:
@@ -133,8 +139,9 @@ class CacheDocuments:
         term_batch = None
         if terms and self.term_weights is not None:
             term_batch = self.term_weights.batch(self.term_rows(docs))
-        return Batch(torch.from_numpy(x), torch.from_numpy(mask), torch.from_numpy(self.labels[docs]), docs,
-                     term_batch)
+        labels = self.labels[docs]
+        labels = torch.from_numpy(labels.astype(np.float32) if labels.ndim == 2 else labels)
+        return Batch(torch.from_numpy(x), torch.from_numpy(mask), labels, docs, term_batch)
 
     @contextmanager
     def _reading(self):

@@ -3,8 +3,8 @@
 `torch.save` of a plain dict (loadable with `weights_only=True`, so opening a
 checkpoint never runs code from it):
 
-    format, format_version   "longdoc-head", 1
-    head                     HeadConfig as a dict (pooling, sizes, dropout, ...)
+    format, format_version   "longdoc-head", 3 (1 and 2 still load: single-label heads)
+    head                     HeadConfig as a dict (pooling, sizes, dropout, task, ...)
     state_dict               the head's weights
     label_names              class names, in the order of the logits
     encoder                  model, model_fingerprint, chunk_tokens, stride, precision,
@@ -13,6 +13,9 @@ checkpoint never runs code from it):
                              per-epoch history (for the record; loading ignores it)
     terms                    heads with a term branch: the term hashing (JSON), the kept
                              hashed feature ids and their idf (`longdoc.terms.tfidf`); else None
+    decision                 multi-label heads (HeadConfig.task): how probabilities become label
+                             sets (`longdoc.heads.decision.Decision.to_dict`: a threshold per label,
+                             the empty-set rule, the rule that fitted them); absent or None otherwise
 
 It is serialised in memory, then written to a private temporary beside `<out>`,
 fsynced and renamed (`longdoc.runtime.workdir.atomic_path`), so an interrupted or failed
@@ -25,7 +28,8 @@ weight's name, shape, dtype and finiteness against the head that record describe
 term statistics against their hashing, distinct printable label names, the encoder
 record's types and ranges. A head that fails is one line naming the file and the field.
 Not told apart from a trained head: finite weights (or idf, or term ids in order and
-range) changed to other finite values, and label names put in another order.
+range) changed to other finite values, and label names put in another order. A decision
+is checked by `Decision.from_dict`: one finite threshold in [0, 1] per label, known rules.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import torch
 
 import longdoc
 from longdoc.cache.reader import ENCODER_IDENTITY, WindowCache, differences
+from longdoc.heads.decision import Decision
 from longdoc.heads.head import Head
 from longdoc.runtime.errors import UserError
 from longdoc.runtime.workdir import atomic_write_bytes, brief, first_line, load_torch_file, tensor_problem
@@ -46,8 +51,9 @@ from longdoc.terms.tfidf import TermWeights
 
 FORMAT_NAME = "longdoc-head"
 # 2: the term branch (`terms`, HeadConfig.inputs) and `window_vector` in `encoder`.
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+# 3: `task` in `head` and, for label sets, `decision`.
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 # What a head records about its cache; ENCODER_IDENTITY decides compatibility.
 ENCODER_KEYS = ("model", *ENCODER_IDENTITY, "precision", "hidden_size")
 
@@ -60,6 +66,7 @@ class Checkpoint:
     training: dict
     path: Path | None = None
     terms: TermWeights | None = None  # TF-IDF statistics of a head with a term branch
+    decision: Decision | None = None  # a multi-label head's thresholds and empty-set rule
 
 
 def encoder_record(cache: WindowCache) -> dict:
@@ -67,8 +74,10 @@ def encoder_record(cache: WindowCache) -> dict:
 
 
 def save_checkpoint(path: str | Path, head: Head, label_names: list[str], encoder: dict, training: dict,
-                    terms: TermWeights | None = None):
+                    terms: TermWeights | None = None, decision: Decision | None = None):
     path = Path(path)
+    if head.multi_label != (decision is not None):
+        raise ValueError("a multi-label head is saved with its decision, a single-label one without")
     payload = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -79,6 +88,7 @@ def save_checkpoint(path: str | Path, head: Head, label_names: list[str], encode
         "encoder": dict(encoder),
         "training": training,
         "terms": terms.to_dict() if terms is not None else None,
+        **({"decision": decision.to_dict()} if decision is not None else {}),
     }
     buffer = io.BytesIO()  # a head is small; a failed write is then an OSError, not torch's RuntimeError
     torch.save(payload, buffer)
@@ -110,7 +120,10 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     unknown = [key for key in payload if key not in (*PAYLOAD_KEYS, *OPTIONAL_PAYLOAD_KEYS)]
     if missing or unknown:
         raise _damaged(path, _field("", (missing or unknown)[0]), "missing" if missing else "a field heads do not have")
-    config = _head_config(path, payload["head"])
+    head_record = payload["head"]
+    if version < 3 and isinstance(head_record, dict):  # before label sets every head was single-label
+        head_record = {**head_record, "task": "single_label"}
+    config = _head_config(path, head_record)
     weights = _weights(path, payload["state_dict"], config)
     terms = None
     if config.inputs != "windows":
@@ -121,6 +134,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     elif payload.get("terms") is not None:
         raise _damaged(path, "terms", "term statistics in a head without a term branch")
     label_names = _label_names(path, payload["label_names"], config)
+    decision = _decision(path, payload.get("decision"), config)
     encoder = _encoder(path, payload["encoder"], config, version)
     training = payload.get("training")
     if training is not None and not isinstance(training, dict):
@@ -130,12 +144,12 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     head = Head(config)  # every size checked against the tensors read: no more than the file holds
     head.load_state_dict(weights)
     head.eval()
-    return Checkpoint(head, label_names, encoder, dict(training or {}), path, terms)
+    return Checkpoint(head, label_names, encoder, dict(training or {}), path, terms, decision)
 
 
-# What a head file holds (the module docstring); `terms`, `training` and `package_version` may be absent.
+# What a head file holds (the module docstring); `terms`, `training`, `package_version` and `decision` may be absent.
 PAYLOAD_KEYS = ("format", "format_version", "head", "state_dict", "label_names", "encoder")
-OPTIONAL_PAYLOAD_KEYS = ("package_version", "training", "terms")
+OPTIONAL_PAYLOAD_KEYS = ("package_version", "training", "terms", "decision")
 # No size of a head comes near this; a bound keeps the meta-device arithmetic far from overflowing.
 MAX_SIZE = 2**31 - 1
 # The types of HeadConfig's fields (their annotations), as a head file must hold them.
@@ -199,6 +213,20 @@ def _weights(path: Path, state, config: HeadConfig) -> dict:
     return state
 
 
+def _decision(path: Path, record, config: HeadConfig) -> Decision | None:
+    """A multi-label head's decision, checked (`Decision.from_dict`); none in a single-label head."""
+    if not config.multi_label:
+        if record is not None:
+            raise _damaged(path, "decision", "thresholds in a single-label head")
+        return None
+    if record is None:
+        raise _damaged(path, "decision", "missing (a multi-label head decides by its thresholds)")
+    try:
+        return Decision.from_dict(record, config.n_classes)
+    except (ValueError, TypeError) as error:
+        raise _damaged(path, "decision", first_line(error)[:120]) from None
+
+
 def _label_names(path: Path, names, config: HeadConfig) -> list[str]:
     """A printable, distinct name per output: predict prints them and evaluate matches by them."""
     if not isinstance(names, list) or len(names) != config.n_classes:
@@ -246,8 +274,18 @@ def _encoder(path: Path, record, config: HeadConfig, version: int) -> dict:
     return dict(record)
 
 
+def check_task(checkpoint: Checkpoint, cache: WindowCache):
+    """Refuse, in one line, a cache of the other task than the head's (classes vs label sets)."""
+    head_task, cache_task = checkpoint.head.config.task, cache.task
+    if head_task != cache_task:
+        raise UserError(f"{cache.path} is a {cache_task.replace('_', '-')} cache and the head {checkpoint.path} "
+                        f"a {head_task.replace('_', '-')} one; score a head on a cache of its own task")
+
+
 def check_compatible(checkpoint: Checkpoint, cache: WindowCache):
-    """Refuse a cache made by another encoder or other window settings than the head's."""
+    """Refuse a cache of the other task (`check_task`), or made by another encoder or other
+    window settings than the head's."""
+    check_task(checkpoint, cache)
     diff = differences(cache.attrs, checkpoint.encoder, ENCODER_IDENTITY, names=("the head", "the cache"))
     if cache.hidden_size != checkpoint.head.config.hidden_size:
         diff.append(f"hidden_size: {checkpoint.head.config.hidden_size} (the head) vs "
@@ -272,3 +310,19 @@ def labels_by_name(checkpoint: Checkpoint, cache: WindowCache):
                         f"{', '.join(checkpoint.label_names[:5])}{' ...' if len(checkpoint.label_names) > 5 else ''}")
     index = [checkpoint.label_names.index(n) for n in cache.label_names]
     return torch.as_tensor(index)[torch.from_numpy(cache.labels)].numpy()
+
+
+def label_matrix_by_name(checkpoint: Checkpoint, cache: WindowCache):
+    """A multi-label cache's label sets against the head's labels, matched by name: (bool
+    [docs, head labels], bool [docs, unseen labels], the unseen labels' names). Unseen labels
+    are those of the cache the head was never trained on: it cannot predict them, so a
+    report scores them as missed rather than refusing the cache."""
+    import numpy as np
+
+    matrix = cache.label_matrix()
+    position = {name: i for i, name in enumerate(checkpoint.label_names)}
+    known = [i for i, name in enumerate(cache.label_names) if name in position]
+    unseen = [i for i, name in enumerate(cache.label_names) if name not in position]
+    head_matrix = np.zeros((cache.n_docs, len(checkpoint.label_names)), dtype=bool)
+    head_matrix[:, [position[cache.label_names[i]] for i in known]] = matrix[:, known]
+    return head_matrix, matrix[:, unseen], [cache.label_names[i] for i in unseen]

@@ -6,15 +6,19 @@ the longest in the batch: `x` float [docs, windows, hidden] and `mask` bool
 padded windows exactly, so a document's logits do not depend on what it was batched with.
 `Head` puts a LayerNorm in front (the cached vectors are not standardised), one pooling
 (`POOLING_LAYERS`, by name), dropout and one linear layer behind. It returns logits: the
-loss applies its own log-softmax.
+loss applies its own log-softmax (single-label: cross-entropy) or log-sigmoid per label
+(multi-label, `HeadConfig.task`: binary cross-entropy); `probabilities` is the one place
+logits become probabilities, softmax or sigmoid by the head's task.
 
 The linear branch (`inputs` "terms" or "both") is a linear model over the document's
 TF-IDF-weighted hashed terms (`longdoc.terms.tfidf.TermBatch`, an `nn.EmbeddingBag` of
 one row per kept term) and, with both inputs, the standardised mean of its window
 vectors beside them. It is fitted as a linear SVM (`longdoc.training.linear_fit`), not by the
 epoch loop. With both inputs the head's logits are `mix[0] * window logits + mix[1] *
-linear logits`, the two weights fitted on validation (`fit_mix`): the two branches'
-logits are stacked, and the more trustworthy one counts for more.
+linear logits`, the two weights fitted on validation (`fit_mix`, by the task's loss): the
+two branches' logits are stacked, and the more trustworthy one counts for more. For label
+sets the same two weights serve every label, and the sigmoid of the mix is the branch's
+calibration, as the softmax of the mix is for classes.
 
 Reads and writes no files: `longdoc.heads.checkpoint` saves a head and loads it back.
 """
@@ -65,6 +69,22 @@ class Head(nn.Module):
         return self.config.inputs in ("terms", "both")
 
     @property
+    def multi_label(self) -> bool:
+        """A sigmoid per label (label sets), not a softmax over classes."""
+        return self.config.multi_label
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits [docs, n_classes] as probabilities: softmax over classes, or sigmoid per label."""
+        return torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, -1)
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The task's unweighted loss of logits against targets: class indices, or the label
+        matrix [docs, n_classes] (0/1)."""
+        if self.multi_label:
+            return nn.functional.binary_cross_entropy_with_logits(logits, targets.float())
+        return nn.functional.cross_entropy(logits, targets.long())
+
+    @property
     def stacked(self) -> bool:
         """Both inputs: the window branch and the linear branch, their logits weighed by `mix`."""
         return self.reads_windows and self.reads_terms
@@ -111,15 +131,16 @@ class Head(nn.Module):
     @torch.no_grad()
     def fit_mix(self, branches: torch.Tensor, labels: torch.Tensor, steps: int = 100):
         """Set `mix` to the non-negative weights of the branches' logits [docs, 2, classes]
-        that minimise cross-entropy on `labels` (held-out documents: validation)."""
+        that minimise the task's loss on `labels` (held-out documents: validation): cross-entropy
+        on class indices, or binary cross-entropy on the label matrix [docs, classes]."""
         log_mix = torch.zeros(2, requires_grad=True)
         optimizer = torch.optim.LBFGS([log_mix], lr=0.5, max_iter=steps, line_search_fn="strong_wolfe")
-        branches, labels = branches.float(), labels.long()
+        branches = branches.float()
 
         def loss():
             optimizer.zero_grad()
             with torch.enable_grad():
-                value = nn.functional.cross_entropy(torch.einsum("b,dbc->dc", log_mix.exp(), branches), labels)
+                value = self.loss(torch.einsum("b,dbc->dc", log_mix.exp(), branches), labels)
                 value.backward()
             return value
 

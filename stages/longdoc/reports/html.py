@@ -9,7 +9,8 @@ and reads fine with scripts off.
 
 What it shows: the summary figures, the per-class table, the confusion matrix (up to
 `MAX_PLOTTED_CLASSES` classes, like the PNG: it grows with the square of the count; past
-that the page says so and the numbers stay in metrics.json), accuracy by length, and
+that the page says so and the numbers stay in metrics.json), accuracy by length, calibration
+(when evaluate measured it: ECE, the reliability table, and `reliability.png` beside the page), and
 documents: the misclassified ones, in cache order, up to `max_wrong`, and a seeded
 random sample of `n_correct` correctly classified ones.
 Each has its true, predicted and top competing class, a strip of its windows
@@ -29,7 +30,7 @@ import numpy as np
 
 from longdoc.explain.contributions import explain_documents
 from longdoc.explain.text import name_terms
-from longdoc.reports.metrics import MAX_PLOTTED_CLASSES
+from longdoc.reports.metrics import MAX_PLOTTED_CLASSES, RELIABILITY_PNG
 
 MAX_CHARS = 4000  # characters of text per document: ~1 page; long posts keep their top windows
 HEAD_CHARS = 400  # the start of a long text (subject, first lines) is always kept
@@ -170,14 +171,18 @@ def shaded_text(text: str, spans: np.ndarray, contributions: np.ndarray, max_cha
     return "".join(parts)
 
 
-def _strip(view: DocView) -> str:
-    c = view.contributions
-    scale = float(np.abs(c).max()) if len(c) else 0.0
+def strip(contributions: np.ndarray, spans: np.ndarray | None) -> str:
+    """A row of cells, one per window in document order, shaded by its contribution."""
+    scale = float(np.abs(contributions).max()) if len(contributions) else 0.0
     cells = []
-    for w, value in enumerate(c.tolist()):
-        where = f" [{view.spans[w, 0]}:{view.spans[w, 1]}]" if view.spans is not None else ""
+    for w, value in enumerate(contributions.tolist()):
+        where = f" [{spans[w, 0]}:{spans[w, 1]}]" if spans is not None else ""
         cells.append(f'<i style="background:{shade(value, scale)}" title="window {w}{where}: {value:+.3f}"></i>')
     return f'<div class="strip">{"".join(cells)}</div>'
+
+
+def _strip(view: DocView) -> str:
+    return strip(view.contributions, view.spans)
 
 
 def _document(view: DocView, opened: bool, max_chars: int) -> str:
@@ -238,6 +243,29 @@ def _confusion(rows: list[list[int]], names: list[str]) -> str:
             f'<tr><th></th>{head}</tr>{body}</table>')
 
 
+def calibration_section(m: dict) -> str:
+    """How far the probabilities can be trusted, when evaluate measured it (`calibration` in
+    the metrics, `longdoc.reports.metrics.calibration`): ECE, the confident mistakes, the bins,
+    and the reliability diagram evaluate writes beside the page (RELIABILITY_PNG)."""
+    record = m.get("calibration")
+    if not record:
+        return ""
+    what = ("every (document, label) probability against whether the label is true" if m.get("task") == "multi_label"
+            else "each document's top probability against whether its top class is right")
+    rows = "".join(f'<tr><td class="l">{b["low"]:.2f}-{b["high"]:.2f}</td><td>{b["count"]:,}</td>'
+                   f'<td>{b["confidence"]:.3f}</td><td>{b["accuracy"]:.3f}</td></tr>'
+                   for b in record.get("bins", []) if b.get("count"))
+    return (f'<h2>Calibration</h2><div class="figures" id="calibration">'
+            f'<div class="figure"><b data-metric="ece">{record["ece"]:.4f}</b>expected calibration error</div>'
+            f'<div class="figure"><b data-metric="wrong_above_0.99">{record.get("wrong_above_0.99", 0):,}</b>'
+            f'wrong with probability above 0.99</div>'
+            f'<div class="figure"><b>{record.get("predictions", 0):,}</b>probabilities</div></div>'
+            f'<p class="note">{what}, in {len(record.get("bins", []))} equal-width bins.</p>'
+            f'<p><img src="{RELIABILITY_PNG}" alt="reliability diagram ({RELIABILITY_PNG} beside this page)" '
+            f'width="360"></p><table id="reliability"><tr><th class="l">probability</th><th>count</th>'
+            f'<th>mean probability</th><th>how often right</th></tr>{rows}</table>')
+
+
 def render_report(m: dict, views: list[DocView], misclassified_total: int, correct_total: int,
                   max_wrong: int, n_correct: int, max_chars: int = MAX_CHARS) -> str:
     """The whole page."""
@@ -263,6 +291,7 @@ def render_report(m: dict, views: list[DocView], misclassified_total: int, corre
 <h1>{E(m['head'])} on {E(m['cache'])}</h1>
 <div class="figures" id="summary">{summary}</div>
 {_tables(m)}
+{calibration_section(m)}
 <h2>Documents</h2>
 <p class="note">{caps}</p>
 <p class="legend note">Window shading: contribution to the predicted class, by leaving the window out

@@ -2,7 +2,8 @@
 
 Pure functions of labels and predictions: classes (`scores`), label sets
 (`multilabel_scores`, `per_label_scores`), and how far probabilities can be trusted
-(`calibration`, `plot_reliability`); plus one atomic PNG writer. Reads nothing.
+(`calibration`, `plot_reliability`), each label's F1 against its support (`plot_label_f1`);
+plus one atomic PNG writer. Reads nothing.
 """
 
 from __future__ import annotations
@@ -128,17 +129,81 @@ def plot_reliability(calibration_record: dict, path: Path, title: str):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    filled = [b for b in calibration_record["bins"] if b["count"]]
-    ax.bar([b["low"] for b in filled], [b["accuracy"] for b in filled], width=[b["high"] - b["low"] for b in filled],
-           align="edge", edgecolor="tab:blue", color="tab:blue", alpha=0.6, label="observed")
-    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="calibrated")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("predicted probability")
-    ax.set_ylabel("how often it was right")
-    ax.set_title(f"{title}\nECE {calibration_record['ece']:.3f}", fontsize=9)
-    ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
+    # The title names a head and a cache: text, never math ("$x^$" would make mathtext raise).
+    with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
+        fig, ax = plt.subplots(figsize=(4.5, 4.5))
+        filled = [b for b in calibration_record["bins"] if b["count"]]
+        ax.bar([b["low"] for b in filled], [b["accuracy"] for b in filled], width=[b["high"] - b["low"] for b in filled],
+               align="edge", edgecolor="tab:blue", color="tab:blue", alpha=0.6, label="observed")
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="calibrated")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("predicted probability")
+        ax.set_ylabel("how often it was right")
+        ax.set_title(f"{title}\nECE {calibration_record['ece']:.3f}", fontsize=9)
+        ax.legend(loc="upper left", fontsize=8)
+        fig.tight_layout()
+        save_figure(fig, path)
+        plt.close(fig)
+
+
+# --- each label's F1 against its support -------------------------------------------------------
+
+# The bar panel names this many labels, the most frequent first: past ~60 the names are
+# unreadable (as for the confusion matrix); the scatter beside it shows every label.
+MAX_CHARTED_LABELS = 60
+# Characters of a label name on an axis; longer names are cut with "...".
+CHART_NAME_CHARS = 40
+# The files evaluate writes beside report.html, named once for the page that shows them.
+RELIABILITY_PNG = "reliability.png"
+LABEL_F1_PNG = "label_f1.png"
+
+
+def chart_name(name: str) -> str:
+    return name if len(name) <= CHART_NAME_CHARS else name[:CHART_NAME_CHARS - 3] + "..."
+
+
+def by_support(support: np.ndarray, f1: np.ndarray) -> np.ndarray:
+    """Label indices, most frequent first (ties: higher F1 first, then label order)."""
+    support, f1 = np.asarray(support), np.asarray(f1)
+    return np.lexsort((np.arange(len(support)), -f1, -support))
+
+
+def plot_label_f1(names: list[str], f1: np.ndarray, support: np.ndarray, path: Path, title: str,
+                  max_labels: int = MAX_CHARTED_LABELS):
+    """Each label's F1 against its support (true documents), for label sets, where a confusion
+    matrix means nothing. Left: every label as a point, support on a log axis (a label never
+    predicted sits at F1 0); right: bars of the `max_labels` most frequent labels' F1, named
+    with their support. Memory and size grow with the number of labels charted, not its square."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    f1, support = np.asarray(f1, dtype=np.float64), np.asarray(support, dtype=np.int64)
+    if len(names) != len(f1) or len(f1) != len(support):
+        raise ValueError("one name, F1 and support per label")
+    order = by_support(support, f1)
+    shown = order[:max_labels]
+    # Names are text, never math or TeX: "$x^$" would make mathtext raise.
+    with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
+        height = max(3.5, 0.2 * len(shown) + 1.2)
+        fig, (scatter, bars) = plt.subplots(1, 2, figsize=(11, height), gridspec_kw={"width_ratios": [1, 1.3]})
+        scatter.scatter(np.maximum(support, 0.8), f1, s=8, alpha=0.5, color="tab:blue")
+        scatter.set_xscale("log")
+        scatter.set_ylim(-0.03, 1.03)
+        scatter.set_xlabel("support (true documents, log scale; 0 drawn at 0.8)")
+        scatter.set_ylabel("F1")
+        scatter.set_title(f"all {len(f1):,} labels", fontsize=9)
+        y = np.arange(len(shown))
+        bars.barh(y, f1[shown], color="tab:blue", alpha=0.7)
+        bars.set_yticks(y, [f"{chart_name(names[i])} ({support[i]:,})" for i in shown], fontsize=7)
+        bars.invert_yaxis()
+        bars.set_xlim(0, 1)
+        bars.set_xlabel("F1")
+        cut = f"the {len(shown):,} most frequent of {len(f1):,}" if len(shown) < len(f1) else f"{len(f1):,}"
+        bars.set_title(f"{cut} labels, by support", fontsize=9)
+        fig.suptitle(title, fontsize=10)
+        fig.tight_layout()
+        save_figure(fig, path)
+        plt.close(fig)

@@ -20,7 +20,7 @@ of ranks): block b is classified by rank b mod N (`owner`), each rank keeps its 
 blocks in the one shared work folder (`RowBlocks(owned=...)`), and rank 0 joins them all.
 A run resumed on another number of ranks keeps every proven block.
 
-CSV text cells (id, label, true_label, topK_label) that a spreadsheet would evaluate
+CSV text cells (id, label, true_label, topK_label; labels and true_labels of label sets) that a spreadsheet would evaluate
 (OWASP, "CSV injection": starting with `=`, `+`, `-`, `@`, a tab or a carriage return)
 get one `'` in front, and so does a cell starting with `'`, so that dropping one leading
 `'` from any cell that has one gives the value back exactly. Numbers and the JSON cells
@@ -37,6 +37,7 @@ import re
 import shutil
 from pathlib import Path
 
+from longdoc.reports.label_set_rows import MULTI_LABEL, SINGLE_LABEL, join_cell
 from longdoc.runtime.errors import UserError
 from longdoc.runtime.workdir import atomic_path, atomic_write_bytes
 
@@ -51,6 +52,11 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
 def spreadsheet_safe(cell: str) -> str:
     """`cell` with one `'` in front when it starts with one of FORMULA_STARTS."""
     return "'" + cell if cell.startswith(FORMULA_STARTS) else cell
+
+
+def _one_label(true_label):
+    """A single-label row's true label: a multi-label corpus's set is written as one joined cell."""
+    return true_label if true_label is None or isinstance(true_label, str) else join_cell(true_label)
 
 
 def plan_blocks(records, block_docs: int):
@@ -77,20 +83,37 @@ def owner(block: int, world_size: int) -> int:
 
 class RowFormat:
     """Rows of one output format: a header (CSV only) and one row per prediction (a
-    `longdoc.predict.Prediction`), and the ids of the rows of a block file."""
+    `longdoc.predict.Prediction`), and the ids of the rows of a block file.
 
-    def __init__(self, kind: str, label_names: list[str], top_k: int, explain: int, terms: bool = False):
+    Single-label rows: id, label, probability, true_label, windows, then every class's
+    probability (or the top K), top_windows, top_terms. Multi-label rows (`task`
+    "multi_label"): id, labels (the predicted set: label, probability, threshold, most
+    probable first), true_labels, windows, then every label's probability (or the top K),
+    explanations (per predicted label: its top_windows and top_terms). In CSV a set is one
+    cell (`longdoc.reports.label_set_rows.join_cell`: `|`-joined, `\\|` inside a label), its
+    probabilities and thresholds two more cells in the same order."""
+
+    def __init__(self, kind: str, label_names: list[str], top_k: int, explain: int, terms: bool = False,
+                 task: str = SINGLE_LABEL):
         self.kind, self.names, self.top_k, self.explain, self.terms = kind, label_names, top_k, explain, terms
+        self.sets = task == MULTI_LABEL
 
     def columns(self) -> list[str]:
         classes = ([f"p:{n}" for n in self.names] if not self.top_k else
                    [c for i in range(1, self.top_k + 1) for c in (f"top{i}_label", f"top{i}_probability")])
+        if self.sets:
+            return ["id", "labels", "label_probabilities", "label_thresholds", "true_labels", "windows", *classes,
+                    *(["explanations"] if self.explain or self.terms else [])]
         return ["id", "label", "probability", "true_label", "windows", *classes,
                 *(["top_windows"] if self.explain else []), *(["top_terms"] if self.terms else [])]
 
     def keys(self) -> list[str]:
         """The keys of a JSON line, in order."""
-        return ["id", "label", "probability", "true_label", "windows", "top" if self.top_k else "probabilities",
+        classes = "top" if self.top_k else "probabilities"
+        if self.sets:
+            return ["id", "labels", "true_labels", "windows", classes,
+                    *(["explanations"] if self.explain or self.terms else [])]
+        return ["id", "label", "probability", "true_label", "windows", classes,
                 *(["top_windows"] if self.explain else []), *(["top_terms"] if self.terms else [])]
 
     def header(self) -> str:
@@ -98,9 +121,11 @@ class RowFormat:
 
     def row(self, p) -> str:
         ranked = sorted(p.probabilities.items(), key=lambda kv: -kv[1])[:self.top_k or None]
+        if self.sets:
+            return self._set_row(p, ranked)
         if self.kind == "jsonl":
             record = {"id": p.source, "label": p.label, "probability": round(p.probability, 6),
-                      "true_label": p.true_label, "windows": p.windows}
+                      "true_label": _one_label(p.true_label), "windows": p.windows}
             if self.top_k:
                 record["top"] = [{"label": n, "probability": round(v, 6)} for n, v in ranked]
             else:
@@ -113,12 +138,37 @@ class RowFormat:
         safe = spreadsheet_safe
         classes = ([f"{p.probabilities[n]:.6f}" for n in self.names] if not self.top_k else
                    [c for n, v in ranked for c in (safe(n), f"{v:.6f}")])
-        cells = [safe(p.source), safe(p.label), f"{p.probability:.6f}", safe(p.true_label or ""), p.windows,
-                 *classes]
+        cells = [safe(p.source), safe(p.label), f"{p.probability:.6f}", safe(_one_label(p.true_label) or ""),
+                 p.windows, *classes]
         if self.explain:
             cells.append(json.dumps(p.top_windows, ensure_ascii=False))
         if self.terms:
             cells.append(json.dumps(p.top_terms, ensure_ascii=False))
+        return self._csv(cells)
+
+    def _set_row(self, p, ranked) -> str:
+        """A multi-label row; a single-label true label counts as a set of one."""
+        true = None if p.true_label is None else [p.true_label] if isinstance(p.true_label, str) else list(
+            p.true_label)
+        explained = self.explain or self.terms
+        if self.kind == "jsonl":
+            record = {"id": p.source, "labels": p.labels, "true_labels": true, "windows": p.windows}
+            if self.top_k:
+                record["top"] = [{"label": n, "probability": round(v, 6)} for n, v in ranked]
+            else:
+                record["probabilities"] = {n: round(v, 6) for n, v in p.probabilities.items()}
+            if explained:
+                record["explanations"] = p.explanations
+            return json.dumps(record, ensure_ascii=False) + "\n"
+        safe = spreadsheet_safe
+        classes = ([f"{p.probabilities[n]:.6f}" for n in self.names] if not self.top_k else
+                   [c for n, v in ranked for c in (safe(n), f"{v:.6f}")])
+        cells = [safe(p.source), safe(join_cell(x["label"] for x in p.labels)),
+                 join_cell(f"{x['probability']:.6f}" for x in p.labels),
+                 join_cell(f"{x['threshold']:.6f}" for x in p.labels),
+                 safe(join_cell(true)) if true is not None else "", p.windows, *classes]
+        if explained:
+            cells.append(json.dumps(p.explanations, ensure_ascii=False))
         return self._csv(cells)
 
     def written_id(self, doc_id: str) -> str:

@@ -59,6 +59,11 @@ POOLINGS = ("mean", "max", "attention", "lstm", "transformer")
 # What a head reads: the window vectors, the document's terms, or both.
 INPUTS = ("windows", "terms", "both")
 
+# What a cache's labels and a head's outputs are: one class per document (softmax over the
+# classes, cross-entropy) or a set of labels per document (a sigmoid per label, binary
+# cross-entropy, thresholds fitted on validation). A head learns the task of its training cache.
+TASKS = ("single_label", "multi_label")
+
 
 @dataclass
 class HeadConfig:
@@ -81,12 +86,17 @@ class HeadConfig:
     transformer_heads: int = 4
     inputs: str = "windows"
     n_terms: int = 0  # kept terms of the term branch (from the training documents)
+    # From the training cache (heads of format 1 and 2, before label sets, are single-label).
+    task: str = "single_label"
 
     def __post_init__(self):
         if self.pooling not in POOLINGS:
             raise UserError(f"--pooling is one of {', '.join(POOLINGS)}; got {self.pooling!r}")
-        if self.n_classes < 2:
-            raise UserError(f"a classifier needs at least 2 classes; got {self.n_classes}")
+        if self.task not in TASKS:
+            raise UserError(f"a head's task is one of {', '.join(TASKS)}; got {self.task!r}")
+        if self.n_classes < (1 if self.task == "multi_label" else 2):  # one label can be there or not
+            raise UserError(f"a classifier needs at least {1 if self.task == 'multi_label' else 2} "
+                            f"{'label' if self.task == 'multi_label' else 'classes'}; got {self.n_classes}")
         if self.hidden_size < 1:
             raise UserError(f"hidden_size must be positive; got {self.hidden_size}")
         check_settings(self)  # --dropout, --inner-dim, --transformer-layers
@@ -102,6 +112,10 @@ class HeadConfig:
         if self.inner_dim % self.transformer_heads:
             raise UserError(f"inner_dim {self.inner_dim} must be a multiple of transformer_heads "
                             f"{self.transformer_heads}")
+
+    @property
+    def multi_label(self) -> bool:
+        return self.task == "multi_label"
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -6,6 +6,13 @@ the weights of scikit-learn's `LinearSVC` (liblinear: one-vs-rest, L2-regularise
 squared hinge, the bias regularised too) fitted on [terms, dense], which the head then
 applies as an `nn.EmbeddingBag` and a linear layer, exactly.
 
+Label sets (a bool label matrix instead of class indices): one binary LinearSVC per label
+over the same [terms, dense] rows (`fit_binary_svms`), the one-vs-rest of scikit-learn's
+`OneVsRestClassifier(LinearSVC())`; with `balanced`, each weighs its positive and negative
+documents as `class_weight="balanced"` does. Validation's choices are scored by the mean of
+micro- and macro-F1 at margin 0 (the SVM's own decision); the head then turns margins into
+probabilities with the sigmoid of the mixed logits and fits its thresholds on validation.
+
 Why not the epoch loop: a sparse linear model trained by AdamW moves every weight at
 the same pace, so terms seen in one or two training documents memorise them as fast as
 telling terms learn (on a synthetic lexical task it stayed at chance on validation), and
@@ -40,18 +47,26 @@ class LinearFit:
         return margins if dense is None else margins + dense @ self.dense_weights
 
 
+def _design(terms: sp.csr_matrix, dense: np.ndarray | None) -> sp.csr_matrix:
+    x = terms.tocsr().astype(np.float32)
+    if dense is not None:
+        x = sp.hstack([x, sp.csr_matrix(dense.astype(np.float32))], format="csr")
+    return x
+
+
 def fit_linear_svm(terms: sp.csr_matrix, dense: np.ndarray | None, labels: np.ndarray, n_classes: int,
-                   c: float, max_iterations: int = MAX_ITERATIONS) -> LinearFit:
+                   c: float, max_iterations: int = MAX_ITERATIONS, balanced: bool = False) -> LinearFit:
     """LinearSVC on [terms, dense] (rows: documents), as weights over all `n_classes`: a class
-    absent from `labels` gets zero weights and a bias far below the others."""
+    absent from `labels` gets zero weights and a bias far below the others. `labels` a bool
+    matrix [documents, n_classes]: one binary SVM per label (`fit_binary_svms`)."""
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.svm import LinearSVC
 
-    x = terms.tocsr().astype(np.float32)
-    if dense is not None:
-        x = sp.hstack([x, sp.csr_matrix(dense.astype(np.float32))], format="csr")
+    if np.ndim(labels) == 2:
+        return fit_binary_svms(terms, dense, labels, c, max_iterations, balanced)
+    x = _design(terms, dense)
     # liblinear visits the coordinates in a random order drawn from numpy's global generator
     # unless given a seed: a fixed one makes the same head come out of the same run every time.
     model = LinearSVC(C=c, tol=TOLERANCE, max_iter=max_iterations, random_state=0)
@@ -68,6 +83,56 @@ def fit_linear_svm(terms: sp.csr_matrix, dense: np.ndarray | None, labels: np.nd
     n_terms = terms.shape[1]
     return LinearFit(weights[:n_terms], weights[n_terms:] if dense is not None else None, bias,
                      int(np.max(model.n_iter_)))
+
+
+# The margin of a label no training document has (or every one has): the SVM's own margin of
+# a sure negative (positive); a sigmoid of the mixed logits then gives it a low (high) probability.
+CONSTANT_MARGIN = 1.0
+
+
+def fit_binary_svms(terms: sp.csr_matrix, dense: np.ndarray | None, label_matrix: np.ndarray, c: float,
+                    max_iterations: int = MAX_ITERATIONS, balanced: bool = False) -> LinearFit:
+    """One-vs-rest for label sets: a binary LinearSVC per label (column of the bool
+    `label_matrix` [documents, labels]) on [terms, dense]. A label that every training
+    document has, or none, gets zero weights and a bias of +-CONSTANT_MARGIN. liblinear fits
+    each label as it fits each class of a single-label problem, so the time grows with the
+    number of labels; the weights are one [features, labels] float32 matrix."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.svm import LinearSVC
+
+    label_matrix = np.asarray(label_matrix, dtype=bool)
+    x = _design(terms, dense)
+    n_labels = label_matrix.shape[1]
+    weights = np.zeros((x.shape[1], n_labels), dtype=np.float32)
+    bias = np.full(n_labels, -CONSTANT_MARGIN, dtype=np.float32)
+    iterations = 0
+    for label in range(n_labels):
+        y = label_matrix[:, label]
+        if y.all() or not y.any():
+            bias[label] = CONSTANT_MARGIN if y.all() and len(y) else -CONSTANT_MARGIN
+            continue
+        model = LinearSVC(C=c, tol=TOLERANCE, max_iter=max_iterations, random_state=0,
+                          class_weight="balanced" if balanced else None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            model.fit(x, y)
+        weights[:, label], bias[label] = model.coef_[0], model.intercept_[0]
+        iterations = max(iterations, int(np.max(model.n_iter_)))
+    n_terms = terms.shape[1]
+    return LinearFit(weights[:n_terms], weights[n_terms:] if dense is not None else None, bias, iterations)
+
+
+def validation_score(labels: np.ndarray, margins: np.ndarray) -> tuple[float, str]:
+    """(score, its name) by which validation chooses for the linear branch: macro-F1 of the
+    top class; label sets: the mean of micro- and macro-F1 of the labels at margin 0."""
+    from longdoc.reports.metrics import multilabel_scores, scores
+
+    if np.ndim(labels) == 2:
+        found = multilabel_scores(labels, margins >= 0.0)
+        return (found["micro_f1"] + found["macro_f1"]) / 2.0, "micro+macro-F1 / 2"
+    return scores(labels, margins.argmax(1))["macro_f1"], "macro-F1"
 
 
 # Scales of the dense block (the standardised mean window vector, whose norm is then about
@@ -125,12 +190,11 @@ class LinearBranch:
 
 
 def fit_linear_branch(head, train, val, c: float, dense_weights=DENSE_WEIGHTS,
-                      max_widening: int = MAX_WIDENING, log=None) -> LinearBranch:
+                      max_widening: int = MAX_WIDENING, log=None, balanced: bool = False) -> LinearBranch:
     """The linear branch of `head` (read for its configuration only) fitted on `train`
     (CacheDocuments with terms). With window inputs too, the dense block's scale is searched
-    from `dense_weights` (`bracketing_search`) by the branch's own macro-F1 on `val`."""
-    from longdoc.reports.metrics import scores
-
+    from `dense_weights` (`bracketing_search`) by the branch's own macro-F1 on `val` (label
+    sets: `validation_score`). `balanced`: label sets only, each label's SVM weighted."""
     train_terms, train_dense, train_labels = design_rows(head, train)
     val_terms, val_dense, val_labels = design_rows(head, val)
     shift = spread = None
@@ -145,12 +209,12 @@ def fit_linear_branch(head, train, val, c: float, dense_weights=DENSE_WEIGHTS,
     def validation_f1(weight) -> float:
         scale = None if weight is None else weight / np.sqrt(train_dense.shape[1])
         fit = fit_linear_svm(train_terms, None if weight is None else train_dense * scale, train_labels,
-                             head.config.n_classes, c)
+                             head.config.n_classes, c, balanced=balanced)
         margins = fit.margins(val_terms, None if weight is None else val_dense * scale)
-        f1 = scores(val_labels, margins.argmax(1))["macro_f1"]
+        f1, name = validation_score(val_labels, margins)
         if log is not None:
             dense = "" if weight is None else f", dense weight {weight:g}"
-            log(f"linear branch: C {c:g}{dense}: {fit.iterations} liblinear passes, validation macro-F1 {f1:.4f}")
+            log(f"linear branch: C {c:g}{dense}: {fit.iterations} liblinear passes, validation {name} {f1:.4f}")
         best = max(fits.values(), key=lambda kept: kept[0], default=None)
         if best is None or f1 > best[0]:  # keep only the best fit's weights (~80 MB each on 20 classes)
             fits.clear()
@@ -162,31 +226,33 @@ def fit_linear_branch(head, train, val, c: float, dense_weights=DENSE_WEIGHTS,
     else:
         weight, tried = bracketing_search(validation_f1, dense_weights, max_widening)
     f1, scale, fit = fits[weight]
-    record = {"c": c, "dense_weight": weight, "val_macro_f1": f1, "iterations": fit.iterations,
+    score = {"val_macro_f1": f1} if np.ndim(val_labels) == 1 else {"val_micro_macro_f1": f1, "balanced": balanced}
+    record = {"c": c, "dense_weight": weight, **score, "iterations": fit.iterations,
               "tried": [[w, f] for w, f in sorted(tried.items(), key=lambda item: item[0] or 0.0)]}
     if weight is None:
         return LinearBranch(fit, None, None, record)
     return LinearBranch(fit, shift.astype(np.float32), (scale / spread).astype(np.float32), record)
 
 
-def refit_linear_branch(head, documents: list, chosen: LinearBranch, c: float) -> LinearBranch:
+def refit_linear_branch(head, documents: list, chosen: LinearBranch, c: float, balanced: bool = False) -> LinearBranch:
     """The linear branch fitted again on all of `documents` (CacheDocuments with terms:
     training and validation), keeping what validation chose in `chosen` (the dense block's
     shift and scale) and the TF-IDF statistics. For after validation has made its last choice."""
     designs = [design_rows(head, part) for part in documents]
     terms = sp.vstack([design[0] for design in designs], format="csr")
-    labels = np.concatenate([design[2] for design in designs])
+    labels = np.concatenate([design[2] for design in designs])  # classes, or label-matrix rows
     dense = None
     if chosen.dense_shift is not None:  # the head's own transform of the mean window vector
         dense = np.concatenate([design[1] for design in designs])
         dense = (dense - chosen.dense_shift.astype(np.float64)) * chosen.dense_scale.astype(np.float64)
-    fit = fit_linear_svm(terms, dense, labels, head.config.n_classes, c)
+    fit = fit_linear_svm(terms, dense, labels, head.config.n_classes, c, balanced=balanced)
     return LinearBranch(fit, chosen.dense_shift, chosen.dense_scale,
                         {"documents": len(labels), "iterations": fit.iterations})
 
 
 def design_rows(head, documents) -> tuple[sp.csr_matrix, np.ndarray | None, np.ndarray]:
-    """(TF-IDF rows, raw mean window vectors or None, labels) of `documents`, in their order."""
+    """(TF-IDF rows, raw mean window vectors or None, labels: classes or bool label-matrix
+    rows) of `documents`, in their order."""
     terms, dense, labels = [], [], []
     for batch in documents.batches(256, 16384):
         t = batch.terms
@@ -196,6 +262,6 @@ def design_rows(head, documents) -> tuple[sp.csr_matrix, np.ndarray | None, np.n
         if head.reads_windows:
             mask = batch.mask.unsqueeze(-1).float()
             dense.append(((batch.x * mask).sum(1) / mask.sum(1).clamp_min(1.0)).numpy())
-        labels.append(batch.labels.numpy())
+        labels.append(batch.labels.numpy() if batch.labels.ndim == 1 else batch.labels.numpy() > 0.5)
     return (sp.vstack(terms, format="csr"), np.concatenate(dense).astype(np.float64) if dense else None,
             np.concatenate(labels))

@@ -15,7 +15,13 @@ _DIGITS = frozenset("0123456789")
 def validation_split(labels: np.ndarray, doc_ids: list[str], settings, rng: np.random.Generator
                      ) -> tuple[np.ndarray, np.ndarray]:
     """(train, val) document indices as `settings` say: `val_fraction` and `val_split`, the
-    fields of `longdoc.configs.ValidationSettings` that finetune's and train-head's configs share."""
+    fields of `longdoc.configs.ValidationSettings` that finetune's and train-head's configs share.
+    `labels` class indices, or a bool label matrix [documents, labels] for label sets: then
+    `iterative_split`, or with "latest" the documents whose ids sort last, of all of them."""
+    if np.ndim(labels) == 2:
+        if settings.val_split == "latest":
+            return latest_split(np.zeros(len(labels), dtype=np.int64), doc_ids, settings.val_fraction)
+        return iterative_split(labels, settings.val_fraction, rng)
     if settings.val_split == "latest":
         return latest_split(labels, doc_ids, settings.val_fraction)
     return stratified_split(labels, settings.val_fraction, rng)

@@ -2,8 +2,9 @@
 
 Reads validation probabilities [documents, labels] and the true label sets (bool, same
 shape); returns a `Decision`: one threshold per label and what a document gets when no
-label reaches its threshold. A head records its Decision (`to_dict`), so `evaluate` and
-`predict` decide exactly as validation chose. Pure functions; reads and writes no files.
+label reaches its threshold (`longdoc.heads.decision`, where a head file's record of it is
+checked). A head records its Decision (`to_dict`), so `evaluate` and `predict` decide exactly
+as validation chose. Pure functions; reads and writes no files.
 
 Three rules are fitted, and one is chosen:
 
@@ -23,14 +24,11 @@ frequent labels, macro by rare ones); the winner is then fitted again on all of 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
+from longdoc.heads.decision import EMPTY, RULES, Decision  # noqa: F401 (re-exported: what is fitted here)
 from longdoc.reports.metrics import multilabel_scores
 
-RULES = ("global", "per-label", "fallback")
-EMPTY = ("none", "best")  # what a document reached by no label gets: nothing, or its best label
 # A threshold tuned on fewer validation documents of a label than this is mostly noise:
 # with 1 or 2 positives the F1-optimal cut sits just below them, whatever test looks like.
 MIN_POSITIVES = 3
@@ -40,43 +38,6 @@ FOLDS = 3
 # Where no document of a label is seen (or its scores give nothing better), its threshold
 # is the global one; before any fit, 0.5 is what a sigmoid's 0 logit means.
 DEFAULT_THRESHOLD = 0.5
-
-
-@dataclass
-class Decision:
-    """How probabilities become a label set: `thresholds` [labels] and the `empty` rule."""
-
-    thresholds: np.ndarray  # float64 [labels]
-    empty: str = "none"  # "none" or "best"
-    rule: str = "global"  # which rule fitted the thresholds (for the record)
-    record: dict | None = None  # what validation measured of each rule
-
-    def apply(self, probabilities: np.ndarray) -> np.ndarray:
-        """Bool [documents, labels]: each label at or above its threshold; with `empty`
-        "best", a document that none reaches gets its most probable label."""
-        probabilities = np.asarray(probabilities)
-        chosen = probabilities >= self.thresholds[None, :]
-        if self.empty == "best" and probabilities.shape[1]:
-            nothing = ~chosen.any(1)
-            chosen[np.flatnonzero(nothing), probabilities[nothing].argmax(1)] = True
-        return chosen
-
-    def to_dict(self) -> dict:
-        return {"thresholds": [float(t) for t in self.thresholds], "empty": self.empty, "rule": self.rule,
-                "record": self.record}
-
-    @classmethod
-    def from_dict(cls, record: dict, n_labels: int) -> "Decision":
-        """A head's recorded decision, checked: one finite threshold in [0, 1] per label."""
-        if not isinstance(record, dict):
-            raise ValueError("the decision is not a record")
-        thresholds = np.asarray(record.get("thresholds"), dtype=np.float64)
-        if thresholds.shape != (n_labels,) or not np.all(np.isfinite(thresholds)) or \
-                np.any((thresholds < 0) | (thresholds > 1)):
-            raise ValueError(f"the decision needs {n_labels} thresholds in [0, 1]")
-        if record.get("empty") not in EMPTY or record.get("rule") not in RULES:
-            raise ValueError(f"the decision's empty rule is one of {EMPTY} and its rule one of {RULES}")
-        return cls(thresholds, record["empty"], record["rule"], record.get("record"))
 
 
 def global_threshold(probabilities: np.ndarray, truth: np.ndarray) -> float:
