@@ -34,3 +34,20 @@ def kill_cli_once_written(path: Path, *args, timeout=300):
         time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     process.wait()
+
+
+# A full disk, as the process sees it: writes past the limit fail with EFBIG.
+FILL_DISK = r"""
+import resource, sys
+resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))
+from longdoc import cli
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def run_with_file_size_limit(limit, *args) -> subprocess.CompletedProcess:
+    """Run `cli.py ARGS` in a process that may write no file past `limit` bytes (RLIMIT_FSIZE):
+    a full disk at the moment the output grows past it."""
+    code = FILL_DISK.format(limit=limit)
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)

@@ -3,9 +3,11 @@ written with the real writer (`longdoc.cache.writer.write_cache`)."""
 
 from __future__ import annotations
 
+import io
 import json
 import random
 import string
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -215,3 +217,26 @@ def read_all(path):
     with h5py.File(path, "r") as f:
         f.visititems(lambda name, item: arrays.update({name: item[:]}) if isinstance(item, h5py.Dataset) else None)
         return arrays, {k: f.attrs[k] for k in f.attrs}
+
+
+# --- Reuters-21578 SGML, as the original distribution writes it ---------------------------
+
+
+def story(newid=1, topics="<D>grain</D>", text="<TITLE>GRAIN UP</TITLE><BODY>Grain rose.</BODY>",
+          split="TRAIN", has_topics="YES", text_tag="<TEXT>") -> str:
+    return (f'<REUTERS TOPICS="{has_topics}" LEWISSPLIT="{split}" CGISPLIT="TRAINING-SET" OLDID="9" NEWID="{newid}">\n'
+            f"<DATE>26-FEB-1987 15:01:01.79</DATE>\n<TOPICS>{topics}</TOPICS>\n<PLACES><D>usa</D></PLACES>\n"
+            f"<PEOPLE></PEOPLE>\n<ORGS></ORGS>\n<EXCHANGES></EXCHANGES>\n<COMPANIES></COMPANIES>\n"
+            f"<UNKNOWN>&#5;&#5;&#5;C T\n&#22;&#22;&#1;f0704&#31;reute</UNKNOWN>\n"
+            f"{text_tag}&#2;\n{text}\n</TEXT>\n</REUTERS>\n")
+
+
+def write_archive(path, files: dict[str, str]):
+    """A reuters21578.tar.gz holding `files` (name -> SGML text) under reuters21578/."""
+    with tarfile.open(path, "w:gz") as tar:
+        for name, content in files.items():
+            data = content.encode("latin-1")
+            info = tarfile.TarInfo(f"reuters21578/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path

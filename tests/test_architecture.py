@@ -135,7 +135,9 @@ def test_command_settings_import_no_torch_and_no_block_with_it():
 
 def test_tests_mirror_the_package_and_take_helpers_by_name():
     """A block's tests sit in tests/<its sub-package>/, a stage's at the top of tests/; shared
-    helpers come from synthetic, checkout or assertions, never from conftest (fixtures only)."""
+    helpers come from synthetic, checkout or assertions, never from conftest (fixtures only), and a
+    test module takes nothing from another folder's test modules (which pytest finds only by luck of
+    collection order)."""
     tests = PACKAGE.parent.parent / "tests"
     sub_packages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
     for folder in (p for p in tests.iterdir() if p.is_dir() and p.name != "__pycache__"):
@@ -146,3 +148,7 @@ def test_tests_mirror_the_package_and_take_helpers_by_name():
                if isinstance(node, (ast.Import, ast.ImportFrom))
                and "conftest" in ([a.name for a in node.names] if isinstance(node, ast.Import) else [node.module])]
         assert not bad, f"{path.relative_to(tests)} line {bad[0]} imports conftest: import the helper's own module"
+        siblings = [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                    and (node.module or "").startswith("test_") and not (path.parent / f"{node.module}.py").exists()]
+        assert not siblings, (f"{path.relative_to(tests)} imports {siblings[0]} from another folder: "
+                              "move what both need into synthetic, checkout or assertions")

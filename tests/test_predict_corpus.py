@@ -449,7 +449,7 @@ def test_a_full_disk_is_one_line_naming_the_file_and_keeps_the_finished_blocks(t
 def test_a_file_size_limit_is_one_line_and_leaves_no_temporaries(tiny, reference, tmp_path):
     """RLIMIT_FSIZE in a real process: the blocks (~300 bytes) and settings.json (~500) fit
     under it, the joined file (~1,300) does not."""
-    from test_reliability import run_with_file_size_limit
+    from checkout import run_with_file_size_limit
 
     corpus, _, head = tiny
     out = tmp_path / "p.csv"

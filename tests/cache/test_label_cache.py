@@ -189,7 +189,7 @@ def test_a_version_2_cache_at_out_is_still_complete_for_embed(tiny_bert, folder_
 
 
 def test_embed_reads_a_few_reuters_stories_into_label_sets(tiny_bert, tmp_path):
-    from test_reuters import story, write_archive
+    from synthetic import story, write_archive
 
     home = tmp_path / "home"
     home.mkdir()

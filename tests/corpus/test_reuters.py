@@ -4,27 +4,17 @@ the real archive in ../shared/datasets (skipped, with the reason, when it is abs
 
 from __future__ import annotations
 
-import io
-import tarfile
 import time
 
 import pytest
 from checkout import SHARED_DATASETS
+from synthetic import story, write_archive
 
 from longdoc.corpus.reuters import Story, modapte_r90, parse_sgml
 from longdoc.corpus.sources import iter_documents, load_corpus
 from longdoc.runtime.errors import UserError
 
 REAL_ARCHIVE = SHARED_DATASETS / "reuters21578.tar.gz"
-
-
-def story(newid=1, topics="<D>grain</D>", text="<TITLE>GRAIN UP</TITLE><BODY>Grain rose.</BODY>",
-          split="TRAIN", has_topics="YES", text_tag="<TEXT>") -> str:
-    return (f'<REUTERS TOPICS="{has_topics}" LEWISSPLIT="{split}" CGISPLIT="TRAINING-SET" OLDID="9" NEWID="{newid}">\n'
-            f"<DATE>26-FEB-1987 15:01:01.79</DATE>\n<TOPICS>{topics}</TOPICS>\n<PLACES><D>usa</D></PLACES>\n"
-            f"<PEOPLE></PEOPLE>\n<ORGS></ORGS>\n<EXCHANGES></EXCHANGES>\n<COMPANIES></COMPANIES>\n"
-            f"<UNKNOWN>&#5;&#5;&#5;C T\n&#22;&#22;&#1;f0704&#31;reute</UNKNOWN>\n"
-            f"{text_tag}&#2;\n{text}\n</TEXT>\n</REUTERS>\n")
 
 
 def parse_one(sgml: str | bytes) -> Story:
@@ -130,16 +120,6 @@ def test_modapte_r90_keeps_topics_on_both_sides_and_stories_left_with_one():
 
 
 # --- --data reuters21578 on a made-up archive ---------------------------------------------
-
-
-def write_archive(path, files: dict[str, str]):
-    with tarfile.open(path, "w:gz") as tar:
-        for name, content in files.items():
-            data = content.encode("latin-1")
-            info = tarfile.TarInfo(f"reuters21578/{name}")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 from assertions import one_line_error
-from checkout import ROOT
+from checkout import ROOT, run_with_file_size_limit
 from synthetic import read_all
 from synthetic import tiny_embed_config as config
 
@@ -265,20 +265,6 @@ def test_planted_symlinks_are_never_written_through(tmp_path):
     with pytest.raises(UserError, match="symbolic link"):
         WorkDir(out, {"a": 1}).__enter__()
     assert victim.read_text() == "precious"
-
-
-FILL_DISK = r"""
-import resource, sys
-resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))
-from longdoc import cli
-sys.exit(cli.main(sys.argv[1:]))
-"""
-
-
-def run_with_file_size_limit(limit, *args):
-    code = FILL_DISK.format(root=str(ROOT), limit=limit)
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
 
 
 def test_file_too_large_while_writing_the_cache_is_one_line_and_leaves_no_temporaries(
