@@ -22,7 +22,7 @@ STAGES = ("embed", "distributed", "finetune", "train_head", "evaluate", "predict
 TOP = (*STAGES, "configs", "cli", "__main__")
 # Lowest first: a block package may import only the packages before it (and itself).
 BLOCK_LAYERS = ("runtime", "settings", "corpus", "terms", "encoding", "cache", "heads", "explain", "reports",
-                "training", "embedding")
+                "training", "embedding", "inference")
 # What stage two must not reach, even through another block: reading a corpus or running an
 # encoder is stage one's (evaluate reads texts for its report only through explain.text, below).
 STAGE_ONE_ONLY = ("longdoc.corpus.", "longdoc.encoding.", "longdoc.embedding.", "longdoc.cache.writer")

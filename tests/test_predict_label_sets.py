@@ -16,6 +16,7 @@ from test_predict import embed_and_train
 from test_predict_corpus import interrupt_classify_after, read_jsonl
 
 from longdoc import predict as predict_module
+from longdoc.inference import predictor as predictor_module
 from longdoc.cache.reader import open_cache
 from longdoc.configs import PredictConfig
 from longdoc.explain.contributions import explain_label_sets
@@ -52,7 +53,7 @@ def cached(tiny):
 def multi_label(cached, monkeypatch):
     """predict loads every head as a multi-label one with the median thresholds."""
     thresholds = cached[2]
-    real = predict_module.load_checkpoint
+    real = predictor_module.load_checkpoint
 
     def as_multi_label(path):
         checkpoint = real(path)
@@ -60,7 +61,7 @@ def multi_label(cached, monkeypatch):
         checkpoint.decision = Decision(thresholds.copy(), "none", "per-label").to_dict()
         return checkpoint
 
-    monkeypatch.setattr(predict_module, "load_checkpoint", as_multi_label)
+    monkeypatch.setattr(predictor_module, "load_checkpoint", as_multi_label)
     return cached
 
 
