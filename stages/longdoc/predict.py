@@ -6,7 +6,8 @@
 
 Uses exactly what the head records: the encoder (`model`, checked against its
 fingerprint), the window settings and the precision of the cache it was trained
-on. Windowing and encoding are stage one's own code (`longdoc.encoding.windows`,
+on (int8: on the CPU, whatever --device auto would pick).
+Windowing and encoding are stage one's own code (`longdoc.encoding.windows`,
 `longdoc.encoding.batches.encode_windows`), so a document is embedded here as it was there.
 `--explain` adds each document's top windows by leave-one-out contribution
 (`longdoc.explain.contributions`), with their character spans and text; `--explain-terms`, for a
@@ -112,8 +113,13 @@ class Predictor:
         if explain_terms:
             require_term_branch(self.checkpoint.head, head_path)
         recorded = self.checkpoint.encoder
-        self.encoder = load_encoder(recorded["model"], device, recorded.get("precision") or "auto",
-                                    recorded["window_vector"])
+        precision = recorded.get("precision") or "auto"
+        if precision == "int8":  # the head's windows came from int8 kernels, which run on CPUs only
+            if device not in ("auto", "cpu"):
+                raise UserError(f"{head_path} was trained on windows embedded at int8, which runs only on CPUs; "
+                                f"pass --device cpu")
+            device = "cpu"
+        self.encoder = load_encoder(recorded["model"], device, precision, recorded["window_vector"])
         if self.encoder.fingerprint != recorded["model_fingerprint"]:
             raise UserError(f"{recorded['model']} here is not the encoder {head_path} was trained with "
                             f"(fingerprint {self.encoder.fingerprint[:12]} vs "

@@ -75,7 +75,7 @@ from longdoc.heads.head import Head
 from longdoc.runtime.errors import UserError
 from longdoc.runtime.process import Background, memory_step, peak_memory_bytes
 from longdoc.runtime.workdir import WorkDir, check_not_an_input, check_output_path
-from longdoc.settings.model import HeadConfig
+from longdoc.settings.model import HeadConfig, precision_differences
 from longdoc.terms.tfidf import TermWeights
 from longdoc.training.head_task import HeadTask, class_weight_tensor
 from longdoc.training.linear_fit import LinearBranch, fit_linear_branch, refit_linear_branch
@@ -145,7 +145,8 @@ def _open_validation(config: TrainConfig, train_cache: WindowCache, rng):
     if val_cache.multi_label:
         val_cache.close()
         val_cache.single_label_only("train-head")
-    diff = differences(val_cache.attrs, train_cache.attrs, ENCODER_IDENTITY, names=("--train", "--val"))
+    diff = (differences(val_cache.attrs, train_cache.attrs, ENCODER_IDENTITY, names=("--train", "--val"))
+            + precision_differences(val_cache.attrs, train_cache.attrs, names=("--train", "--val")))
     if diff:
         val_cache.close()
         raise UserError(f"--val {config.val} was made differently from --train ({'; '.join(diff)})")
