@@ -117,3 +117,30 @@ def test_embed_int8_on_the_command_line(caches, tiny_bert, tmp_path):
                      "--stride", "8", "--precision", "int8", "--no-progress", "--out", str(out)]) == 0
     with open_cache(out) as cache:
         assert cache.attrs["precision"] == "int8"
+
+
+@pytest.mark.slow
+@needs_int8
+def test_torchrun_shards_at_int8_join_into_the_one_process_cache(caches, tiny_bert, tmp_path):
+    """Two CPU ranks embed their shards at int8 as one process does: same documents, order and
+    windows, precision int8, vectors alike up to the activation scales of other batches."""
+    import os
+    import subprocess
+    import sys
+
+    from checkout import ROOT
+
+    corpus, _, int8, _ = caches
+    out = tmp_path / "joined.h5"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(ROOT / "cli.py"), "embed", "--out", str(out), "--no-progress", "--data", str(corpus), "--model",
+               str(tiny_bert), "--chunk-tokens", "32", "--stride", "8", "--batch-tokens", "256", "--precision",
+               "int8", "--device", "cpu", "--block-windows", "16"]
+    result = subprocess.run(command, cwd=ROOT, env={**os.environ}, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open_cache(out) as got, open_cache(int8) as want:
+        assert got.attrs["precision"] == "int8"
+        assert got.doc_ids() == want.doc_ids() and got.window_counts.tolist() == want.window_counts.tolist()
+        a, b = got.embeddings[:], want.embeddings[:]
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert cos.min() >= MIN_COSINE
