@@ -39,7 +39,8 @@ ENGINES = ("x86", "fbgemm", "onednn", "qnnpack")
 
 def cpu_has_vnni() -> bool:
     """True where the CPU has int8 dot-product instructions (AVX512-VNNI, AVX-VNNI or AMX-INT8):
-    without them int8 matmuls run on AVX2/AVX-512 multiply-adds, at about the fp32 speed."""
+    without them an int8 dot product takes three instructions (AVX2/AVX-512 multiply-adds) and
+    7-bit activations, so int8 gains little there."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
