@@ -1,6 +1,7 @@
 """Stage-one speed, side by side on identical windows, same model, same machine, one run.
 
     .venv/bin/python bench/embed_speed.py --docs 150 --repeats 3 --json docs/bench/embed_speed.json
+    .venv/bin/python bench/embed_speed.py --processes --docs 959 --json docs/bench/embed_processes.json
 
 Compares, on the windows of the first `--docs` 20 Newsgroups train posts (default
 window settings, MiniLM):
@@ -16,6 +17,12 @@ window settings, MiniLM):
 and reports tokens/s, the speed-ups the stage-one issue asks for, and model FLOP
 utilisation: tokens/s x encoder FLOPs per token / measured matmul FLOP/s, same dtype
 (with the FLOPs stage one executes; see stages/longdoc/encoding/cls_forward.py).
+With `--processes`, instead: whole processes, alternating, each one's best of two
+(`whole_processes`): `cli.py embed --no-terms` at the default precision and at int8, against
+sentence-transformers with torch fp32, ONNX Runtime fp32 and ONNX Runtime dynamic int8
+(`export_dynamic_quantized_onnx_model(..., "avx512_vnni")` of the packaged MiniLM, exported
+locally by bench/onnx_export.py: nothing downloaded) on the same windows as text; the ONNX rows
+run in `--st-python`, a venv with sentence-transformers' `onnx` extra (not a dependency).
 Every method embeds exactly the same token windows; tokens/s counts real (unpadded)
 window tokens, special tokens included.
 Reads the 20 Newsgroups train split and MiniLM (ours and sentence-transformers' copy of
@@ -28,6 +35,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -41,6 +49,7 @@ import prototype  # noqa: E402  (bench/prototype.py, beside this file)
 from longdoc.corpus.sources import load_corpus
 from longdoc.encoding.batches import encode_windows
 from longdoc.encoding.encoder import load_encoder, resolve_model_path
+from longdoc.encoding.int8 import int8_problem
 from longdoc.encoding.windows import SpecialTokens, WindowSpec, tokenize
 from longdoc.settings.model import DEFAULT_MODEL
 from longdoc.terms.hashing import TermHashing
@@ -96,6 +105,71 @@ def encoder_flops_per_token(config, window_lengths: np.ndarray, cls_only_last_la
     return (layers - 1) * (dense + attention) + last_every_token + last_per_window.sum() / tokens
 
 
+# --- whole processes: what a user runs, against sentence-transformers' ONNX Runtime backend ---------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def st_child(folder: str, texts_file: str, file_name: str | None, batch_size: int):
+    """In a child process: load `folder` with sentence-transformers (ONNX `file_name`, or torch
+    when None) and encode the window texts of `texts_file`; the parent times the whole process."""
+    from sentence_transformers import SentenceTransformer
+
+    texts = json.loads(Path(texts_file).read_text())
+    kwargs = {"backend": "onnx", "model_kwargs": {"file_name": file_name}} if file_name else {}
+    model = SentenceTransformer(folder, device="cpu", **kwargs)
+    model.max_seq_length = 256
+    vectors = model.encode(texts, batch_size=batch_size, show_progress_bar=False)
+    print(json.dumps({"windows": len(vectors)}))
+
+
+def whole_processes(args) -> dict:
+    """Each command as a fresh process, the commands alternating, each one's best of `--process-rounds`:
+    `cli.py embed --no-terms` at the default precision and at int8 on the first `--docs` posts,
+    and sentence-transformers (torch fp32, ONNX fp32, ONNX dynamic int8) on the same windows as text.
+    sentence-transformers' ONNX rows run in `--st-python` (a venv with its `onnx` extra; see
+    bench/int8_candidates.py), on the packaged MiniLM exported locally (bench/onnx_export.py)."""
+    import subprocess
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix="embed-speed-"))
+    encoder = load_encoder(DEFAULT_MODEL, "cpu", "fp32")
+    corpus = load_corpus("20newsgroups", "train", data_home=args.data_home, limit=args.docs)
+    spec = WindowSpec(args.chunk_tokens, args.stride, SpecialTokens.of(encoder.tokenizer))
+    windows = [w for t in tokenize(encoder.tokenizer, corpus.texts) for w in spec.windows(t)]
+    texts = encoder.tokenizer.batch_decode([w[len(spec.special.prefix):len(w) - len(spec.special.suffix)]
+                                            for w in windows])
+    (work / "texts.json").write_text(json.dumps(texts))
+    folder = Path(args.onnx_folder)
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'stages'}:{os.environ.get('PYTHONPATH', '')}"}
+    subprocess.run([args.st_python, str(ROOT / "bench" / "onnx_export.py"), str(folder)], check=True, env=env)
+    embed = [sys.executable, str(ROOT / "cli.py"), "embed", "--limit", str(args.docs), "--no-terms",
+             "--chunk-tokens", str(args.chunk_tokens), "--stride", str(args.stride), "--no-progress",
+             "--overwrite", "--out", str(work / "cache.h5")] + (["--data-home", args.data_home] if args.data_home else [])
+    child = [str(Path(__file__).resolve()), "--st-child", str(folder), "--texts", str(work / "texts.json")]
+    commands = {
+        "ours: cli.py embed --no-terms (defaults)": embed,
+        "ours: cli.py embed --no-terms --precision int8": embed + ["--precision", "int8"],
+        "sentence-transformers torch fp32 (its defaults)": [sys.executable, *child],
+        "sentence-transformers ONNX Runtime fp32": [args.st_python, *child, "--onnx-file", "onnx/model.onnx"],
+        "sentence-transformers ONNX Runtime dynamic int8 (avx512_vnni)":
+            [args.st_python, *child, "--onnx-file", "onnx/model_qint8_avx512_vnni.onnx"],
+    }
+    best = dict.fromkeys(commands, float("inf"))
+    for round_ in range(args.process_rounds):
+        for name, command in commands.items():
+            start = time.perf_counter()
+            subprocess.run(command, check=True, stdout=subprocess.DEVNULL, cwd=ROOT, env=env)
+            seconds = time.perf_counter() - start
+            best[name] = min(best[name], seconds)
+            print(f"round {round_ + 1}: {name:65s} {seconds:7.1f} s", flush=True)
+    ours = best["ours: cli.py embed --no-terms (defaults)"]
+    return {"docs": len(corpus), "windows": len(windows), "tokens": int(sum(len(w) for w in windows)),
+            "seconds": best, "ours_default_speedup_over": {name: s / ours for name, s in best.items()},
+            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+            "date": time.strftime("%Y-%m-%d", time.gmtime())}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--docs", type=int, default=200)
@@ -108,7 +182,26 @@ def main():
     parser.add_argument("--no-bf16", action="store_true",
                         help="skip every bf16 method: on a CPU without native bf16 (no AVX-512 BF16) "
                              "`--precision auto` runs fp32, and emulated bf16 is several times slower")
+    parser.add_argument("--processes", action="store_true",
+                        help="only the whole-process comparison with sentence-transformers' ONNX backend")
+    parser.add_argument("--process-rounds", type=int, default=2, help="--processes: each command's best of this")
+    parser.add_argument("--st-python", default="/work/venv-int8/bin/python",
+                        help="--processes: a Python with sentence-transformers[onnx] (not a project dependency)")
+    parser.add_argument("--onnx-folder", default="data/bench/minilm-onnx",
+                        help="--processes: where the packaged MiniLM is exported to ONNX")
+    parser.add_argument("--st-child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--texts", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--onnx-file", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.st_child:
+        return st_child(args.st_child, args.texts, args.onnx_file, 32)
+    if args.processes:
+        results = whole_processes(args)
+        print(json.dumps(results, indent=1))
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+        return
 
     corpus = load_corpus("20newsgroups", "train", data_home=args.data_home, limit=args.docs)
     fp32 = load_encoder(DEFAULT_MODEL, "cpu", "fp32")  # [CLS] window vectors: the [CLS]-only fast path
@@ -117,6 +210,8 @@ def main():
     # (the full last layer runs), plus each document's hashed term counts.
     fp32_mean = load_encoder(DEFAULT_MODEL, "cpu", "fp32", window_vector="mean")
     bf16_mean = load_encoder(DEFAULT_MODEL, "cpu", "bf16", window_vector="mean")
+    # `--precision int8`: every Linear layer in int8 (longdoc.encoding.int8), where its kernels run.
+    int8_mean = load_encoder(DEFAULT_MODEL, "cpu", "int8", window_vector="mean") if int8_problem() is None else None
     hashing = TermHashing()
     spec = WindowSpec(args.chunk_tokens, args.stride, SpecialTokens.of(fp32.tokenizer))
     tokens = tokenize(fp32.tokenizer, corpus.texts)
@@ -147,6 +242,8 @@ def main():
             lambda: (encode_windows(fp32_mean, windows, args.batch_tokens), hashing.counts(corpus.texts)),
         "ours bf16 autocast, mean window vector + term hashing":
             lambda: (encode_windows(bf16_mean, windows, args.batch_tokens), hashing.counts(corpus.texts)),
+        "ours int8, mean window vector + term hashing":
+            lambda: (encode_windows(int8_mean, windows, args.batch_tokens), hashing.counts(corpus.texts)),
         "term hashing alone (HashingVectorizer, unigrams + bigrams)": lambda: hashing.counts(corpus.texts),
         "sentence-transformers encode fp32 (its defaults)": lambda: st.encode(texts, show_progress_bar=False),
         "sentence-transformers encode bf16 autocast":
@@ -159,8 +256,11 @@ def main():
     }
     if args.no_bf16:
         methods = {name: fn for name, fn in methods.items() if "bf16" not in name}
+    if int8_mean is None:
+        methods = {name: fn for name, fn in methods.items() if "int8" not in name}
     # warm-up: first calls allocate, pick kernels and fill caches
-    for encoder in (fp32, fp32_mean) if args.no_bf16 else (fp32, bf16, fp32_mean, bf16_mean):
+    for encoder in [e for e in (fp32, fp32_mean, *(() if args.no_bf16 else (bf16, bf16_mean)), int8_mean)
+                    if e is not None]:
         encode_windows(encoder, windows[:64], args.batch_tokens)
     for model in (st,) if args.no_bf16 else (st, st_bf16):
         model.encode(texts[:64], show_progress_bar=False)
@@ -190,6 +290,8 @@ def main():
         # stage one's cost of the terms, and of the mean vector over [CLS] (both at fp32)
         "[CLS] + terms / [CLS]": ("ours fp32, [CLS] + term hashing", "ours fp32"),
         "mean + terms / [CLS]": ("ours fp32, mean window vector + term hashing (embed's default)", "ours fp32"),
+        "ours int8 / ours bf16 (mean + terms)": ("ours int8, mean window vector + term hashing",
+                                                 "ours bf16 autocast, mean window vector + term hashing"),
     }
     results = {
         "docs": len(corpus), "windows": len(windows), "tokens": n_tokens,

@@ -16,12 +16,12 @@ from test_predict import embed_and_train
 from test_predict_corpus import interrupt_classify_after, read_jsonl
 
 from longdoc import predict as predict_module
-from longdoc.inference import predictor as predictor_module
 from longdoc.cache.reader import open_cache
 from longdoc.configs import PredictConfig
 from longdoc.explain.contributions import explain_label_sets
 from longdoc.heads.batches import CacheDocuments, predict_logits
 from longdoc.heads.checkpoint import load_checkpoint
+from longdoc.inference import predictor as predictor_module
 from longdoc.predict import Prediction
 from longdoc.predict import run as run_predict
 from longdoc.reports.label_set_rows import MULTI_LABEL, probabilities, split_cell

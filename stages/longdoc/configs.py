@@ -122,8 +122,14 @@ def device_setting():
 
 
 def precision_setting(help: str = "auto: bf16 autocast on CPUs with native bf16 and on CUDA "
-                                  "(fp16 where bf16 is missing), else fp32."):
-    return setting("auto", help, choices=PRECISIONS)
+                                  "(fp16 where bf16 is missing), else fp32.", check=None):
+    return setting("auto", help, choices=PRECISIONS, check=check)
+
+
+def float_precision(value: str) -> str | None:
+    """Fine-tuning trains the encoder's weights: int8 Linear layers have no float weights to train."""
+    return ("cannot be int8 for finetune: training needs float weights (int8 is for embed and predict; "
+            "use auto, bf16 or fp32)") if value == "int8" else None
 
 
 def progress_setting(help: str = "Progress bar."):
@@ -168,7 +174,7 @@ class EmbedConfig(CorpusSettings):
     batch_tokens: int | None = setting(None, "Token budget of one encoder batch; bounds activation memory.",
                                        shown="1024 on CPU, 32768 on CUDA", check=positive)
     precision: str = precision_setting("auto: bf16 on CPUs with native bf16 and on CUDA (fp16 where bf16 is "
-                                       "missing), else fp32.")
+                                       "missing), else fp32. int8: every Linear layer in int8, CPUs only.")
     device: str = device_setting()
     overwrite: bool = setting(False, "Replace an existing cache or an interrupted run.")
     # Work lost to a kill is at most one block: about 2048 windows, ~1 min on 2 cores.
@@ -246,7 +252,7 @@ class FinetuneConfig(CorpusSettings):
     seed: int = setting(0, "Seeds the split, the batch order, the classifier's weights and dropout.")
     gradient_checkpointing: bool = setting(False, "Recompute the trained layers' activations in backward: "
                                                   "less memory, ~30%% more time.")
-    precision: str = precision_setting()
+    precision: str = precision_setting(check=float_precision)
     device: str = device_setting()
     # Frozen-bottom features of MiniLM in bf16: 384 x 2 bytes per token, 196 KB per
     # full window; all of 20NG train (7.3M window tokens) takes 5.2 GiB. Windows

@@ -6,7 +6,8 @@
 
 Uses exactly what the head records: the encoder (`model`, checked against its
 fingerprint), the window settings and the precision of the cache it was trained
-on. Windowing and encoding are stage one's own code (`longdoc.encoding.windows`,
+on (int8: on the CPU, whatever --device auto would pick).
+Windowing and encoding are stage one's own code (`longdoc.encoding.windows`,
 `longdoc.encoding.batches.encode_windows`), so a document is embedded here as it was there.
 `--explain` adds each document's top windows by leave-one-out contribution
 (`longdoc.explain.contributions`), with their character spans and text; `--explain-terms`, for a

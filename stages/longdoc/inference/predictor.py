@@ -106,8 +106,13 @@ class Predictor:
         if explain_terms:
             require_term_branch(self.checkpoint.head, head_path)
         recorded = self.checkpoint.encoder
-        self.encoder = load_encoder(recorded["model"], device, recorded.get("precision") or "auto",
-                                    recorded["window_vector"])
+        precision = recorded.get("precision") or "auto"
+        if precision == "int8":  # the head's windows came from int8 kernels, which run on CPUs only
+            if device not in ("auto", "cpu"):
+                raise UserError(f"{head_path} was trained on windows embedded at int8, which runs only on CPUs; "
+                                f"pass --device cpu")
+            device = "cpu"
+        self.encoder = load_encoder(recorded["model"], device, precision, recorded["window_vector"])
         if self.encoder.fingerprint != recorded["model_fingerprint"]:
             raise UserError(f"{recorded['model']} here is not the encoder {head_path} was trained with "
                             f"(fingerprint {self.encoder.fingerprint[:12]} vs "

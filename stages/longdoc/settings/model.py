@@ -35,8 +35,25 @@ DEFAULT_STRIDE = 32
 WINDOW_VECTORS = ("auto", "cls", "mean")
 
 # The precisions an encoder can run at (auto: bf16 on CPUs with native bf16 and on CUDA, fp16
-# where CUDA lacks bf16, else fp32: `longdoc.encoding.encoder.resolve_precision`).
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# where CUDA lacks bf16, else fp32: `longdoc.encoding.encoder.resolve_precision`). int8: torch's
+# dynamic int8 of every Linear layer, CPUs only (`longdoc.encoding.int8`); vectors are fp32 on disk
+# whatever computed them.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+# Which precisions' vectors a head may be given interchangeably. The float ones agree with fp32 to
+# cosine >= 0.9999 (bf16 autocast, README), so a head trained at one reads the others; int8 moves
+# window vectors further (bench/int8_candidates.py), so a head trained on an int8 cache is refused
+# a float one and the other way round, until an accuracy benchmark shows a head scores the same on
+# both (then map "int8" to "float" here).
+PRECISION_FAMILIES = {"fp32": "float", "bf16": "float", "fp16": "float", "int8": "int8"}
+
+
+def precision_differences(theirs: dict, ours: dict, names=("this run", "the file")) -> list[str]:
+    """'precision: A (ours) vs B (theirs)' when the two records' `precision` are of different
+    PRECISION_FAMILIES (an unknown or missing value is its own family); else []."""
+    a, b = ours.get("precision"), theirs.get("precision")
+    if PRECISION_FAMILIES.get(a, a) == PRECISION_FAMILIES.get(b, b):
+        return []
+    return [f"precision: {a!r} ({names[0]}) vs {b!r} ({names[1]}), whose vectors a head does not mix"]
 
 
 def check_window_fits(chunk_tokens: int, max_tokens: int, model: str) -> None:
