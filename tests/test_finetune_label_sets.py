@@ -65,7 +65,8 @@ def test_label_sets_are_split_as_train_head_splits_them(tiny_bert, corpus):
 
 def test_finetune_learns_label_sets_and_writes_a_plain_encoder(tiny_bert, corpus, tmp_path, capsys):
     out = tmp_path / "ft"
-    assert cli.main(args(tiny_bert, corpus, out, "--epochs", "4", "--patience", "4")) == 0
+    # --val-fraction 0.1 (the default): what train-head below assumes finetune held out
+    assert cli.main(args(tiny_bert, corpus, out, "--epochs", "4", "--patience", "4", "--val-fraction", "0.1")) == 0
     captured = capsys.readouterr()
     summary = captured.out.strip().splitlines()[-1]
     assert "label sets" in summary and "micro-F1" in summary, (captured.out, captured.err)
@@ -84,7 +85,10 @@ def test_finetune_learns_label_sets_and_writes_a_plain_encoder(tiny_bert, corpus
     cache = tmp_path / "c.h5"
     assert cli.main(["embed", "--data", str(corpus), "--model", str(out), "--out", str(cache), "--chunk-tokens",
                      "32", "--stride", "4", "--precision", "fp32", "--no-progress"]) == 0
-    assert cache.exists()
+    head = tmp_path / "head.pt"  # stage two on that cache holds out finetune's documents (its lineage)
+    assert cli.main(["train-head", "--train", str(cache), "--out", str(head), "--epochs", "2",
+                     "--no-progress"]) == 0
+    assert head.exists()
 
 
 def test_an_interrupted_label_set_run_resumes_to_the_same_model(tiny_bert, corpus, tmp_path, capsys,
