@@ -65,8 +65,7 @@ def test_label_sets_are_split_as_train_head_splits_them(tiny_bert, corpus):
 
 def test_finetune_learns_label_sets_and_writes_a_plain_encoder(tiny_bert, corpus, tmp_path, capsys):
     out = tmp_path / "ft"
-    # --val-fraction 0.1 (the default): what train-head below assumes finetune held out
-    assert cli.main(args(tiny_bert, corpus, out, "--epochs", "4", "--patience", "4", "--val-fraction", "0.1")) == 0
+    assert cli.main(args(tiny_bert, corpus, out, "--epochs", "4", "--patience", "4", "--seed", "3")) == 0
     captured = capsys.readouterr()
     summary = captured.out.strip().splitlines()[-1]
     assert "label sets" in summary and "micro-F1" in summary, (captured.out, captured.err)
@@ -85,9 +84,20 @@ def test_finetune_learns_label_sets_and_writes_a_plain_encoder(tiny_bert, corpus
     cache = tmp_path / "c.h5"
     assert cli.main(["embed", "--data", str(corpus), "--model", str(out), "--out", str(cache), "--chunk-tokens",
                      "32", "--stride", "4", "--precision", "fp32", "--no-progress"]) == 0
-    head = tmp_path / "head.pt"  # stage two on that cache holds out finetune's documents (its lineage)
-    assert cli.main(["train-head", "--train", str(cache), "--out", str(head), "--epochs", "2",
-                     "--no-progress"]) == 0
+    # Stage two on that cache holds out the documents finetune held out (its seed 3 and fraction, in
+    # the cache's encoder_lineage), whatever its own seed.
+    from longdoc.cache.reader import open_cache
+    from longdoc.configs import TrainConfig
+    from longdoc.train_head import _held_out_by_finetune
+
+    held_out = load_inputs(FinetuneConfig(data=str(corpus), model=str(tiny_bert), out="unused", val_fraction=0.25,
+                                          seed=3, chunk_tokens=32, stride=4, precision="fp32")).val_docs
+    with open_cache(cache) as opened:
+        _, val_docs = _held_out_by_finetune(TrainConfig(train=str(cache), val_fraction=0.25), opened)
+    assert val_docs.tolist() == held_out.tolist()
+    head = tmp_path / "head.pt"
+    assert cli.main(["train-head", "--train", str(cache), "--out", str(head), "--epochs", "2", "--val-fraction",
+                     "0.25", "--no-progress"]) == 0
     assert head.exists()
 
 
