@@ -168,3 +168,22 @@ def test_a_killed_rank_resumes_on_the_same_ranks_and_another_number_is_refused(m
     assert resumed and int(resumed.group(1)) > 0, result.stdout
     same_weights(weights(out), weights(two_ranks_bert[0]))  # what the uninterrupted two ranks trained
     assert [h["val_macro_f1"] for h in history(out)] == [h["val_macro_f1"] for h in history(two_ranks_bert[0])]
+
+
+@pytest.mark.slow
+def test_two_ranks_train_the_one_process_model_on_label_sets(models, tmp_path):
+    """Label sets: each rank's BCE summed over its windows and labels, over the batch's windows
+    x labels, makes the one-process step (longdoc.training.data_parallel)."""
+    from test_finetune_label_sets import write_label_sets
+
+    corpus = write_label_sets(tmp_path / "sets.jsonl")
+    want = tmp_path / "one"
+    run_finetune(FinetuneConfig(**options(models["bert"], corpus), out=str(want), progress=False),
+                 log=lambda line: None)
+    out = tmp_path / "two"
+    result = torchrun(models["bert"], corpus, out)
+    assert result.returncode == 0, result.stderr
+    assert_same_training(out, want)
+    got_h, want_h = history(out), history(want)
+    assert [h["val_micro_f1"] for h in got_h] == [h["val_micro_f1"] for h in want_h]
+    assert json.loads((out / "finetune.json").read_text())["task"] == "multi_label"

@@ -197,18 +197,3 @@ def test_unwritable_output_is_refused_before_any_work(tiny_bert, folder_corpus, 
         run_embed(config(tiny_bert, folder_corpus, tmp_path / "a-file" / "c.h5"))
     with pytest.raises(UserError, match="is a directory"):
         run_embed(config(tiny_bert, folder_corpus, tmp_path))
-
-
-@pytest.mark.parametrize("command", ["finetune"])
-def test_a_multi_label_corpus_is_refused_in_one_line_before_the_encoder_loads(command, tmp_path):
-    """finetune takes one label per document, for now: label sets are refused, never cut
-    down to one label. (embed stores them: tests/test_label_cache.py.)"""
-    from synthetic import cli_error
-
-    corpus = tmp_path / "sets.jsonl"
-    corpus.write_text('{"text": "wheat and corn", "labels": ["grain", "corn"]}\n{"text": "x", "labels": []}\n')
-    out = tmp_path / ("c.h5" if command == "embed" else "model")
-    code, lines = cli_error("in-process", command, "--data", corpus, "--model", tmp_path / "no-model", "--out", out)
-    assert code == 2 and lines == [f"error: {corpus} is a multi-label corpus (a set of labels per document): "
-                                   f"multi-label corpora are not supported by {command} yet"]
-    assert not out.exists()

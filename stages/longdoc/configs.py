@@ -246,6 +246,12 @@ class FinetuneConfig(CorpusSettings):
     warmup_fraction: float = 0.1
     dropout: float = setting(0.1, "Dropout before the window classifier.", check=in_range(0, 1))
     max_grad_norm: float = 1.0
+    # Label sets: BCE's pos_weight per label (negatives / positives, at most 100), as train-head's
+    # window branch weighs them; None is train-head's default for label sets (TrainConfig.class_weights
+    # below says why: on). Classes train unweighted, as before label sets, and refuse the switch.
+    class_weights: bool | None = setting(None, "Label sets: weigh each label's positives in the loss "
+                                               "(negatives / positives, at most 100).",
+                                         shown="on for label sets", negatable=True)
     # The split train-head makes too: ValidationSettings above.
     val_fraction: float = like(ValidationSettings, "val_fraction")
     val_split: str = like(ValidationSettings, "val_split")

@@ -6,7 +6,11 @@
 Reads a labelled corpus (`longdoc.corpus.sources`) and an encoder (`longdoc.encoding.encoder`). Every
 window (`longdoc.encoding.windows`, the same geometry stage one uses) is labelled with its
 document's class; the top `--unfreeze-top` layers and a linear window classifier
-train on them (`longdoc.training.window_model`), everything below stays frozen.
+train on them (`longdoc.training.window_model`), everything below stays frozen. A
+multi-label corpus (label sets) trains every window on its document's label set, one
+logit per label, with train-head's loss for label sets: binary cross-entropy, each
+label's positives weighed by negatives / positives (at most 100) unless
+`--no-class-weights`, validated on an iterative split (`longdoc.training.window_task`).
 
 Writes `--out`, a Hugging Face model folder (config, weights, tokenizer) that
 `AutoModel.from_pretrained(out)` and `embed --model out` load as is, plus
@@ -26,7 +30,8 @@ shared with `train-head`: `longdoc.training.loop`):
   the generic path the whole encoder runs every step, the bottom without gradients);
 * validation is a seeded, stratified split of *documents*, so no document has
   windows on both sides; the score is document-level macro-F1 from the mean of
-  its windows' probabilities; the best epoch is kept, early stopping after
+  its windows' probabilities (label sets: iterative stratification, macro-F1 of the
+  labels predicted at probability 0.5); the best epoch is kept, early stopping after
   `patience` epochs without improvement;
 * every `checkpoint_steps` steps and at each epoch's end, the trainable weights,
   optimizer, schedule, random state and history go to `<out>.partial/` (atomically);
@@ -94,28 +99,41 @@ class FinetuneSummary(LoopOutcome):
     n_train_windows: int
     resumed_from_step: int = 0
     ranks: int = 1  # processes of the torchrun job (1: one process)
+    task: str = "single_label"  # or "multi_label" (label sets; TASKS in longdoc.settings.model)
+    val_micro_f1: float | None = None  # label sets only
 
     def line(self) -> str:
         resumed = f" (resumed at step {self.resumed_from_step:,})" if self.resumed_from_step else ""
         on = f" on {self.ranks} ranks" if self.ranks > 1 else ""
         return (f"fine-tuned the top {self.unfreeze_top} layers ({self.trainable_parameters:,} trainable "
                 f"parameters) on {self.n_train_windows:,} windows of {self.n_train_docs:,} documents{on}{resumed}: "
-                f"{self.outcome(self.n_val_docs)}; {self.seconds:,.1f} s, "
+                f"{self._scores()}; {self.seconds:,.1f} s, "
                 f"peak memory {self.peak_memory_bytes / 2**30:.2f} GiB -> {self.out}")
+
+    def _scores(self) -> str:
+        if self.task != "multi_label":
+            return self.outcome(self.n_val_docs)
+        return (f"label sets, best epoch {self.best_epoch}/{self.epochs_run}, validation at 0.5: micro-F1 "
+                f"{self.val_micro_f1:.4f}, macro-F1 {self.val_macro_f1:.4f}, subset accuracy "
+                f"{self.val_accuracy:.4f} ({self.n_val_docs:,} documents)")
 
 
 # --- the run ---------------------------------------------------------------------
 
 
-def _settings(config: FinetuneConfig, base_fingerprint: str, data_fingerprint: str, k: int, ranks: int) -> dict:
+def _settings(config: FinetuneConfig, base_fingerprint: str, data_fingerprint: str, k: int, ranks: int,
+              weighted: bool | None = None) -> dict:
     """What a resumed run must share with the interrupted one: the number of ranks too
-    (rank r owns the windows r mod N, and a checkpoint's dropout draws are per rank)."""
+    (rank r owns the windows r mod N, and a checkpoint's dropout draws are per rank); for
+    label sets (`weighted` not None) the task and whether the loss weighs labels."""
     keep = ("data", "split", "model", "chunk_tokens", "stride", "batch_tokens", "max_epochs", "patience", "lr",
             "head_lr", "weight_decay", "warmup_fraction", "dropout", "max_grad_norm", "val_fraction", "val_split",
             "seed", "precision", "categories", "remove", "limit")
     settings = {key: getattr(config, key) for key in keep}
     settings.update(unfreeze_top=k, base_fingerprint=base_fingerprint, data_fingerprint=data_fingerprint,
                     remove=list(config.remove), ranks=ranks)
+    if weighted is not None:  # classes keep the settings of before, so their checkpoints still resume
+        settings.update(task="multi_label", class_weights=weighted)
     return json.loads(json.dumps(settings))
 
 
@@ -138,32 +156,47 @@ class FinetuneInputs:
     layers train, and the seeded, stratified split of documents."""
 
     corpus: Corpus
-    labels: np.ndarray
+    labels: np.ndarray  # a class per document, or (label sets) a bool matrix [documents, labels]
     encoder: Encoder
     unfreeze_top: int
     train_docs: np.ndarray
     val_docs: np.ndarray
+    weighted: bool = False  # label sets: BCE's pos_weight per label (--class-weights)
+
+    @property
+    def multi_label(self) -> bool:
+        return self.labels.ndim == 2
 
     def task(self, config: FinetuneConfig, share: WindowShare | None = None) -> WindowTask:
         """The training task `run` runs (and bench/ times): every window labelled
-        with its document's class, the model initialised from `config.seed`; under
-        torchrun, this rank's `share` of each batch."""
+        with its document's class (or label set), the model initialised from `config.seed`;
+        under torchrun, this rank's `share` of each batch."""
         return WindowTask.build(self.encoder, tokenize(self.encoder.tokenizer, self.corpus.texts), self.labels,
                                 len(self.corpus.label_names), self.unfreeze_top, self.train_docs, self.val_docs,
-                                config, share)
+                                config, share, weighted=self.weighted)
 
 
 def load_inputs(config: FinetuneConfig) -> FinetuneInputs:
     """Read the corpus, then load the encoder; each refused in one line when unusable."""
     corpus = load_corpus(config.data, config.split, config.categories, config.remove, config.data_home,
                          config.limit, config.label_sep)
-    corpus.single_label_only("finetune")  # its windows learn one label each (for now)
-    labels = np.asarray(corpus.labels, dtype=np.int64)
-    present = np.unique(labels)
-    if len(present) < 2:
-        only = corpus.label_names[present[0]] if len(present) else "none"
-        raise UserError(f"--data {config.data}: every document is of class {only!r}; "
-                        f"fine-tuning a classifier needs at least two classes")
+    weighted = False
+    if corpus.multi_label:
+        labels = corpus.label_matrix()
+        if not labels.any():
+            raise UserError(f"--data {config.data}: no document has a label; fine-tuning needs labelled documents")
+        # train-head's default for label sets (longdoc.configs.TrainConfig.class_weights, chosen on validation)
+        weighted = config.class_weights is not False
+    else:
+        if config.class_weights:
+            raise UserError("--class-weights: finetune weighs label sets only (each label's positives); "
+                            "a corpus of classes trains unweighted, so leave it out")
+        labels = np.asarray(corpus.labels, dtype=np.int64)
+        present = np.unique(labels)
+        if len(present) < 2:
+            only = corpus.label_names[present[0]] if len(present) else "none"
+            raise UserError(f"--data {config.data}: every document is of class {only!r}; "
+                            f"fine-tuning a classifier needs at least two classes")
     encoder = load_encoder(config.model, config.device, config.precision, window_vector="auto")
     k = parse_unfreeze_top(config.unfreeze_top, encoder_depth(encoder.model), config.model)
     check_window_fits(config.chunk_tokens, encoder.max_tokens, config.model)
@@ -171,7 +204,7 @@ def load_inputs(config: FinetuneConfig) -> FinetuneInputs:
     if len(val_docs) == 0:
         raise UserError(f"--val-fraction {config.val_fraction} of {len(labels)} documents leaves no "
                         f"validation documents; raise it or add documents")
-    return FinetuneInputs(corpus, labels, encoder, k, train_docs, val_docs)
+    return FinetuneInputs(corpus, labels, encoder, k, train_docs, val_docs, weighted)
 
 
 def run(config: FinetuneConfig, log=None, ranks: Ranks | None = None) -> FinetuneSummary | None:
@@ -207,7 +240,8 @@ def _train(config: FinetuneConfig, log, started: float, group: Group | None = No
             torch.set_num_threads(config.threads)
         inputs = load_inputs(config)
         data_fingerprint = inputs.corpus.fingerprint()  # sha256 over every text: computed once
-        settings = _settings(config, inputs.encoder.fingerprint, data_fingerprint, inputs.unfreeze_top, world)
+        settings = _settings(config, inputs.encoder.fingerprint, data_fingerprint, inputs.unfreeze_top, world,
+                             inputs.weighted if inputs.multi_label else None)
         mine = {"settings": {**settings, "precision run": inputs.encoder.precision}}  # "auto" resolved here
     except (UserError, OSError) as error:
         if group is None:
@@ -246,6 +280,8 @@ def _train(config: FinetuneConfig, log, started: float, group: Group | None = No
             "n_val_docs": len(inputs.val_docs), "n_train_windows": len(task.train_windows),
             "best_epoch": progress.best_epoch, "val_accuracy": best["val_accuracy"],
             "val_macro_f1": best["val_macro_f1"], "history": progress.history, "ranks": world,
+            "task": "multi_label" if inputs.multi_label else "single_label",
+            **({"val_micro_f1": best["val_micro_f1"], "class_weights": inputs.weighted} if inputs.multi_label else {}),
             "settings": {key: (str(v) if isinstance(v, Path) else v) for key, v in asdict(config).items()},
         }
         try:
@@ -258,7 +294,8 @@ def _train(config: FinetuneConfig, log, started: float, group: Group | None = No
         n_train_docs=len(inputs.train_docs), n_val_docs=len(inputs.val_docs), n_train_windows=len(task.train_windows),
         best_epoch=progress.best_epoch, epochs_run=len(progress.history), val_accuracy=best["val_accuracy"],
         val_macro_f1=best["val_macro_f1"], seconds=time.perf_counter() - started,
-        peak_memory_bytes=peak_memory_bytes(encoder.device), resumed_from_step=resumed_step, ranks=world)
+        peak_memory_bytes=peak_memory_bytes(encoder.device), resumed_from_step=resumed_step, ranks=world,
+        task="multi_label" if inputs.multi_label else "single_label", val_micro_f1=best.get("val_micro_f1"))
 
 
 def _resume(config: FinetuneConfig, inputs: FinetuneInputs, work: WorkDir, loop: LoopSettings,

@@ -68,6 +68,13 @@ class Corpus:
             return tuple(self.label_names[k] for k in self.label_sets[i])
         return self.label_names[int(self.labels[i])]
 
+    def label_matrix(self) -> np.ndarray:
+        """A multi-label corpus's label sets as a bool matrix [documents, labels]."""
+        matrix = np.zeros((len(self.texts), len(self.label_names)), dtype=bool)
+        for i, label_set in enumerate(self.label_sets):
+            matrix[i, label_set] = True
+        return matrix
+
     def single_label_only(self, command: str) -> None:
         """Refuse, in one line, a multi-label corpus given to a command that reads one label
         per document."""

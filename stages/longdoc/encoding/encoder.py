@@ -254,8 +254,13 @@ def read_lineage(model_path: str, fingerprint: str) -> dict | None:
     if record.get("fingerprint") != fingerprint:
         return None
     keep = ("base_model", "base_fingerprint", "unfreeze_top", "data_source", "data_fingerprint", "best_epoch",
-            "val_accuracy", "val_macro_f1", "package_version")
-    return {key: record.get(key) for key in keep}
+            "val_accuracy", "val_macro_f1", "package_version", "task")
+    lineage = {key: record.get(key) for key in keep}
+    # How finetune split its documents: train-head holds out the same ones (train_head._held_out_by_finetune).
+    settings = record.get("settings")
+    if isinstance(settings, dict):
+        lineage["settings"] = {key: settings[key] for key in ("seed", "val_fraction", "val_split") if key in settings}
+    return lineage
 
 
 def _first_line(error: Exception) -> str:

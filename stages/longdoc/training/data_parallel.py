@@ -9,8 +9,9 @@ How N ranks take one step of the global batch (`--batch-tokens` whatever N):
 `longdoc.training.window_task.epoch_batches` is a function of (seed, epoch), so every rank
 cuts the same global batches. Rank r takes the windows of each batch whose id is r mod N
 (`WindowShare.of`: a window always lands on the same rank, which is why each rank's
-feature store holds only its own share), sums their cross-entropy and divides by the
-size of the whole batch; `reduce_gradients` then sums the gradients (and that loss) over
+feature store holds only its own share), sums their cross-entropy (label sets: their BCE
+summed over labels, divided by the number of labels too, so a window's loss is its mean
+over labels, as train-head's and one process's BCE) and divides by the size of the whole batch; `reduce_gradients` then sums the gradients (and that loss) over
 the ranks in one all-reduce, which is exactly the gradient of the batch's mean loss one
 process takes. Clipping, AdamW and the schedule then run on identical gradients on every
 rank, so the replicas stay equal without ever broadcasting weights. This is the

@@ -1,7 +1,8 @@
 """An encoder with a window classifier on top, split where fine-tuning freezes it.
 
 Fine-tuning (`longdoc.finetune`) trains the top `k` layers of the encoder and a
-linear classifier; everything below stays frozen. Two models, one interface
+linear classifier (one logit per class, or per label for label sets: `n_classes` is then
+the number of labels, the loss `longdoc.training.window_task`'s); everything below stays frozen. Two models, one interface
 (`bottom`, `top`, `top_layers`, `classifier`, `unfreeze_top`, `stores_features`,
 `trainable_state`, `load_trainable_state`, `save_pretrained`); `build_window_model`
 picks one.

@@ -6,7 +6,8 @@
     run_epochs(task, ...)                                      # what `finetune` runs (longdoc.training.loop)
 
 * `WindowSet`: every window of a corpus (`longdoc.encoding.windows`, the geometry stage one uses)
-  with the document each belongs to; a window is labelled with its document's class.
+  with the document each belongs to; a window is labelled with its document's class, or
+  (label sets) its document's whole label set.
 * `epoch_batches`: an epoch's batches, packed to a token budget, a function of (seed, epoch).
 * `FeatureStore`: the frozen bottom's features per window (`model.bottom`), computed
   once and kept in one buffer up to a budget; later epochs run only `model.top`.
@@ -15,6 +16,16 @@
 * `validate_windows`: window loss and accuracy, and document accuracy and macro-F1 from
   the mean of each document's window probabilities.
 * `WindowTask`: the above as a `longdoc.training.loop.TrainingTask`.
+
+Label sets (`labels` a bool matrix [documents, labels], a multi-label corpus): every window's
+target is its document's multi-hot row, the classifier has one logit per label, and the loss
+is train-head's (`longdoc.training.head_task.task_loss`): binary cross-entropy on logits,
+averaged over labels and windows, with `pos_weight` per label (`positive_weight_tensor` of the
+training documents) when weighted. Validation (`validate_label_sets`) mirrors the classes':
+each document's probabilities are the mean of its windows' sigmoids, and a label is predicted
+at 0.5; it reports window loss, micro- and macro-F1 and subset accuracy (as `val_accuracy`),
+and the epoch kept is the one of best macro-F1, as for classes (the thresholds a head decides
+with are fitted later, by train-head, on the embedded cache).
 
 Under torchrun each of these takes this rank's `WindowShare` (`longdoc.training.data_parallel`,
 which says how N ranks take one step of the same global batch).
@@ -33,8 +44,9 @@ from torch import nn
 
 from longdoc.encoding.batches import pack_batches, pad_batch
 from longdoc.encoding.windows import PackedWindows, SpecialTokens, WindowSpec
-from longdoc.reports.metrics import scores
+from longdoc.reports.metrics import multilabel_scores, scores
 from longdoc.training.data_parallel import WindowShare
+from longdoc.training.head_task import positive_weight_tensor, task_loss
 from longdoc.training.loop import adamw_with_schedule
 from longdoc.training.window_model import WindowClassifier, build_window_model
 
@@ -128,12 +140,16 @@ class FeatureStore:
 class WindowTrainer:
     """What one training step needs: the model, AdamW with its schedule, the loss
     scaler (fp16 only) and the store of frozen-bottom features; under torchrun, this
-    rank's `share` of the windows (`longdoc.training.data_parallel`)."""
+    rank's `share` of the windows (`longdoc.training.data_parallel`). `window_labels`: a class
+    per window, or (label sets) a float multi-hot row per window, `pos_weight` BCE's per label."""
 
     def __init__(self, model: WindowClassifier, encoder, windows: WindowSet, window_labels: np.ndarray,
-                 config, total_steps: int, share: WindowShare | None = None):
+                 config, total_steps: int, share: WindowShare | None = None, pos_weight: torch.Tensor | None = None):
         self.model, self.encoder, self.windows, self.config, self.share = model, encoder, windows, config, share
         self.window_labels = torch.from_numpy(window_labels)
+        self.multi_label = window_labels.ndim == 2
+        self.pos_weight = None if pos_weight is None else pos_weight.to(encoder.device)
+        self.bce = task_loss(True, self.pos_weight) if self.multi_label else None  # mean over labels and windows
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         self.optimizer, self.schedule = adamw_with_schedule(
             [{"params": list(model.top_layers.parameters()), "lr": config.lr},
@@ -162,15 +178,18 @@ class WindowTrainer:
         with self.encoder.autocast():
             x, mask = self.features(batch)
             logits = self.model.top(x, mask)
-        # Cross-entropy on logits, in fp32: it applies log-softmax itself.
-        loss = nn.functional.cross_entropy(logits.float(), self.window_labels[batch].to(self.encoder.device))
+        # Cross-entropy on logits, in fp32: it applies log-softmax itself (label sets: BCE, log-sigmoid).
+        target = self.window_labels[batch].to(self.encoder.device)
+        loss = self.bce(logits.float(), target) if self.multi_label else nn.functional.cross_entropy(logits.float(),
+                                                                                                      target)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         return self._update(loss.item())
 
     def _step_of_share(self, batch: np.ndarray) -> float:
         """This rank's windows of `batch`: their summed loss over the whole batch's size, so
-        that the gradients summed over the ranks are those of the batch's mean loss."""
+        that the gradients summed over the ranks are those of the batch's mean loss (label sets:
+        a window's loss is its BCE averaged over labels, as in one process)."""
         torch.manual_seed(self.share.step_seed(self.config.seed, self.schedule.last_epoch))  # dropout
         mine = self.share.of(batch)
         self.optimizer.zero_grad(set_to_none=True)
@@ -179,8 +198,12 @@ class WindowTrainer:
             with self.encoder.autocast():
                 x, mask = self.features(mine)
                 logits = self.model.top(x, mask)
-            total = nn.functional.cross_entropy(logits.float(), self.window_labels[mine].to(self.encoder.device),
-                                                reduction="sum") / len(batch)
+            target = self.window_labels[mine].to(self.encoder.device)
+            if self.multi_label:
+                total = nn.functional.binary_cross_entropy_with_logits(
+                    logits.float(), target, pos_weight=self.pos_weight, reduction="sum") / (len(batch) * target.shape[1])
+            else:
+                total = nn.functional.cross_entropy(logits.float(), target, reduction="sum") / len(batch)
             self.scaler.scale(total).backward()
             loss = total.item()
         return self._update(self.share.reduce_gradients(self.parameters, loss))
@@ -228,11 +251,46 @@ def validate_windows(model: WindowClassifier, windows: WindowSet, val_windows: n
             "val_accuracy": documents["accuracy"], "val_macro_f1": documents["macro_f1"]}
 
 
+@torch.inference_mode()
+def validate_label_sets(model: WindowClassifier, windows: WindowSet, val_windows: np.ndarray,
+                        label_sets: np.ndarray, val_docs: np.ndarray, features, batch_tokens: int, encoder,
+                        share: WindowShare | None = None, pos_weight: torch.Tensor | None = None) -> dict:
+    """`validate_windows` for label sets (`label_sets` bool [documents, labels]): window loss
+    (BCE averaged over labels, `pos_weight` as in training); each document's probabilities
+    the mean of its windows' sigmoids, a label predicted at 0.5; micro- and macro-F1 and
+    subset accuracy (`val_accuracy`) of those sets. Under torchrun summed as there."""
+    model.eval()
+    n_labels = model.classifier.out_features
+    probabilities = np.zeros((len(val_windows), n_labels), dtype=np.float64)
+    loss_sum = 0.0
+    rows = np.arange(len(val_windows)) if share is None else share.positions(val_windows)
+    with encoder.autocast():
+        for batch in pack_batches(windows.lengths[val_windows[rows]], batch_tokens):
+            batch = rows[batch]
+            ids = val_windows[batch]
+            x, mask = features(ids)
+            logits = model.top(x, mask).float()
+            target = torch.from_numpy(label_sets[windows.doc_of_window[ids]].astype(np.float32)).to(logits.device)
+            loss_sum += float(nn.functional.binary_cross_entropy_with_logits(
+                logits, target, pos_weight=pos_weight, reduction="sum")) / n_labels
+            probabilities[batch] = logits.sigmoid().cpu().numpy()
+    if share is not None:
+        probabilities, loss_sum = share.sum(probabilities, loss_sum, encoder.device)
+    position = np.searchsorted(val_docs, windows.doc_of_window[val_windows])  # val_docs is sorted
+    doc_probabilities = np.zeros((len(val_docs), n_labels))
+    np.add.at(doc_probabilities, position, probabilities)
+    doc_probabilities /= np.maximum(np.bincount(position, minlength=len(val_docs)), 1)[:, None]
+    found = multilabel_scores(label_sets[val_docs], doc_probabilities >= 0.5)
+    return {"val_window_loss": loss_sum / len(val_windows), "val_accuracy": found["subset_accuracy"],
+            "val_macro_f1": found["macro_f1"], "val_micro_f1": found["micro_f1"]}
+
+
 class WindowTask:
     """Fine-tuning as a `longdoc.training.loop.TrainingTask`: the training documents' windows
     in `epoch_batches`, a `WindowTrainer` step, `validate_windows` on the others."""
 
     score_names = ("val_window_loss", "val_window_accuracy", "val_accuracy", "val_macro_f1")  # `validate_windows`
+    label_set_score_names = ("val_window_loss", "val_accuracy", "val_macro_f1", "val_micro_f1")  # `validate_label_sets`
     memory_hint = "lower --batch-tokens or --feature-cache-gb, or pass --gradient-checkpointing"
 
     def __init__(self, trainer: WindowTrainer, labels: np.ndarray, train_docs: np.ndarray, val_docs: np.ndarray):
@@ -240,15 +298,22 @@ class WindowTask:
         self.labels, self.train_docs, self.val_docs = labels, train_docs, val_docs
         self.train_windows, self.val_windows = trainer.windows.of_docs(train_docs), trainer.windows.of_docs(val_docs)
         self.optimizer, self.schedule = trainer.optimizer, trainer.schedule
+        self.multi_label = trainer.multi_label
+        if self.multi_label:
+            self.score_names = self.label_set_score_names
 
     @classmethod
     def build(cls, encoder, token_ids: list[np.ndarray], labels: np.ndarray, n_classes: int, unfreeze_top: int,
-              train_docs: np.ndarray, val_docs: np.ndarray, config, share: WindowShare | None = None) -> WindowTask:
+              train_docs: np.ndarray, val_docs: np.ndarray, config, share: WindowShare | None = None,
+              weighted: bool = False) -> WindowTask:
         """What `finetune` trains: the windows of the documents `token_ids` (`tokenize`), the
         window model (`build_window_model`: the BERT fast path or the generic one) whose top
         `unfreeze_top` layers train, initialised from `config.seed`, and its trainer over
         `config.max_epochs` epochs of the windows of `train_docs`; under torchrun, this
-        rank's `share` of every batch (every rank builds the same model from the seed)."""
+        rank's `share` of every batch (every rank builds the same model from the seed).
+        `labels` a class per document, or a bool label matrix [documents, labels] (label sets,
+        then `n_classes` is the number of labels); `weighted`: label sets' BCE weighs each
+        label's positives (`positive_weight_tensor` of `train_docs`)."""
         torch.manual_seed(config.seed)
         model = build_window_model(encoder.model, n_classes, unfreeze_top, config.dropout,
                                    config.gradient_checkpointing, encoder.window_vector)
@@ -257,8 +322,12 @@ class WindowTask:
         windows = WindowSet.build(token_ids, spec)
         steps_per_epoch = len(epoch_batches(windows.of_docs(train_docs), windows.lengths, config.batch_tokens,
                                             config.seed, 0))
-        trainer = WindowTrainer(model, encoder, windows, labels[windows.doc_of_window], config,
-                                steps_per_epoch * config.max_epochs, share)
+        multi_label = labels.ndim == 2
+        window_labels = labels[windows.doc_of_window].astype(np.float32) if multi_label else labels[
+            windows.doc_of_window]
+        pos_weight = positive_weight_tensor(labels[train_docs]) if multi_label and weighted else None
+        trainer = WindowTrainer(model, encoder, windows, window_labels, config, steps_per_epoch * config.max_epochs,
+                                share, pos_weight)
         return cls(trainer, labels, train_docs, val_docs)
 
     def start_epoch(self, epoch: int) -> list[np.ndarray]:
@@ -270,11 +339,20 @@ class WindowTask:
         return self.trainer.step(batch), len(batch)
 
     def validate(self, epoch: int, train_loss: float) -> dict:
+        if self.multi_label:
+            return validate_label_sets(self.model, self.trainer.windows, self.val_windows, self.labels, self.val_docs,
+                                       self.trainer.features, self.config.batch_tokens, self.trainer.encoder,
+                                       self.trainer.share, self.trainer.pos_weight)
         return validate_windows(self.model, self.trainer.windows, self.val_windows, self.labels, self.val_docs,
                                 self.trainer.features, self.config.batch_tokens, self.trainer.encoder,
                                 self.trainer.share)
 
     def describe(self, entry: dict) -> str:
+        if self.multi_label:
+            return (f"epoch {entry['epoch']}  train loss {entry['train_loss']:.4f}  "
+                    f"val loss {entry['val_window_loss']:.4f}  at 0.5: micro-F1 {entry['val_micro_f1']:.4f}  "
+                    f"macro-F1 {entry['val_macro_f1']:.4f}  subset accuracy {entry['val_accuracy']:.4f}  "
+                    f"{entry['seconds']:,.0f} s")
         return (f"epoch {entry['epoch']}  train loss {entry['train_loss']:.4f}  "
                 f"val loss {entry['val_window_loss']:.4f}  "
                 f"window accuracy {entry['val_window_accuracy']:.4f}  doc accuracy {entry['val_accuracy']:.4f}  "
