@@ -217,16 +217,15 @@ class WindowTrainer:
         return loss
 
 
-@torch.inference_mode()
-def validate_windows(model: WindowClassifier, windows: WindowSet, val_windows: np.ndarray,
-                     labels: np.ndarray, val_docs: np.ndarray, features, batch_tokens: int, encoder,
-                     share: WindowShare | None = None) -> dict:
-    """Window loss and accuracy; document accuracy and macro-F1 (as `evaluate` scores
-    them) from the mean of each document's window probabilities. Under torchrun each
-    rank scores its `share` and the sums are added up, so every rank has the same scores."""
+def _score_windows(model: WindowClassifier, windows: WindowSet, val_windows: np.ndarray, features,
+                   batch_tokens: int, encoder, share: WindowShare | None, loss_and_probabilities
+                   ) -> tuple[np.ndarray, float]:
+    """Both validations' one pass over the validation windows, in token-budgeted batches:
+    (probabilities [windows, outputs], loss summed over windows), `loss_and_probabilities(logits,
+    window ids)` giving a batch's summed loss and its probabilities. Under torchrun each rank
+    scores its `share` and the sums are added up, so every rank has the same arrays."""
     model.eval()
-    n_classes = model.classifier.out_features
-    probabilities = np.zeros((len(val_windows), n_classes), dtype=np.float64)
+    probabilities = np.zeros((len(val_windows), model.classifier.out_features), dtype=np.float64)
     loss_sum = 0.0
     rows = np.arange(len(val_windows)) if share is None else share.positions(val_windows)
     with encoder.autocast():
@@ -234,12 +233,29 @@ def validate_windows(model: WindowClassifier, windows: WindowSet, val_windows: n
             batch = rows[batch]
             ids = val_windows[batch]
             x, mask = features(ids)
-            logits = model.top(x, mask).float()
-            target = torch.from_numpy(labels[windows.doc_of_window[ids]]).to(logits.device)
-            loss_sum += float(nn.functional.cross_entropy(logits, target, reduction="sum"))
-            probabilities[batch] = logits.softmax(-1).cpu().numpy()
+            loss, batch_probabilities = loss_and_probabilities(model.top(x, mask).float(), ids)
+            loss_sum += loss
+            probabilities[batch] = batch_probabilities.cpu().numpy()
     if share is not None:
         probabilities, loss_sum = share.sum(probabilities, loss_sum, encoder.device)
+    return probabilities, loss_sum
+
+
+@torch.inference_mode()
+def validate_windows(model: WindowClassifier, windows: WindowSet, val_windows: np.ndarray,
+                     labels: np.ndarray, val_docs: np.ndarray, features, batch_tokens: int, encoder,
+                     share: WindowShare | None = None) -> dict:
+    """Window loss and accuracy; document accuracy and macro-F1 (as `evaluate` scores
+    them) from the mean of each document's window probabilities. Under torchrun each
+    rank scores its `share` and the sums are added up, so every rank has the same scores."""
+    n_classes = model.classifier.out_features
+
+    def loss_and_probabilities(logits, ids):
+        target = torch.from_numpy(labels[windows.doc_of_window[ids]]).to(logits.device)
+        return float(nn.functional.cross_entropy(logits, target, reduction="sum")), logits.softmax(-1)
+
+    probabilities, loss_sum = _score_windows(model, windows, val_windows, features, batch_tokens, encoder, share,
+                                             loss_and_probabilities)
     owners = windows.doc_of_window[val_windows]
     window_truth = labels[owners]
     position = np.searchsorted(val_docs, owners)  # val_docs is sorted
@@ -259,23 +275,16 @@ def validate_label_sets(model: WindowClassifier, windows: WindowSet, val_windows
     (BCE averaged over labels, `pos_weight` as in training); each document's probabilities
     the mean of its windows' sigmoids, a label predicted at 0.5; micro- and macro-F1 and
     subset accuracy (`val_accuracy`) of those sets. Under torchrun summed as there."""
-    model.eval()
     n_labels = model.classifier.out_features
-    probabilities = np.zeros((len(val_windows), n_labels), dtype=np.float64)
-    loss_sum = 0.0
-    rows = np.arange(len(val_windows)) if share is None else share.positions(val_windows)
-    with encoder.autocast():
-        for batch in pack_batches(windows.lengths[val_windows[rows]], batch_tokens):
-            batch = rows[batch]
-            ids = val_windows[batch]
-            x, mask = features(ids)
-            logits = model.top(x, mask).float()
-            target = torch.from_numpy(label_sets[windows.doc_of_window[ids]].astype(np.float32)).to(logits.device)
-            loss_sum += float(nn.functional.binary_cross_entropy_with_logits(
-                logits, target, pos_weight=pos_weight, reduction="sum")) / n_labels
-            probabilities[batch] = logits.sigmoid().cpu().numpy()
-    if share is not None:
-        probabilities, loss_sum = share.sum(probabilities, loss_sum, encoder.device)
+
+    def loss_and_probabilities(logits, ids):
+        target = torch.from_numpy(label_sets[windows.doc_of_window[ids]].astype(np.float32)).to(logits.device)
+        loss = float(nn.functional.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight,
+                                                                     reduction="sum")) / n_labels
+        return loss, logits.sigmoid()
+
+    probabilities, loss_sum = _score_windows(model, windows, val_windows, features, batch_tokens, encoder, share,
+                                             loss_and_probabilities)
     position = np.searchsorted(val_docs, windows.doc_of_window[val_windows])  # val_docs is sorted
     doc_probabilities = np.zeros((len(val_docs), n_labels))
     np.add.at(doc_probabilities, position, probabilities)
