@@ -42,7 +42,7 @@ import torch
 
 from longdoc.cache.reader import open_cache
 from longdoc.configs import EvaluateConfig
-from longdoc.explain.text import WindowMapper, cached_geometry, load_cache_corpus
+from longdoc.explain.text import load_cache_corpus, shown_spans
 from longdoc.heads.batches import (
     LOADING_HINT,
     CacheDocuments,
@@ -191,12 +191,7 @@ def html_report(checkpoint, cache, documents: CacheDocuments, logits: np.ndarray
     wrong, right = select_documents(labels, y_pred, max_wrong, n_correct)
     shown = np.concatenate([wrong, right]).astype(np.int64)
     doc_ids = cache.doc_ids()
-    spans = shown_texts = None
-    if texts is not None:
-        doc_tokens, starts = cached_geometry(cache, shown)
-        shown_texts = [texts[i] for i in shown.tolist()]
-        spans = WindowMapper.for_cache(cache).spans([doc_ids[i] for i in shown.tolist()], shown_texts,
-                                                    doc_tokens, starts)
+    spans, shown_texts = shown_spans(cache, shown, doc_ids, texts)
     views = build_views(checkpoint.head, documents, shown, logits, labels, checkpoint.label_names, doc_ids,
                         spans, shown_texts, checkpoint.terms)
     n_wrong = int((labels != y_pred).sum())

@@ -122,6 +122,18 @@ def cached_geometry(cache, docs: np.ndarray) -> tuple[np.ndarray, list[np.ndarra
     return doc_tokens, [all_starts[cache.doc_offsets[d]:cache.doc_offsets[d + 1]] for d in docs.tolist()]
 
 
+def shown_spans(cache, shown: np.ndarray, doc_ids: list[str], texts: list[str] | None):
+    """(each window's character span, the texts) of the cache documents `shown`, for a report
+    that shows them; (None, None) without `texts` (the corpus's, by cache document)."""
+    if texts is None:
+        return None, None
+    doc_tokens, starts = cached_geometry(cache, shown)
+    shown_texts = [texts[i] for i in shown.tolist()]
+    spans = WindowMapper.for_cache(cache).spans([doc_ids[i] for i in shown.tolist()], shown_texts, doc_tokens,
+                                                starts)
+    return spans, shown_texts
+
+
 def name_terms(explanations, term_weights, texts: list[str]) -> None:
     """Fill in `term` of each explanation's TermContribution with the word or bigram of its
     text that hashes to that feature (several, joined by ' | ', where they collide)."""

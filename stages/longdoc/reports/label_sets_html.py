@@ -44,7 +44,7 @@ import unicodedata
 
 import numpy as np
 
-from longdoc.explain.text import WindowMapper, cached_geometry
+from longdoc.explain.text import shown_spans
 from longdoc.reports.html import (
     HEAD_CHARS,
     MAX_CHARS,
@@ -126,12 +126,7 @@ def label_set_html(checkpoint, cache, documents, probabilities: np.ndarray, trut
     wrong, right = select_label_set_documents(truth, predicted, max_wrong, n_correct)
     shown = np.concatenate([wrong, right]).astype(np.int64)
     doc_ids = cache.doc_ids()
-    spans = shown_texts = None
-    if texts is not None:
-        doc_tokens, starts = cached_geometry(cache, shown)
-        shown_texts = [texts[i] for i in shown.tolist()]
-        spans = WindowMapper.for_cache(cache).spans([doc_ids[i] for i in shown.tolist()], shown_texts,
-                                                    doc_tokens, starts)
+    spans, shown_texts = shown_spans(cache, shown, doc_ids, texts)
     views = build_label_set_views(checkpoint.head, documents, shown, probabilities, truth, predicted,
                                   checkpoint.decision.thresholds, doc_ids, spans, shown_texts, checkpoint.terms)
     n_wrong = int((truth != predicted).any(1).sum())
