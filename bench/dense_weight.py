@@ -37,8 +37,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from machine import machine_name  # noqa: E402  (bench/machine.py, beside this file)
 
 from longdoc.cache.reader import open_cache
-from longdoc.configs import DEFAULT_C
 from longdoc.heads.batches import CacheDocuments
+from longdoc.options import DEFAULT_C
 from longdoc.reports.metrics import scores
 from longdoc.terms.tfidf import TermWeights
 from longdoc.training.linear_fit import bracketing_search, design_rows, fit_linear_svm
