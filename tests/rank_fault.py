@@ -9,13 +9,16 @@ ARGS are `cli.py`'s. The rank named by LONGDOC_FAULT_RANK (no other) then
   matches the glob PATTERN is published (renamed into place by `os.replace`, as
   `longdoc.runtime.workdir.atomic_path` publishes every file): a crash at a chosen moment;
 * with LONGDOC_FAULT_KILL_WHEN=PATH, SIGKILLs itself as soon as PATH exists (a file another
-  rank writes, e.g. rank 0's first checkpoint).
+  rank writes, e.g. rank 0's first checkpoint);
+* with LONGDOC_FAULT_FILE_SIZE=N, may write no file past N bytes (RLIMIT_FSIZE, as
+  tests/checkout.py's run_with_file_size_limit): a full disk when a file grows past it.
 Reads only its environment; writes nothing itself.
 """
 
 import fnmatch
 import json
 import os
+import resource
 import signal
 import sys
 import threading
@@ -58,6 +61,9 @@ def main() -> int:
             _kill_after(pattern, int(count))
         if os.environ.get("LONGDOC_FAULT_KILL_WHEN"):
             _kill_when(Path(os.environ["LONGDOC_FAULT_KILL_WHEN"]))
+        if os.environ.get("LONGDOC_FAULT_FILE_SIZE"):
+            limit = int(os.environ["LONGDOC_FAULT_FILE_SIZE"])
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
     sys.path.insert(0, str(ROOT / "stages"))
     from longdoc.cli import main as cli_main
 

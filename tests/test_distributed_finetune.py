@@ -187,3 +187,35 @@ def test_two_ranks_train_the_one_process_model_on_label_sets(models, tmp_path):
     got_h, want_h = history(out), history(want)
     assert [h["val_micro_f1"] for h in got_h] == [h["val_micro_f1"] for h in want_h]
     assert json.loads((out / "finetune.json").read_text())["task"] == "multi_label"
+
+
+@pytest.mark.slow
+def test_a_rank_with_other_settings_is_refused_in_one_line_naming_it(models, corpus, tmp_path):
+    out = tmp_path / "bert"
+    result = torchrun(models["bert"], corpus, out, fault={"rank": "1", "args": json.dumps(["--lr", "0.001"])})
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and lines[0].startswith("error: rank 1 failed: settings differ from rank 0's (lr: 0.001 "
+                                                   "(rank 1) vs 0.0001 (rank 0))"), result.stderr
+    assert not out.exists() and not Path(f"{out}.partial").exists()  # refused before any work
+
+
+@pytest.mark.slow
+def test_a_full_disk_on_rank_0_while_saving_is_one_line_and_a_rerun_finishes(models, corpus, two_ranks_bert,
+                                                                             tmp_path):
+    """Rank 0 alone writes; under a limit below the finished model's size its first checkpoint
+    (the trained layers with their AdamW moments, larger than the whole tiny model) does not fit."""
+    out = tmp_path / "bert"
+    limit = (two_ranks_bert[0] / "model.safetensors").stat().st_size - 1
+    full = torchrun(models["bert"], corpus, out, fault={"rank": "0", "file_size": str(limit)})
+    assert full.returncode != 0
+    lines = [line for line in full.stderr.splitlines() if line.startswith("error: ")]
+    partial = Path(f"{out}.partial")
+    assert lines == [f"error: rank 0 failed: cannot write {partial / 'state.pt'}: File too large"], full.stderr
+    assert "longdoc" not in full.stderr.replace(str(ROOT), ""), full.stderr  # no traceback of ours (torchrun's own)
+    assert not out.exists(), "nothing half-written is taken for complete"
+    assert sorted(p.name for p in partial.iterdir()) == ["lock", "settings.json", "visible"]  # no half checkpoint
+
+    result = torchrun(models["bert"], corpus, out)
+    assert result.returncode == 0, result.stderr
+    same_weights(weights(out), weights(two_ranks_bert[0]))
