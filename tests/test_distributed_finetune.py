@@ -73,14 +73,14 @@ def cli_args(model, corpus, **more) -> list[str]:
     return args
 
 
-def torchrun(model, corpus, out, fault: dict | None = None, nproc=2, **more) -> subprocess.CompletedProcess:
+def torchrun(model, corpus, out, fault: dict | None = None, nproc=2, cwd=ROOT, **more) -> subprocess.CompletedProcess:
     """`nproc` ranks through torchrun, each running cli.py (through tests/rank_fault.py, which
     does nothing unless `fault` names a rank: LONGDOC_FAULT_* as its docstring says)."""
     args = ["finetune", "--out", out, "--no-progress", *cli_args(model, corpus, **more)]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
                str(ROOT / "tests" / "rank_fault.py"), *map(str, args)]
     env = {**os.environ, **{f"LONGDOC_FAULT_{k.upper()}": v for k, v in (fault or {}).items()}}
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 
 
 def weights(folder: Path) -> dict:
@@ -219,3 +219,16 @@ def test_a_full_disk_on_rank_0_while_saving_is_one_line_and_a_rerun_finishes(mod
     result = torchrun(models["bert"], corpus, out)
     assert result.returncode == 0, result.stderr
     same_weights(weights(out), weights(two_ranks_bert[0]))
+
+
+@pytest.mark.slow
+def test_a_rank_that_does_not_see_the_work_folder_is_refused_in_one_line_naming_it(models, corpus, tmp_path):
+    (tmp_path / "rank0").mkdir()
+    (tmp_path / "rank1").mkdir()  # a relative --out names another folder for rank 1, as an unshared disk would
+    result = torchrun(models["bert"], corpus, "ft", fault={"rank": "1", "cwd": str(tmp_path / "rank1")},
+                      cwd=tmp_path / "rank0")
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and lines[0].startswith("error: rank 1 failed: --out's work folder ft.partial is "
+                                                   "not the folder rank 0 writes"), result.stderr
+    assert not (tmp_path / "rank0" / "ft").exists() and not (tmp_path / "rank1" / "ft").exists()
