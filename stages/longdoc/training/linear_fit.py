@@ -203,8 +203,7 @@ def fit_linear_branch(head, train, val, c: float | None, dense_weights=DENSE_WEI
     (CacheDocuments with terms). With window inputs too, the dense block's scale is searched
     from `dense_weights` (`bracketing_search`) by the branch's own macro-F1 on `val` (label
     sets: `validation_score`). `c` None: C is searched first, from `C_START` at the first
-    dense weight, then the dense weight at the chosen C, then C again at the chosen weight
-    (where that is not the first). `balanced`: label sets only, each
+    dense weight, then the dense weight at the chosen C. `balanced`: label sets only, each
     label's SVM weighted."""
     train_terms, train_dense, train_labels = design_rows(head, train)
     val_terms, val_dense, val_labels = design_rows(head, val)
@@ -235,16 +234,13 @@ def fit_linear_branch(head, train, val, c: float | None, dense_weights=DENSE_WEI
         return f1
 
     first_weight = None if train_dense is None else dense_weights[0]
-    searched_c = c is None
-    if searched_c:
-        c, _ = bracketing_search(lambda value: validation_f1(value, first_weight), C_START, max_widening)
+    c_tried = None
+    if c is None:
+        c, c_tried = bracketing_search(lambda value: validation_f1(value, first_weight), C_START, max_widening)
     if train_dense is None:
         weight, tried = None, {None: validation_f1(c, None)}
     else:
         weight, tried = bracketing_search(lambda value: validation_f1(c, value), dense_weights, max_widening)
-        if searched_c and weight != first_weight:  # C once more, at the chosen weight (the two interact)
-            c, _ = bracketing_search(lambda value: validation_f1(value, weight), (c, c / 2, c * 2), max_widening)
-            tried = {w: f for (c_value, w), f in scored.items() if c_value == c}
     if (c, weight) not in kept:  # a tie the search broke otherwise than the first fit kept
         kept.clear()
         scored.pop((c, weight))
@@ -254,8 +250,8 @@ def fit_linear_branch(head, train, val, c: float | None, dense_weights=DENSE_WEI
     score = {"val_macro_f1": f1} if np.ndim(val_labels) == 1 else {"val_micro_macro_f1": f1, "balanced": balanced}
     record = {"c": c, "dense_weight": weight, **score, "iterations": fit.iterations,
               "tried": [[w, f] for w, f in sorted(tried.items(), key=lambda item: item[0] or 0.0)]}
-    if searched_c:  # every (C, dense weight) validation scored, in the order tried
-        record["c_tried"] = [[c_value, w, f] for (c_value, w), f in scored.items()]
+    if c_tried is not None:
+        record["c_tried"] = [[value, f] for value, f in sorted(c_tried.items())]
     if weight is None:
         return LinearBranch(fit, None, None, record)
     return LinearBranch(fit, shift.astype(np.float32), (scale / spread).astype(np.float32), record)
