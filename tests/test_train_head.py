@@ -617,7 +617,7 @@ def test_a_multi_label_runs_validation_is_iterative_and_class_weights_weigh_both
     assert load_checkpoint(off.out).training["linear_branch"]["balanced"] is False
 
 
-def test_class_weights_and_c_default_by_task_from_the_command_line(tmp_path, label_sets):
+def test_class_weights_default_to_off_for_classes_and_on_for_label_sets_from_the_command_line(tmp_path, label_sets):
     from synthetic import cli_error
 
     for cache, name in ((label_sets[0], "multi.pt"), (lexical_cache(tmp_path / "single.h5"), "single.pt")):
@@ -627,37 +627,6 @@ def test_class_weights_and_c_default_by_task_from_the_command_line(tmp_path, lab
     multi, single = load_checkpoint(tmp_path / "multi.pt"), load_checkpoint(tmp_path / "single.pt")
     assert multi.training["config"]["class_weights"] is None and multi.training["linear_branch"]["balanced"] is True
     assert single.training["config"]["class_weights"] is None and "balanced" not in single.training["linear_branch"]
-    # --term-c: LinearSVC's C = 1 for classes; label sets choose C on validation first (at the first dense weight).
-    assert single.training["linear_branch"]["c"] == 1.0 and "c_tried" not in single.training["linear_branch"]
-    record = multi.training["linear_branch"]
-    c_tried = dict(record["c_tried"])
-    assert len(c_tried) >= 3 and record["c"] == max(c_tried, key=lambda c: (c_tried[c], c == 1.0))
-    assert multi.training["config"]["term_c"] is None
-
-
-def test_a_label_set_heads_c_is_searched_then_its_dense_weight_and_the_refit_uses_the_chosen_c(tmp_path, label_sets,
-                                                                                               monkeypatch):
-    import longdoc.training.linear_fit as linear_fit
-
-    fits = []
-    real = linear_fit.fit_linear_svm
-
-    def spy(terms, dense, labels, n_classes, c, *args, **kwargs):
-        fits.append((c, None if dense is None else len(labels)))
-        return real(terms, dense, labels, n_classes, c, *args, **kwargs)
-
-    monkeypatch.setattr(linear_fit, "fit_linear_svm", spy)
-    summary = train(tmp_path, label_sets[0], inputs="both", pooling="mean", max_epochs=1)
-    record = load_checkpoint(summary.out).training["linear_branch"]
-    searched, refit = fits[:-1], fits[-1]
-    assert [c for c, _ in searched[:3]] == list(linear_fit.C_START)  # C first, at one dense weight ...
-    assert {c for c, _ in searched[len(record["c_tried"]):]} == {record["c"]}  # ... then the weight at that C
-    assert refit[0] == record["c"] and refit[1] == summary.n_train + summary.n_val
-    assert record["val_micro_macro_f1"] == max(f for _, f in record["c_tried"] + record["tried"])
-    fits.clear()
-    pinned = load_checkpoint(train(tmp_path, label_sets[0], name="pinned.pt", inputs="both", pooling="mean",
-                                   max_epochs=1, term_c=2.0).out).training["linear_branch"]
-    assert {c for c, _ in fits} == {2.0} and pinned["c"] == 2.0 and "c_tried" not in pinned
 
 
 def test_a_label_of_one_document_and_documents_without_labels_train(tmp_path):

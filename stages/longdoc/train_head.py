@@ -85,7 +85,6 @@ from longdoc.heads.batches import (
 from longdoc.heads.checkpoint import encoder_record, save_checkpoint
 from longdoc.heads.decision import Decision
 from longdoc.heads.head import Head
-from longdoc.options import DEFAULT_C
 from longdoc.reports.metrics import multilabel_scores
 from longdoc.runtime.errors import UserError
 from longdoc.runtime.process import Background, memory_step, peak_memory_bytes
@@ -198,17 +197,7 @@ def _fit_linear(head: Head, train: CacheDocuments, val: CacheDocuments, config: 
     second thread: reads `head` for its configuration only and logs nothing itself, so the
     log's lines come in the same order on every run."""
     lines = []
-    branch = fit_linear_branch(head, train, val, _term_c(head, config), log=lines.append,
-                               balanced=_balanced(head, config))
-    return branch, lines
-
-
-def _term_c(head: Head, config: TrainConfig) -> float | None:
-    """--term-c, or where not given its default: LinearSVC's for classes, None (chosen on
-    validation) for label sets (configs.py)."""
-    if config.term_c is not None:
-        return config.term_c
-    return None if head.multi_label else DEFAULT_C
+    return fit_linear_branch(head, train, val, config.term_c, log=lines.append, balanced=_balanced(head, config)), lines
 
 
 def _weighted(head: Head, config: TrainConfig) -> bool:
@@ -351,8 +340,7 @@ def run(config: TrainConfig, log=None) -> TrainSummary:
             linear_record = chosen and chosen.record
             if head.reads_terms and config.refit_terms and val_cache is None:  # validation has chosen all
                 with memory_step("fitting the linear branch again on all documents", LINEAR_MEMORY_HINT):
-                    again = refit_linear_branch(head, [train, val], chosen, chosen.record["c"],
-                                                 _balanced(head, config))
+                    again = refit_linear_branch(head, [train, val], chosen, config.term_c, _balanced(head, config))
                 again.load_into(head)
                 linear_record = {**chosen.record, "refit": again.record}
                 log(f"linear branch fitted again on {again.record['documents']:,} documents (training and validation)")

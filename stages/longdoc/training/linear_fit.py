@@ -189,69 +189,46 @@ class LinearBranch:
                 head.terms_dense.weight.copy_(torch.from_numpy(self.fit.dense_weights.T.copy()))
 
 
-# C of the linear branch's SVMs where validation chooses it (train-head's default for label
-# sets): the search starts at LinearSVC's default and its half and double, the first winning
-# ties, and widens like the dense weight's (`bracketing_search`). On Reuters-21578 the
-# TF-IDF + one-vs-rest baseline tuned on the same validation split picks C = 4, above the
-# default (docs/BENCHMARKS.md, bench/reuters.py).
-C_START = (1.0, 0.5, 2.0)
-
-
-def fit_linear_branch(head, train, val, c: float | None, dense_weights=DENSE_WEIGHTS,
+def fit_linear_branch(head, train, val, c: float, dense_weights=DENSE_WEIGHTS,
                       max_widening: int = MAX_WIDENING, log=None, balanced: bool = False) -> LinearBranch:
     """The linear branch of `head` (read for its configuration only) fitted on `train`
     (CacheDocuments with terms). With window inputs too, the dense block's scale is searched
     from `dense_weights` (`bracketing_search`) by the branch's own macro-F1 on `val` (label
-    sets: `validation_score`). `c` None: C is searched first, from `C_START` at the first
-    dense weight, then the dense weight at the chosen C. `balanced`: label sets only, each
-    label's SVM weighted."""
+    sets: `validation_score`). `balanced`: label sets only, each label's SVM weighted."""
     train_terms, train_dense, train_labels = design_rows(head, train)
     val_terms, val_dense, val_labels = design_rows(head, val)
     shift = spread = None
     if train_dense is not None:
         shift, spread = train_dense.mean(0), train_dense.std(0) + 1e-6
         train_dense, val_dense = (train_dense - shift) / spread, (val_dense - shift) / spread
-    scored, kept = {}, {}
+    fits = {}
 
     # One fit after another: on 20 Newsgroups two fits side by side in threads took train-head
     # from 99 s to 77 s, but its peak from 1.08 to 1.50 GiB (each fit holds ~0.4 GB, and a
     # thread's allocations did not reuse what the main thread had freed).
-    def validation_f1(c_value: float, weight: float | None) -> float:
-        if (c_value, weight) in scored:
-            return scored[c_value, weight]
+    def validation_f1(weight) -> float:
         scale = None if weight is None else weight / np.sqrt(train_dense.shape[1])
         fit = fit_linear_svm(train_terms, None if weight is None else train_dense * scale, train_labels,
-                             head.config.n_classes, c_value, balanced=balanced)
+                             head.config.n_classes, c, balanced=balanced)
         margins = fit.margins(val_terms, None if weight is None else val_dense * scale)
         f1, name = validation_score(val_labels, margins)
         if log is not None:
             dense = "" if weight is None else f", dense weight {weight:g}"
-            log(f"linear branch: C {c_value:g}{dense}: {fit.iterations} liblinear passes, validation {name} {f1:.4f}")
-        scored[c_value, weight] = f1
-        if not kept or f1 > max(scored[key] for key in kept):  # keep only the best fit (~80 MB on 20 classes)
-            kept.clear()
-            kept[c_value, weight] = (scale, fit)
+            log(f"linear branch: C {c:g}{dense}: {fit.iterations} liblinear passes, validation {name} {f1:.4f}")
+        best = max(fits.values(), key=lambda kept: kept[0], default=None)
+        if best is None or f1 > best[0]:  # keep only the best fit's weights (~80 MB each on 20 classes)
+            fits.clear()
+            fits[weight] = (f1, scale, fit)
         return f1
 
-    first_weight = None if train_dense is None else dense_weights[0]
-    c_tried = None
-    if c is None:
-        c, c_tried = bracketing_search(lambda value: validation_f1(value, first_weight), C_START, max_widening)
     if train_dense is None:
-        weight, tried = None, {None: validation_f1(c, None)}
+        weight, tried = None, {None: validation_f1(None)}
     else:
-        weight, tried = bracketing_search(lambda value: validation_f1(c, value), dense_weights, max_widening)
-    if (c, weight) not in kept:  # a tie the search broke otherwise than the first fit kept
-        kept.clear()
-        scored.pop((c, weight))
-        validation_f1(c, weight)
-    scale, fit = kept[c, weight]
-    f1 = scored[c, weight]
+        weight, tried = bracketing_search(validation_f1, dense_weights, max_widening)
+    f1, scale, fit = fits[weight]
     score = {"val_macro_f1": f1} if np.ndim(val_labels) == 1 else {"val_micro_macro_f1": f1, "balanced": balanced}
     record = {"c": c, "dense_weight": weight, **score, "iterations": fit.iterations,
               "tried": [[w, f] for w, f in sorted(tried.items(), key=lambda item: item[0] or 0.0)]}
-    if c_tried is not None:
-        record["c_tried"] = [[value, f] for value, f in sorted(c_tried.items())]
     if weight is None:
         return LinearBranch(fit, None, None, record)
     return LinearBranch(fit, shift.astype(np.float32), (scale / spread).astype(np.float32), record)
