@@ -374,6 +374,18 @@ def test_resume_proves_each_block_and_recomputes_the_rest(tiny, reference, tmp_p
     assert not Path(f"{out}.partial").exists()
 
 
+def test_a_missing_block_is_computed_and_the_proven_blocks_after_it_are_kept(tiny, reference, tmp_path, monkeypatch):
+    """A gap in the finished blocks is what a killed torchrun leaves when one rank is behind
+    another (block b is rank b mod N's): the gap is computed, the blocks after it still resume."""
+    corpus, _, head = tiny
+    out = tmp_path / "p.jsonl"
+    blocks = interrupted(tiny, out, monkeypatch, 2)
+    blocks[0].unlink()
+    summary = run_predict(PredictConfig(head=str(head), data=str(corpus), out=str(out), device="cpu", block_docs=4,
+                                        progress=False))
+    assert summary.resumed_documents == 4 and out.read_bytes() == reference("jsonl")
+
+
 def test_resume_against_an_edited_corpus_is_refused_naming_the_change(tiny, reference, tmp_path, monkeypatch):
     _, _, head = tiny
     data = tmp_path / "in.jsonl"

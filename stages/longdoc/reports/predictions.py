@@ -225,10 +225,14 @@ class RowBlocks:
 
     def resume(self, start: int, ids: list[str]) -> Path | None:
         """The finished block of the plan's documents `ids` (numbered from `start`), once
-        proven; None when it is missing or fails its proof, and then it and every block
-        found after it are deleted, to be recomputed."""
+        proven; None when it is missing (it is computed now; the blocks after it are still
+        proven one by one: under torchrun a gap is a block another rank had not finished) or
+        fails its proof, and then it and every block found after it are deleted, to be
+        recomputed."""
         path = self.found.pop((start, start + len(ids)), None)
-        if self.trusting and path is not None and self._proven(path, ids):
+        if path is None:
+            return None
+        if self.trusting and self._proven(path, ids):
             return path
         self.trusting = False
         for stale in [path, *self.found.values()]:
