@@ -32,3 +32,8 @@ def same_weights(got: dict, want: dict, rtol: float = 1e-5, atol: float = 1e-6):
     assert sorted(got) == sorted(want)
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=rtol, atol=atol)
+
+
+def error_lines(result) -> list[str]:
+    """The `error: ` lines of a finished process's stderr (a torchrun job prints its own report too)."""
+    return [line for line in result.stderr.splitlines() if line.startswith("error: ")]

@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 import pytest
 import torch.distributed as dist
+from assertions import error_lines
 from checkout import ROOT
 from synthetic import make_class_folders
 
@@ -268,7 +269,7 @@ def test_a_failing_rank_fails_the_run_naming_it_and_a_rerun_finishes(tiny_bert, 
     obstacle.mkdir()  # rank 1 embeds its whole shard, then cannot rename its shard file into place
     result = run_torchrun(tiny_bert, corpus, out)
     assert result.returncode != 0
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    lines = error_lines(result)
     assert len(lines) == 1 and lines[0].startswith("error: rank 1 failed: ") and "Is a directory" in lines[0], \
         result.stderr
     assert not out.exists() and shard_path(out, 1, 2).is_dir()

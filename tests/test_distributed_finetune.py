@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from assertions import one_line_error, same_weights
+from assertions import error_lines, one_line_error, same_weights
 from checkout import ROOT
 from safetensors.torch import load_file
 from synthetic import build_tiny_bert, make_class_folders
@@ -152,7 +152,7 @@ def test_a_killed_rank_resumes_on_the_same_ranks_and_another_number_is_refused(m
     killed = torchrun(models["bert"], corpus, out, fault={"rank": "1", "kill_when": str(state)})
     assert killed.returncode != 0
     assert not out.exists() and state.exists(), "a killed run leaves its checkpoint, nothing that looks complete"
-    lines = [line for line in killed.stderr.splitlines() if line.startswith("error: ")]
+    lines = error_lines(killed)
     # rank 0 says it in one line, unless torchrun, seeing rank 1 gone, stops rank 0 before its all-reduce fails
     assert len(lines) <= 1 and all(line.startswith("error: another rank stopped during ") for line in lines), \
         killed.stderr
@@ -194,7 +194,7 @@ def test_a_rank_with_other_settings_is_refused_in_one_line_naming_it(models, cor
     out = tmp_path / "bert"
     result = torchrun(models["bert"], corpus, out, fault={"rank": "1", "args": json.dumps(["--lr", "0.001"])})
     assert result.returncode != 0
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    lines = error_lines(result)
     assert len(lines) == 1 and lines[0].startswith("error: rank 1 failed: settings differ from rank 0's (lr: 0.001 "
                                                    "(rank 1) vs 0.0001 (rank 0))"), result.stderr
     assert not out.exists() and not Path(f"{out}.partial").exists()  # refused before any work
@@ -209,7 +209,7 @@ def test_a_full_disk_on_rank_0_while_saving_is_one_line_and_a_rerun_finishes(mod
     limit = (two_ranks_bert[0] / "model.safetensors").stat().st_size - 1
     full = torchrun(models["bert"], corpus, out, fault={"rank": "0", "file_size": str(limit)})
     assert full.returncode != 0
-    lines = [line for line in full.stderr.splitlines() if line.startswith("error: ")]
+    lines = error_lines(full)
     partial = Path(f"{out}.partial")
     assert lines == [f"error: rank 0 failed: cannot write {partial / 'state.pt'}: File too large"], full.stderr
     assert "longdoc" not in full.stderr.replace(str(ROOT), ""), full.stderr  # no traceback of ours (torchrun's own)
@@ -228,7 +228,7 @@ def test_a_rank_that_does_not_see_the_work_folder_is_refused_in_one_line_naming_
     result = torchrun(models["bert"], corpus, "ft", fault={"rank": "1", "cwd": str(tmp_path / "rank1")},
                       cwd=tmp_path / "rank0")
     assert result.returncode != 0
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    lines = error_lines(result)
     assert len(lines) == 1 and lines[0].startswith("error: rank 1 failed: --out's work folder ft.partial is "
                                                    "not the folder rank 0 writes"), result.stderr
     assert not (tmp_path / "rank0" / "ft").exists() and not (tmp_path / "rank1" / "ft").exists()

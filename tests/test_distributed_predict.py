@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from assertions import error_lines
 from checkout import ROOT
 from test_predict import embed_and_train
 
@@ -46,10 +47,6 @@ def torchrun(corpus, head, out, fault: dict | None = None, cwd=ROOT) -> subproce
                str(ROOT / "tests" / "rank_fault.py"), *map(str, args)]
     env = {**os.environ, **{f"LONGDOC_FAULT_{k.upper()}": v for k, v in (fault or {}).items()}}
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-
-
-def error_lines(result) -> list[str]:
-    return [line for line in result.stderr.splitlines() if line.startswith("error: ")]
 
 
 def test_blocks_go_round_robin_whatever_the_number_of_ranks():
