@@ -94,3 +94,41 @@ def test_validation_split_of_a_label_matrix_is_iterative_and_a_label_of_one_docu
     latest = validation_split(truth, [f"d{i}" for i in range(200)], SimpleNamespace(val_fraction=0.1,
                                                                                      val_split="latest"), None)
     assert latest[1].tolist() == list(range(180, 200))
+
+
+def test_the_dense_weight_is_searched_on_the_most_frequent_labels_only_past_search_labels():
+    from longdoc.training.linear_fit import search_labels
+
+    matrix = np.zeros((10, 5), dtype=bool)
+    for label, count in enumerate([2, 5, 1, 5, 3]):
+        matrix[:count, label] = True
+    assert search_labels(matrix, limit=5) is None  # every label: the search as before
+    assert search_labels(matrix, limit=3).tolist() == [1, 3, 4]  # most positives, in label order
+    assert search_labels(matrix, limit=1).tolist() == [1]  # a tie goes to the earlier label
+
+
+def test_past_search_labels_every_label_is_fitted_once_at_the_weight_the_frequent_ones_chose(monkeypatch):
+    from longdoc.training import linear_fit
+
+    terms, truth = sparse_problem(n_docs=200, n_labels=5, seed=4)
+    truth[:, 0] = np.arange(200) < 12  # a rare label, left out of the search
+    dense = np.random.default_rng(5).normal(size=(len(truth), 6))
+    rows = {"train": (terms[:150], dense[:150], truth[:150]), "val": (terms[150:], dense[150:], truth[150:])}
+    monkeypatch.setattr(linear_fit, "design_rows", lambda head, part: rows[part])
+    monkeypatch.setattr(linear_fit, "SEARCH_LABELS", 3)
+    head = SimpleNamespace(config=SimpleNamespace(n_classes=5))
+    lines = []
+    branch = linear_fit.fit_linear_branch(head, "train", "val", c=1.0, log=lines.append)
+
+    searched = linear_fit.search_labels(truth[:150], limit=3)
+    assert 0 not in searched and len(searched) == 3
+    assert branch.record["search_labels"] == 3
+    assert all("on the 3 most frequent labels" in line for line in lines[:-1]) and "every label" in lines[-1]
+    # The weights of every label: one fit of all five at the chosen weight, as the head would make it.
+    train_dense = (dense[:150] - branch.dense_shift) / (dense[:150].std(0) + 1e-6)
+    weight = branch.record["dense_weight"]
+    want = fit_linear_svm(terms[:150], train_dense * (weight / np.sqrt(6)), truth[:150], 5, c=1.0)
+    assert branch.fit.term_weights.shape == (terms.shape[1], 5)
+    np.testing.assert_allclose(branch.fit.term_weights, want.term_weights, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(branch.fit.bias, want.bias, rtol=1e-4, atol=1e-5)
+    assert branch.fit.term_weights[:, 0].any()  # the rare label has its own SVM

@@ -164,6 +164,26 @@ def bracketing_search(score, start=DENSE_WEIGHTS, max_widening: int = MAX_WIDENI
         tried[wider] = score(wider)
 
 
+# With more labels than this, the dense weight is searched on the SEARCH_LABELS labels with the
+# most training documents, then every label is fitted once at the chosen weight. One binary SVM
+# per label per weight tried makes the search cost grow with the labels: at 2,000 labels and
+# 20,000 documents it is 4-7 fits of 2,000 SVMs instead of 1 (bench/many_labels.py). The weight
+# is one number shared by every label, and the frequent labels are those whose validation
+# scores say most about it. Reuters-21578 (90 topics) and single-label heads search on all.
+SEARCH_LABELS = 256
+
+
+def search_labels(label_matrix: np.ndarray, limit: int | None = None) -> np.ndarray | None:
+    """The columns of the bool `label_matrix` the dense weight is searched on: None (every
+    one) up to `limit` (None: SEARCH_LABELS) labels, else the `limit` with the most positive
+    rows, ties to the earlier label, in label order."""
+    limit = SEARCH_LABELS if limit is None else limit
+    if label_matrix.shape[1] <= limit:
+        return None
+    counts = label_matrix.sum(0)
+    return np.sort(np.argsort(-counts, kind="stable")[:limit])
+
+
 @dataclass
 class LinearBranch:
     """A fitted linear branch, not yet in any head: the SVM's weights, the dense block's
@@ -194,7 +214,8 @@ def fit_linear_branch(head, train, val, c: float, dense_weights=DENSE_WEIGHTS,
     """The linear branch of `head` (read for its configuration only) fitted on `train`
     (CacheDocuments with terms). With window inputs too, the dense block's scale is searched
     from `dense_weights` (`bracketing_search`) by the branch's own macro-F1 on `val` (label
-    sets: `validation_score`). `balanced`: label sets only, each label's SVM weighted."""
+    sets: `validation_score`, on at most SEARCH_LABELS labels: `search_labels`). `balanced`:
+    label sets only, each label's SVM weighted."""
     train_terms, train_dense, train_labels = design_rows(head, train)
     val_terms, val_dense, val_labels = design_rows(head, val)
     shift = spread = None
@@ -202,19 +223,23 @@ def fit_linear_branch(head, train, val, c: float, dense_weights=DENSE_WEIGHTS,
         shift, spread = train_dense.mean(0), train_dense.std(0) + 1e-6
         train_dense, val_dense = (train_dense - shift) / spread, (val_dense - shift) / spread
     fits = {}
+    subset = search_labels(train_labels) if np.ndim(train_labels) == 2 and train_dense is not None else None
+    search_train, search_val = ((train_labels, val_labels) if subset is None
+                                else (train_labels[:, subset], val_labels[:, subset]))
 
     # One fit after another: on 20 Newsgroups two fits side by side in threads took train-head
     # from 99 s to 77 s, but its peak from 1.08 to 1.50 GiB (each fit holds ~0.4 GB, and a
     # thread's allocations did not reuse what the main thread had freed).
     def validation_f1(weight) -> float:
         scale = None if weight is None else weight / np.sqrt(train_dense.shape[1])
-        fit = fit_linear_svm(train_terms, None if weight is None else train_dense * scale, train_labels,
+        fit = fit_linear_svm(train_terms, None if weight is None else train_dense * scale, search_train,
                              head.config.n_classes, c, balanced=balanced)
         margins = fit.margins(val_terms, None if weight is None else val_dense * scale)
-        f1, name = validation_score(val_labels, margins)
+        f1, name = validation_score(search_val, margins)
         if log is not None:
             dense = "" if weight is None else f", dense weight {weight:g}"
-            log(f"linear branch: C {c:g}{dense}: {fit.iterations} liblinear passes, validation {name} {f1:.4f}")
+            some = "" if subset is None else f" on the {len(subset):,} most frequent labels"
+            log(f"linear branch: C {c:g}{dense}: {fit.iterations} liblinear passes, validation {name}{some} {f1:.4f}")
         best = max(fits.values(), key=lambda kept: kept[0], default=None)
         if best is None or f1 > best[0]:  # keep only the best fit's weights (~80 MB each on 20 classes)
             fits.clear()
@@ -226,7 +251,16 @@ def fit_linear_branch(head, train, val, c: float, dense_weights=DENSE_WEIGHTS,
     else:
         weight, tried = bracketing_search(validation_f1, dense_weights, max_widening)
     f1, scale, fit = fits[weight]
+    if subset is not None:  # every label at the chosen weight, scored on all of them
+        fit = fit_linear_svm(train_terms, train_dense * scale, train_labels, head.config.n_classes, c,
+                             balanced=balanced)
+        f1 = validation_score(val_labels, fit.margins(val_terms, val_dense * scale))[0]
+        if log is not None:
+            log(f"linear branch: every label at dense weight {weight:g}: {fit.iterations} liblinear passes, "
+                f"validation micro+macro-F1 / 2 {f1:.4f}")
     score = {"val_macro_f1": f1} if np.ndim(val_labels) == 1 else {"val_micro_macro_f1": f1, "balanced": balanced}
+    if subset is not None:
+        score["search_labels"] = len(subset)
     record = {"c": c, "dense_weight": weight, **score, "iterations": fit.iterations,
               "tried": [[w, f] for w, f in sorted(tried.items(), key=lambda item: item[0] or 0.0)]}
     if weight is None:
