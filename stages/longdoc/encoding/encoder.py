@@ -51,9 +51,11 @@ def cpu_has_native_bf16() -> bool:
     return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
-# Whether `auto` picks int8 on CPUs with int8 dot products (VNNI) and working kernels. Off until
-# the accuracy benchmark of issue 26 shows int8 keeps accuracy (20 Newsgroups' default head within
-# 0.3 points of bf16 over 3 seeds, the 3-class setting within 0.5): flipping it is this one line.
+# Whether `auto` picks int8 on CPUs with int8 dot products (VNNI) and working kernels. Off: int8
+# keeps accuracy (20 Newsgroups' default head 0.8772 against fp32's 0.8776 over 3 seeds, the 3-class
+# setting 0.7901 against 0.7908: docs/BENCHMARKS.md A1, A3) but is not faster than bf16 autocast end
+# to end (whole `embed` processes on a VNNI CPU: 51.3 s against 53.1 s, S1c), so `auto` would trade
+# closeness to fp32 (cosine 0.992 against 0.99998) for nothing. A faster int8 backend flips this line.
 AUTO_PICKS_INT8 = False
 
 
