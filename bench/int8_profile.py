@@ -8,9 +8,14 @@ windows, stride 32, MiniLM's mean window vector, `--batch-tokens 1024`), for eac
   * `int8, bf16 projections`: the int8 Linear layers of the queries, keys, values and the
     feed-forward's first matrix hand their output on in bf16, so attention and GELU run in
     bf16 (the one change to int8 whose profile says it could pay: at int8 they stay fp32);
+  * `bf16 autocast, weights cached`: the same autocast under `torch.no_grad` instead of
+    `torch.inference_mode`, where autocast keeps its bf16 copy of each weight for the whole
+    pass (it caches only tensors that require grad; inference mode turns that off);
+  * `bf16 weights`: the whole model cast to bf16 once and no autocast, so LayerNorm, softmax
+    and the residual adds run in bf16 too;
 the best of `--rounds` timed passes (the variants interleaved), each window vector's cosine to
-fp32, and one profiled pass: each operator's share of the CPU time. Reads the corpus and
-MiniLM; writes the JSON to `--json` and prints a table.
+fp32, and one profiled pass: each operator's share of the CPU time. `--variants` picks some.
+Reads the corpus and MiniLM; writes the JSON to `--json` and prints a table.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from machine import machine_name  # noqa: E402  (bench/machine.py, beside this file)
 
 from longdoc.corpus.sources import load_corpus
-from longdoc.encoding.batches import encode_windows
+from longdoc.encoding.batches import encode_windows, pack_batches, pad_batch
 from longdoc.encoding.encoder import load_encoder
 from longdoc.encoding.int8 import int8_linear_class
 from longdoc.encoding.windows import SpecialTokens, WindowSpec, tokenize
@@ -58,12 +63,42 @@ def bf16_projections(encoder):
     return encoder
 
 
+def encode_with_weight_cache(encoder, windows, batch_tokens: int) -> np.ndarray:
+    """`encode_windows` under `torch.no_grad`, where autocast caches each weight's bf16 copy."""
+    lengths = np.array([len(w) for w in windows])
+    out = np.empty((len(windows), encoder.hidden_size), dtype=np.float32)
+    pad_id = SpecialTokens.of(encoder.tokenizer).pad_id
+    with torch.no_grad(), encoder.autocast():
+        for batch in pack_batches(lengths, batch_tokens):
+            out[batch] = encoder.window_vectors(*pad_batch(windows, batch, pad_id, encoder.device)).float().numpy()
+    return out
+
+
+def bf16_weights():
+    """MiniLM with every weight in bf16 and autocast off (the encoder's mean pooling returns fp32)."""
+    encoder = load_encoder(DEFAULT_MODEL, "cpu", "fp32", "mean")
+    encoder.model.to(torch.bfloat16)
+    return encoder
+
+
+VARIANTS = {
+    "bf16 autocast": lambda: (load_encoder(DEFAULT_MODEL, "cpu", "bf16", "mean"), encode_windows),
+    "int8": lambda: (load_encoder(DEFAULT_MODEL, "cpu", "int8", "mean"), encode_windows),
+    "int8, bf16 projections": lambda: (bf16_projections(load_encoder(DEFAULT_MODEL, "cpu", "int8", "mean")),
+                                       encode_windows),
+    "bf16 autocast, weights cached": lambda: (load_encoder(DEFAULT_MODEL, "cpu", "bf16", "mean"),
+                                              encode_with_weight_cache),
+    "bf16 weights": lambda: (bf16_weights(), encode_windows),
+}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--docs", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rows", type=int, default=8, help="operators shown per variant")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, from: " + ", ".join(VARIANTS))
     args = parser.parse_args()
     from torch.profiler import ProfilerActivity, profile
 
@@ -72,33 +107,32 @@ def main():
     spec = WindowSpec(256, 32, SpecialTokens.of(fp32.tokenizer))
     windows = [w for tokens in tokenize(fp32.tokenizer, corpus.texts) for w in spec.windows(tokens)]
     n_tokens = sum(len(w) for w in windows)
-    variants = {"bf16 autocast": load_encoder(DEFAULT_MODEL, "cpu", "bf16", "mean"),
-                "int8": load_encoder(DEFAULT_MODEL, "cpu", "int8", "mean"),
-                "int8, bf16 projections": bf16_projections(load_encoder(DEFAULT_MODEL, "cpu", "int8", "mean"))}
+    variants = {name: VARIANTS[name]() for name in args.variants.split(",")}
     reference = np.asarray(encode_windows(fp32, windows, 1024), dtype=np.float32)
     rows = {}
-    for name, encoder in variants.items():
-        vectors = np.asarray(encode_windows(encoder, windows, 1024), dtype=np.float32)  # also the warm-up
+    for name, (encoder, encode) in variants.items():
+        vectors = np.asarray(encode(encoder, windows, 1024), dtype=np.float32)  # also the warm-up
         cos = (vectors * reference).sum(1) / np.linalg.norm(vectors, axis=1) / np.linalg.norm(reference, axis=1)
         rows[name] = {"seconds": float("inf"), "cosine_mean": float(cos.mean()), "cosine_p01": float(np.percentile(cos, 1))}
     for round_ in range(args.rounds):
-        for name, encoder in variants.items():
+        for name, (encoder, encode) in variants.items():
             start = time.perf_counter()
-            encode_windows(encoder, windows, 1024)
+            encode(encoder, windows, 1024)
             seconds = time.perf_counter() - start
             rows[name]["seconds"] = min(rows[name]["seconds"], seconds)
             print(f"round {round_ + 1}: {name:24s} {seconds:6.2f} s", flush=True)
-    for name, encoder in variants.items():
+    for name, (encoder, encode) in variants.items():
         with profile(activities=[ProfilerActivity.CPU]) as profiled:
-            encode_windows(encoder, windows, 1024)
+            encode(encoder, windows, 1024)
         events = sorted(profiled.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
         total = sum(e.self_cpu_time_total for e in events)
         rows[name]["tokens_per_s"] = n_tokens / rows[name]["seconds"]
         rows[name]["operators"] = [[e.key, e.self_cpu_time_total / total] for e in events[:args.rows]]
     print(f"\n{len(windows):,} windows, {n_tokens:,} tokens, {torch.get_num_threads()} threads; {machine_name()}")
-    base = rows["bf16 autocast"]["tokens_per_s"]
+    base_name = "bf16 autocast" if "bf16 autocast" in rows else next(iter(rows))
+    base = rows[base_name]["tokens_per_s"]
     for name, row in rows.items():
-        print(f"{name}: {row['tokens_per_s']:,.0f} tokens/s ({row['tokens_per_s'] / base:.2f}x bf16), cosine to fp32 "
+        print(f"{name}: {row['tokens_per_s']:,.0f} tokens/s ({row['tokens_per_s'] / base:.2f}x {base_name}), cosine to fp32 "
               f"{row['cosine_mean']:.5f} / {row['cosine_p01']:.5f}; CPU time: "
               + ", ".join(f"{key} {share:.0%}" for key, share in row["operators"]))
     if args.json:

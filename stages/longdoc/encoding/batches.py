@@ -65,8 +65,9 @@ def encode_windows(encoder: Encoder, windows, batch_tokens: int,
     lengths = np.fromiter((len(w) for w in windows), dtype=np.int64, count=len(windows))
     out = np.empty((len(windows), encoder.hidden_size), dtype=np.float32)
     pad_id = SpecialTokens.of(encoder.tokenizer).pad_id if windows else 0
-    # One autocast context for all batches: autocast caches the low-precision copy of
-    # each weight until the context exits, so weights are cast once, not per batch.
+    # Under inference mode autocast casts each weight again for every batch (it caches only
+    # tensors that require grad); torch.no_grad would keep the copies, but measured it gives
+    # the same vectors and no speed-up (docs/BENCHMARKS.md S1c), so inference mode stays.
     with torch.inference_mode(), encoder.autocast():
         for batch in pack_batches(lengths, batch_tokens):
             ids_t, mask_t = pad_batch(windows, batch, pad_id, encoder.device)
