@@ -77,6 +77,23 @@ def timed(*args: str) -> tuple[dict, float, float | None]:
     return summary, seconds, (own / 2**30 if own else None)
 
 
+def write_table(record: dict, out: Path, docs: int, predict_docs: int) -> str:
+    """OUT.md from the rows so far (written after each label count, so a stopped run keeps its table)."""
+    lines = [f"Synthetic multi-label corpora of {docs:,} training documents (Zipf {ZIPF_EXPONENT} over the "
+             f"labels, 1-4 per document), `predict --data` on {predict_docs:,} new ones; whole processes.", "",
+             "| labels | labels used | labels / doc | train-head s | train-head peak GiB | head MiB | "
+             "val micro-F1 | predict s | predict peak GiB |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for row in record["rows"]:
+        f1 = f"{row['val_micro_f1']:.4f}" if row["val_micro_f1"] is not None else "-"
+        lines.append(f"| {row['labels']:,} | {row['labels_used']:,} | {row['labels_per_doc']:.2f} | "
+                     f"{row['train_head_s']:.0f} | {row['train_head_gib']:.2f} | {row['head_mb']:.1f} | {f1} | "
+                     f"{row['predict_s']:.0f} | {row['predict_gib']:.2f} |")
+    lines += ["", f"Machine: {record['machine']}; `{record['command']}`; {record['date']}."]
+    Path(f"{out}.md").write_text("\n".join(lines) + "\n")
+    return "\n".join(lines)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--labels", default="200,2000,10000")
@@ -109,19 +126,8 @@ def main():
                                "predict_gib": predict_gib})
         print(json.dumps(record["rows"][-1]), file=sys.stderr, flush=True)
         Path(f"{args.out}.json").write_text(json.dumps(record, indent=1))
-    lines = [f"Synthetic multi-label corpora of {args.docs:,} training documents (Zipf {ZIPF_EXPONENT} over the "
-             f"labels, 1-4 per document), `predict --data` on {args.predict_docs:,} new ones; whole processes.", "",
-             "| labels | labels used | labels / doc | train-head s | train-head peak GiB | head MiB | "
-             "val micro-F1 | predict s | predict peak GiB |",
-             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for row in record["rows"]:
-        f1 = f"{row['val_micro_f1']:.4f}" if row["val_micro_f1"] is not None else "-"
-        lines.append(f"| {row['labels']:,} | {row['labels_used']:,} | {row['labels_per_doc']:.2f} | "
-                     f"{row['train_head_s']:.0f} | {row['train_head_gib']:.2f} | {row['head_mb']:.1f} | {f1} | "
-                     f"{row['predict_s']:.0f} | {row['predict_gib']:.2f} |")
-    lines += ["", f"Machine: {record['machine']}; `{record['command']}`; {record['date']}."]
-    Path(f"{args.out}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        table = write_table(record, args.out, args.docs, args.predict_docs)
+    print(table)
 
 
 if __name__ == "__main__":
