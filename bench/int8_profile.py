@@ -14,7 +14,8 @@ windows, stride 32, MiniLM's mean window vector, `--batch-tokens 1024`), for eac
   * `bf16 weights`: the whole model cast to bf16 once and no autocast, so LayerNorm, softmax
     and the residual adds run in bf16 too;
 the best of `--rounds` timed passes (the variants interleaved), each window vector's cosine to
-fp32, and one profiled pass: each operator's share of the CPU time. `--variants` picks some.
+fp32, and one profiled pass: each operator's share of the CPU time. `--variants` picks some
+(semicolon-separated).
 Reads the corpus and MiniLM; writes the JSON to `--json` and prints a table.
 """
 
@@ -98,8 +99,12 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rows", type=int, default=8, help="operators shown per variant")
     parser.add_argument("--json", default=None)
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, from: " + ", ".join(VARIANTS))
+    parser.add_argument("--variants", default=";".join(VARIANTS),
+                        help="separated by semicolons (some names hold a comma), from: " + "; ".join(VARIANTS))
     args = parser.parse_args()
+    unknown = [name for name in args.variants.split(";") if name not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant {unknown[0]!r}; choose from: " + "; ".join(VARIANTS))
     from torch.profiler import ProfilerActivity, profile
 
     corpus = load_corpus("20newsgroups", "train", limit=args.docs)
@@ -107,7 +112,7 @@ def main():
     spec = WindowSpec(256, 32, SpecialTokens.of(fp32.tokenizer))
     windows = [w for tokens in tokenize(fp32.tokenizer, corpus.texts) for w in spec.windows(tokens)]
     n_tokens = sum(len(w) for w in windows)
-    variants = {name: VARIANTS[name]() for name in args.variants.split(",")}
+    variants = {name: VARIANTS[name]() for name in args.variants.split(";")}
     reference = np.asarray(encode_windows(fp32, windows, 1024), dtype=np.float32)
     rows = {}
     for name, (encoder, encode) in variants.items():
