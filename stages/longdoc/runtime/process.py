@@ -37,6 +37,19 @@ def memory_step(step: str, hint: str):
         raise UserError(f"out of memory while {step}; {hint}") from None
 
 
+def release_freed_memory() -> None:
+    """Hand the C heap's free pages back to the OS (glibc's `malloc_trim`), so that memory a
+    finished thread freed into its own arena is not held beside the next step's; a no-op
+    where the C library is not glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def usable_cores() -> int:
     """Cores this process may run on: its CPU affinity where the OS has one (Linux), else all."""
     if hasattr(os, "sched_getaffinity"):
