@@ -66,8 +66,9 @@ def encode_windows(encoder: Encoder, windows, batch_tokens: int,
     out = np.empty((len(windows), encoder.hidden_size), dtype=np.float32)
     pad_id = SpecialTokens.of(encoder.tokenizer).pad_id if windows else 0
     # Under inference mode autocast casts each weight again for every batch (it caches only
-    # tensors that require grad); torch.no_grad would keep the copies, but measured it gives
-    # the same vectors and no speed-up (docs/BENCHMARKS.md S1c), so inference mode stays.
+    # tensors that require grad); torch.no_grad keeps the copies and gives the same vectors.
+    # Measured on the encoder alone: 1.10x quiet with 2 threads, slower beside another job
+    # with 1 (docs/BENCHMARKS.md S1c); inference mode stays until a whole-process run decides.
     with torch.inference_mode(), encoder.autocast():
         for batch in pack_batches(lengths, batch_tokens):
             ids_t, mask_t = pad_batch(windows, batch, pad_id, encoder.device)
