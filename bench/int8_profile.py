@@ -10,7 +10,9 @@ windows, stride 32, MiniLM's mean window vector, `--batch-tokens 1024`), for eac
     bf16 (the one change to int8 whose profile says it could pay: at int8 they stay fp32);
   * `bf16 autocast, weights cached`: the same autocast under `torch.no_grad` instead of
     `torch.inference_mode`, where autocast keeps its bf16 copy of each weight for the whole
-    pass (it caches only tensors that require grad; inference mode turns that off);
+    pass (it caches only tensors that require grad; inference mode turns that off). Since
+    2026-12-04 `encode_windows` itself runs under no_grad, so this is the default's path, and
+    `bf16 autocast, inference mode` is the one it replaced (BENCHMARKS S1c);
   * `bf16 weights`: the whole model cast to bf16 once and no autocast, so LayerNorm, softmax
     and the residual adds run in bf16 too;
 the best of `--rounds` timed passes (the variants interleaved), each window vector's cosine to
@@ -64,15 +66,26 @@ def bf16_projections(encoder):
     return encoder
 
 
-def encode_with_weight_cache(encoder, windows, batch_tokens: int) -> np.ndarray:
-    """`encode_windows` under `torch.no_grad`, where autocast caches each weight's bf16 copy."""
+def _encode_under(grad_mode, encoder, windows, batch_tokens: int) -> np.ndarray:
+    """`encode_windows`'s loop under `grad_mode` (torch.no_grad or torch.inference_mode)."""
     lengths = np.array([len(w) for w in windows])
     out = np.empty((len(windows), encoder.hidden_size), dtype=np.float32)
     pad_id = SpecialTokens.of(encoder.tokenizer).pad_id
-    with torch.no_grad(), encoder.autocast():
+    with grad_mode(), encoder.autocast():
         for batch in pack_batches(lengths, batch_tokens):
             out[batch] = encoder.window_vectors(*pad_batch(windows, batch, pad_id, encoder.device)).float().numpy()
     return out
+
+
+def encode_with_weight_cache(encoder, windows, batch_tokens: int) -> np.ndarray:
+    """Under `torch.no_grad`, where autocast caches each weight's bf16 copy (`encode_windows` today)."""
+    return _encode_under(torch.no_grad, encoder, windows, batch_tokens)
+
+
+def encode_under_inference_mode(encoder, windows, batch_tokens: int) -> np.ndarray:
+    """As `encode_windows` was before 2026-12-04: under `torch.inference_mode`, where autocast
+    casts every weight again for every batch."""
+    return _encode_under(torch.inference_mode, encoder, windows, batch_tokens)
 
 
 def bf16_weights():
@@ -90,6 +103,8 @@ VARIANTS = {
     "bf16 autocast, weights cached": lambda: (load_encoder(DEFAULT_MODEL, "cpu", "bf16", "mean"),
                                               encode_with_weight_cache),
     "bf16 weights": lambda: (bf16_weights(), encode_windows),
+    "bf16 autocast, inference mode": lambda: (load_encoder(DEFAULT_MODEL, "cpu", "bf16", "mean"),
+                                              encode_under_inference_mode),
 }
 
 

@@ -65,11 +65,12 @@ def encode_windows(encoder: Encoder, windows, batch_tokens: int,
     lengths = np.fromiter((len(w) for w in windows), dtype=np.int64, count=len(windows))
     out = np.empty((len(windows), encoder.hidden_size), dtype=np.float32)
     pad_id = SpecialTokens.of(encoder.tokenizer).pad_id if windows else 0
-    # Under inference mode autocast casts each weight again for every batch (it caches only
-    # tensors that require grad); torch.no_grad keeps the copies and gives the same vectors.
-    # Measured on the encoder alone: 1.10x quiet with 2 threads, slower beside another job
-    # with 1 (docs/BENCHMARKS.md S1c); inference mode stays until a whole-process run decides.
-    with torch.inference_mode(), encoder.autocast():
+    # no_grad, not inference_mode: under inference mode autocast casts each weight again for
+    # every batch (it caches only tensors that require grad, and inference mode turns that
+    # off); under no_grad it casts each weight once per call. The vectors are the same bit for
+    # bit; the encoder alone ran 1.10x faster quiet, whole `embed` processes 1.05x (best of 4,
+    # inside this VM's spread) (docs/BENCHMARKS.md S1c).
+    with torch.no_grad(), encoder.autocast():
         for batch in pack_batches(lengths, batch_tokens):
             ids_t, mask_t = pad_batch(windows, batch, pad_id, encoder.device)
             vectors = encoder.window_vectors(ids_t, mask_t)
