@@ -23,12 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
+from machine import machine_name  # bench/machine.py, beside this file
+
+from longdoc.cache.reader import open_cache
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine_name  # noqa: E402  (bench/machine.py, beside this file)
 
 
 def run_embed(stages: Path, out: Path, docs: int, extra: list[str]) -> tuple[float, dict]:
@@ -44,8 +44,8 @@ def run_embed(stages: Path, out: Path, docs: int, extra: list[str]) -> tuple[flo
 
 
 def window_vectors(path: Path) -> np.ndarray:
-    with h5py.File(path, "r") as cache:
-        return cache["embeddings"][...]
+    with open_cache(path) as cache:  # the project's reader: a cache proven complete
+        return cache.embeddings[...]
 
 
 def main():
@@ -76,7 +76,8 @@ def main():
     cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
     best = {name: min(values) for name, values in seconds.items()}
     result = {"a": str(args.a), "b": str(args.b), "docs": args.docs, "extra": extra,
-              "windows": int(a.shape[0]), "tokens": summaries["A"].get("tokens"), "own_seconds": {name: summaries[name].get("seconds") for name in sides},
+              "windows": int(a.shape[0]), "tokens": summaries["A"].get("tokens"),
+              "own_seconds": {name: summaries[name].get("seconds") for name in sides},
               "seconds": seconds, "best": best, "b_speedup": best["A"] / best["B"],
               "bit_identical": bool(np.array_equal(a, b)), "max_abs_difference": float(np.abs(a - b).max()),
               "min_cosine": float(cosine.min()), "machine": machine_name(),

@@ -66,26 +66,16 @@ def bf16_projections(encoder):
     return encoder
 
 
-def _encode_under(grad_mode, encoder, windows, batch_tokens: int) -> np.ndarray:
-    """`encode_windows`'s loop under `grad_mode` (torch.no_grad or torch.inference_mode)."""
+def encode_under_inference_mode(encoder, windows, batch_tokens: int) -> np.ndarray:
+    """`encode_windows` as it was before 2026-12-04: under `torch.inference_mode`, where autocast
+    casts every weight again for every batch."""
     lengths = np.array([len(w) for w in windows])
     out = np.empty((len(windows), encoder.hidden_size), dtype=np.float32)
     pad_id = SpecialTokens.of(encoder.tokenizer).pad_id
-    with grad_mode(), encoder.autocast():
+    with torch.inference_mode(), encoder.autocast():
         for batch in pack_batches(lengths, batch_tokens):
             out[batch] = encoder.window_vectors(*pad_batch(windows, batch, pad_id, encoder.device)).float().numpy()
     return out
-
-
-def encode_with_weight_cache(encoder, windows, batch_tokens: int) -> np.ndarray:
-    """Under `torch.no_grad`, where autocast caches each weight's bf16 copy (`encode_windows` today)."""
-    return _encode_under(torch.no_grad, encoder, windows, batch_tokens)
-
-
-def encode_under_inference_mode(encoder, windows, batch_tokens: int) -> np.ndarray:
-    """As `encode_windows` was before 2026-12-04: under `torch.inference_mode`, where autocast
-    casts every weight again for every batch."""
-    return _encode_under(torch.inference_mode, encoder, windows, batch_tokens)
 
 
 def bf16_weights():
@@ -100,8 +90,8 @@ VARIANTS = {
     "int8": lambda: (load_encoder(DEFAULT_MODEL, "cpu", "int8", "mean"), encode_windows),
     "int8, bf16 projections": lambda: (bf16_projections(load_encoder(DEFAULT_MODEL, "cpu", "int8", "mean")),
                                        encode_windows),
-    "bf16 autocast, weights cached": lambda: (load_encoder(DEFAULT_MODEL, "cpu", "bf16", "mean"),
-                                              encode_with_weight_cache),
+    # encode_windows itself since 2026-12-04; the name kept for docs/bench/bf16-profile.json
+    "bf16 autocast, weights cached": lambda: (load_encoder(DEFAULT_MODEL, "cpu", "bf16", "mean"), encode_windows),
     "bf16 weights": lambda: (bf16_weights(), encode_windows),
     "bf16 autocast, inference mode": lambda: (load_encoder(DEFAULT_MODEL, "cpu", "bf16", "mean"),
                                               encode_under_inference_mode),
