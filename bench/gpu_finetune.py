@@ -64,7 +64,7 @@ def step_ours(model, tokenizer, tokens, args, device):
     """An epoch over the document's windows with the library's fine-tuning step
     (`WindowTask.build`, `WindowTrainer.step`: AdamW, schedule, clipping, fp16 scaler)."""
     encoder = Encoder(name=args.model or "random", model=model, tokenizer=tokenizer, device=device,
-                      precision=resolve_precision("auto", device),  # what `finetune` picks on this device
+                      precision=resolve_precision("auto", device, training=True),  # what `finetune` picks here
                       fingerprint="", max_tokens=args.chunk_tokens)
     # feature_cache_gb 0: every step runs the frozen bottom, as a first epoch does, and
     # nothing is kept between steps, so the peak is the step's own.

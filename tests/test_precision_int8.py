@@ -102,9 +102,9 @@ def test_predict_refuses_cuda_for_an_int8_head(caches):
 
 
 def test_finetune_refuses_int8_in_one_line(capsys):
-    with pytest.raises(UserError, match="training needs float weights"):
+    with pytest.raises(UserError, match="training needs fp32 weights"):
         FinetuneConfig(precision="int8")
-    refused(capsys, ["finetune", "--precision", "int8"], "--precision", "training needs float weights")
+    refused(capsys, ["finetune", "--precision", "int8"], "--precision", "training needs fp32 weights")
 
 
 @needs_int8

@@ -197,7 +197,7 @@ def load_inputs(config: FinetuneConfig) -> FinetuneInputs:
             only = corpus.label_names[present[0]] if len(present) else "none"
             raise UserError(f"--data {config.data}: every document is of class {only!r}; "
                             f"fine-tuning a classifier needs at least two classes")
-    encoder = load_encoder(config.model, config.device, config.precision, window_vector="auto")
+    encoder = load_encoder(config.model, config.device, config.precision, window_vector="auto", training=True)
     k = parse_unfreeze_top(config.unfreeze_top, encoder_depth(encoder.model), config.model)
     check_window_fits(config.chunk_tokens, encoder.max_tokens, config.model)
     train_docs, val_docs = validation_split(labels, corpus.doc_ids, config, np.random.default_rng(config.seed))

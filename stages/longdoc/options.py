@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from longdoc.corpus.builtin import LABEL_SEP, NEWSGROUPS
 from longdoc.runtime.devices import DEVICES
 from longdoc.settings.fields import at_least, fraction, setting, split_list, split_tuple
-from longdoc.settings.model import DEFAULT_CHUNK_TOKENS, DEFAULT_STRIDE, PRECISIONS
+from longdoc.settings.model import DEFAULT_CHUNK_TOKENS, DEFAULT_STRIDE, INFERENCE_ONLY_PRECISIONS, PRECISIONS
 
 # --- defaults and accepted values several commands share ---------------------------------
 
@@ -100,9 +100,12 @@ def precision_setting(help: str = "auto: bf16 autocast on CPUs with native bf16 
 
 
 def float_precision(value: str) -> str | None:
-    """Fine-tuning trains the encoder's weights: int8 Linear layers have no float weights to train."""
-    return ("cannot be int8 for finetune: training needs float weights (int8 is for embed and predict; "
-            "use auto, bf16 or fp32)") if value == "int8" else None
+    """Fine-tuning trains the encoder's weights under autocast: int8 Linear layers have no float
+    weights to train, and bf16-true would round the fp32 weights AdamW keeps to bf16."""
+    if value not in INFERENCE_ONLY_PRECISIONS:
+        return None
+    return (f"cannot be {value} for finetune: training needs fp32 weights under autocast ({value} is for "
+            f"embed and predict; use auto, bf16 or fp32)")
 
 
 def progress_setting(help: str = "Progress bar."):

@@ -117,7 +117,7 @@ def test_help_and_a_refused_option_never_import_torch():
     (FinetuneConfig, {"limit": 0}, "--limit must be at least 1"),
     (EmbedConfig, {"block_windows": 0}, "--block-windows must be positive"),
     (EmbedConfig, {"batch_tokens": 0}, "--batch-tokens must be positive"),
-    (EmbedConfig, {"precision": "fp8"}, "--precision is one of auto, fp32, bf16, fp16"),
+    (EmbedConfig, {"precision": "fp8"}, "--precision is one of auto, fp32, bf16, bf16-true, fp16, int8"),
     (EmbedConfig, {"window_vector": "max"}, "--window-vector is one of auto, cls, mean"),
     (EmbedConfig, {"label_sep": ""}, "--label-sep must not be empty"),
     (EvaluateConfig, {"report_wrong": -1}, "--report-wrong must be at least 0"),

