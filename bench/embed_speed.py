@@ -18,7 +18,8 @@ and reports tokens/s, the speed-ups the stage-one issue asks for, and model FLOP
 utilisation: tokens/s x encoder FLOPs per token / measured matmul FLOP/s, same dtype
 (with the FLOPs stage one executes; see stages/longdoc/encoding/cls_forward.py).
 With `--processes`, instead: whole processes, alternating, each one's best of two
-(`whole_processes`): `cli.py embed --no-terms` at the default precision and at int8, against
+(`whole_processes`): `cli.py embed --no-terms` at the default precision, at bf16 autocast and at
+int8, against
 sentence-transformers with torch fp32, ONNX Runtime fp32 and ONNX Runtime dynamic int8
 (`export_dynamic_quantized_onnx_model(..., "avx512_vnni")` of the packaged MiniLM, exported
 locally by bench/onnx_export.py: nothing downloaded) on the same windows as text; the ONNX rows
@@ -48,7 +49,7 @@ import prototype  # noqa: E402  (bench/prototype.py, beside this file)
 
 from longdoc.corpus.sources import load_corpus
 from longdoc.encoding.batches import encode_windows
-from longdoc.encoding.encoder import load_encoder, resolve_model_path
+from longdoc.encoding.encoder import load_encoder, resolve_model_path, resolve_precision
 from longdoc.encoding.int8 import int8_problem
 from longdoc.encoding.windows import SpecialTokens, WindowSpec, tokenize
 from longdoc.settings.model import DEFAULT_MODEL
@@ -125,7 +126,7 @@ def st_child(folder: str, texts_file: str, file_name: str | None, batch_size: in
 
 def whole_processes(args) -> dict:
     """Each command as a fresh process, the commands alternating, each one's best of `--process-rounds`:
-    `cli.py embed --no-terms` at the default precision and at int8 on the first `--docs` posts,
+    `cli.py embed --no-terms` at the default precision, at bf16 autocast and at int8 on the first `--docs` posts,
     and sentence-transformers (torch fp32, ONNX fp32, ONNX dynamic int8) on the same windows as text.
     sentence-transformers' ONNX rows run in `--st-python` (a venv with its `onnx` extra; see
     bench/int8_candidates.py), on the packaged MiniLM exported locally (bench/onnx_export.py)."""
@@ -149,6 +150,7 @@ def whole_processes(args) -> dict:
     child = [str(Path(__file__).resolve()), "--st-child", str(folder), "--texts", str(work / "texts.json")]
     commands = {
         "ours: cli.py embed --no-terms (defaults)": embed,
+        "ours: cli.py embed --no-terms --precision bf16 (autocast)": embed + ["--precision", "bf16"],
         "ours: cli.py embed --no-terms --precision int8": embed + ["--precision", "int8"],
         "sentence-transformers torch fp32 (its defaults)": [sys.executable, *child],
         "sentence-transformers ONNX Runtime fp32": [args.st_python, *child, "--onnx-file", "onnx/model.onnx"],
@@ -165,6 +167,7 @@ def whole_processes(args) -> dict:
             print(f"round {round_ + 1}: {name:65s} {seconds:7.1f} s", flush=True)
     ours = best["ours: cli.py embed --no-terms (defaults)"]
     return {"docs": len(corpus), "windows": len(windows), "tokens": int(sum(len(w) for w in windows)),
+            "default_precision": resolve_precision("auto", torch.device("cpu")),  # what `auto` ran at
             "seconds": best, "ours_default_speedup_over": {name: s / ours for name, s in best.items()},
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
             "date": time.strftime("%Y-%m-%d", time.gmtime())}

@@ -120,7 +120,7 @@ def test_int8_is_refused_where_the_kernels_do_not_run_and_auto_falls_back(monkey
         resolve_precision("int8", torch.device("cpu"))
     monkeypatch.setattr(encoder_module, "AUTO_PICKS_INT8", True)
     monkeypatch.setattr(encoder_module, "cpu_has_vnni", lambda: True)
-    assert resolve_precision("auto", torch.device("cpu")) in ("bf16", "fp32")
+    assert resolve_precision("auto", torch.device("cpu")) in ("bf16", "bf16-true", "fp32")
 
 
 @pytest.mark.parametrize("picks,vnni,bf16,want", [
@@ -132,6 +132,7 @@ def test_int8_is_refused_where_the_kernels_do_not_run_and_auto_falls_back(monkey
 ])
 def test_auto_on_a_cpu(monkeypatch, picks, vnni, bf16, want):
     monkeypatch.setattr(encoder_module, "AUTO_PICKS_INT8", picks)
+    monkeypatch.setattr(encoder_module, "AUTO_PICKS_BF16_TRUE", False)  # its own rule: test_bf16_true.py
     monkeypatch.setattr(encoder_module, "cpu_has_vnni", lambda: vnni)
     monkeypatch.setattr(encoder_module, "cpu_has_native_bf16", lambda: bf16)
     assert resolve_precision("auto", torch.device("cpu")) == want
