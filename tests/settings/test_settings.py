@@ -75,7 +75,7 @@ def test_help_keeps_flags_and_choices(capsys):
     cli.main(["embed", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     for shown in ("--terms / --no-terms", "--progress / --no-progress", "--overwrite", "--json",
-                  "[auto|fp32|bf16|fp16|int8]", "[auto|cls|mean]", "[default: 1024 on CPU, 32768 on CUDA]"):
+                  "[auto|fp32|bf16|bf16-true|fp16|int8]", "[auto|cls|mean]", "[default: 1024 on CPU, 32768 on CUDA]"):
         assert shown in text, shown
     cli.main(["train-head", "--help"])
     text = " ".join(capsys.readouterr().out.split())
