@@ -1,7 +1,10 @@
-"""Two versions of stage one as whole processes: `cli.py embed` from two `stages/` folders.
+"""Two versions of stage one as whole processes: `cli.py embed` from two `stages/` folders,
+or with two sets of options.
 
     .venv/bin/python bench/embed_ab.py --a stages --b ../other/stages --docs 959 --rounds 3 \\
         --json docs/bench/embed-ab.json
+    .venv/bin/python bench/embed_ab.py --a stages --b stages --a-options "--precision bf16" \\
+        --b-options "--precision bf16-true" --docs 959 --rounds 4 --json docs/bench/embed-ab-bf16-true.json
 
 For deciding a change to stage one by what a user waits for, not by a kernel profile: each
 round runs `cli.py embed --no-terms` on the first `--docs` posts of 20 Newsgroups train from
@@ -9,7 +12,8 @@ round runs `cli.py embed --no-terms` on the first `--docs` posts of 20 Newsgroup
 A first in odd rounds and B first in even ones, so a drift of the machine's speed falls on
 both), every run a fresh process. Keeps each side's best and all its seconds, then compares
 the two caches' window vectors: equal bit for bit, or the largest difference and the lowest
-cosine. Extra `embed` options go after `--`. Writes `--json` and prints the result.
+cosine. Extra `embed` options for both go after `--`; `--a-options` and `--b-options` are one
+side's own. Writes `--json` and prints the result.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -54,6 +59,8 @@ def main():
     parser.add_argument("--b", type=Path, required=True)
     parser.add_argument("--docs", type=int, default=959)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--a-options", default="", help="embed options for A alone (one string)")
+    parser.add_argument("--b-options", default="", help="embed options for B alone (one string)")
     parser.add_argument("--json", default=None)
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="-- then more embed options")
     args = parser.parse_args()
@@ -63,11 +70,12 @@ def main():
             parser.error(f"{side} holds no longdoc package")
     work = Path(tempfile.mkdtemp(prefix="embed-ab-"))
     sides = {"A": args.a.resolve(), "B": args.b.resolve()}
+    options = {"A": shlex.split(args.a_options), "B": shlex.split(args.b_options)}
     seconds = {name: [] for name in sides}
     summaries = {}
     for round_ in range(args.rounds):
         for name in (("A", "B") if round_ % 2 == 0 else ("B", "A")):
-            took, summaries[name] = run_embed(sides[name], work / f"{name}.h5", args.docs, extra)
+            took, summaries[name] = run_embed(sides[name], work / f"{name}.h5", args.docs, extra + options[name])
             seconds[name].append(took)
             print(f"round {round_ + 1}: {name} {took:6.1f} s", flush=True)
     a, b = window_vectors(work / "A.h5"), window_vectors(work / "B.h5")
@@ -76,6 +84,7 @@ def main():
     cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
     best = {name: min(values) for name, values in seconds.items()}
     result = {"a": str(args.a), "b": str(args.b), "docs": args.docs, "extra": extra,
+              "a_options": options["A"], "b_options": options["B"],
               "windows": int(a.shape[0]), "tokens": summaries["A"].get("tokens"),
               "own_seconds": {name: summaries[name].get("seconds") for name in sides},
               "seconds": seconds, "best": best, "b_speedup": best["A"] / best["B"],

@@ -1,7 +1,8 @@
 """Which int8 backend for stage one on CPUs: speed, closeness to fp32, install size.
 
     python3.11 -m venv /work/venv-int8            # once: the candidates' packages, never the project's
-    /work/venv-int8/bin/pip install "sentence-transformers[onnx]>=5,<6" openvino nncf
+    /work/venv-int8/bin/pip install "sentence-transformers[onnx]>=5,<6" "transformers>=4.56,<4.58" \
+        "optimum-onnx[onnxruntime]==0.1.0" openvino nncf   # the pins spare pip a long backtrack
     echo "$PWD/.venv/lib/python3.11/site-packages" > /work/venv-int8/lib/python3.11/site-packages/zz-project.pth
     PYTHONPATH=stages /work/venv-int8/bin/python bench/int8_candidates.py --docs 2000 --rounds 3 \
         --json docs/bench/int8_candidates.json

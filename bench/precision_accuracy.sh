@@ -11,7 +11,8 @@
 #   bash bench/precision_accuracy.sh OUT_DIR PRECISION [PRECISION ...]
 #   bash bench/precision_accuracy.sh /work/cache/precision bf16 bf16-true
 #
-# Caches and heads go to OUT_DIR/SETTING-PRECISION/; the results to
+# A rerun keeps the caches and the results of three heads it finds. Caches and heads go to
+# OUT_DIR/SETTING-PRECISION/; the results to
 # docs/bench/fused-SETTING-PRECISION.{json,md} and docs/bench/precision-cross.json. Accuracy does
 # not depend on the load; the embed and train-head seconds do: run it alone to read them.
 set -euo pipefail
@@ -36,9 +37,14 @@ for precision in "$@"; do
         echo "embedded $setting $split at $precision: $(cat "$dir/embed-$split.json")"
       fi
     done
+    result="docs/bench/fused-$setting-$precision"
+    if [ -f "$result.json" ] && [ "$($py -c "import json,sys; print(len(json.load(open(sys.argv[1]))['runs']))" \
+        "$result.json")" = 3 ] && [ -f "$dir/heads/$setting/both-lstm-seed2.pt" ]; then
+      echo "kept $result.json (3 heads)"  # a rerun after a stop does not train them again
+      continue
+    fi
     $py bench/fused.py --setting "$setting" --poolings lstm --inputs both --seeds 0,1,2 \
-      --train "$dir/train.h5" --test "$dir/test.h5" --runs "$dir/heads" \
-      --out "docs/bench/fused-$setting-$precision"
+      --train "$dir/train.h5" --test "$dir/test.h5" --runs "$dir/heads" --out "$result"
   done
 done
 
