@@ -65,8 +65,9 @@ class EmbedConfig(CorpusSettings):
     # None: `default_batch_tokens(device)`. Set it to bound activation memory by hand.
     batch_tokens: int | None = setting(None, "Token budget of one encoder batch; bounds activation memory.",
                                        shown="1024 on CPU, 32768 on CUDA", check=positive)
-    precision: str = precision_setting("auto: bf16 on CPUs with native bf16 and on CUDA (fp16 where bf16 is "
-                                       "missing), else fp32. int8: every Linear layer in int8, CPUs only.")
+    precision: str = precision_setting("auto: bf16-true (the model cast to bf16) on CPUs with native bf16, "
+                                       "bf16 autocast on CUDA (fp16 where bf16 is missing), else fp32. int8: "
+                                       "every Linear layer in int8, CPUs only.")
     device: str = device_setting()
     overwrite: bool = setting(False, "Replace an existing cache or an interrupted run.")
     # Work lost to a kill is at most one block: about 2048 windows, ~1 min on 2 cores.

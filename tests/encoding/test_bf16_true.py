@@ -59,7 +59,7 @@ def test_bf16_true_window_vectors_are_fp32_arrays_close_to_fp32(tiny_bert, windo
 
 
 @pytest.mark.parametrize("picks,bf16,training,want", [
-    (False, True, False, "bf16"),  # autocast, until the flip
+    (False, True, False, "bf16"),  # autocast, as before the flip
     (True, True, False, "bf16-true"),
     (True, False, False, "fp32"),  # without native bf16: fp32, as before
     (True, True, True, "bf16"),  # finetune trains under autocast, never on a cast model

@@ -124,7 +124,7 @@ def test_int8_is_refused_where_the_kernels_do_not_run_and_auto_falls_back(monkey
 
 
 @pytest.mark.parametrize("picks,vnni,bf16,want", [
-    (False, True, True, "bf16"),  # today's rule, until the accuracy benchmark says otherwise
+    (False, True, True, "bf16"),  # bf16 (AUTO_PICKS_BF16_TRUE off here), until int8 is faster
     (False, True, False, "fp32"),
     (True, True, True, "int8"),  # the one-line flip
     (True, False, True, "bf16"),  # without VNNI int8 is no faster: auto never slower than today

@@ -34,7 +34,8 @@ DEFAULT_STRIDE = 32
 # logistic regression scored 0.745 on mean-pooled windows against 0.685 on [CLS].
 WINDOW_VECTORS = ("auto", "cls", "mean")
 
-# The precisions an encoder can run at (auto: `longdoc.encoding.encoder.resolve_precision`).
+# The precisions an encoder can run at (auto: `longdoc.encoding.encoder.resolve_precision`:
+# bf16-true on CPUs with native bf16 for embed and predict).
 # bf16 and fp16: autocast (mixed precision: the weights stay fp32, LayerNorm and softmax run in
 # fp32). bf16-true: the whole model cast to bf16 once, every operation in bf16 (the name
 # Lightning gives it); 1.22x bf16 autocast on a CPU with native bf16 (docs/BENCHMARKS.md S1c),
