@@ -87,7 +87,12 @@ def main():
                   f"{got['short']['peak_rss_bytes'] / 2**20:,.0f} MiB, long ({got['long']['windows']} windows) "
                   f"{got['long']['peak_rss_bytes'] / 2**20:,.0f} MiB, ratio {row['ratio_long_over_short']:.3f}",
                   flush=True)
+    import torch
+
+    from longdoc.encoding.encoder import resolve_precision
+
     result = {"long_tokens": args.long, "short_tokens": args.short, "rows": rows,
+              "precision": resolve_precision("auto", torch.device("cpu")),  # what the defaults ran at
               "date": time.strftime("%Y-%m-%d", time.gmtime())}
     print(json.dumps(result, indent=1))
     if args.json:
