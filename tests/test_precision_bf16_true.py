@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from assertions import refused
+from precision_checks import cache_probabilities
 from synthetic import make_class_folders
 from synthetic import tiny_embed_config as config
 
@@ -15,8 +16,6 @@ from longdoc.cache.reader import open_cache
 from longdoc.configs import EvaluateConfig, FinetuneConfig, PredictConfig, TrainConfig
 from longdoc.embed import run as run_embed
 from longdoc.evaluate import run as run_evaluate
-from longdoc.heads.batches import CacheDocuments, predict_logits
-from longdoc.heads.checkpoint import load_checkpoint
 from longdoc.inference.predictor import Predictor
 from longdoc.predict import run as run_predict
 from longdoc.runtime.errors import UserError
@@ -62,12 +61,7 @@ def test_predict_runs_the_heads_encoder_cast_to_bf16(caches):
     predictor = Predictor(str(head), "cpu")
     assert predictor.encoder.precision == "bf16-true"
     assert {p.dtype for p in predictor.encoder.model.parameters()} == {torch.bfloat16}
-    checkpoint = load_checkpoint(head)
-    with open_cache(cast) as cache:
-        logits = predict_logits(checkpoint.head, CacheDocuments.from_cache(cache, term_weights=checkpoint.terms))
-        ids = cache.doc_ids()
-    want = np.exp(logits - logits.max(1, keepdims=True))
-    want /= want.sum(1, keepdims=True)
+    ids, want = cache_probabilities(head, cast)
     # The same windows in other batches: bf16 rounding depends on the batch's padding and kernels.
     predictions = run_predict(PredictConfig(head=str(head), files=tuple(str(corpus / i) for i in ids),
                                             device="cpu", batch_tokens=256)).predictions

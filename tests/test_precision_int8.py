@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from assertions import refused
+from precision_checks import cache_probabilities
 from synthetic import make_class_folders
 from synthetic import tiny_embed_config as config
 
@@ -14,8 +15,6 @@ from longdoc.configs import EvaluateConfig, FinetuneConfig, PredictConfig, Train
 from longdoc.embed import run as run_embed
 from longdoc.encoding.int8 import int8_problem
 from longdoc.evaluate import run as run_evaluate
-from longdoc.heads.batches import CacheDocuments, predict_logits
-from longdoc.heads.checkpoint import load_checkpoint
 from longdoc.inference.predictor import Predictor
 from longdoc.predict import run as run_predict
 from longdoc.runtime.errors import UserError
@@ -80,12 +79,7 @@ def test_float_precisions_stay_interchangeable_for_a_head(caches, tmp_path, tiny
 def test_predict_embeds_at_the_heads_int8_on_the_cpu(caches):
     corpus, _, int8, head = caches
     assert Predictor(str(head), "auto").encoder.precision == "int8"
-    checkpoint = load_checkpoint(head)
-    with open_cache(int8) as cache:
-        logits = predict_logits(checkpoint.head, CacheDocuments.from_cache(cache, term_weights=checkpoint.terms))
-        ids = cache.doc_ids()
-    want = np.exp(logits - logits.max(1, keepdims=True))
-    want /= want.sum(1, keepdims=True)
+    ids, want = cache_probabilities(head, int8)
     # Same windows and int8 kernels, but not the same batches (embed packed 16-window blocks):
     # activations are quantized per batch, so a probability moves by up to 0.026 here (fp32:
     # 2e-3, tests/test_predict.py). The precision itself is checked above: on this tiny BERT

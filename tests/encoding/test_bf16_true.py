@@ -4,33 +4,16 @@ how close it stays to fp32, and where `auto` picks it."""
 import numpy as np
 import pytest
 import torch
+from precision_checks import cosines, lively, random_windows
 
 import longdoc.encoding.encoder as encoder_module
 from longdoc.encoding.batches import encode_windows
 from longdoc.encoding.encoder import autocast, load_encoder, resolve_precision
 from longdoc.runtime.errors import UserError
 
-# As in test_int8.py: the tiny random BERT barely moves its residual stream, so `lively` scales
-# its Linear weights until every layer changes the vectors. At 10x, bf16-true (LayerNorm and
-# softmax in bf16 too) stays at cosine >= 0.99992 / 0.99996 of fp32 here ([CLS] / mean), measured.
+# At 10x (`precision_checks.lively`: every layer then changes the vectors), bf16-true (LayerNorm
+# and softmax in bf16 too) stays at cosine >= 0.99992 / 0.99996 of fp32 here ([CLS] / mean), measured.
 MIN_COSINE = 0.999
-
-
-def lively(encoder, factor: float = 10.0):
-    with torch.no_grad():
-        for module in encoder.model.modules():
-            if isinstance(module, torch.nn.Linear):
-                module.weight.mul_(factor)
-    return encoder
-
-
-def windows(n: int = 24, seed: int = 0) -> list[list[int]]:
-    rng = np.random.default_rng(seed)
-    return [[2, *rng.integers(5, 60, size=int(k)).tolist(), 3] for k in rng.integers(0, 60, size=n)]
-
-
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
 def test_every_weight_is_bf16_autocast_is_off_and_the_fingerprint_is_the_fp32_models(tiny_bert):
@@ -50,12 +33,12 @@ def test_bf16_true_window_vectors_are_fp32_arrays_close_to_fp32(tiny_bert, windo
     cast = load_encoder(str(tiny_bert), "cpu", "fp32", window_vector)
     lively(cast).model.to(torch.bfloat16)  # the same scaled weights, then cast as load_encoder does
     cast.precision = "bf16-true"
-    got, want = encode_windows(cast, windows(), 256), encode_windows(fp32, windows(), 256)
+    got, want = encode_windows(cast, random_windows(), 256), encode_windows(fp32, random_windows(), 256)
     assert got.dtype == np.float32 and got.shape == want.shape
     assert cosines(got, want).min() >= MIN_COSINE
     assert not np.array_equal(got, want)  # bf16 really ran
     autocast_run = lively(load_encoder(str(tiny_bert), "cpu", "bf16", window_vector))
-    assert not np.array_equal(got, encode_windows(autocast_run, windows(), 256))  # another precision
+    assert not np.array_equal(got, encode_windows(autocast_run, random_windows(), 256))  # another precision
 
 
 @pytest.mark.parametrize("picks,bf16,training,want", [

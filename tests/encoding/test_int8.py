@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from precision_checks import cosines, lively, random_windows
 
 import longdoc.encoding.encoder as encoder_module
 from longdoc.encoding.batches import encode_windows
@@ -13,35 +14,15 @@ from longdoc.runtime.errors import UserError
 
 pytestmark = pytest.mark.skipif(int8_problem() is not None, reason=f"no int8 kernels here: {int8_problem()}")
 
-# The tiny random BERT's weights (std 0.02) barely move its residual stream, so any precision
-# stays within cosine 0.99999 of fp32 there and a closeness test on it could not fail. `lively`
-# scales its Linear weights so that every layer changes the vectors: at 10x, int8 as run here
-# stays >= 0.9996 of fp32 for every window (7-bit activations or per-tensor weights: >= 0.9990),
-# while a skipped layer or a wrong scale falls far below; 0.999 takes every engine's rounding.
+# At 10x (`precision_checks.lively`), int8 as run here stays >= 0.9996 of fp32 for every window
+# (7-bit activations or per-tensor weights: >= 0.9990), while a skipped layer or a wrong scale
+# falls far below; 0.999 takes every engine's rounding.
 MIN_COSINE = 0.999
-
-
-def lively(encoder, factor: float = 10.0):
-    """`encoder` with every Linear weight times `factor`, in place, before any quantization."""
-    with torch.no_grad():
-        for module in encoder.model.modules():
-            if isinstance(module, torch.nn.Linear):
-                module.weight.mul_(factor)
-    return encoder
 
 
 def int8_of(encoder, **options):
     quantize_linear_layers(encoder.model, **options)
     return encoder
-
-
-def windows(n: int = 24, seed: int = 0) -> list[list[int]]:
-    rng = np.random.default_rng(seed)
-    return [[2, *rng.integers(5, 60, size=int(k)).tolist(), 3] for k in rng.integers(0, 60, size=n)]
-
-
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
 def test_every_linear_layer_runs_in_int8_and_the_fingerprint_is_the_float_models(tiny_bert):
@@ -57,7 +38,7 @@ def test_every_linear_layer_runs_in_int8_and_the_fingerprint_is_the_float_models
 def test_int8_window_vectors_are_close_to_fp32(tiny_bert, window_vector):
     fp32 = lively(load_encoder(str(tiny_bert), "cpu", "fp32", window_vector))
     int8 = int8_of(lively(load_encoder(str(tiny_bert), "cpu", "fp32", window_vector)))
-    got, want = encode_windows(int8, windows(), 256), encode_windows(fp32, windows(), 256)
+    got, want = encode_windows(int8, random_windows(), 256), encode_windows(fp32, random_windows(), 256)
     assert got.dtype == np.float32 and got.shape == want.shape
     assert cosines(got, want).min() >= MIN_COSINE
     assert not np.array_equal(got, want)  # int8 really ran
@@ -65,7 +46,7 @@ def test_int8_window_vectors_are_close_to_fp32(tiny_bert, window_vector):
 
 def test_load_encoder_at_int8_embeds_like_fp32(tiny_bert):
     fp32, int8 = load_encoder(str(tiny_bert), "cpu", "fp32"), load_encoder(str(tiny_bert), "cpu", "int8")
-    got, want = encode_windows(int8, windows(), 256), encode_windows(fp32, windows(), 256)
+    got, want = encode_windows(int8, random_windows(), 256), encode_windows(fp32, random_windows(), 256)
     assert cosines(got, want).min() >= 0.9999 and not np.array_equal(got, want)
 
 
@@ -74,11 +55,11 @@ def test_load_encoder_at_int8_embeds_like_fp32(tiny_bert):
 def test_8_bit_activations_are_closer_to_fp32_than_torchs_7(tiny_bert, window_vector):
     """Why `Int8Linear` exists; at 25x every layer moves the vectors a lot."""
     fp32 = lively(load_encoder(str(tiny_bert), "cpu", "fp32", window_vector), 25)
-    want = encode_windows(fp32, windows(), 256)
+    want = encode_windows(fp32, random_windows(), 256)
     loss = {}
     for full_range in (True, False):
         int8 = int8_of(lively(load_encoder(str(tiny_bert), "cpu", "fp32", window_vector), 25), full_range=full_range)
-        loss[full_range] = 1 - cosines(encode_windows(int8, windows(), 256), want)
+        loss[full_range] = 1 - cosines(encode_windows(int8, random_windows(), 256), want)
     assert loss[True].mean() < loss[False].mean() / 2 and loss[True].max() < loss[False].max()
 
 
