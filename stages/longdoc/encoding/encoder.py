@@ -89,13 +89,11 @@ def resolve_precision(precision: str, device: torch.device, training: bool = Fal
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if training:
-        return "bf16" if cpu_has_native_bf16() else "fp32"
-    if AUTO_PICKS_INT8 and cpu_has_vnni() and int8_problem() is None:
+    if not training and AUTO_PICKS_INT8 and cpu_has_vnni() and int8_problem() is None:
         return "int8"
     if not cpu_has_native_bf16():
         return "fp32"
-    return "bf16-true" if AUTO_PICKS_BF16_TRUE else "bf16"
+    return "bf16-true" if AUTO_PICKS_BF16_TRUE and not training else "bf16"
 
 
 def resolve_window_vector(choice: str, model: str) -> str:

@@ -38,8 +38,8 @@ WINDOW_VECTORS = ("auto", "cls", "mean")
 # bf16-true on CPUs with native bf16 for embed and predict).
 # bf16 and fp16: autocast (mixed precision: the weights stay fp32, LayerNorm and softmax run in
 # fp32). bf16-true: the whole model cast to bf16 once, every operation in bf16 (the name
-# Lightning gives it); 1.22x bf16 autocast on a CPU with native bf16 (docs/BENCHMARKS.md S1c),
-# for embed and predict only. int8: torch's dynamic int8 of every Linear layer, CPUs only
+# Lightning gives it); whole `embed` processes 1.10-1.14x faster than bf16 autocast on a CPU with
+# native bf16 (docs/BENCHMARKS.md S1c), for embed and predict only. int8: torch's dynamic int8 of every Linear layer, CPUs only
 # (`longdoc.encoding.int8`). Vectors are fp32 on disk whatever computed them.
 PRECISIONS = ("auto", "fp32", "bf16", "bf16-true", "fp16", "int8")
 # Which precisions' vectors a head may be given interchangeably. The float ones agree with fp32 to
