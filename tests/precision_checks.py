@@ -44,3 +44,23 @@ def cache_probabilities(head, cache_path) -> tuple[list[str], np.ndarray]:
         ids = cache.doc_ids()
     probabilities = np.exp(logits - logits.max(1, keepdims=True))
     return ids, probabilities / probabilities.sum(1, keepdims=True)
+
+
+def fp32_and_precision_caches(folder, tiny_bert, precision: str, embed_other: bool = True):
+    """A class-folder corpus in `folder` embedded at fp32 and, where `embed_other`, at `precision`,
+    with a mean-pooling head trained on the `precision` cache. Returns (corpus, fp32 cache,
+    `precision` cache, head); the last two do not exist when `embed_other` is false."""
+    from synthetic import make_class_folders, tiny_embed_config
+
+    from longdoc.configs import TrainConfig
+    from longdoc.embed import run as run_embed
+    from longdoc.train_head import run as run_train_head
+
+    corpus = make_class_folders(folder / "corpus")
+    fp32, other, head = folder / "fp32.h5", folder / f"{precision}.h5", folder / "head.pt"
+    run_embed(tiny_embed_config(tiny_bert, corpus, fp32))
+    if embed_other:
+        run_embed(tiny_embed_config(tiny_bert, corpus, other, precision=precision))
+        run_train_head(TrainConfig(train=str(other), out=str(head), pooling="mean", max_epochs=2, val_fraction=0.2,
+                                   progress=False, curve=False), log=lambda line: None)
+    return corpus, fp32, other, head

@@ -8,32 +8,21 @@ import numpy as np
 import pytest
 import torch
 from assertions import refused
-from precision_checks import cache_probabilities
-from synthetic import make_class_folders
-from synthetic import tiny_embed_config as config
+from precision_checks import cache_probabilities, fp32_and_precision_caches
 
 from longdoc.cache.reader import open_cache
-from longdoc.configs import EvaluateConfig, FinetuneConfig, PredictConfig, TrainConfig
-from longdoc.embed import run as run_embed
+from longdoc.configs import EvaluateConfig, FinetuneConfig, PredictConfig
 from longdoc.evaluate import run as run_evaluate
 from longdoc.inference.predictor import Predictor
 from longdoc.predict import run as run_predict
 from longdoc.runtime.errors import UserError
 from longdoc.settings.model import precision_differences
-from longdoc.train_head import run as run_train_head
 
 
 @pytest.fixture(scope="module")
 def caches(tmp_path_factory, tiny_bert):
     """A class-folder corpus embedded at fp32 and at bf16-true, and a head trained on the latter."""
-    folder = tmp_path_factory.mktemp("bf16-true")
-    corpus = make_class_folders(folder / "corpus")
-    fp32, cast = folder / "fp32.h5", folder / "bf16-true.h5"
-    run_embed(config(tiny_bert, corpus, fp32))
-    run_embed(config(tiny_bert, corpus, cast, precision="bf16-true"))
-    run_train_head(TrainConfig(train=str(cast), out=str(folder / "head.pt"), pooling="mean", max_epochs=2,
-                               val_fraction=0.2, progress=False, curve=False), log=lambda line: None)
-    return corpus, fp32, cast, folder / "head.pt"
+    return fp32_and_precision_caches(tmp_path_factory.mktemp("bf16-true"), tiny_bert, "bf16-true")
 
 
 def test_the_cache_records_bf16_true_and_holds_fp32_vectors_close_to_fp32s(caches):

@@ -6,8 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from assertions import refused
-from precision_checks import cache_probabilities
-from synthetic import make_class_folders
+from precision_checks import cache_probabilities, fp32_and_precision_caches
 from synthetic import tiny_embed_config as config
 
 from longdoc.cache.reader import open_cache
@@ -29,15 +28,8 @@ MIN_COSINE = 0.9999
 @pytest.fixture(scope="module")
 def caches(tmp_path_factory, tiny_bert):
     """A class-folder corpus embedded at fp32 and at int8, and a head trained on the int8 cache."""
-    folder = tmp_path_factory.mktemp("int8")
-    corpus = make_class_folders(folder / "corpus")
-    fp32, int8 = folder / "fp32.h5", folder / "int8.h5"
-    run_embed(config(tiny_bert, corpus, fp32))
-    if int8_problem() is None:
-        run_embed(config(tiny_bert, corpus, int8, precision="int8"))
-        run_train_head(TrainConfig(train=str(int8), out=str(folder / "head.pt"), pooling="mean", max_epochs=2,
-                                   val_fraction=0.2, progress=False, curve=False), log=lambda line: None)
-    return corpus, fp32, int8, folder / "head.pt"
+    return fp32_and_precision_caches(tmp_path_factory.mktemp("int8"), tiny_bert, "int8",
+                                     embed_other=int8_problem() is None)
 
 
 @needs_int8
