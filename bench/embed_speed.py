@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -46,6 +45,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import prototype  # noqa: E402  (bench/prototype.py, beside this file)
+from machine import machine_name  # noqa: E402  (bench/machine.py, beside this file)
 
 from longdoc.corpus.sources import load_corpus
 from longdoc.encoding.batches import encode_windows
@@ -169,7 +169,7 @@ def whole_processes(args) -> dict:
     return {"docs": len(corpus), "windows": len(windows), "tokens": int(sum(len(w) for w in windows)),
             "default_precision": resolve_precision("auto", torch.device("cpu")),  # what `auto` ran at
             "seconds": best, "ours_default_speedup_over": {name: s / ours for name, s in best.items()},
-            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+            "machine": machine_name(),
             "date": time.strftime("%Y-%m-%d", time.gmtime())}
 
 
@@ -310,7 +310,7 @@ def main():
         "model_flops_utilisation": {dtype: ours[dtype] * executed / peak[dtype] for dtype in ours},
         # full-encoder FLOPs: useful work, as if every token went through every layer
         "model_flops_utilisation_full_encoder": {dtype: ours[dtype] * full / peak[dtype] for dtype in ours},
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        "machine": f"{machine_name()}, torch {torch.__version__}, "
                    f"{torch.get_num_threads()} threads",
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
     }

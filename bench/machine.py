@@ -20,9 +20,25 @@ def cpu_name() -> str:
     return platform.machine()
 
 
+MATRIX_FEATURES = ("avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+"""The CPU flags that decide stage one's speed: int8 dot products (VNNI), native bf16, and the
+AMX tile units (where bf16 matrix products ran 8x fp32's here, BENCHMARKS S1c)."""
+
+
+def cpu_features() -> list[str]:
+    """Which of MATRIX_FEATURES /proc/cpuinfo lists (empty where it cannot be read)."""
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    return [f for f in MATRIX_FEATURES if f in flags]
+
+
 def machine_name() -> str:
-    """The CPU and its cores, and the GPU where one does the work."""
-    name = f"{cpu_name()}, {os.cpu_count()} cores"
+    """The CPU, its matrix features and its cores, and the GPU where one does the work."""
+    features = cpu_features()
+    name = f"{cpu_name()}{' (' + ', '.join(features) + ')' if features else ''}, {os.cpu_count()} cores"
     try:
         import torch
         if torch.cuda.is_available():
