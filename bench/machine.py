@@ -26,12 +26,11 @@ AMX tile units (where bf16 matrix products ran 8x fp32's here, BENCHMARKS S1c)."
 
 
 def cpu_features() -> list[str]:
-    """Which of MATRIX_FEATURES /proc/cpuinfo lists (empty where it cannot be read)."""
-    try:
-        flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("flags")), [])
-    except OSError:
-        flags = []
+    """Which of MATRIX_FEATURES the CPU has (`longdoc.runtime.devices.cpu_flags`, the flags the
+    project's own precision checks read)."""
+    from longdoc.runtime.devices import cpu_flags
+
+    flags = cpu_flags()
     return [f for f in MATRIX_FEATURES if f in flags]
 
 

@@ -23,7 +23,7 @@ import torch
 
 from longdoc.encoding.cls_forward import ClsForward
 from longdoc.encoding.int8 import cpu_has_vnni, int8_problem, quantize_linear_layers
-from longdoc.runtime.devices import resolve_device
+from longdoc.runtime.devices import cpu_flags, resolve_device
 from longdoc.runtime.errors import UserError
 from longdoc.settings.model import DEFAULT_MODEL, PRECISIONS, WINDOW_VECTORS
 
@@ -46,11 +46,7 @@ def resolve_model_path(model: str) -> str:
 
 def cpu_has_native_bf16() -> bool:
     """True where the CPU has bf16 dot-product instructions (AVX512-BF16 or AMX)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 # Whether `auto` picks int8 on CPUs with int8 dot products (VNNI) and working kernels. Off: int8

@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import functools
 import warnings
-from pathlib import Path
 
 import torch
+
+from longdoc.runtime.devices import cpu_flags
 
 # Quantized engines in the order tried: x86 (fbgemm or onednn by shape, torch's default on
 # x86), fbgemm, onednn; qnnpack is the ARM one.
@@ -41,11 +42,7 @@ def cpu_has_vnni() -> bool:
     """True where the CPU has int8 dot-product instructions (AVX512-VNNI, AVX-VNNI or AMX-INT8):
     without them an int8 dot product takes three instructions (AVX2/AVX-512 multiply-adds) and
     7-bit activations, so int8 gains little there."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(f" {flag}" in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    return bool(cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
 def choose_engine() -> str | None:

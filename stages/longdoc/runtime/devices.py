@@ -1,12 +1,15 @@
-"""Which device a process computes on: `--device` (auto, cpu, cuda) as a torch device.
+"""Which device a process computes on: `--device` (auto, cpu, cuda) as a torch device, and
+which instructions its CPU has.
 
 Imports torch only when a device is resolved, so the command-line settings (`longdoc.configs`)
-can name the accepted values without it. Reads the LOCAL_RANK torchrun sets; writes nothing.
+can name the accepted values without it. Reads the LOCAL_RANK torchrun sets and
+/proc/cpuinfo; writes nothing.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from longdoc.runtime.errors import UserError
@@ -15,6 +18,16 @@ if TYPE_CHECKING:
     import torch
 
 DEVICES = ("auto", "cpu", "cuda")
+
+
+def cpu_flags() -> frozenset[str]:
+    """The instruction-set flags /proc/cpuinfo lists for the CPU (empty where it cannot be read)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return frozenset()
+    return next((frozenset(line.split(":", 1)[1].split()) for line in lines if line.startswith("flags")),
+                frozenset())
 
 
 def resolve_device(device: str) -> torch.device:
